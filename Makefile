@@ -1,0 +1,38 @@
+# Two entry points for a newcomer: `make demo` and `make test`. Each builds .venv itself.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: venv demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e ".[onnx,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/digits_demo.py --out demo-output
+
+test: $(STAMP)
+	$(BIN)/ruff check reparam exporters tests examples benchmarks
+	$(BIN)/python -m pytest -n 2 -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check reparam exporters tests examples benchmarks
+	$(BIN)/ruff format --check reparam exporters tests examples benchmarks
+
+bench: $(STAMP)
+	$(BIN)/reparam bench --out benchmarks/results.md
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Exporters: produce deployable files (ONNX models, TensorRT engines) from reparam models."""

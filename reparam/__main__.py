@@ -1,0 +1,3 @@
+from reparam.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""Small numeric helpers shared by the engine's built-in check and the verifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def scale_relative_error(reference, candidate) -> float:
+    """``max|ref - cand| / max(max|ref|, tiny)``: an error measure that does not depend on output scale."""
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape:
+        raise ValueError(f"shape mismatch: reference {ref.shape} vs candidate {cand.shape}")
+    if ref.size == 0:
+        return 0.0
+    denom = max(float(np.max(np.abs(ref))), np.finfo(np.float64).tiny)
+    return float(np.max(np.abs(ref - cand)) / denom)
+
+
+@torch.no_grad()
+def randomize_batchnorm(model: nn.Module, seed: int = 0, spread: float = 0.5) -> nn.Module:
+    """Give every BatchNorm non-trivial running statistics and affine parameters, in place.
+
+    A freshly built BatchNorm is nearly the identity, so an equivalence check against it proves
+    little. Values stay in a range that keeps activations sane through deep networks:
+    mean ~ N(0, spread^2), var ~ U(0.5, 2), gamma ~ U(0.5, 1.5) with random sign flips on some
+    channels, beta ~ N(0, spread^2).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            if m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(n, generator=gen) * spread)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+            if m.affine:
+                gamma = torch.rand(n, generator=gen) + 0.5
+                sign = torch.where(torch.rand(n, generator=gen) < 0.1, -1.0, 1.0)
+                m.weight.copy_(gamma * sign)
+                m.bias.copy_(torch.randn(n, generator=gen) * spread)
+    return model

@@ -1,0 +1,85 @@
+"""Model statistics: parameter counts, multiply-accumulates, and modules by type.
+
+This is the one place MACs are counted; the engine report, the zoo listing and the benchmarks all
+call it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@dataclass
+class ModelStats:
+    """Parameters, MACs (for one forward on the given input) and leaf-module counts by type."""
+
+    params: int
+    macs: int | None
+    modules: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"params": self.params, "macs": self.macs, "modules": dict(self.modules)}
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared parameters counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def module_counts(model: nn.Module) -> dict[str, int]:
+    """Leaf modules by class name."""
+    return dict(Counter(type(m).__name__ for m in model.modules() if not list(m.children())))
+
+
+def _layer_macs(module: nn.Module, inputs: tuple, output) -> int:
+    if isinstance(module, _CONV):
+        out = output
+        k = module.weight.shape[1:].numel()  # in/groups * prod(kernel)
+        return out.numel() // out.shape[0] * k * out.shape[0]
+    if isinstance(module, _CONV_T):
+        x = inputs[0]
+        w = module.weight  # [in, out/g, *k]
+        return x.numel() * w.shape[1:].numel()
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    return 0
+
+
+def count_macs(model: nn.Module, example_inputs: tuple) -> int:
+    """Multiply-accumulates of conv, transposed conv and linear layers for one forward pass.
+
+    Counts by forward hooks, so every call of a module is counted (a module used twice counts
+    twice), and layers inside torch.fx GraphModules are seen as well. Elementwise ops, pooling
+    and normalisation are not counted.
+    """
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        total += _layer_macs(module, inputs, output)
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, _CONV + _CONV_T + (nn.Linear,))
+    ]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def model_stats(model: nn.Module, example_inputs: tuple | None = None) -> ModelStats:
+    """Parameters, MACs (when example inputs are given) and module counts of ``model``."""
+    macs = count_macs(model, example_inputs) if example_inputs is not None else None
+    return ModelStats(params=count_params(model), macs=macs, modules=module_counts(model))
