@@ -1,0 +1,86 @@
+"""Inputs for verification: seeded random batches, or real data from an ``.npz`` file."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from reparam.errors import ReparamError
+
+Batch = dict[str, np.ndarray]
+
+DEFAULT_IMAGE_SIZE = 224
+
+
+def random_batches(shape: tuple[int, ...], batches: int = 2, seed: int = 0, name: str = "input") -> list[Batch]:
+    """``batches`` float32 batches of standard-normal noise, reproducible from ``seed``."""
+    if batches < 1:
+        raise ReparamError(f"--batches must be at least 1 (got {batches})", hint="e.g. --batches 2")
+    rng = np.random.default_rng(seed)
+    return [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(batches)]
+
+
+def load_npz_batches(
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    batches: int | None = None,
+    name: str = "input",
+) -> list[Batch]:
+    """Split the array ``input`` (or the file's only array) along axis 0 into float32 batches.
+
+    ``batches`` caps the number of batches taken (None = all). The last batch may be smaller.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ReparamError(f"input file {str(p)!r} does not exist", hint="pass an .npz file with an array 'input'")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            keys = list(data.keys())
+            if "input" in keys:
+                key = "input"
+            elif len(keys) == 1:
+                key = keys[0]
+            else:
+                raise ReparamError(
+                    f"{p.name} holds {len(keys)} arrays ({', '.join(keys) or 'none'}) and none is named 'input'",
+                    hint="save the model input as np.savez(path, input=array)",
+                )
+            array = data[key]
+    except ReparamError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ReparamError(
+            f"cannot read {p.name} as an .npz file ({exc})", hint="write it with numpy.savez(path, input=array)"
+        ) from exc
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise ReparamError(f"array {key!r} in {p.name} has dtype {array.dtype}, not a real number type",
+                           hint="store the model input as float32")
+    if array.ndim < 2 or array.shape[0] == 0:
+        raise ReparamError(
+            f"array {key!r} in {p.name} has shape {array.shape}; expected (N, C, H, W) with N >= 1",
+            hint="stack the samples along the first axis",
+        )
+    if batch_size < 1:
+        raise ReparamError(f"--batch-size must be at least 1 (got {batch_size})", hint="e.g. --batch-size 8")
+    array = array.astype(np.float32, copy=False)
+    out = [{name: np.ascontiguousarray(array[i : i + batch_size])} for i in range(0, array.shape[0], batch_size)]
+    if batches is not None:
+        if batches < 1:
+            raise ReparamError(f"--batches must be at least 1 (got {batches})", hint="e.g. --batches 2")
+        out = out[:batches]
+    return out
+
+
+def default_input_shape(model: nn.Module, batch: int = 1, size: int = DEFAULT_IMAGE_SIZE) -> tuple[int, ...]:
+    """``batch x C x size x size`` with C taken from the model's first convolution."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return (batch, m.in_channels, size, size)
+    raise ReparamError(
+        "cannot infer the input shape: the model has no Conv2d", hint="pass --input-shape NxCxHxW"
+    )

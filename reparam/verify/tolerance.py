@@ -1,0 +1,138 @@
+"""Tolerance profiles: when does a candidate compute "the same" as the reference?
+
+Defaults (see docs/verify.md for the measurements behind them):
+
+- ``fp32``: scale-relative error ``max|ref - cand| / max|ref|`` <= 1e-5. Exact fusion in fp32 only
+  reorders sums and rounds the folded weights once; that costs a few float32 ulps per layer
+  (eps = 1.2e-7), and zoo models at full depth stay near 1e-6, so 1e-5 keeps ~10x headroom while a
+  single wrong weight, a dropped bias or a mis-placed 1x3 kernel is orders of magnitude larger.
+- ``fp16``: scale-relative <= 1e-2 and cosine >= 0.9999. fp16 has eps = 9.8e-4, so rounding of
+  activations and weights at every layer accumulates to a few 1e-3 of the output scale; a structural
+  error moves the direction of the output vector, which the cosine catches.
+- ``int8``: top-1 agreement >= 0.99 (classifier outputs) and cosine >= 0.99. Quantized outputs are
+  not elementwise close to float ones by design; what matters is that predictions survive.
+
+Every profile fails a candidate that produces NaN/Inf where the reference is finite. Explicit
+``atol``/``rtol`` (per output or for all) switch that output to a Polygraphy-style elementwise
+check, in which an element fails only when it exceeds both; it replaces the profile's
+scale-relative limit, while cosine / top-1 limits of the profile still apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reparam.errors import ReparamError
+from reparam.verify.metrics import OutputMetrics
+
+
+@dataclass(frozen=True)
+class ToleranceProfile:
+    """Limits for one precision; ``None`` means the criterion is not checked."""
+
+    name: str
+    max_scale_rel: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+
+
+PROFILES: dict[str, ToleranceProfile] = {
+    "fp32": ToleranceProfile("fp32", max_scale_rel=1e-5),
+    "fp16": ToleranceProfile("fp16", max_scale_rel=1e-2, min_cosine=0.9999),
+    "int8": ToleranceProfile("int8", min_cosine=0.99, min_top1=0.99),
+}
+
+
+@dataclass
+class Tolerance:
+    """A profile plus optional elementwise ``atol``/``rtol`` overrides (key ``"*"`` = every output)."""
+
+    profile: ToleranceProfile = PROFILES["fp32"]
+    atol: dict[str, float] = field(default_factory=dict)
+    rtol: dict[str, float] = field(default_factory=dict)
+
+    def elementwise(self, output: str) -> tuple[float | None, float | None]:
+        """The (atol, rtol) pair for ``output``; both None when the profile's limits apply."""
+        return self.atol.get(output, self.atol.get("*")), self.rtol.get(output, self.rtol.get("*"))
+
+    def to_dict(self) -> dict:
+        return {
+            "profile": self.profile.name,
+            "max_scale_rel": self.profile.max_scale_rel,
+            "min_cosine": self.profile.min_cosine,
+            "min_top1": self.profile.min_top1,
+            "atol": dict(self.atol),
+            "rtol": dict(self.rtol),
+        }
+
+
+def get_profile(name: str) -> ToleranceProfile:
+    """Look up a profile by name, or raise a ReparamError listing the valid ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ReparamError(
+            f"unknown tolerance profile {name!r}", hint=f"use one of: {', '.join(PROFILES)}"
+        ) from None
+
+
+def parse_tolerance_overrides(values: list[str] | None, option: str) -> dict[str, float]:
+    """Parse repeated ``--atol 1e-3`` / ``--atol output1=1e-3`` values into ``{output or '*': value}``."""
+    out: dict[str, float] = {}
+    for raw in values or []:
+        name, _, number = raw.rpartition("=")
+        try:
+            value = float(number)
+        except ValueError:
+            value = -1.0
+        if not value >= 0.0:
+            raise ReparamError(
+                f"invalid {option} value {raw!r}",
+                hint=f"write {option} 1e-3 for every output or {option} OUTPUT=1e-3 for one output",
+            )
+        out[name or "*"] = value
+    return out
+
+
+def make_tolerance(
+    tolerance: str | ToleranceProfile | Tolerance = "fp32",
+    atol: float | dict[str, float] | None = None,
+    rtol: float | dict[str, float] | None = None,
+) -> Tolerance:
+    """Build a Tolerance from a profile name/object and optional scalar or per-output overrides."""
+    if isinstance(tolerance, Tolerance):
+        base = tolerance
+    else:
+        profile = tolerance if isinstance(tolerance, ToleranceProfile) else get_profile(tolerance)
+        base = Tolerance(profile)
+
+    def norm(v: float | dict[str, float] | None) -> dict[str, float]:
+        if v is None:
+            return {}
+        return {"*": float(v)} if isinstance(v, int | float) else {str(k): float(x) for k, x in v.items()}
+
+    return Tolerance(base.profile, {**base.atol, **norm(atol)}, {**base.rtol, **norm(rtol)})
+
+
+def judge(metrics: OutputMetrics, tolerance: Tolerance, output: str, *, use_top1: bool = True) -> list[str]:
+    """Reasons why ``metrics`` fail ``tolerance`` for ``output`` (empty list = pass)."""
+    p = tolerance.profile
+    reasons: list[str] = []
+    if metrics.nonfinite:
+        reasons.append(f"{metrics.nonfinite} NaN/Inf values where the reference is finite")
+    if metrics.ref_nonfinite == metrics.num_elements:
+        return reasons
+    atol, rtol = tolerance.elementwise(output)
+    if metrics.elementwise_failures is not None and (atol is not None or rtol is not None):
+        if metrics.elementwise_failures:
+            reasons.append(
+                f"{metrics.elementwise_failures} of {metrics.num_elements} elements exceed both "
+                f"atol={atol if atol is not None else 1e-5:g} and rtol={rtol if rtol is not None else 1e-5:g}"
+            )
+    elif p.max_scale_rel is not None and not metrics.scale_rel <= p.max_scale_rel:
+        reasons.append(f"scale-relative error {metrics.scale_rel:.3g} > {p.max_scale_rel:g}")
+    if p.min_cosine is not None and not metrics.cosine >= p.min_cosine:
+        reasons.append(f"cosine similarity {metrics.cosine:.6f} < {p.min_cosine:g}")
+    if use_top1 and p.min_top1 is not None and metrics.top1 is not None and not metrics.top1 >= p.min_top1:
+        reasons.append(f"top-1 agreement {metrics.top1:.4f} < {p.min_top1:g}")
+    return reasons
