@@ -1,0 +1,60 @@
+"""Tiny stand-in models for verifier tests (no engine needed)."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from reparam.numerics import randomize_batchnorm
+
+BLOCKS = ["stem", "layer1.0", "layer1.1", "layer2"]
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int = 5, width: int = 4):
+        super().__init__()
+        self.stem = Block(3, width, 2)
+        self.layer1 = nn.Sequential(Block(width, width), Block(width, width))
+        self.layer2 = Block(width, 2 * width, 2)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class _BlockLeaves(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, Block) or super().is_leaf_module(m, qualname)
+
+
+class Record:
+    """Stand-in with the fields of the engine's RewriteRecord that the verifier reads."""
+
+    def __init__(self, boundaries, entries=(), boundary_kind="fx_node"):
+        self.boundaries = dict(boundaries)
+        self.entries = list(entries)
+        self.boundary_kind = boundary_kind
+
+
+def tiny_pair(seed: int = 0) -> tuple[nn.Module, fx.GraphModule]:
+    """A training-form TinyNet (BN randomized) and an fx copy whose blocks are call_module nodes."""
+    torch.manual_seed(seed)
+    ref = randomize_batchnorm(TinyNet(), seed=seed).eval()
+    copy = TinyNet()
+    copy.load_state_dict(ref.state_dict())
+    copy.eval()
+    gm = fx.GraphModule(copy, _BlockLeaves().trace(copy))
+    gm.reparam_record = Record({p: p.replace(".", "_") for p in BLOCKS})
+    return ref, gm

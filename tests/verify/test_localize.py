@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+from reparam.verify import locate_divergence
+from reparam.verify.localize import (
+    exported_node_map,
+    graph_block_outputs,
+    module_block_outputs,
+    onnx_block_outputs,
+    read_onnx_boundaries,
+    write_onnx_boundaries,
+)
+
+from ._models import BLOCKS, tiny_pair
+
+
+def _batch(seed=0):
+    return {"input": np.random.default_rng(seed).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+
+
+def test_reference_hooks_record_execution_order():
+    ref, _ = tiny_pair()
+    values, order = module_block_outputs(ref, list(reversed(BLOCKS)), _batch())
+    assert order == BLOCKS
+    assert values["layer2"].shape == (2, 8, 4, 4)
+
+
+def test_perturbed_block_is_the_first_diverging_one():
+    ref, gm = tiny_pair()
+    node_map = gm.reparam_record.boundaries
+    ref_vals, order = module_block_outputs(ref, BLOCKS, _batch())
+    clean = locate_divergence(ref_vals, graph_block_outputs(gm, node_map, _batch()), order)
+    assert clean.first_diverging is None
+    assert [b.name for b in clean.blocks] == BLOCKS and all(b.scale_rel < 1e-6 for b in clean.blocks)
+    with torch.no_grad():
+        gm.get_submodule("layer1.1").conv.weight[1, 0, 1, 1] += 0.5
+    div = locate_divergence(ref_vals, graph_block_outputs(gm, node_map, _batch()), order)
+    assert div.first_diverging == "layer1.1"
+    assert [b.passed for b in div.blocks] == [True, True, False, False]
+
+
+def test_exported_program_nodes_are_found_through_provenance():
+    ref, gm = tiny_pair()
+    with torch.no_grad():
+        gm.get_submodule("layer2").conv.weight[0, 0, 0, 0] += 0.5
+    ep = torch.export.export(gm, (torch.from_numpy(_batch()["input"]),))
+    exported = ep.module()
+    node_map = exported_node_map(exported, gm.reparam_record.boundaries)
+    assert set(node_map) == set(BLOCKS)
+    ref_vals, order = module_block_outputs(ref, BLOCKS, _batch())
+    values = graph_block_outputs(exported, node_map, _batch())
+    assert values["stem"].shape == ref_vals["stem"].shape
+    assert locate_divergence(ref_vals, values, order).first_diverging == "layer2"
+
+
+class _WithBlocks(torch.nn.Module):
+    """Returns the block outputs as extra outputs, so the ONNX graph names them."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        s = self.net.stem(x)
+        a = self.net.layer1[0](s)
+        b = self.net.layer1[1](a)
+        c = self.net.layer2(b)
+        return self.net.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(c, 1), 1)), s, a, b, c
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_boundaries_from_metadata(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ref, _ = tiny_pair()
+    names = [f"block:{p}" for p in BLOCKS]
+    path = tmp_path / "m.onnx"
+    with torch.no_grad():
+        torch.onnx.export(_WithBlocks(ref).eval(), (torch.zeros(1, 3, 16, 16),), str(path), dynamo=False,
+                          input_names=["input"], output_names=["output", *names],
+                          dynamic_axes={"input": {0: "n"}})
+    model = onnx.load(str(path))
+    del model.graph.output[1:]  # ship only the real output; the block tensors stay inside the graph
+    write_onnx_boundaries(model, dict(zip(BLOCKS, names)))
+    weight = next(i for i in model.graph.initializer if i.dims[0] == 8 and len(i.dims) == 4)  # layer2 conv
+    arr = onnx.numpy_helper.to_array(weight).copy()
+    arr[:, :, 1, 1] += 0.5
+    weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
+    onnx.save(model, str(path))
+
+    assert read_onnx_boundaries(onnx.load(str(path))) == dict(zip(BLOCKS, names))
+    values = onnx_block_outputs(path, _batch())
+    assert set(values) == set(BLOCKS)
+    ref_vals, order = module_block_outputs(ref, BLOCKS, _batch())
+    div = locate_divergence(ref_vals, values, order)
+    assert div.first_diverging == "layer2"
+    assert all(b.passed for b in div.blocks[:3])
