@@ -66,6 +66,7 @@ class CandidateResult:
     outputs: dict[str, OutputResult] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     divergence: Divergence | None = None
+    tolerance: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -84,6 +85,7 @@ class CandidateResult:
         return {
             "name": self.name,
             "kind": self.kind,
+            "tolerance": self.tolerance,
             "passed": self.passed,
             "problems": list(self.problems),
             "outputs": [o.to_dict() for o in self.outputs.values()],
@@ -109,7 +111,7 @@ def compare_outputs(
     problems (the candidate fails); extra candidate outputs are ignored.
     """
     tol = make_tolerance(tolerance)
-    result = CandidateResult(name=name, kind=kind)
+    result = CandidateResult(name=name, kind=kind, tolerance=tol.profile.name)
     for out_name, ref_value in reference.items():
         if out_name not in candidate:
             result.problems.append(

@@ -43,6 +43,7 @@ class Candidate:
     module: nn.Module | None = None
     record: Any = None
     path: str | None = None
+    tolerance: Tolerance | None = None  # overrides the run's tolerance for this candidate
 
 
 def _record_of(module: nn.Module | None, record: Any = None) -> Any:
@@ -144,7 +145,7 @@ def _onnx_mapping(path: str) -> dict[str, str]:
 
 
 def verify(
-    reference: nn.Module,
+    reference: Any,
     candidates: Sequence[Any],
     batches: Sequence[Batch],
     *,
@@ -156,23 +157,33 @@ def verify(
     localize: str = "always",
     quant: bool = True,
 ) -> VerifyReport:
-    """Compare every candidate with ``reference`` (an eval-mode nn.Module) on ``batches``.
+    """Compare every candidate with ``reference`` on ``batches``.
+
+    ``reference`` and each candidate may be an nn.Module (run in eval mode), a ``.pt2`` / ``.onnx``
+    / TensorRT engine path or a Runner; blocks can only be localized when the reference is a module.
 
     ``localize``: "always" computes per-block errors for every candidate that allows it,
     "on_failure" only for failing ones, "never" skips it.
     """
-    from reparam import runners
-
     if not batches:
         raise ReparamError("no input batches to verify with", hint="pass --inputs DATA.npz or --input-shape")
     tol = make_tolerance(tolerance, atol, rtol)
     cands = [make_candidate(c) for c in candidates]
     if not cands:
         raise ReparamError("nothing to verify: no candidate given", hint="pass --deploy, --onnx or --engine")
-    reference = reference.eval()
-    ref_runner = runners.TorchRunner(reference)
-    input_names = list(ref_runner.input_names)
-    ref_out = _run_all(ref_runner, batches)
+    ref_cand = make_candidate(reference, name=reference_name)
+    reference = ref_cand.module.eval() if ref_cand.module is not None else None
+    input_names = list(ref_cand.runner.input_names)
+    try:
+        ref_out = _run_all(ref_cand.runner, batches)
+    except ReparamError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batches[0].items())
+        raise ReparamError(
+            f"the reference model failed on the inputs ({shapes}): {type(exc).__name__}: {exc}",
+            hint="check --input-shape / --inputs against the model's expected input",
+        ) from exc
     report = VerifyReport(reference_name, tol, dict(inputs_info or {}))
     ref_block_cache: dict[tuple, tuple[dict, list[str]]] = {}
 
@@ -185,20 +196,23 @@ def verify(
             result = CandidateResult(cand.name, cand.kind, problems=[f"failed to run: {type(exc).__name__}: {exc}"])
             report.candidates.append(result)
             continue
-        result = compare_outputs(ref_out, cand_out, tol, name=cand.name, kind=cand.kind)
+        cand_tol = cand.tolerance or tol
+        result = compare_outputs(ref_out, cand_out, cand_tol, name=cand.name, kind=cand.kind)
         if localize == "always" or (localize == "on_failure" and not result.passed):
-            result.divergence = _localize(reference, cand, ref_out, cand_out, batches, input_names, tol,
+            result.divergence = _localize(reference, cand, ref_out, cand_out, batches, input_names, cand_tol,
                                           ref_block_cache)
         report.candidates.append(result)
 
     if quant:
         src = next((c for c in cands if c.module is not None and c.record is not None and c.kind == "torch"), None)
-        if src is not None:
+        if src is not None and reference is not None:
             report.quant_risk = quantization_risk(reference, src.module, src.record)
     return report
 
 
 def _localize(reference, cand, ref_out, cand_out, batches, input_names, tol, cache) -> Divergence:
+    if reference is None:
+        return Divergence(note="blocks can only be localized against a training-form nn.Module reference")
     idx = _worst_batch(ref_out, cand_out)
     batch = batches[idx]
     try:
