@@ -120,33 +120,35 @@ def graph_block_outputs(
     return rec.values
 
 
-def _provenance_names(node: fx.Node) -> set[str]:
-    names: set[str] = set()
-    stack = list(node.meta.get("from_node") or [])
-    while stack:
-        src = stack.pop()
-        name = getattr(src, "name", None)
-        if name:
-            names.add(name)
-        stack.extend(getattr(src, "from_node", None) or [])
-    return names
+def _provenance_levels(node: fx.Node, max_depth: int = 4) -> list[set[str]]:
+    """Source-node names by depth: [direct sources, their sources, ...]."""
+    levels: list[set[str]] = []
+    current = list(node.meta.get("from_node") or [])
+    while current and len(levels) < max_depth:
+        levels.append({src.name for src in current if getattr(src, "name", None)})
+        current = [p for src in current for p in (getattr(src, "from_node", None) or [])]
+    return levels
 
 
 def exported_node_map(gm: fx.GraphModule, boundaries: Mapping[str, str]) -> dict[str, str]:
     """Map boundary fx node names to nodes of a re-traced (``torch.export``) graph via provenance.
 
-    When an fx node was decomposed into several exported nodes, the last one in graph order is the
-    one holding its value.
+    ``meta["from_node"]`` nests one level per tracing pass, and deeper levels name nodes of older
+    graphs (whose names may collide with the deploy graph's), so each depth is tried on its own and
+    the one matching the most boundaries wins (shallowest on ties). When an fx node was decomposed
+    into several exported nodes, the last one in graph order holds its value.
     """
     wanted = {node: path for path, node in boundaries.items()}
-    found: dict[str, str] = {}
+    by_depth: list[dict[str, str]] = []
     for n in gm.graph.nodes:
         if n.op not in ("call_function", "call_module", "call_method"):
             continue
-        for src in _provenance_names(n):
-            if src in wanted:
-                found[wanted[src]] = n.name
-    return found
+        for depth, names in enumerate(_provenance_levels(n)):
+            while len(by_depth) <= depth:
+                by_depth.append({})
+            for src in names & wanted.keys():
+                by_depth[depth][wanted[src]] = n.name
+    return max(by_depth, key=len, default={})
 
 
 def read_onnx_boundaries(model_proto) -> dict[str, str]:
