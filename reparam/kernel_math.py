@@ -200,3 +200,38 @@ def merge_sequential_1x1_kxk(
         ]
         bias = b2 + torch.cat(pieces)
     return kernel, bias
+
+
+def dilate_kernel(kernel: Tensor, factor: Sequence[int]) -> Tensor:
+    """Insert ``factor - 1`` zeros between taps per spatial dim: ``[O, I, *k]`` -> ``[O, I, *((k-1)*f+1)]``.
+
+    A conv with the dilated kernel and dilation ``D`` equals a conv with ``kernel`` and dilation
+    ``D * factor`` (same padding), which lets branches with different dilations share one kernel.
+    """
+    spatial = tuple(kernel.shape[2:])
+    factor = tuple(int(f) for f in factor)
+    if len(factor) != len(spatial) or any(f < 1 for f in factor):
+        raise ValueError(f"need one factor >= 1 per spatial dim, got {factor} for kernel size {spatial}")
+    if all(f == 1 for f in factor):
+        return kernel
+    size = tuple((k - 1) * f + 1 for k, f in zip(spatial, factor))
+    out = kernel.new_zeros(*kernel.shape[:2], *size)
+    out[(slice(None), slice(None), *(slice(None, None, f) for f in factor))] = kernel
+    return out
+
+
+def regroup_kernel(kernel: Tensor, groups: int, target_groups: int) -> Tensor:
+    """Express a conv kernel with ``groups`` as the equivalent kernel for ``target_groups``.
+
+    ``target_groups`` must divide ``groups``; each target group holds ``groups // target_groups``
+    original groups as a block-diagonal kernel (``target_groups=1`` is :func:`expand_groups`).
+    """
+    if groups == target_groups:
+        return kernel
+    if target_groups < 1 or groups % target_groups:
+        raise ValueError(f"cannot regroup a kernel with {groups} groups into {target_groups} groups")
+    out_ch = kernel.shape[0]
+    chunk = out_ch // target_groups
+    per = groups // target_groups
+    parts = [expand_groups(kernel[t * chunk : (t + 1) * chunk], per) for t in range(target_groups)]
+    return torch.cat(parts, 0)

@@ -82,3 +82,25 @@ def test_merge_sequential_1x1_kxk(groups):
     ref = F.conv2d(F.conv2d(x, k1, b1, groups=groups), k2, b2, groups=groups)  # padding 0: exact
     k, b = km.merge_sequential_1x1_kxk(k1, b1, k2, b2, groups=groups)
     assert torch.allclose(F.conv2d(x, k, b, groups=groups), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("factor", [(1, 1), (2, 1), (2, 3)])
+def test_dilate_kernel_matches_dilated_conv(factor):
+    x = torch.randn(1, 3, 13, 13, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    ref = F.conv2d(x, w, padding=(factor[0], factor[1]), dilation=factor)
+    wide = km.dilate_kernel(w, factor)
+    assert wide.shape[2:] == (2 * factor[0] + 1, 2 * factor[1] + 1)
+    assert torch.allclose(F.conv2d(x, wide, padding=(factor[0], factor[1])), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize(("groups", "target"), [(4, 2), (4, 1), (6, 3), (2, 2)])
+def test_regroup_kernel_is_equivalent(groups, target):
+    x = torch.randn(2, 12, 5, 5, dtype=torch.float64)
+    w = torch.randn(12, 12 // groups, 3, 3, dtype=torch.float64)
+    regrouped = km.regroup_kernel(w, groups, target)
+    assert regrouped.shape == (12, 12 // target, 3, 3)
+    ref = F.conv2d(x, w, padding=1, groups=groups)
+    assert torch.allclose(F.conv2d(x, regrouped, padding=1, groups=target), ref, atol=1e-12)
+    with pytest.raises(ValueError):
+        km.regroup_kernel(w, groups, 5)
