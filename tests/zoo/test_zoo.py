@@ -174,6 +174,8 @@ def test_acb_models_fuse_to_plain_layer_shapes(acb_name, plain_name):
         if isinstance(m, nn.Conv2d)
     ]
     assert fused_convs == plain_convs
+    traced = torch.fx.symbolic_trace(acb)  # the deployed form stays traceable
+    assert scale_relative_error(ref, traced(x).detach()) <= 1e-5
     assert _count(acb, ACB) == sum(1 for c in plain_convs if c[2] != (1, 1))
 
 
