@@ -15,7 +15,9 @@ def register(subparsers) -> None:
         "Parameter counts need each model to be built (a few seconds for the whole zoo).",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
-    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier for the counts (default 1.0)")
+    parser.add_argument(
+        "--width", type=float, default=1.0, help="channel multiplier for the counts (default 1.0)"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.set_defaults(func=run)
 
