@@ -83,10 +83,10 @@ class ACB(nn.Module):
         # 1×d: collapses the row dimension; d×1: collapses the column dimension.
         hor_pad, hor_crop = aligned_branch_padding(self.padding, self.dilation, (d, d), (1, d))
         ver_pad, ver_crop = aligned_branch_padding(self.padding, self.dilation, (d, d), (d, 1))
-        self.hor_crop = CropPad(hor_crop) if any(hor_crop) else nn.Identity()
+        self.hor_crop = CropPad(hor_crop) if any(hor_crop) else None
         self.hor_conv = nn.Conv2d(in_channels, out_channels, (1, d), padding=hor_pad, **conv_args)
         self.hor_bn = nn.BatchNorm2d(out_channels, **bn_args)
-        self.ver_crop = CropPad(ver_crop) if any(ver_crop) else nn.Identity()
+        self.ver_crop = CropPad(ver_crop) if any(ver_crop) else None
         self.ver_conv = nn.Conv2d(in_channels, out_channels, (d, 1), padding=ver_pad, **conv_args)
         self.ver_bn = nn.BatchNorm2d(out_channels, **bn_args)
 
@@ -94,8 +94,9 @@ class ACB(nn.Module):
         if self.deployed:
             return self.fused_conv(x)
         square = self.square_bn(self.square_conv(x))
-        hor = self.hor_bn(self.hor_conv(self.hor_crop(x)))
-        ver = self.ver_bn(self.ver_conv(self.ver_crop(x)))
+        # No module at all when no crop is needed, so a traced graph shows x -> conv -> bn per branch.
+        hor = self.hor_bn(self.hor_conv(x if self.hor_crop is None else self.hor_crop(x)))
+        ver = self.ver_bn(self.ver_conv(x if self.ver_crop is None else self.ver_crop(x)))
         return square + hor + ver
 
     @torch.no_grad()

@@ -66,7 +66,7 @@ class RepVGGBlock(nn.Module):
             nn.BatchNorm2d(out_channels, **bn_args),
         )
         pad_1x1, crop_1x1 = aligned_branch_padding(self.padding, self.dilation, (d, d), (1, 1))
-        self.crop_1x1 = CropPad(crop_1x1) if any(crop_1x1) else nn.Identity()
+        self.crop_1x1 = CropPad(crop_1x1) if any(crop_1x1) else None
         self.rbr_1x1 = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 1, padding=pad_1x1, **conv_args),
             nn.BatchNorm2d(out_channels, **bn_args),
@@ -79,7 +79,7 @@ class RepVGGBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.deployed:
             return self.nonlinearity(self.rbr_reparam(x))
-        out = self.rbr_dense(x) + self.rbr_1x1(self.crop_1x1(x))
+        out = self.rbr_dense(x) + self.rbr_1x1(x if self.crop_1x1 is None else self.crop_1x1(x))
         if self.rbr_identity is not None:
             out = out + self.rbr_identity(x)
         return self.nonlinearity(out)

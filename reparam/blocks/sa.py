@@ -71,14 +71,17 @@ class SABlock(nn.Module):
         self.scales = tuple(s for s, c in zip(scales, channels_per_scale) if c > 0)
         self.channels_per_scale = tuple(c for c in channels_per_scale if c > 0)
         self.branches = nn.ModuleList(
-            nn.Sequential(
-                nn.MaxPool2d(s, stride=s, ceil_mode=True) if s > 1 else nn.Identity(),
-                nn.Conv2d(in_channels, c, 3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm2d(c),
-                nn.ReLU(),
-            )
-            for s, c in zip(self.scales, self.channels_per_scale)
+            self._branch(s, c) for s, c in zip(self.scales, self.channels_per_scale)
         )
+
+    def _branch(self, scale: int, channels: int) -> nn.Sequential:
+        layers = [nn.MaxPool2d(scale, stride=scale, ceil_mode=True)] if scale > 1 else []
+        layers += [
+            nn.Conv2d(self.in_channels, channels, 3, stride=self.stride, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+        ]
+        return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         # Output size of an unpooled 3×3 conv with padding 1 and this stride.

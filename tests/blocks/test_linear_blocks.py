@@ -205,3 +205,13 @@ def test_repvgg_param_counts():
     block.eval()
     block.reparameterize()
     assert sum(p.numel() for p in block.parameters()) == c * c * 9 + c
+
+
+@pytest.mark.parametrize("padding,crops", [(1, 0), (0, 2)])
+def test_acb_traced_graph_is_three_conv_bn_branches(padding, crops):
+    import torch.fx
+
+    graph = torch.fx.symbolic_trace(ACB(4, 4, 3, padding=padding)).graph
+    modules = [n.target for n in graph.nodes if n.op == "call_module"]
+    assert sorted(modules) == sorted(["square_conv", "square_bn", "hor_conv", "hor_bn", "ver_conv", "ver_bn"])
+    assert sum(n.op == "call_function" and "getitem" in str(n.target) for n in graph.nodes) == crops
