@@ -1,0 +1,181 @@
+"""Pass interface, registry and the context shared by the passes of one conversion."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, fx, nn
+
+from reparam.engine.record import FusionEntry
+from reparam.errors import ReparamError
+
+FP16_MAX = 65504.0
+
+
+@dataclass
+class PassResult:
+    """What one run of a pass did: the (possibly new) module, whether it changed, what it fused."""
+
+    module: fx.GraphModule
+    changed: bool
+    fused: list[FusionEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LeftAlone:
+    """A pattern a pass recognised but did not rewrite, and why."""
+
+    pass_name: str
+    where: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"pass": self.pass_name, "where": self.where, "reason": self.reason}
+
+
+@runtime_checkable
+class Pass(Protocol):
+    """A graph rewrite: ``run(gm, ctx)`` returns a PassResult; it must keep the graph's outputs exact."""
+
+    name: str
+    description: str
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult: ...
+
+
+_REGISTRY: dict[str, Pass] = {}
+
+
+def register_pass(p: Any) -> Any:
+    """Register a pass (an instance, or a class that is instantiated without arguments); returns ``p``.
+
+    Usable as a class decorator. Passes run in registration order unless the caller picks others.
+    """
+    instance = p() if isinstance(p, type) else p
+    if not isinstance(instance, Pass):
+        raise TypeError(f"{p!r} is not a pass (needs name, description and run(gm, ctx))")
+    if instance.name in _REGISTRY:
+        raise ValueError(f"a pass named {instance.name!r} is already registered")
+    _REGISTRY[instance.name] = instance
+    return p
+
+
+def available_passes() -> list[str]:
+    """Names of the registered passes in their default order."""
+    from reparam.engine import passes  # noqa: F401  (registers the built-in passes)
+
+    return list(_REGISTRY)
+
+
+def get_pass(name: str) -> Pass:
+    """The registered pass called ``name``, or a ReparamError listing the available ones."""
+    names = available_passes()
+    if name not in _REGISTRY:
+        raise ReparamError(f"unknown pass {name!r}", hint=f"available passes: {', '.join(names)}")
+    return _REGISTRY[name]
+
+
+def select_passes(passes: Iterable[str] | str | None, skip: Iterable[str] = ()) -> list[Pass]:
+    """Resolve the ``passes``/``skip`` arguments of the engine into pass objects (validated by name)."""
+    if isinstance(passes, str):
+        passes = [p.strip() for p in passes.split(",") if p.strip()]
+    names = list(passes) if passes is not None else available_passes()
+    skip = [skip] if isinstance(skip, str) else list(skip)
+    for name in [*names, *skip]:
+        get_pass(name)
+    return [get_pass(n) for n in names if n not in skip]
+
+
+@dataclass
+class PassContext:
+    """State shared by the passes of one conversion.
+
+    ``provenance`` maps a module name of the graph being rewritten to the original module names
+    whose computation it performs; ``prefix`` is the graph's path inside the whole model (non-empty
+    when a submodule is converted on its own).
+    """
+
+    example_inputs: tuple | None = None
+    prefix: str = ""
+    provenance: dict[str, set[str]] = field(default_factory=dict)
+    left_alone: list[LeftAlone] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    history: list[FusionEntry] = field(default_factory=list)
+    products: dict[str, tuple[FusionEntry, nn.Module]] = field(default_factory=dict)
+    current_pass: str = ""
+    current_block: str = ""
+
+    def full(self, name: str) -> str:
+        """Path of a graph-local module name inside the whole model."""
+        if not self.prefix:
+            return name
+        return f"{self.prefix}.{name}" if name else self.prefix
+
+    def local(self, path: str) -> str:
+        """Graph-local name of a model path ("" when it is not strictly inside this graph)."""
+        if not self.prefix:
+            return path
+        return path[len(self.prefix) + 1:] if path.startswith(self.prefix + ".") else ""
+
+    def parent_of_sources(self, names: list[str]) -> str:
+        """Graph-local common parent of the original modules behind the graph modules ``names``."""
+        sources: set[str] = set()
+        for n in names:
+            sources |= self.sources(n)
+        from reparam.engine.graph import common_parent
+
+        return self.local(common_parent(sorted(sources)))
+
+    def sources(self, name: str) -> set[str]:
+        return set(self.provenance.get(name, {self.full(name)}))
+
+    def leave(self, where: str, reason: str) -> None:
+        """Report a pattern left alone (once per pass, place and reason)."""
+        item = LeftAlone(self.current_pass, self.full(where) if where else self.prefix or "<model>", reason)
+        if item not in self.left_alone:
+            self.left_alone.append(item)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            warnings.warn(message, stacklevel=3)
+
+    def record(self, name: str, module: nn.Module, inputs: Iterable[str], detail: str,
+               extra_sources: Iterable[str] = ()) -> FusionEntry:
+        """Note that module ``name`` now computes what the modules ``inputs`` (graph names) computed."""
+        sources: set[str] = set(extra_sources)
+        for n in inputs:
+            sources |= self.sources(n)
+        self.provenance[name] = sources
+        entry = FusionEntry(self.current_pass, self.full(name), sorted(sources), detail)
+        self.history.append(entry)
+        self.products[entry.fused] = (entry, module)
+        return entry
+
+    @torch.no_grad()
+    def parameter(self, value: Tensor, like: Tensor, what: str) -> nn.Parameter:
+        """Cast a float64 result to ``like``'s dtype/device as a Parameter; warn on float16 overflow."""
+        peak = float(value.abs().max()) if value.numel() else 0.0
+        if peak > FP16_MAX:
+            where = self.current_block or what
+            if like.dtype == torch.float16:
+                msg = f"fused {what} at {where} reaches {peak:.4g}, beyond float16 range: it becomes inf"
+            else:
+                msg = (f"fused {what} at {where} reaches {peak:.4g}, beyond float16 range (65504): an FP16 "
+                       "export of this model would overflow")
+            self.warn(msg)
+        return nn.Parameter(value.to(dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)
+
+
+class PassError(ReparamError):
+    """A pass failed; names the pass and the block (module path) it was working on."""
+
+    def __init__(self, pass_name: str, block: str, message: str, hint: str | None = None):
+        where = f" at block {block!r}" if block else ""
+        super().__init__(f"pass {pass_name!r} failed{where}: {message}", hint)
+        self.pass_name = pass_name
+        self.block = block

@@ -1,0 +1,305 @@
+"""``convert`` / ``reparameterize``: trace, run the passes, check, report and record."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from reparam.engine.base import LeftAlone, Pass, PassContext, select_passes
+from reparam.engine.check import (
+    capture,
+    compare_outputs,
+    diverging_blocks,
+    make_inputs,
+    model_dtype,
+    node_values,
+    tolerance_for,
+)
+from reparam.engine.graph import BN, CONV, CONV_T, module_of
+from reparam.engine.manager import run_passes
+from reparam.engine.record import FusionEntry, RewriteRecord
+from reparam.engine.report import CheckSummary, ConversionReport
+from reparam.errors import MismatchError, ReparamError
+from reparam.profile import model_stats
+
+
+@dataclass
+class ConversionResult:
+    """The deploy model (eval mode), the report, and the rewrite record."""
+
+    model: nn.Module
+    report: ConversionReport
+    record: RewriteRecord
+
+
+def _trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
+    try:
+        return fx.symbolic_trace(module), ""
+    except Exception as exc:  # any failure to trace means "convert the parts instead"
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def fx_boundaries(gm: fx.GraphModule, paths: Iterable[str]) -> dict[str, str]:
+    """Block path -> the single node traced inside that block whose value leaves the block.
+
+    Passes give every replacement node the metadata of the node whose value it takes over, so the
+    module stack of a node keeps naming the blocks whose output it is.
+    """
+    wanted = set(paths)
+    members: dict[str, set[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        for path in node.meta.get("nn_module_stack") or {}:
+            if path in wanted:
+                members.setdefault(path, set()).add(node)
+    out = {}
+    for path, nodes in members.items():
+        leaving = [n for n in nodes if any(u not in nodes for u in n.users)]
+        if len(leaving) == 1:
+            out[path] = leaving[0].name
+    return out
+
+
+def _leaf_param_modules(module: nn.Module, prefix: str) -> dict[str, nn.Module]:
+    return {f"{prefix}.{n}" if n else prefix: m for n, m in module.named_modules()
+            if not list(m.children()) and (list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)))}
+
+
+class _Converter:
+    def __init__(self, passes: list[Pass], inputs_by_module: dict[str, tuple]):
+        self.passes = passes
+        self.inputs_by_module = inputs_by_module
+        self.contexts: list[PassContext] = []
+        self.block_entries: list[FusionEntry] = []
+        self.module_boundaries: list[str] = []
+        self.untraced: list[tuple[str, str]] = []
+
+    def graph(self, module: nn.Module, prefix: str) -> fx.GraphModule | None:
+        gm, why = _trace(module)
+        if gm is None:
+            self.untraced.append((prefix, why))
+            return None
+        ctx = PassContext(example_inputs=self.inputs_by_module.get(prefix), prefix=prefix)
+        self.contexts.append(ctx)
+        return run_passes(gm, self.passes, ctx)
+
+    def tree(self, module: nn.Module, prefix: str) -> None:
+        """Convert each child on its own (recursively) when ``module`` itself cannot be traced."""
+        for name, child in list(module.named_children()):
+            path = f"{prefix}.{name}" if prefix else name
+            if not list(child.children()):
+                continue
+            gm = self.graph(child, path)
+            if gm is not None:
+                setattr(module, name, gm)
+                self.module_boundaries.append(path)
+                continue
+            if callable(getattr(child, "reparameterize", None)) and hasattr(child, "get_equivalent_kernel_bias"):
+                before = _leaf_param_modules(child, path)
+                child.reparameterize()
+                after = _leaf_param_modules(child, path)
+                new = [p for p, m in after.items() if before.get(p) is not m]
+                gone = sorted(p for p, m in before.items() if after.get(p) is not m)
+                for p in new:
+                    self.block_entries.append(FusionEntry("block_reparameterize", p, gone,
+                                                          f"{type(child).__name__}.reparameterize()"))
+            self.module_boundaries.append(path)
+            self.tree(child, path)
+
+
+def _remaining_bn_notes(model: nn.Module, contexts: list[PassContext]) -> list[tuple[str, str]]:
+    """Why each BatchNorm still in the deploy model is there."""
+    notes = []
+    graphs = [(n, m) for n, m in model.named_modules() if isinstance(m, fx.GraphModule)]
+    in_graph: set[str] = set()
+    for gname, gm in graphs:
+        for node in gm.graph.nodes:
+            bn = module_of(gm, node)
+            if not isinstance(bn, BN):
+                continue
+            path = f"{gname}.{node.target}" if gname else str(node.target)
+            in_graph.add(path)
+            src = node.args[0] if node.args else None
+            layer = module_of(gm, src) if isinstance(src, fx.Node) else None
+            if isinstance(layer, CONV + CONV_T + (nn.Linear,)):
+                why = f"its input {src.target} also feeds other nodes, or the fold was refused (see above)"
+            elif isinstance(src, fx.Node):
+                why = f"its input ({src.name}) is not the output of a conv or linear layer"
+            else:
+                why = "its input is not a tensor node"
+            notes.append((path, why))
+    for name, m in model.named_modules():
+        if isinstance(m, BN) and name not in in_graph and not any(name.startswith(g + ".") for g, _ in graphs if g):
+            notes.append((name, "inside a module that torch.fx could not trace and that has no reparameterize()"))
+    return notes
+
+
+def convert(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    passes: Sequence[str] | str | None = None,
+    skip: Iterable[str] = (),
+    check: bool = True,
+    inplace: bool = False,
+    input_shape: Sequence[int] | None = None,
+) -> ConversionResult:
+    """Re-parameterize ``model`` for deployment; returns the deploy model, a report and a record.
+
+    The model is traced with torch.fx and rewritten by the selected passes (all registered ones by
+    default, minus ``skip``) to a fixed point. If the whole model cannot be traced, each child is
+    converted on its own and blocks fall back to their own ``reparameterize()``. With ``check``, the
+    original (eval) and deploy models run on ``example_inputs`` (or random inputs of ``input_shape``,
+    or a guessed shape) and a MismatchError naming the diverging blocks is raised if they differ.
+    The input model is left untouched unless ``inplace``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ReparamError(f"expected a torch.nn.Module, got {type(model).__name__}",
+                           hint="pass the model object, e.g. reparam.zoo.create_model('repvgg_a0')")
+    selected = select_passes(passes, skip)
+    report = ConversionReport(passes=[p.name for p in selected])
+    report.converted_from_eval_copy = any(m.training for m in model.modules())
+    work = model if inplace else copy.deepcopy(model)
+    work.eval()
+    inputs, note = make_inputs(work, example_inputs, input_shape)
+    if note:
+        report.notes.append(note)
+    dtype, _ = model_dtype(work)
+    nonleaf = [n for n, m in work.named_modules() if n and list(m.children())]
+    all_paths = [n for n, _ in work.named_modules() if n]
+
+    captured: dict[str, tuple] = {}
+    reference = calls = first = None
+    order: list[str] = []
+    if inputs is not None:
+        handles = []
+
+        def pre_for(path):
+            def pre(_m, args):
+                if path not in captured:
+                    captured[path] = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
+            return pre
+
+        mods = dict(work.named_modules())
+        handles = [mods[p].register_forward_pre_hook(pre_for(p)) for p in all_paths]
+        try:
+            reference, first, calls, order = capture(work, nonleaf, lambda: work(*inputs))
+        except Exception as exc:
+            raise ReparamError(
+                f"the model fails on the example inputs {[tuple(t.shape) for t in inputs if hasattr(t, 'shape')]}: "
+                f"{type(exc).__name__}: {exc}",
+                hint="pass example inputs or an input shape the model accepts (--input-shape NxCxHxW)",
+            ) from exc
+        finally:
+            for h in handles:
+                h.remove()
+        captured[""] = inputs
+        report.before = model_stats(work, inputs)
+    else:
+        report.before = model_stats(work)
+
+    converter = _Converter(selected, captured)
+    gm, why = _trace(work)
+    record = RewriteRecord()
+    if gm is not None:
+        ctx = PassContext(example_inputs=inputs)
+        converter.contexts.append(ctx)
+        deploy: nn.Module = run_passes(gm, selected, ctx)
+        single = {p for p in nonleaf if calls is None or calls.get(p, 0) == 1}
+        record.boundaries = fx_boundaries(deploy, single)
+        record.boundary_kind = "fx_node"
+    else:
+        report.tracing = "per submodule (the whole model could not be traced by torch.fx)"
+        report.notes.append(f"torch.fx could not trace the whole model ({why}); each submodule was converted "
+                            "on its own")
+        converter.tree(work, "")
+        deploy = work
+        record.boundaries = {p: p for p in converter.module_boundaries
+                             if p in nonleaf and (calls is None or calls.get(p, 0) == 1)}
+        record.boundary_kind = "module"
+    deploy.eval()
+
+    for ctx in converter.contexts:
+        report.fusions.extend(ctx.history)
+        report.left_alone.extend(ctx.left_alone)
+        report.warnings.extend(w for w in ctx.warnings if w not in report.warnings)
+    report.fusions.extend(converter.block_entries)
+    deploy_modules = dict(deploy.named_modules())
+    for ctx in converter.contexts:
+        for name, (entry, module) in ctx.products.items():
+            if deploy_modules.get(name) is module:
+                record.entries.append(entry)
+    record.entries.extend(converter.block_entries)
+    for path, reason in converter.untraced:
+        if path:
+            report.left_alone.append(LeftAlone("trace", path, f"not traceable by torch.fx ({reason})"))
+    for path, reason in _remaining_bn_notes(deploy, converter.contexts):
+        item = LeftAlone("fold_bn", path, f"BatchNorm stays: {reason}")
+        if not any(x.where == path for x in report.left_alone):
+            report.left_alone.append(item)
+    if report.converted_from_eval_copy:
+        report.notes.append("the model was in training mode; an eval-mode copy was converted "
+                            "(BatchNorm uses its running statistics)")
+
+    if inputs is not None:
+        with torch.no_grad():
+            out = deploy(*inputs)
+        report.after = model_stats(deploy, inputs)
+    else:
+        out = None
+        report.after = model_stats(deploy)
+    if check:
+        if inputs is None:
+            raise ReparamError("cannot check the conversion: no example inputs and no input shape could be inferred",
+                               hint="pass example_inputs or input_shape (--input-shape), or disable the check")
+        abs_err, rel, peak = compare_outputs(reference, out)
+        tol = tolerance_for(dtype)
+        summary = CheckSummary(rel <= tol, abs_err, rel, tol, peak,
+                               [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)], str(dtype))
+        report.check = summary
+        if not summary.passed:
+            summary.diverging_blocks = _locate(deploy, record, first or {}, order, inputs, tol)
+            blocks = ", ".join(summary.diverging_blocks[:5]) or "(no block boundary isolates it)"
+            fused_there = sorted({e.fused for e in record.entries
+                                  if any(s.startswith(b + ".") or s == b for b in summary.diverging_blocks
+                                         for s in e.sources)})
+            raise MismatchError(
+                f"the converted model differs from the original: max abs error {abs_err:.3g}, relative "
+                f"error {rel:.3g} > tolerance {tol:g}; diverging blocks: {blocks}"
+                + (f"; fused modules there: {', '.join(fused_there[:8])}" if fused_there else ""),
+                hint="convert with the responsible pass skipped (--skip PASS) and report the model",
+            )
+    deploy.reparam_record = record
+    deploy.reparam_report = report
+    return ConversionResult(deploy, report, record)
+
+
+def _locate(deploy: nn.Module, record: RewriteRecord, first: dict, order: list[str], inputs: tuple,
+            tol: float) -> list[str]:
+    if record.boundary_kind == "fx_node" and isinstance(deploy, fx.GraphModule):
+        values = node_values(deploy, set(record.boundaries.values()), inputs)
+        return diverging_blocks(first, order, values, record.boundaries, tol)
+    _, got, _, _ = capture(deploy, list(record.boundaries.values()), lambda: deploy(*inputs))
+    by_path = {p: got[m] for p, m in record.boundaries.items() if got.get(m) is not None}
+    return diverging_blocks(first, order, by_path, {p: p for p in by_path}, tol)
+
+
+def reparameterize(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    passes: Sequence[str] | str | None = None,
+    skip: Iterable[str] = (),
+    check: bool = True,
+    inplace: bool = False,
+    input_shape: Sequence[int] | None = None,
+) -> nn.Module:
+    """The deploy model of ``model`` (see :func:`convert`); it carries ``reparam_record``/``reparam_report``."""
+    return convert(model, example_inputs, passes=passes, skip=skip, check=check, inplace=inplace,
+                   input_shape=input_shape).model

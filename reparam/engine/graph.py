@@ -1,0 +1,146 @@
+"""Small helpers over torch.fx graphs shared by the passes."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+BN = nn.modules.batchnorm._BatchNorm
+CONV_BY_DIM = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """The module a ``call_module`` node calls (None for other nodes)."""
+    if node.op != "call_module":
+        return None
+    try:
+        return gm.get_submodule(node.target)
+    except AttributeError:
+        return None
+
+
+def shape_of(node: object) -> tuple[int, ...] | None:
+    """Static shape recorded by shape propagation, when the node produced a single tensor."""
+    if not isinstance(node, fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def block_path(node: fx.Node) -> str:
+    """Innermost non-leaf module path the node was traced in ("" at the top level)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = list(stack)
+    if node.op == "call_module" and paths and paths[-1] == node.target:
+        paths = paths[:-1]
+    return paths[-1] if paths else ""
+
+
+def common_parent(paths: Iterable[str]) -> str:
+    """Longest common dotted prefix of module paths ("" when they share none)."""
+    split = [p.split(".") for p in paths if p]
+    if not split:
+        return ""
+    prefix = split[0]
+    for parts in split[1:]:
+        n = 0
+        while n < min(len(prefix), len(parts)) and prefix[n] == parts[n]:
+            n += 1
+        prefix = prefix[:n]
+    return ".".join(prefix)
+
+
+def is_free(gm: fx.GraphModule, path: str, leaving: set[fx.Node]) -> bool:
+    """Whether ``path`` can take a new module once the nodes in ``leaving`` are gone.
+
+    Free means: no other node refers to the path or below it, and no leaf that a node still calls
+    sits on the path's ancestors.
+    """
+    if not path:
+        return False
+    parts = path.split(".")
+    ancestors = {".".join(parts[:i]) for i in range(1, len(parts))}
+    for node in gm.graph.nodes:
+        if node in leaving or node.op not in ("call_module", "get_attr"):
+            continue
+        t = str(node.target)
+        if t == path or t.startswith(path + ".") or t in ancestors:
+            return False
+    return True
+
+
+def choose_name(gm: fx.GraphModule, candidates: Sequence[str], leaving: set[fx.Node]) -> str:
+    """First free candidate; otherwise the last candidate with a numeric suffix."""
+    for c in candidates:
+        if c and is_free(gm, c, leaving):
+            return c
+    base = candidates[-1] if candidates and candidates[-1] else "fused"
+    i = 1
+    while not is_free(gm, f"{base}_{i}", leaving):
+        i += 1
+    return f"{base}_{i}"
+
+
+def replace_with(gm: fx.GraphModule, root: fx.Node, new: fx.Node, leaving: Iterable[fx.Node]) -> set[fx.Node]:
+    """Route ``root``'s users to ``new``, erase the nodes of ``leaving`` that became unused; returns those."""
+    new.meta = {k: v for k, v in root.meta.items()}
+    root.replace_all_uses_with(new)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    erased: set[fx.Node] = set()
+    for node in sorted(set(leaving) | {root}, key=lambda n: order.get(n, -1), reverse=True):
+        if node is not new and node in order and not node.users:
+            gm.graph.erase_node(node)
+            erased.add(node)
+    return erased
+
+
+def install(gm: fx.GraphModule, name: str, module: nn.Module, root: fx.Node, args: tuple,
+            leaving: Iterable[fx.Node]) -> fx.Node:
+    """Put ``module`` at ``name``, call it on ``args`` in place of ``root``, and drop ``leaving``."""
+    if not gm.add_submodule(name, module):
+        raise RuntimeError(f"cannot add a module at {name!r}")
+    with gm.graph.inserting_before(root):
+        new = gm.graph.call_module(name, args)
+    replace_with(gm, root, new, leaving)
+    return new
+
+
+def cleanup(gm: fx.GraphModule) -> None:
+    """Dead-code eliminate, drop unused submodules, lint and recompile."""
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
+    """Annotate nodes with ``tensor_meta`` by running the graph once; False when not possible."""
+    if example_inputs is None:
+        return False
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+    except Exception:  # shapes are an optional aid; passes stay conservative without them
+        for node in gm.graph.nodes:
+            node.meta.pop("tensor_meta", None)
+        return False
+    return True
+
+
+ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
+
+
+def is_add(node: fx.Node) -> bool:
+    """A plain two-operand addition (``+``, ``torch.add``/``Tensor.add`` without ``alpha``)."""
+    if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1 or set(node.kwargs) - {"alpha"}:
+        return False
+    if node.op == "call_function" and node.target in ADD_FUNCTIONS:
+        return True
+    return node.op == "call_method" and node.target in ("add", "__add__")

@@ -1,0 +1,50 @@
+"""Run passes over a GraphModule to a fixed point."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import fx
+
+from reparam.engine.base import Pass, PassContext, PassError
+from reparam.engine.graph import cleanup
+from reparam.errors import ReparamError
+
+MAX_ITERATIONS = 10
+
+
+def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
+               max_iterations: int = MAX_ITERATIONS) -> fx.GraphModule:
+    """Apply ``passes`` in order, repeatedly, until none changes the graph (at most ``max_iterations``).
+
+    After every pass the graph is dead-code eliminated, unused submodules are deleted and the module
+    is recompiled. Any exception becomes a PassError naming the pass and the block it worked on.
+    Only the last round's "left alone" notes are kept: they describe the final graph.
+    """
+    for name, mod in gm.named_modules():
+        if name and not list(mod.children()):
+            ctx.provenance.setdefault(name, {ctx.full(name)})
+    for _ in range(max_iterations):
+        ctx.left_alone = []
+        changed = False
+        for p in passes:
+            ctx.current_pass, ctx.current_block = p.name, ""
+            try:
+                result = p.run(gm, ctx)
+                gm = result.module
+                cleanup(gm)
+            except PassError:
+                raise
+            except ReparamError as exc:
+                raise PassError(p.name, ctx.current_block, exc.message, exc.hint) from exc
+            except Exception as exc:
+                raise PassError(
+                    p.name, ctx.current_block, f"{type(exc).__name__}: {exc}",
+                    hint=f"convert without it (skip=['{p.name}'] or --skip {p.name}) and report the model "
+                    "that triggers this",
+                ) from exc
+            changed |= result.changed
+        if not changed:
+            return gm
+    ctx.warn(f"passes did not reach a fixed point after {max_iterations} rounds")
+    return gm

@@ -1,0 +1,446 @@
+"""Merge parallel linear branches over one input whose outputs are summed into one conv.
+
+A sum (``+``, ``torch.add``, ``Tensor.add``, ``sum([...])``) is flattened into its terms. Each term
+is read as a linear map of some input tensor: a conv (possibly on a constant crop of the input,
+which is a negative padding), a BatchNorm on the input (an identity kernel scaled by the BN), an
+average pool (count_include_pad semantics), or the input itself (identity kernel). Terms over the
+same input whose sliding windows can be aligned exactly become one conv: kernels are regrouped,
+dilated and padded into a common window by offset ``(P - p_i) / D`` per dim, and biases add.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections import deque
+from dataclasses import dataclass, field
+from functools import reduce
+
+import torch
+from torch import fx, nn
+
+from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.graph import (
+    BN,
+    CONV,
+    CONV_BY_DIM,
+    block_path,
+    choose_name,
+    cleanup,
+    is_add,
+    module_of,
+    propagate_shapes,
+    replace_with,
+    shape_of,
+)
+from reparam.kernel_math import (
+    avgpool_kernel,
+    dilate_kernel,
+    fold_bn,
+    identity_kernel,
+    pad_kernel,
+    regroup_kernel,
+)
+
+_POOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+
+
+@dataclass
+class Branch:
+    """One summed term read as ``conv(x)`` with per-side padding ``lo``/``hi`` (negative = crop)."""
+
+    leaf: fx.Node
+    input: fx.Node
+    kind: str  # conv | bn | pool | identity
+    ndim: int
+    in_ch: int
+    out_ch: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+    groups: int | None = None  # None: can take any group count (identity, BN, pool)
+    module: nn.Module | None = None
+    module_name: str | None = None
+    nodes: list[fx.Node] = field(default_factory=list)
+    problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.module_name or f"identity({self.input.name})"
+
+    def reach(self) -> tuple[int, ...]:
+        """``lo + hi - dilation * (kernel - 1)``: equal values give equal output sizes."""
+        return tuple(lo + hi - d * (k - 1) for lo, hi, d, k in zip(self.lo, self.hi, self.dilation, self.kernel))
+
+    def macs(self) -> int:
+        if self.kind == "conv":
+            return self.out_ch * (self.in_ch // self.groups) * math.prod(self.kernel)
+        return self.out_ch * math.prod(self.kernel)
+
+
+def _tuple(v, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, list | tuple) else (int(v),) * n
+
+
+def _crop_of(node: fx.Node, ndim: int) -> tuple[fx.Node, list[int], list[int]] | None:
+    """Follow constant spatial slices ``x[:, :, a:-b, ...]`` back to ``x``; crops per side, or None."""
+    lo, hi = [0] * ndim, [0] * ndim
+    while node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        src, idx = node.args
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if len(idx) > ndim + 2 or not all(isinstance(s, slice) for s in idx):
+            return None
+        for dim, s in enumerate(idx):
+            if s == slice(None):
+                continue
+            if dim < 2 or s.step not in (None, 1):
+                return None
+            start, stop = s.start or 0, s.stop
+            if not isinstance(start, int) or start < 0 or not (stop is None or isinstance(stop, int)):
+                return None
+            end = 0
+            if stop is not None and stop < 0:
+                end = -stop
+            elif stop is not None:
+                shape = shape_of(src)
+                if shape is None:
+                    return None
+                end = shape[dim] - stop
+                if end < 0:
+                    return None
+            lo[dim - 2] += start
+            hi[dim - 2] += end
+        node = src
+    return node, lo, hi
+
+
+def _conv_padding(conv: nn.Module) -> tuple[list[int], list[int]] | None:
+    n = len(conv.kernel_size)
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return [0] * n, [0] * n
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        return [t // 2 for t in total], [t - t // 2 for t in total]
+    return list(conv.padding), list(conv.padding)
+
+
+def _channels(node: fx.Node) -> tuple[int, int] | None:
+    shape = shape_of(node)
+    if shape is None or len(shape) < 2:
+        return None
+    return shape[1], len(shape) - 2
+
+
+def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch | None:
+    """Read a summed term as a linear map of one input (None when it is not even a tensor term)."""
+    mod = module_of(gm, leaf)
+    exclusive = all(u in tree for u in leaf.users)
+    if isinstance(mod, CONV) and len(leaf.args) == 1 and not leaf.kwargs and isinstance(leaf.args[0], fx.Node):
+        n = len(mod.kernel_size)
+        crop = _crop_of(leaf.args[0], n)
+        src, clo, chi = crop if crop is not None else (leaf.args[0], [0] * n, [0] * n)
+        lo, hi = _conv_padding(mod)
+        b = Branch(leaf, src, "conv", n, mod.in_channels, mod.out_channels, tuple(mod.kernel_size),
+                   tuple(mod.stride), tuple(mod.dilation), tuple(a - c for a, c in zip(lo, clo)),
+                   tuple(a - c for a, c in zip(hi, chi)), mod.groups, mod, str(leaf.target), [leaf])
+        if crop is not None and src is not leaf.args[0]:
+            b.nodes.append(leaf.args[0])
+        if mod.padding_mode != "zeros" and (any(lo) or any(hi)):
+            b.problem = f"padding mode {mod.padding_mode!r} (only zero padding merges exactly)"
+        if not exclusive:
+            b.problem = f"its output is also used outside the sum ({', '.join(u.name for u in leaf.users if u not in tree)})"
+        return b
+    if isinstance(mod, BN) and len(leaf.args) == 1 and isinstance(leaf.args[0], fx.Node):
+        info = _channels(leaf.args[0])
+        dims = {nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}.get(type(mod))
+        ndim = info[1] if info else dims
+        if ndim is None or ndim < 1:
+            return None
+        c = mod.num_features
+        one = (1,) * ndim
+        b = Branch(leaf, leaf.args[0], "bn", ndim, c, c, one, one, one, (0,) * ndim, (0,) * ndim,
+                   None, mod, str(leaf.target), [leaf])
+        if not mod.track_running_stats or mod.running_mean is None:
+            b.problem = "BatchNorm uses batch statistics (track_running_stats=False)"
+        elif not exclusive:
+            b.problem = "its output is also used outside the sum"
+        return b
+    if isinstance(mod, _POOL) and len(leaf.args) == 1 and isinstance(leaf.args[0], fx.Node):
+        info = _channels(leaf.args[0])
+        if info is None:
+            return None
+        c, ndim = info
+        k = _tuple(mod.kernel_size, ndim)
+        s = _tuple(mod.stride if mod.stride is not None else mod.kernel_size, ndim)
+        p = _tuple(mod.padding, ndim)
+        b = Branch(leaf, leaf.args[0], "pool", ndim, c, c, k, s, (1,) * ndim, p, p, None, mod,
+                   str(leaf.target), [leaf])
+        if mod.ceil_mode or getattr(mod, "divisor_override", None) or (any(p) and not mod.count_include_pad):
+            b.problem = "average pool with ceil_mode, divisor_override or count_include_pad=False"
+        elif not exclusive:
+            b.problem = "its output is also used outside the sum"
+        return b
+    info = _channels(leaf)
+    if info is None:
+        return None
+    c, ndim = info
+    one = (1,) * ndim
+    return Branch(leaf, leaf, "identity", ndim, c, c, one, one, one, (0,) * ndim, (0,) * ndim)
+
+
+def _as_identity(b: Branch) -> Branch | None:
+    info = _channels(b.leaf)
+    if info is None:
+        return None
+    c, ndim = info
+    one = (1,) * ndim
+    return Branch(b.leaf, b.leaf, "identity", ndim, c, c, one, one, one, (0,) * ndim, (0,) * ndim)
+
+
+def _flatten(root: fx.Node) -> tuple[list, set[fx.Node]]:
+    """Terms of an add tree (nodes or numbers) and the add nodes that form it."""
+    terms: list = []
+    adds = {root}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for arg in reversed(node.args):
+            if isinstance(arg, fx.Node) and is_add(arg) and len(arg.users) == 1:
+                adds.add(arg)
+                stack.append(arg)
+            else:
+                terms.append(arg)
+    return terms, adds
+
+
+def _is_root(node: fx.Node) -> bool:
+    if not is_add(node):
+        return False
+    return not (len(node.users) == 1 and is_add(next(iter(node.users))))
+
+
+@dataclass
+class Plan:
+    """A merged conv: geometry and the members it replaces."""
+
+    members: list[Branch]
+    kernel: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    offsets: list[tuple[int, ...]]
+
+
+def _plan(members: list[Branch]) -> Plan | str:
+    """Geometry of one conv equal to the sum of ``members`` (same input, stride and output size)."""
+    first = members[0]
+    nd = first.ndim
+    reach = first.reach()
+    dil, pad, size = [], [], []
+    for d in range(nd):
+        wide = [b.dilation[d] for b in members if b.kernel[d] > 1]
+        dd = reduce(math.gcd, wide) if wide else 1
+        p0 = max(max(b.lo[d], b.hi[d]) for b in members)
+        if p0 < 0:
+            return "every branch crops its input, the merged conv would need a crop"
+        for p in range(p0, p0 + dd):
+            if (2 * p - reach[d]) % dd == 0 and all((p - b.lo[d]) % dd == 0 for b in members):
+                break
+        else:
+            return f"no exact alignment of the branch windows in spatial dim {d} (dilation {dd})"
+        dil.append(dd)
+        pad.append(p)
+        size.append((2 * p - reach[d]) // dd + 1)
+    offsets = []
+    for b in members:
+        off = tuple((pad[d] - b.lo[d]) // dil[d] for d in range(nd))
+        span = tuple((b.kernel[d] - 1) * (b.dilation[d] // dil[d] if b.kernel[d] > 1 else 1) + 1 for d in range(nd))
+        if any(o < 0 or o + s > k for o, s, k in zip(off, span, size)):
+            return "no exact alignment of the branch windows"
+        offsets.append(off)
+    conv_groups = [b.groups for b in members if b.groups is not None]
+    groups = reduce(math.gcd, conv_groups) if conv_groups else first.out_ch
+    if first.in_ch != first.out_ch and any(b.groups is None for b in members):
+        return "identity-like branch where input and output channels differ"
+    after = first.out_ch * (first.in_ch // groups) * math.prod(size)
+    before = sum(b.macs() for b in members)
+    if after > before:
+        return (f"merged conv (groups={groups}, kernel={tuple(size)}) would cost {after} instead of {before} "
+                "multiply-adds per output position")
+    return Plan(members, tuple(size), tuple(pad), tuple(dil), groups, offsets)
+
+
+@torch.no_grad()
+def _kernel_bias(b: Plan, m: Branch, off: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next((x.module.weight.device for x in b.members if x.kind == "conv"), None)
+    nd = m.ndim
+    if m.kind == "conv":
+        k = regroup_kernel(m.module.weight.detach().double(), m.groups, b.groups)
+        factor = tuple(m.dilation[d] // b.dilation[d] if m.kernel[d] > 1 else 1 for d in range(nd))
+        k = dilate_kernel(k, factor)
+        bias = m.module.bias.detach().double() if m.module.bias is not None else k.new_zeros(m.out_ch)
+    elif m.kind == "pool":
+        k = avgpool_kernel(m.out_ch, b.groups, m.kernel, dtype=torch.float64, device=device)
+        bias = k.new_zeros(m.out_ch)
+    else:
+        k = identity_kernel(m.out_ch, b.groups, (1,) * nd, dtype=torch.float64, device=device)
+        bias = k.new_zeros(m.out_ch)
+        if m.kind == "bn":
+            bn = m.module
+
+            def d(t):
+                return None if t is None else t.detach().double()
+
+            k, bias = fold_bn(k, None, d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias), bn.eps)
+    return pad_kernel(k, b.kernel, off), bias
+
+
+def _nonlinear_path(leaf: fx.Node, targets: set[fx.Node], depth: int = 2) -> list[fx.Node] | None:
+    """Nodes between ``leaf`` and one of ``targets`` (at most ``depth`` steps back), or None."""
+    queue = deque([(leaf, [leaf])])
+    while queue:
+        node, path = queue.popleft()
+        if len(path) > depth:
+            continue
+        for src in node.all_input_nodes:
+            if src in targets:
+                return path
+            queue.append((src, [*path, src]))
+    return None
+
+
+def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    mod = module_of(gm, node)
+    if mod is not None:
+        return f"{node.target} ({type(mod).__name__})"
+    target = getattr(node.target, "__name__", str(node.target))
+    return f"{node.name} ({target})"
+
+
+@register_pass
+class MergeBranches:
+    """Sum of linear branches over one input → one conv (ACB, RepVGG, identity, avg-pool branches)."""
+
+    name = "merge_branches"
+    description = "merge parallel conv / BN / identity / avg-pool branches whose outputs are summed"
+
+    @torch.no_grad()
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        propagate_shapes(gm, ctx.example_inputs)
+        fused = []
+        gone: set[fx.Node] = set()
+        for root in [n for n in gm.graph.nodes if _is_root(n)]:
+            terms, adds = _flatten(root)
+            if root in gone or any(isinstance(t, fx.Node) and t in gone for t in terms):
+                continue
+            where = block_path(root)
+            ctx.current_block = ctx.full(where)
+            entry = self._merge_tree(gm, ctx, root, terms, adds, where)
+            if entry is not None:
+                fused.append(entry[0])
+                gone |= entry[1]
+        if fused:
+            cleanup(gm)
+        return PassResult(gm, bool(fused), fused)
+
+    def _merge_tree(self, gm, ctx, root, terms, adds, where):
+        branches: list[Branch] = []
+        for t in terms:
+            if isinstance(t, fx.Node):
+                b = _interpret(gm, t, adds)
+                if b is not None:
+                    branches.append(b)
+        inputs = {b.input for b in branches}
+        branches = [(_as_identity(b) or b) if b.kind != "identity" and b.leaf in inputs else b for b in branches]
+        by_input: dict[fx.Node, list[Branch]] = {}
+        for b in branches:
+            by_input.setdefault(b.input, []).append(b)
+        chosen: Plan | None = None
+        conv_inputs = {x for x, bs in by_input.items() if any(b.kind == "conv" for b in bs)}
+        for group in by_input.values():
+            if len(group) < 2 or not any(b.kind == "conv" for b in group):
+                continue
+            ok = []
+            for b in group:
+                if b.problem:
+                    ctx.leave(where, f"branch {b.label} not merged: {b.problem}")
+                else:
+                    ok.append(b)
+            classes: dict[tuple, list[Branch]] = {}
+            for b in ok:
+                key = (b.ndim, b.stride, b.reach(), b.in_ch, b.out_ch, shape_of(b.leaf))
+                classes.setdefault(key, []).append(b)
+            ranked = sorted(classes.values(), key=lambda bs: (any(b.kind == "conv" for b in bs), len(bs)),
+                            reverse=True)
+            if not ranked:
+                continue
+            best = ranked[0]
+            for other in ranked[1:]:
+                for b in other:
+                    ctx.leave(where, f"branch {b.label} not merged with {best[0].label}: strides, channels or "
+                              f"output shapes differ (stride {b.stride} vs {best[0].stride}, output size offset "
+                              f"{b.reach()} vs {best[0].reach()})")
+            if len(best) < 2 or not any(b.kind == "conv" for b in best):
+                continue
+            plan = _plan(best)
+            if isinstance(plan, str):
+                ctx.leave(where, f"branches {', '.join(b.label for b in best)} not merged: {plan}")
+                continue
+            if chosen is None or len(plan.members) > len(chosen.members):
+                chosen = plan
+        merged_leaves = {id(m) for m in chosen.members} if chosen else set()
+        for b in branches:
+            if b.kind == "identity" and b.input is b.leaf and id(b) not in merged_leaves:
+                path = _nonlinear_path(b.leaf, conv_inputs)
+                if path:
+                    ops = " <- ".join(_describe(gm, n) for n in path)
+                    ctx.leave(where, f"branch through {ops} holds a nonlinearity or an unsupported op; "
+                              "left unfused")
+        if chosen is None:
+            return None
+        return self._rewrite(gm, ctx, root, terms, adds, chosen)
+
+    def _rewrite(self, gm, ctx, root, terms, adds, plan: Plan):
+        members = plan.members
+        kernel = bias = None
+        for m, off in zip(members, plan.offsets):
+            k, b = _kernel_bias(plan, m, off)
+            kernel = k if kernel is None else kernel + k
+            bias = b if bias is None else bias + b
+        like = next(m.module.weight for m in members if m.kind == "conv")
+        first = members[0]
+        new = CONV_BY_DIM[first.ndim](
+            first.in_ch, first.out_ch, plan.kernel, stride=first.stride, padding=plan.padding,
+            dilation=plan.dilation, groups=plan.groups, bias=True, device=like.device, dtype=like.dtype,
+        )
+        new.weight = ctx.parameter(kernel, like, "weight")
+        new.bias = ctx.parameter(bias, like, "bias")
+        used = {id(m.leaf) for m in members}
+        rest = []
+        for t in terms:
+            if isinstance(t, fx.Node) and id(t) in used:
+                used.discard(id(t))
+                continue
+            if isinstance(t, int | float) and not isinstance(t, bool) and t == 0:
+                continue
+            rest.append(t)
+        leaving = set(adds)
+        for m in members:
+            leaving.update(m.nodes)
+        names = [m.module_name for m in members if m.module_name]
+        dominant = max((m for m in members if m.kind == "conv"), key=lambda m: math.prod(m.kernel))
+        name = choose_name(gm, [ctx.parent_of_sources(names), dominant.module_name], leaving)
+        if not gm.add_submodule(name, new):
+            raise RuntimeError(f"cannot add a module at {name!r}")
+        with gm.graph.inserting_before(root):
+            out = gm.graph.call_module(name, (first.input,))
+            out.meta = dict(root.meta)
+            for t in rest:
+                out = gm.graph.call_function(operator.add, (out, t))
+        erased = replace_with(gm, root, out, leaving)
+        kinds = ", ".join(f"{m.label} [{m.kind} {'x'.join(map(str, m.kernel))}]" for m in members)
+        detail = (f"{len(members)} branches summed into one {'x'.join(map(str, plan.kernel))} conv "
+                  f"(padding {plan.padding}, dilation {plan.dilation}, groups {plan.groups}): {kinds}")
+        return ctx.record(name, new, names, detail), erased

@@ -1,0 +1,112 @@
+"""Fold an eval-mode BatchNorm into the conv / transposed conv / linear layer that feeds it."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.graph import (
+    BN,
+    CONV,
+    CONV_T,
+    block_path,
+    choose_name,
+    cleanup,
+    install,
+    module_of,
+    propagate_shapes,
+    shape_of,
+)
+from reparam.errors import ReparamError
+from reparam.kernel_math import fold_bn, fold_bn_transposed
+
+_LAYERS = CONV + CONV_T + (nn.Linear,)
+
+
+def _bn_tensors(bn: BN) -> tuple:
+    def d(t):
+        return None if t is None else t.detach().double()
+
+    return d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias)
+
+
+def check_running_stats(bn: BN, where: str) -> None:
+    """Refuse a BatchNorm that normalises with batch statistics at inference."""
+    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+        raise ReparamError(
+            f"BatchNorm {where!r} has track_running_stats=False: it normalises with the statistics of "
+            "each batch even in eval mode, so it is not a fixed affine map and cannot be folded",
+            hint="train the model with track_running_stats=True (or compute running statistics and "
+            "load them), or skip this pass with --skip fold_bn",
+        )
+
+
+@register_pass
+class FoldBN:
+    """``bn(layer(x))`` → ``layer'(x)`` where ``layer``'s output feeds nothing but the BatchNorm."""
+
+    name = "fold_bn"
+    description = "fold BatchNorm into the preceding Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear"
+
+    @torch.no_grad()
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        propagate_shapes(gm, ctx.example_inputs)
+        fused = []
+        gone: set[fx.Node] = set()
+        for node in list(gm.graph.nodes):
+            if node in gone:
+                continue
+            bn = module_of(gm, node)
+            if not isinstance(bn, BN) or len(node.args) != 1 or node.kwargs:
+                continue
+            prod = node.args[0]
+            layer = module_of(gm, prod) if isinstance(prod, fx.Node) else None
+            if not isinstance(layer, _LAYERS):
+                continue
+            where = str(node.target)
+            ctx.current_block = ctx.full(block_path(node) or where)
+            check_running_stats(bn, ctx.full(where))
+            if len(prod.users) != 1:
+                others = ", ".join(sorted(u.name for u in prod.users if u is not node))
+                ctx.leave(str(prod.target), f"output of {prod.target} also feeds {others}; folding "
+                          f"{where} into it would change those")
+                continue
+            if len(prod.args) != 1 or prod.kwargs:
+                ctx.leave(str(prod.target), "layer is called with extra arguments")
+                continue
+            out_features = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+            if bn.num_features != out_features:
+                ctx.leave(where, f"BatchNorm has {bn.num_features} features but {prod.target} "
+                          f"produces {out_features}")
+                continue
+            if isinstance(layer, nn.Linear):
+                shape = shape_of(prod)
+                if shape is None or len(shape) != 2:
+                    ctx.leave(where, "BatchNorm after Linear is folded only on 2-D [batch, features] "
+                              f"outputs (output shape here: {shape or 'unknown'})")
+                    continue
+            mean, var, gamma, beta = _bn_tensors(bn)
+            weight = layer.weight.detach().double()
+            bias = None if layer.bias is None else layer.bias.detach().double()
+            if isinstance(layer, CONV_T):
+                w, b = fold_bn_transposed(weight, bias, mean, var, gamma, beta, bn.eps, groups=layer.groups)
+            else:
+                w, b = fold_bn(weight, bias, mean, var, gamma, beta, bn.eps)
+            new = copy.deepcopy(layer)
+            new.weight = ctx.parameter(w, layer.weight, "weight")
+            new.bias = ctx.parameter(b, layer.weight, "bias")
+            calls = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == prod.target)
+            leaving = {node, prod}
+            name = choose_name(gm, [ctx.parent_of_sources([str(prod.target), where]), str(prod.target)], leaving)
+            detail = f"{type(bn).__name__}(eps={bn.eps:g}, affine={bn.affine}) folded into {type(layer).__name__}"
+            if calls > 1:
+                detail += f"; {prod.target} is called {calls} times, this call site got its own copy"
+            install(gm, name, new, node, prod.args, leaving)
+            gone |= leaving
+            fused.append(ctx.record(name, new, [str(prod.target), where], detail))
+        if fused:
+            cleanup(gm)
+        return PassResult(gm, bool(fused), fused)

@@ -1,0 +1,36 @@
+"""Remove modules that are the identity at inference (``nn.Identity``, dropout in eval mode)."""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.graph import module_of
+
+_IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+             nn.FeatureAlphaDropout)
+
+
+@register_pass
+class RemoveIdentity:
+    """Route the users of identity-at-inference modules to their input, so branches line up."""
+
+    name = "remove_identity"
+    description = "drop nn.Identity and dropout modules (the identity in eval mode)"
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        changed = False
+        for node in list(gm.graph.nodes):
+            mod = module_of(gm, node)
+            if not isinstance(mod, _IDENTITY) or len(node.args) != 1 or node.kwargs:
+                continue
+            if isinstance(mod, nn.Identity) is False and mod.training:
+                continue
+            src = node.args[0]
+            if not isinstance(src, fx.Node):
+                continue
+            ctx.current_block = ctx.full(str(node.target))
+            node.replace_all_uses_with(src)
+            gm.graph.erase_node(node)
+            changed = True
+        return PassResult(gm, changed, [])

@@ -1,0 +1,101 @@
+"""Merge a 1×1 conv followed by a k×k conv into one k×k conv where that is exact."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import fx
+
+from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.graph import (
+    CONV,
+    CONV_BY_DIM,
+    block_path,
+    choose_name,
+    cleanup,
+    install,
+    module_of,
+)
+from reparam.kernel_math import merge_sequential_1x1_kxk, regroup_kernel
+
+
+def _padding(conv) -> tuple[int, ...] | None:
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return (0,) * len(conv.kernel_size)
+        if all(k == 1 for k in conv.kernel_size):
+            return (0,) * len(conv.kernel_size)
+        return None
+    return tuple(conv.padding)
+
+
+@register_pass
+class Merge1x1Kxk:
+    """``conv_kxk(conv_1x1(x))`` → ``conv_kxk'(x)`` (DiverseBranchBlock's 1×1–k×k branch)."""
+
+    name = "merge_1x1_kxk"
+    description = "merge a 1x1 conv followed by a kxk conv into one kxk conv where exact"
+
+    @torch.no_grad()
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        fused = []
+        gone: set[fx.Node] = set()
+        for node in list(gm.graph.nodes):
+            if node in gone:
+                continue
+            c2 = module_of(gm, node)
+            if not isinstance(c2, CONV) or len(node.args) != 1 or node.kwargs:
+                continue
+            first = node.args[0]
+            c1 = module_of(gm, first) if isinstance(first, fx.Node) else None
+            if type(c1) is not type(c2) or len(first.args) != 1 or first.kwargs:
+                continue
+            p1 = _padding(c1)
+            if any(k != 1 for k in c1.kernel_size) or any(s != 1 for s in c1.stride) or p1 is None or any(p1):
+                continue
+            where = str(node.target)
+            ctx.current_block = ctx.full(block_path(node) or where)
+            if len(first.users) != 1:
+                continue
+            p2 = _padding(c2)
+            b1 = c1.bias.detach().double() if c1.bias is not None else None
+            if p2 is None or (any(p2) and c2.padding_mode != "zeros"):
+                ctx.leave(where, f"{first.target} -> {where}: padding {c2.padding!r} with mode "
+                          f"{c2.padding_mode!r} cannot be merged exactly")
+                continue
+            if any(p2) and b1 is not None and bool(b1.abs().max() > 0):
+                ctx.leave(where, f"{first.target} -> {where}: the k×k conv pads with zeros where the 1×1 "
+                          "conv's output would be its (non-zero) bias, so merging is not exact")
+                continue
+            g1, g2 = c1.groups, c2.groups
+            groups = g1 if g1 == g2 else 1
+            mid, cin, cout = c1.out_channels, c1.in_channels, c2.out_channels
+            area = math.prod(c2.kernel_size)
+            before = mid * cin // g1 + cout * (mid // g2) * area
+            after = cout * (cin // groups) * area
+            if after > before:
+                ctx.leave(where, f"merging {first.target} -> {where} would cost {after} instead of {before} "
+                          "multiply-adds per output position")
+                continue
+            k1 = regroup_kernel(c1.weight.detach().double(), g1, groups)
+            k2 = regroup_kernel(c2.weight.detach().double(), g2, groups)
+            b1 = b1 if b1 is not None else k1.new_zeros(mid)
+            b2 = c2.bias.detach().double() if c2.bias is not None else k2.new_zeros(cout)
+            kernel, bias = merge_sequential_1x1_kxk(k1, b1, k2, b2, groups=groups)
+            w = c2.weight
+            new = CONV_BY_DIM[len(c2.kernel_size)](
+                cin, cout, c2.kernel_size, stride=c2.stride, padding=p2, dilation=c2.dilation,
+                groups=groups, bias=True, device=w.device, dtype=w.dtype,
+            )
+            new.weight = ctx.parameter(kernel, w, "weight")
+            new.bias = ctx.parameter(bias, w, "bias")
+            leaving = {node, first}
+            name = choose_name(gm, [ctx.parent_of_sources([str(first.target), where]), where], leaving)
+            install(gm, name, new, node, first.args, leaving)
+            gone |= leaving
+            fused.append(ctx.record(name, new, [str(first.target), where],
+                                    f"1x1 conv {first.target} merged into {tuple(c2.kernel_size)} conv {where}"))
+        if fused:
+            cleanup(gm)
+        return PassResult(gm, bool(fused), fused)

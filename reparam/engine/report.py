@@ -1,0 +1,160 @@
+"""The conversion report: what was fused where, what was left alone and why, and the numbers."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from reparam.engine.base import LeftAlone
+from reparam.engine.record import FusionEntry
+from reparam.profile import ModelStats
+
+
+@dataclass
+class CheckSummary:
+    """Outcome of the built-in equivalence check on the example inputs."""
+
+    passed: bool
+    max_abs_error: float
+    relative_error: float  # max |ref - deploy| / max |ref|
+    tolerance: float
+    max_abs_output: float
+    input_shapes: list[list[int]]
+    dtype: str
+    diverging_blocks: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ConversionReport:
+    """Everything a user needs to trust (or question) a conversion."""
+
+    passes: list[str] = field(default_factory=list)
+    fusions: list[FusionEntry] = field(default_factory=list)
+    left_alone: list[LeftAlone] = field(default_factory=list)
+    before: ModelStats | None = None
+    after: ModelStats | None = None
+    check: CheckSummary | None = None
+    converted_from_eval_copy: bool = False
+    tracing: str = "whole model"
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def fused_by_pass(self) -> dict[str, list[FusionEntry]]:
+        """Fusions grouped by the pass that made them, in pass order."""
+        out: dict[str, list[FusionEntry]] = {p: [] for p in self.passes}
+        for e in self.fusions:
+            out.setdefault(e.pass_name, []).append(e)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passes": list(self.passes),
+            "fused": {p: [e.to_dict() for e in es] for p, es in self.fused_by_pass().items()},
+            "left_alone": [x.to_dict() for x in self.left_alone],
+            "before": self.before.to_dict() if self.before else None,
+            "after": self.after.to_dict() if self.after else None,
+            "check": self.check.to_dict() if self.check else None,
+            "converted_from_eval_copy": self.converted_from_eval_copy,
+            "tracing": self.tracing,
+            "notes": list(self.notes),
+            "warnings": list(self.warnings),
+        }
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=str)
+
+    def render(self, plain: bool = False, width: int = 110) -> str:
+        """The report as text: rich tables, or plain text with ``plain=True``."""
+        if not plain:
+            try:
+                return self._render_rich(width)
+            except ImportError:
+                pass
+        return self._render_plain()
+
+    def _rows(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+        b, a = self.before, self.after
+        stats = []
+        if b and a:
+            stats.append(("parameters", f"{b.params:,}", f"{a.params:,}"))
+            if b.macs is not None and a.macs is not None:
+                stats.append(("MACs", f"{b.macs:,}", f"{a.macs:,}"))
+            for kind in sorted(set(b.modules) | set(a.modules)):
+                stats.append((kind, str(b.modules.get(kind, 0)), str(a.modules.get(kind, 0))))
+        fusions = []
+        for p, entries in self.fused_by_pass().items():
+            for e in entries:
+                fusions.append((p, e.fused, e.detail or ", ".join(e.sources)))
+        return stats, fusions
+
+    def _summary_lines(self) -> list[str]:
+        lines = [f"tracing: {self.tracing}"]
+        if self.converted_from_eval_copy:
+            lines.append("the model was in training mode: an eval-mode copy was converted")
+        if self.check:
+            c = self.check
+            verdict = "PASSED" if c.passed else "FAILED"
+            lines.append(f"check {verdict}: max abs error {c.max_abs_error:.3g}, relative to max |output| "
+                         f"{c.relative_error:.3g} (tolerance {c.tolerance:g}, {c.dtype}, inputs {c.input_shapes})")
+            if c.diverging_blocks:
+                lines.append(f"diverging blocks: {', '.join(c.diverging_blocks)}")
+        else:
+            lines.append("check: not run")
+        lines += [f"note: {n}" for n in self.notes]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return lines
+
+    def _render_plain(self) -> str:
+        stats, fusions = self._rows()
+        out = ["reparam conversion report", ""]
+        if fusions:
+            out.append("fused:")
+            out += [f"  [{p}] {name}: {detail}" for p, name, detail in fusions]
+        else:
+            out.append("fused: nothing")
+        if self.left_alone:
+            out.append("left alone:")
+            out += [f"  [{x.pass_name}] {x.where}: {x.reason}" for x in self.left_alone]
+        if stats:
+            out.append(f"{'':24}{'before':>16}{'after':>16}")
+            out += [f"{k:24}{b:>16}{a:>16}" for k, b, a in stats]
+        out += self._summary_lines()
+        return "\n".join(out)
+
+    def _render_rich(self, width: int) -> str:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        stats, fusions = self._rows()
+        buf = io.StringIO()
+        console = Console(file=buf, width=width, force_terminal=False, color_system=None)
+        t = Table(title="fused", show_lines=False)
+        for col in ("pass", "deploy module", "what"):
+            t.add_column(col, overflow="fold")
+        for row in fusions:
+            t.add_row(*(Text(c) for c in row))
+        console.print(t if fusions else "fused: nothing")
+        if self.left_alone:
+            t = Table(title="left alone")
+            for col in ("pass", "where", "why"):
+                t.add_column(col, overflow="fold")
+            for x in self.left_alone:
+                t.add_row(Text(x.pass_name), Text(x.where), Text(x.reason))
+            console.print(t)
+        if stats:
+            t = Table(title="model")
+            t.add_column("")
+            t.add_column("before", justify="right")
+            t.add_column("after", justify="right")
+            for row in stats:
+                t.add_row(*row)
+            console.print(t)
+        for line in self._summary_lines():
+            console.print(line, highlight=False, markup=False)
+        return buf.getvalue().rstrip()
