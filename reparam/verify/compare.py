@@ -77,7 +77,7 @@ class CandidateResult:
         lines = list(self.problems)
         for o in self.outputs.values():
             lines.extend(f"{o.name}: {r}" for r in o.reasons)
-        if self.divergence and self.divergence.first_diverging:
+        if lines and self.divergence and self.divergence.first_diverging:
             lines.append(f"first diverging block: {self.divergence.first_diverging}")
         return lines
 

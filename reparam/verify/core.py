@@ -200,7 +200,7 @@ def verify(
         result = compare_outputs(ref_out, cand_out, cand_tol, name=cand.name, kind=cand.kind)
         if localize == "always" or (localize == "on_failure" and not result.passed):
             result.divergence = _localize(reference, cand, ref_out, cand_out, batches, input_names, cand_tol,
-                                          ref_block_cache)
+                                          ref_block_cache, not result.passed)
         report.candidates.append(result)
 
     if quant:
@@ -210,7 +210,7 @@ def verify(
     return report
 
 
-def _localize(reference, cand, ref_out, cand_out, batches, input_names, tol, cache) -> Divergence:
+def _localize(reference, cand, ref_out, cand_out, batches, input_names, tol, cache, failed) -> Divergence:
     if reference is None:
         return Divergence(note="blocks can only be localized against a training-form nn.Module reference")
     idx = _worst_batch(ref_out, cand_out)
@@ -227,4 +227,4 @@ def _localize(reference, cand, ref_out, cand_out, batches, input_names, tol, cac
     if key not in cache:
         cache[key] = module_block_outputs(reference, list(cand_blocks), batch, input_names)
     ref_blocks, order = cache[key]
-    return locate_divergence(ref_blocks, cand_blocks, order, tol)
+    return locate_divergence(ref_blocks, cand_blocks, order, tol, output_failed=failed)

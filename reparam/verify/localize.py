@@ -211,6 +211,8 @@ def locate_divergence(
     candidate: Mapping[str, np.ndarray],
     order: Sequence[str],
     tolerance: str | Tolerance = "fp32",
+    *,
+    output_failed: bool = True,
 ) -> Divergence:
     """Compare block outputs in execution order; the first one failing the profile is the culprit.
 
@@ -233,7 +235,7 @@ def locate_divergence(
             div.first_diverging = path
     if not div.blocks:
         div.note = "no block boundary could be matched between the reference and this candidate"
-    elif div.first_diverging is None:
+    elif div.first_diverging is None and output_failed:
         worst = max(div.blocks, key=lambda b: b.scale_rel if np.isfinite(b.scale_rel) else np.inf)
         div.note = (
             f"no single block output exceeds the tolerance; the error grows gradually "

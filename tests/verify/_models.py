@@ -58,3 +58,19 @@ def tiny_pair(seed: int = 0) -> tuple[nn.Module, fx.GraphModule]:
     gm = fx.GraphModule(copy, _BlockLeaves().trace(copy))
     gm.reparam_record = Record({p: p.replace(".", "_") for p in BLOCKS})
     return ref, gm
+
+
+def save_zoo_checkpoint(path, arch: str = "repvgg_a0", seed: int = 0, **arch_kwargs) -> nn.Module:
+    """Write a reparam checkpoint of a zoo model with randomized BN; return the model (eval mode)."""
+    from reparam.zoo import create_model
+
+    kwargs = {"num_classes": 10, "width": 0.25, **arch_kwargs}
+    torch.manual_seed(seed)
+    model = randomize_batchnorm(create_model(arch, **kwargs), seed=seed).eval()
+    torch.save({"arch": arch, "arch_kwargs": kwargs, "state_dict": model.state_dict()}, path)
+    return model
+
+
+def expected_block(record, source: str) -> str:
+    """The innermost recorded block containing the original module ``source``."""
+    return max((b for b in record.boundaries if source == b or source.startswith(b + ".")), key=len)
