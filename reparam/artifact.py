@@ -1,0 +1,154 @@
+"""The deploy artifact: a ``torch.export`` program (``.pt2``) plus the conversion report as JSON.
+
+Loading it needs neither the training code nor unpickling of user objects: ``torch.export.load``
+reads a serialized graph and its weights. reparam's metadata (report, rewrite record, anything the
+caller adds) travels inside the file as ``reparam.json`` and the report is also written next to it
+as ``<path>.report.json``. All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reparam.errors import ReparamError
+from reparam.io import atomic_write_bytes, atomic_write_text
+
+METADATA_FILE = "reparam.json"
+
+
+def report_path(path: str | os.PathLike) -> Path:
+    """Where the report JSON of the artifact at ``path`` is written."""
+    p = Path(path)
+    return p.with_name(p.name + ".report.json")
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+
+
+def _batch_two(args: tuple) -> tuple:
+    # torch.export specializes a dim whose example size is 1; export on a batch of two instead.
+    return tuple(a.expand(2, *a.shape[1:]).contiguous() if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == 1
+                 else a for a in args)
+
+
+def export_program(model: nn.Module, example_inputs: Any) -> tuple[torch.export.ExportedProgram, bool]:
+    """``torch.export`` the model with a dynamic batch dim when possible; returns (program, dynamic)."""
+    args = _as_tuple(example_inputs)
+    model = model.eval()
+    tensors = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0]
+    if tensors:
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        spec = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+        try:
+            return torch.export.export(model, _batch_two(args), dynamic_shapes=spec), True
+        except Exception:  # e.g. a reshape that bakes the batch size in: fall back to static shapes
+            pass
+    try:
+        return torch.export.export(model, args), False
+    except Exception as exc:
+        raise ReparamError(f"torch.export could not capture the deploy model: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                           hint="the model's forward must be exportable (no data-dependent Python control flow)"
+                           ) from exc
+
+
+def save_artifact(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    report: Any = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export ``model`` to ``path`` (``.pt2``) and write ``<path>.report.json``; returns the path.
+
+    ``report`` is a ConversionReport (or anything with ``to_dict()``, or a dict). The program embeds
+    ``{"metadata", "report", "record", "dynamic_batch"}`` as ``reparam.json``.
+    """
+    from reparam import __version__
+
+    program, dynamic = export_program(model, example_inputs)
+    report_dict = report.to_dict() if hasattr(report, "to_dict") else report
+    record = getattr(model, "reparam_record", None)
+    embedded = {
+        "reparam_version": __version__,
+        "dynamic_batch": dynamic,
+        "metadata": dict(metadata or {}),
+        "report": report_dict,
+        "record": record.to_dict() if hasattr(record, "to_dict") else None,
+    }
+    target = Path(path)
+    text = json.dumps(embedded, default=str)
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={METADATA_FILE: text})
+    atomic_write_bytes(target, buf.getvalue())
+    if report_dict is not None:
+        atomic_write_text(report_path(target), json.dumps(report_dict, indent=2, default=str))
+    return target
+
+
+def _refuse_pickled_payloads(path: Path) -> None:
+    """Refuse archives whose payloads would be unpickled (torch.export.load unpickles those)."""
+    unsafe = []
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.endswith("_config.json"):
+                    config = json.loads(z.read(name)).get("config", {})
+                    unsafe += [f"{name}:{k}" for k, v in config.items() if isinstance(v, dict) and v.get("use_pickle")]
+                elif name.endswith(".pt"):
+                    try:
+                        torch.load(io.BytesIO(z.read(name)), map_location="cpu", weights_only=True)
+                    except Exception:
+                        unsafe.append(name)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise ReparamError(f"cannot read deploy artifact {str(path)!r}: {type(exc).__name__}: {exc}",
+                           hint="the file must be a .pt2 written by `reparam convert`; it may be truncated") from exc
+    if unsafe:
+        raise ReparamError(
+            f"deploy artifact {str(path)!r} holds pickled payloads ({', '.join(unsafe[:3])}); loading it would "
+            "execute code from the file",
+            hint="re-export the model with `reparam convert`, which stores plain tensors only",
+        )
+
+
+def load_artifact(path: str | os.PathLike) -> nn.Module:
+    """Load a ``.pt2`` deploy artifact as a callable module (no training code, no pickled user code).
+
+    The module carries ``reparam_metadata`` (the embedded JSON) and, when recorded,
+    ``reparam_record`` (a RewriteRecord).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ReparamError(f"deploy artifact {str(p)!r} does not exist", hint="check the path")
+    _refuse_pickled_payloads(p)
+    extra = {METADATA_FILE: ""}
+    try:
+        program = torch.export.load(p, extra_files=extra)
+    except Exception as exc:
+        raise ReparamError(f"cannot load deploy artifact {str(p)!r}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                           hint="the file must be a .pt2 written by `reparam convert` / torch.export.save; "
+                           "it may be truncated") from exc
+    module = program.module()
+    meta: dict[str, Any] = {}
+    if extra.get(METADATA_FILE):
+        try:
+            meta = json.loads(extra[METADATA_FILE])
+        except json.JSONDecodeError:
+            meta = {}
+    module.reparam_metadata = meta
+    if meta.get("record"):
+        from reparam.engine.record import RewriteRecord
+
+        module.reparam_record = RewriteRecord.from_dict(meta["record"])
+    return module

@@ -1,0 +1,218 @@
+"""Load training checkpoints safely and build their architecture.
+
+Default loading never executes code from the file: ``.pth``/``.pt`` files are read with
+``torch.load(weights_only=True)`` and ``.safetensors`` files hold tensors only. A file that holds a
+pickled ``nn.Module`` (or any other pickled object) is loaded only with ``trust_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reparam.errors import ReparamError
+from reparam.io import atomic_path
+
+CONTAINER_KEYS = ("state_dict", "model", "ema", "model_ema", "net")
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+_SHOW = 5
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_model(arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build an architecture by zoo name or ``package.module:factory`` with keyword arguments."""
+    kwargs = dict(arch_kwargs or {})
+    if ":" in arch:
+        module_name, _, attr = arch.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ReparamError(f"cannot import {module_name!r} for --arch {arch!r}: {exc}",
+                               hint="make the package importable (PYTHONPATH) or use a zoo model name") from exc
+        factory = module
+        for part in attr.split("."):
+            factory = getattr(factory, part, None)
+            if factory is None:
+                raise ReparamError(f"{module_name!r} has no attribute {attr!r}",
+                                   hint="write --arch as 'package.module:factory'")
+        try:
+            model = factory(**kwargs)
+        except TypeError as exc:
+            raise ReparamError(f"calling {arch} with {kwargs} failed: {exc}",
+                               hint="check --arch-kwargs against the factory's signature") from exc
+        if not isinstance(model, nn.Module):
+            raise ReparamError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module",
+                               hint="point --arch at a function or class that builds the model")
+        return model
+    from reparam.zoo import create_model
+
+    return create_model(arch, **kwargs)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str,
+                    arch_kwargs: Mapping[str, Any] | None = None) -> None:
+    """Write ``{"arch", "arch_kwargs", "state_dict"}`` with ``torch.save``, atomically."""
+    payload = {"arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "state_dict": model.state_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _corrupt(path: Path, exc: BaseException) -> ReparamError:
+    return ReparamError(
+        f"cannot read checkpoint {str(path)!r}: the file is truncated or corrupt ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})",
+        hint="copy or download the file again and compare its size / checksum with the original",
+    )
+
+
+def _read(path: Path, trust_pickle: bool) -> Any:
+    if not path.is_file():
+        raise ReparamError(f"checkpoint {str(path)!r} does not exist", hint="check the path")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        except Exception as exc:
+            raise _corrupt(path, exc) from exc
+        out: dict[str, Any] = {"state_dict": tensors}
+        if "arch" in meta:
+            out["arch"] = meta["arch"]
+        if "arch_kwargs" in meta:
+            with contextlib.suppress(json.JSONDecodeError):
+                out["arch_kwargs"] = json.loads(meta["arch_kwargs"])
+        return out
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise _corrupt(path, exc) from exc
+        if not trust_pickle:
+            raise ReparamError(
+                f"checkpoint {str(path)!r} holds pickled code (objects beyond tensors and containers, e.g. a "
+                "whole nn.Module); loading it would execute code from the file",
+                hint="re-run with --trust-pickle (trust_pickle=True) if you trust the file, or save a "
+                "state_dict instead",
+            ) from exc
+    except Exception as exc:  # torch.load reports damage as RuntimeError, EOFError, KeyError, IndexError...
+        raise _corrupt(path, exc) from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ReparamError(f"cannot unpickle checkpoint {str(path)!r}: {type(exc).__name__}: {exc}",
+                           hint="the file may need the training code on the Python path") from exc
+
+
+def _tensors_only(d: Mapping) -> dict[str, torch.Tensor]:
+    return {str(k): v for k, v in d.items() if isinstance(v, torch.Tensor)}
+
+
+def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint: unwraps containers and strips wrapper prefixes."""
+    seen = 0
+    while seen < 4:
+        seen += 1
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+            break
+        if not isinstance(obj, Mapping):
+            break
+        key = next((k for k in CONTAINER_KEYS if k in obj and isinstance(obj[k], Mapping | nn.Module)), None)
+        if key is None:
+            break
+        obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise ReparamError(f"the checkpoint holds a {type(obj).__name__}, not a state dict",
+                           hint="save model.state_dict() (optionally inside {'state_dict': ...})")
+    sd = _tensors_only(obj)
+    if not sd:
+        raise ReparamError("no tensors found in the checkpoint",
+                           hint=f"expected a state dict, optionally under one of {', '.join(CONTAINER_KEYS)}")
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in STRIP_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOW])
+    return f"{shown}{', ...' if len(keys) > _SHOW else ''} ({len(keys)} in all)"
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str = "") -> None:
+    """Load strictly; on any missing/unexpected key or shape mismatch raise one ReparamError listing them."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {_listing(shapes)}")
+        raise ReparamError(
+            f"the checkpoint does not match the architecture{f' {arch!r}' if arch else ''}: " + "; ".join(parts),
+            hint="check --arch and --arch-kwargs (e.g. width, num_classes, in_chans) against how the model "
+            "was trained",
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_model(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    *,
+    trust_pickle: bool = False,
+) -> nn.Module:
+    """Build the training-form model and load a checkpoint's weights into it (eval mode).
+
+    The architecture and its kwargs come from the arguments, or else from the checkpoint's
+    ``arch``/``arch_kwargs`` entries. A checkpoint that is a pickled module (``trust_pickle=True``
+    only) is used as is unless ``arch`` is given.
+    """
+    path = Path(path)
+    obj = _read(path, trust_pickle)
+    if isinstance(obj, nn.Module) and arch is None:
+        return obj.eval()
+    if isinstance(obj, Mapping):
+        arch = arch or (obj.get("arch") if isinstance(obj.get("arch"), str) else None)
+        if arch_kwargs is None and isinstance(obj.get("arch_kwargs"), Mapping):
+            arch_kwargs = dict(obj["arch_kwargs"])
+    if not arch:
+        raise ReparamError(f"checkpoint {str(path)!r} does not record its architecture",
+                           hint="pass --arch (a zoo name, see `reparam zoo`, or 'package.module:factory')")
+    state_dict = extract_state_dict(obj)
+    model = build_model(arch, arch_kwargs)
+    load_state_dict_strict(model, state_dict, arch)
+    return model.eval()
