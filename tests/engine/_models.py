@@ -50,7 +50,7 @@ class Rep(nn.Module):
                                   nn.BatchNorm2d(cout, eps=eps, affine=affine))
         self.point = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, 1, groups, bias),
                                    nn.BatchNorm2d(cout, eps=eps, affine=affine))
-        self.skip_norm = nn.BatchNorm2d(cout, eps=eps, affine=affine) if identity else None
+        self.skip_norm = nn.BatchNorm2d(cout, eps=eps, affine=affine) if identity and cin == cout else None
         self.smooth = nn.AvgPool2d(d, stride, d // 2) if pool else None
         self.act = nn.ReLU()
 
