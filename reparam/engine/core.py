@@ -109,6 +109,8 @@ class _Converter:
                 for p in new:
                     self.block_entries.append(FusionEntry("block_reparameterize", p, gone,
                                                           f"{type(child).__name__}.reparameterize()"))
+                where, why = self.untraced[-1]
+                self.untraced[-1] = (where, f"{why}; converted with its own reparameterize()")
             self.module_boundaries.append(path)
             self.tree(child, path)
 

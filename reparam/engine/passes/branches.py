@@ -440,7 +440,8 @@ class MergeBranches:
             for t in rest:
                 out = gm.graph.call_function(operator.add, (out, t))
         erased = replace_with(gm, root, out, leaving)
-        kinds = ", ".join(f"{m.label} [{m.kind} {'x'.join(map(str, m.kernel))}]" for m in members)
+        kinds = ", ".join(f"{ctx.full(m.module_name) if m.module_name else m.label} "
+                          f"[{m.kind} {'x'.join(map(str, m.kernel))}]" for m in members)
         detail = (f"{len(members)} branches summed into one {'x'.join(map(str, plan.kernel))} conv "
                   f"(padding {plan.padding}, dilation {plan.dilation}, groups {plan.groups}): {kinds}")
         return ctx.record(name, new, names, detail), erased
