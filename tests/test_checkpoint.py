@@ -1,0 +1,149 @@
+"""Checkpoint loading: containers, prefixes, safetensors, pickle safety, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from reparam.checkpoint import build_model, file_sha256, load_model, save_checkpoint
+from reparam.errors import ReparamError
+from reparam.zoo import create_model
+
+ARCH, KW = "acb_resnet18", {"num_classes": 5, "width": 0.25}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    return create_model(ARCH, **KW)
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_reparam_checkpoint_records_its_architecture(tmp_path, trained):
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(path, trained, ARCH, KW)
+    model = load_model(path)
+    assert _same(model, trained) and not model.training
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "ema", "model_ema", "net", "nested"])
+@pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod.", "module._orig_mod."])
+def test_containers_and_wrapper_prefixes_are_unwrapped(tmp_path, trained, wrap, prefix):
+    sd = {prefix + k: v for k, v in trained.state_dict().items()}
+    obj = {"plain": sd, "nested": {"model": {"state_dict": sd}, "epoch": 3}}.get(wrap, {wrap: sd, "epoch": 3})
+    path = tmp_path / "ckpt.pt"
+    torch.save(obj, path)
+    assert _same(load_model(path, ARCH, KW), trained)
+
+
+def test_safetensors_with_and_without_metadata(tmp_path, trained):
+    sd = {k: v.contiguous() for k, v in trained.state_dict().items()}
+    with_meta = tmp_path / "a.safetensors"
+    save_file(sd, str(with_meta), metadata={"arch": ARCH, "arch_kwargs": '{"num_classes": 5, "width": 0.25}'})
+    assert _same(load_model(with_meta), trained)
+    bare = tmp_path / "b.safetensors"
+    save_file(sd, str(bare))
+    assert _same(load_model(bare, ARCH, KW), trained)
+    with pytest.raises(ReparamError, match="does not record its architecture"):
+        load_model(bare)
+
+
+def test_pickled_module_needs_trust_pickle(tmp_path, trained):
+    path = tmp_path / "whole.pt"
+    torch.save(trained, path)
+    with pytest.raises(ReparamError) as info:
+        load_model(path)
+    assert "pickled code" in info.value.message and "--trust-pickle" in info.value.hint
+    assert _same(load_model(path, trust_pickle=True), trained)
+
+
+class _Payload:
+    """Unpickling this object would create a file: proof that code ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_default_loading_never_executes_code_from_the_file(tmp_path, trained):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": trained.state_dict(), "extra": _Payload(str(marker))}, path)
+    with pytest.raises(ReparamError, match="pickled code"):
+        load_model(path, ARCH, KW)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "legacy_truncate", "empty"])
+def test_truncated_or_corrupt_files_give_a_clear_error(tmp_path, trained, damage):
+    path = tmp_path / "bad.pth"
+    if damage == "legacy_truncate":
+        torch.save(trained.state_dict(), path, _use_new_zipfile_serialization=False)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "truncate":
+        save_checkpoint(path, trained, ARCH, KW)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"this is not a checkpoint")
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(ReparamError, match="truncated or corrupt"):
+        load_model(path, ARCH, KW)
+
+
+def test_corrupt_safetensors(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ReparamError, match="truncated or corrupt"):
+        load_model(path, ARCH, KW)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ReparamError, match="does not exist"):
+        load_model(tmp_path / "nope.pth")
+
+
+def test_wrong_architecture_lists_missing_and_unexpected_keys(tmp_path, trained):
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(path, trained, ARCH, KW)
+    with pytest.raises(ReparamError) as info:
+        load_model(path, "resnet18", KW)
+    msg = info.value.message
+    assert "missing keys" in msg and "unexpected keys" in msg and "in all)" in msg and "--arch" in info.value.hint
+    assert msg.count(",") < 40  # first few keys only, with counts
+
+
+def test_missing_keys_and_shape_mismatches(tmp_path, trained):
+    sd = trained.state_dict()
+    dropped = dict(list(sd.items())[3:])
+    path = tmp_path / "partial.pth"
+    torch.save({"arch": ARCH, "arch_kwargs": KW, "state_dict": dropped}, path)
+    with pytest.raises(ReparamError, match=r"missing keys: .*\(3 in all\)"):
+        load_model(path)
+    with pytest.raises(ReparamError, match="shape mismatches"):
+        load_model(tmp_path / "partial.pth", ARCH, {"num_classes": 6, "width": 0.25})
+
+
+def test_build_model_by_factory_path():
+    model = build_model("reparam.zoo:create_model", {"name": "resnet18", "num_classes": 3, "width": 0.25})
+    assert model.fc.out_features == 3
+    with pytest.raises(ReparamError, match="cannot import"):
+        build_model("no_such_package.mod:factory")
+    with pytest.raises(ReparamError, match="no attribute"):
+        build_model("reparam.zoo:no_such_factory")
+    with pytest.raises(ReparamError, match="not a torch.nn.Module"):
+        build_model("reparam.zoo:list_models")
+    with pytest.raises(ReparamError, match="unknown model"):
+        build_model("resnet19")
