@@ -1,0 +1,400 @@
+"""Conversion cost: time of ``reparam.engine.convert`` by phase, peak memory, ONNX export time.
+
+Each model is measured in a fresh Python subprocess (``python -m reparam.bench.conversion``), so the
+peak resident memory of one conversion is not hidden by what earlier work left allocated: the peak
+is the high-water mark of the process's RSS during ``convert`` minus its RSS just before (the
+high-water mark is reset first through ``/proc/self/clear_refs`` where Linux allows it, otherwise
+``resource.getrusage`` max RSS is used). tracemalloc would not see torch's allocations.
+
+Phases: the engine does not record timings in its report, so the worker wraps the public pieces it
+calls during one ``convert(check=True)``: ``torch.fx.symbolic_trace`` (tracing) and
+``reparam.engine.run_passes`` (the rewrite passes). Everything else ``convert`` does is reported as
+"check": the eval copy of the model, the reference run with capture hooks, the deploy run and the
+comparison, and the before/after model statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reparam.errors import ReparamError
+
+DEFAULT_CONVERSION_MODELS = ("acb_resnet50", "sknet50", "se_resnet50", "scalenet50")
+TIMM_MODEL = "repvgg_a0"
+_KIB = 1024
+
+
+@dataclass
+class ConversionCost:
+    """Cost of converting (and exporting) one model, measured in its own process."""
+
+    model: str
+    source: str  # "reparam zoo" or "timm"
+    input_shape: list[int]
+    width: float
+    param_bytes: int
+    total_s: float
+    trace_s: float
+    passes_s: float
+    check_s: float
+    peak_rss_delta_bytes: int | None
+    memory_method: str
+    export_s: float | None = None
+    simplify_s: float | None = None
+    reference_s: float | None = None  # timm's own reparameterize, for the timm row
+    check_passed: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_over_params(self) -> float | None:
+        if self.peak_rss_delta_bytes is None or self.param_bytes <= 0:
+            return None
+        return self.peak_rss_delta_bytes / self.param_bytes
+
+    @property
+    def export_total_s(self) -> float | None:
+        if self.export_s is None:
+            return None
+        return self.export_s + (self.simplify_s or 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["peak_over_params"] = self.peak_over_params
+        d["export_total_s"] = self.export_total_s
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConversionCost:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the RSS high-water mark (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    hwm, rss = _status_kib("VmHWM"), _status_kib("VmRSS")
+    return hwm is not None and rss is not None and hwm <= rss + 4 * _KIB
+
+
+def _maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * _KIB
+
+
+@contextlib.contextmanager
+def peak_memory() -> Iterator[dict[str, Any]]:
+    """Measure the peak RSS above the RSS at entry; fills ``delta_bytes`` and ``method`` on exit."""
+    out: dict[str, Any] = {"delta_bytes": None, "method": ""}
+    if _reset_peak():
+        base = _status_kib("VmRSS")
+        yield out
+        peak = _status_kib("VmHWM")
+        if base is not None and peak is not None:
+            out["delta_bytes"] = max(0, (peak - base) * _KIB)
+            out["method"] = "VmHWM - VmRSS (/proc, high-water mark reset before conversion)"
+        return
+    base = _maxrss_bytes()
+    yield out
+    out["delta_bytes"] = max(0, _maxrss_bytes() - base)
+    out["method"] = "ru_maxrss delta (a lower bound if the process peaked higher before)"
+
+
+# --- phase timing -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _timed_attr(owner: Any, name: str, totals: dict[str, float], key: str) -> Iterator[None]:
+    """Accumulate the wall time of calls to ``owner.name`` into ``totals[key]`` while inside."""
+    original = getattr(owner, name, None)
+    if original is None:
+        yield
+        return
+    depth = 0
+
+    def wrapper(*args, **kwargs):
+        nonlocal depth
+        depth += 1
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            depth -= 1
+            if depth == 0:  # count nested/recursive calls once
+                totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
+
+    setattr(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def timed_convert(model: Any, example_inputs: tuple) -> tuple[Any, dict[str, float]]:
+    """Run ``reparam.engine.convert(check=True)``; return the result and its phase times (seconds)."""
+    from torch import fx
+
+    import reparam.engine.core as core
+    from reparam.engine import convert
+
+    totals: dict[str, float] = {}
+    with (
+        _timed_attr(fx, "symbolic_trace", totals, "trace"),
+        _timed_attr(core, "run_passes", totals, "passes"),
+    ):
+        start = time.perf_counter()
+        result = convert(model, example_inputs, check=True)
+        total = time.perf_counter() - start
+    trace, passes = totals.get("trace", 0.0), totals.get("passes", 0.0)
+    return result, {
+        "total": total,
+        "trace": trace,
+        "passes": passes,
+        "check": max(0.0, total - trace - passes),
+    }
+
+
+# --- worker (runs in the subprocess) ---------------------------------------------------------------
+
+
+def _param_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _time_export(deploy: Any, example: tuple, notes: list[str]) -> tuple[float | None, float | None]:
+    """Export time without simplification, then simplification time of that file (onnxsim)."""
+    try:
+        from exporters.onnx import export_onnx
+    except ImportError as exc:
+        notes.append(f"ONNX export not measured: exporters.onnx is not importable ({exc})")
+        return None, None
+    if importlib.util.find_spec("onnxsim") is None:
+        notes.append("ONNX simplification not measured: onnxsim is not installed")
+    with tempfile.TemporaryDirectory(prefix="reparam-bench-") as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        start = time.perf_counter()
+        export_onnx(deploy, example, raw, simplify=False)
+        export_s = time.perf_counter() - start
+        simplified = Path(tmp) / "simplified.onnx"
+        start = time.perf_counter()
+        export_onnx(deploy, example, simplified, simplify=True)
+        with_simplify = time.perf_counter() - start
+    # The second export is warm (exporter already initialised), so simplify time = its excess.
+    return export_s, max(0.0, with_simplify - export_s)
+
+
+def measure_zoo_model(
+    name: str, width: float, input_shape: list[int], export: bool, seed: int
+) -> ConversionCost:
+    """Build zoo model ``name`` and measure one conversion (and export) in this process."""
+    import torch
+
+    from reparam.numerics import randomize_batchnorm
+    from reparam.zoo import create_model
+
+    torch.manual_seed(seed)
+    model = randomize_batchnorm(create_model(name, width=width, in_chans=input_shape[1]).eval(), seed)
+    example = (torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed)),)
+    notes: list[str] = []
+    with peak_memory() as mem:
+        result, phases = timed_convert(model, example)
+    cost = ConversionCost(
+        model=name,
+        source="reparam zoo",
+        input_shape=list(input_shape),
+        width=width,
+        param_bytes=_param_bytes(model),
+        total_s=phases["total"],
+        trace_s=phases["trace"],
+        passes_s=phases["passes"],
+        check_s=phases["check"],
+        peak_rss_delta_bytes=mem["delta_bytes"],
+        memory_method=mem["method"],
+        check_passed=result.report.check.passed if result.report.check else None,
+        notes=notes,
+    )
+    if export:
+        cost.export_s, cost.simplify_s = _time_export(result.model, example, notes)
+    return cost
+
+
+def measure_timm(width: float, input_shape: list[int], seed: int) -> ConversionCost | None:
+    """reparam's conversion of timm's RepVGG-A0 next to timm's own ``reparameterize_model``."""
+    if importlib.util.find_spec("timm") is None:
+        return None
+    import copy
+
+    import timm
+    import torch
+
+    try:
+        from timm.utils.model import reparameterize_model
+    except ImportError:
+        from timm.utils import reparameterize_model  # type: ignore[no-redef]
+
+    from reparam.numerics import randomize_batchnorm, scale_relative_error
+
+    torch.manual_seed(seed)
+    model = randomize_batchnorm(timm.create_model(TIMM_MODEL, pretrained=False).eval(), seed)
+    example = (torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed)),)
+    notes = [f"timm {timm.__version__}, timm.create_model({TIMM_MODEL!r}) at full width"]
+    if width != 1.0:
+        notes.append("timm models are measured at full width regardless of --width")
+    with peak_memory() as mem:
+        result, phases = timed_convert(model, example)
+    start = time.perf_counter()
+    theirs = reparameterize_model(copy.deepcopy(model))
+    reference_s = time.perf_counter() - start
+    with torch.no_grad():
+        err = scale_relative_error(theirs(*example).numpy(), result.model(*example).numpy())
+    notes.append(f"reparam deploy vs timm reparameterized output: scale-relative error {err:.2e}")
+    return ConversionCost(
+        model=f"timm/{TIMM_MODEL}",
+        source="timm",
+        input_shape=list(input_shape),
+        width=1.0,
+        param_bytes=_param_bytes(model),
+        total_s=phases["total"],
+        trace_s=phases["trace"],
+        passes_s=phases["passes"],
+        check_s=phases["check"],
+        peak_rss_delta_bytes=mem["delta_bytes"],
+        memory_method=mem["method"],
+        reference_s=reference_s,
+        check_passed=result.report.check.passed if result.report.check else None,
+        notes=notes,
+    )
+
+
+def _worker_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reparam.bench.conversion")
+    parser.add_argument("spec", help="JSON object: model, width, input_shape, export, seed, threads")
+    spec = json.loads(parser.parse_args(argv).spec)
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    shape = [int(d) for d in spec["input_shape"]]
+    if spec["model"] == "timm":
+        cost = measure_timm(float(spec["width"]), shape, int(spec.get("seed", 0)))
+        payload = {"skipped": True} if cost is None else cost.to_dict()
+    else:
+        cost = measure_zoo_model(
+            spec["model"],
+            float(spec["width"]),
+            shape,
+            bool(spec.get("export", True)),
+            int(spec.get("seed", 0)),
+        )
+        payload = cost.to_dict()
+    sys.stdout.write("\n" + _MARKER + json.dumps(payload) + "\n")
+    return 0
+
+
+_MARKER = "REPARAM-BENCH-RESULT "
+
+
+# --- driver (runs in the bench process) ----------------------------------------------------------
+
+
+def run_worker(spec: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
+    """Run one measurement in a fresh subprocess and return its JSON payload."""
+    cmd = [sys.executable, "-m", "reparam.bench.conversion", json.dumps(spec)]
+    env = dict(os.environ)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise ReparamError(
+            f"measuring the conversion of {spec['model']} took longer than {timeout_s:.0f} s",
+            hint="use a smaller --width or --input-shape, or run on a quieter machine",
+        ) from exc
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_MARKER):
+            return json.loads(line[len(_MARKER) :])
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    raise ReparamError(
+        f"measuring the conversion of {spec['model']} failed (exit {proc.returncode}):\n{tail}",
+        hint="run the same conversion with `reparam convert` to see the full error",
+    )
+
+
+def bench_conversion(
+    models: list[str],
+    *,
+    width: float,
+    input_shape: list[int],
+    export: bool = True,
+    threads: int | None = None,
+    seed: int = 0,
+    timm: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[ConversionCost], list[str]]:
+    """Conversion cost of each zoo model (one subprocess each), plus timm's RepVGG where importable."""
+    rows: list[ConversionCost] = []
+    notes: list[str] = []
+    for name in models:
+        if progress:
+            progress(f"conversion cost: {name}")
+        spec = {
+            "model": name,
+            "width": width,
+            "input_shape": input_shape,
+            "export": export,
+            "seed": seed,
+            "threads": threads,
+        }
+        rows.append(ConversionCost.from_dict(run_worker(spec)))
+    if timm:
+        if importlib.util.find_spec("timm") is None:
+            notes.append(
+                "timm is not importable: the comparison with timm's own RepVGG reparameterize was skipped"
+            )
+        else:
+            if progress:
+                progress(f"conversion cost: timm {TIMM_MODEL}")
+            payload = run_worker(
+                {
+                    "model": "timm",
+                    "width": width,
+                    "input_shape": input_shape,
+                    "seed": seed,
+                    "threads": threads,
+                }
+            )
+            if payload.get("skipped"):
+                notes.append("timm could not be imported in the worker process: comparison skipped")
+            else:
+                rows.append(ConversionCost.from_dict(payload))
+    return rows, notes
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker_main())

@@ -1,0 +1,295 @@
+"""Benchmark results: targets (reported, never asserted), markdown and rich rendering, JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from reparam.bench.conversion import ConversionCost
+from reparam.bench.harness import Stats
+from reparam.bench.latency import FORMS, LatencyCell
+from reparam.bench.machine import MachineInfo
+
+# Targets from the project brief. They are shown met/missed; the benchmark never fails on them.
+DEPLOY_OVER_PLAIN_MAX = 1.02
+CONVERSION_MODEL = "acb_resnet50"
+CONVERSION_MAX_S = 2.0
+PEAK_OVER_PARAMS_MAX = 3.0
+EXPORT_MAX_S = 10.0
+
+PLAIN_NOTE = (
+    "`plain` is the zoo's plain counterpart with the same layer shapes as the deploy form, with its "
+    "BatchNorm folded by the same engine: a fairly deployed plain network."
+)
+METHOD_NOTE = (
+    "The three forms are timed interleaved (train, deploy, plain, train, ...) after warm-up; latencies "
+    "are medians with the interquartile range; ratios are computed per round (paired) and summarized by "
+    "their median with the 10th-90th percentile range."
+)
+
+
+@dataclass
+class Target:
+    """One target: what, the measured value, the limit, and whether it was met."""
+
+    name: str
+    value: float | None
+    limit: float
+    unit: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.value is None else self.value <= self.limit
+
+    def mark(self) -> str:
+        return {True: "met", False: "MISSED", None: "n/a"}[self.met]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "limit": self.limit,
+            "unit": self.unit,
+            "met": self.met,
+        }
+
+
+def latency_target(cell: LatencyCell) -> Target:
+    """deploy/plain (median of paired ratios) <= 1.02."""
+    return Target(
+        f"deploy/plain {cell.model} {cell.backend} b{cell.batch}",
+        cell.ratios["deploy/plain"].median,
+        DEPLOY_OVER_PLAIN_MAX,
+        "x",
+    )
+
+
+def conversion_targets(cost: ConversionCost) -> list[Target]:
+    """Conversion time (ACB-ResNet-50 only), peak memory and export time targets of one row."""
+    out = []
+    if cost.model == CONVERSION_MODEL:
+        out.append(Target(f"conversion incl. check {cost.model}", cost.total_s, CONVERSION_MAX_S, "s"))
+    out.append(
+        Target(
+            f"peak memory / parameter bytes {cost.model}", cost.peak_over_params, PEAK_OVER_PARAMS_MAX, "x"
+        )
+    )
+    if cost.source != "timm":
+        out.append(Target(f"ONNX export + simplify {cost.model}", cost.export_total_s, EXPORT_MAX_S, "s"))
+    return out
+
+
+@dataclass
+class BenchResults:
+    """Everything one `reparam bench` run measured, with the context to read it."""
+
+    command: str
+    machine: MachineInfo
+    settings: dict[str, Any]
+    latency: list[LatencyCell] = field(default_factory=list)
+    conversion: list[ConversionCost] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def targets(self) -> list[Target]:
+        out = [latency_target(c) for c in self.latency]
+        for cost in self.conversion:
+            out.extend(conversion_targets(cost))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "machine": self.machine.to_dict(),
+            "settings": self.settings,
+            "latency": [c.to_dict() for c in self.latency],
+            "conversion": [c.to_dict() for c in self.conversion],
+            "targets": [t.to_dict() for t in self.targets()],
+            "notes": list(self.notes),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+
+def fmt_ms(stats: Stats) -> str:
+    """``12.3 (11.9-12.8)``: median and interquartile range, in milliseconds."""
+    ms = stats.scaled(1e3)
+    digits = 2 if ms.median < 10 else 1
+    return f"{ms.median:.{digits}f} ({ms.q1:.{digits}f}-{ms.q3:.{digits}f})"
+
+
+def fmt_ratio(stats: Stats) -> str:
+    """``1.63 [1.58-1.70]``: median of paired ratios and its 10th-90th percentile range."""
+    return f"{stats.median:.3f} [{stats.p10:.3f}-{stats.p90:.3f}]"
+
+
+def _fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _fmt_mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def _fmt_x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+LATENCY_HEADER = [
+    "model",
+    "backend",
+    "batch",
+    "train ms",
+    "deploy ms",
+    "plain ms",
+    "train/deploy",
+    "deploy/plain",
+    "deploy/plain <= 1.02",
+]
+CONVERSION_HEADER = [
+    "model",
+    "params MB",
+    "trace s",
+    "passes s",
+    "check s",
+    "total s",
+    "peak MB",
+    "peak/params",
+    "export s",
+    "simplify s",
+    "targets",
+]
+
+
+def latency_rows(cells: list[LatencyCell]) -> list[list[str]]:
+    """Table rows of the latency cells (strings)."""
+    rows = []
+    for c in cells:
+        rows.append(
+            [
+                f"{c.model} vs {c.plain_model}",
+                c.backend,
+                str(c.batch),
+                *(fmt_ms(c.forms[f]) for f in FORMS),
+                fmt_ratio(c.ratios["train/deploy"]),
+                fmt_ratio(c.ratios["deploy/plain"]),
+                latency_target(c).mark(),
+            ]
+        )
+    return rows
+
+
+def conversion_rows(costs: list[ConversionCost]) -> list[list[str]]:
+    """Table rows of the conversion costs (strings)."""
+    rows = []
+    for c in costs:
+        marks = "; ".join(f"{t.name.split(' ' + c.model)[0]}: {t.mark()}" for t in conversion_targets(c))
+        total = _fmt_s(c.total_s)
+        if c.reference_s is not None:
+            total += f" (timm: {c.reference_s:.2f})"
+        rows.append(
+            [
+                c.model,
+                _fmt_mb(c.param_bytes),
+                _fmt_s(c.trace_s),
+                _fmt_s(c.passes_s),
+                _fmt_s(c.check_s),
+                total,
+                _fmt_mb(c.peak_rss_delta_bytes),
+                _fmt_x(c.peak_over_params),
+                _fmt_s(c.export_s),
+                _fmt_s(c.simplify_s),
+                marks,
+            ]
+        )
+    return rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def esc(cell: str) -> str:
+        return cell.replace("|", "\\|")
+
+    out = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def render_markdown(results: BenchResults) -> str:
+    """The results as a markdown document: machine, command, tables, targets, notes."""
+    s = results.settings
+    out = ["# reparam benchmark results", "", "## Machine", ""]
+    out += [f"- {line}" for line in results.machine.lines()]
+    out += ["", "## Command", "", "```", results.command, "```", ""]
+    out += [f"Settings: {', '.join(f'{k}={v}' for k, v in s.items())}.", ""]
+    if results.latency:
+        out += ["## Latency", "", METHOD_NOTE + " " + PLAIN_NOTE, ""]
+        out += _md_table(LATENCY_HEADER, latency_rows(results.latency))
+        out.append("")
+    if results.conversion:
+        out += [
+            "## Conversion cost",
+            "",
+            "`reparam.engine.convert(check=True)` at batch 1, each model in a fresh process. trace = "
+            "`torch.fx.symbolic_trace`, passes = `run_passes`, check = the rest of `convert` (eval copy, "
+            "reference run with capture hooks, deploy run, comparison, model statistics). Peak = resident "
+            "memory above the process's RSS just before the conversion; params = parameter bytes of the "
+            "training model. Export = `export_onnx` without simplification (cold, first export in the "
+            "process); simplify = the extra time of a second export with simplification.",
+            "",
+        ]
+        out += _md_table(CONVERSION_HEADER, conversion_rows(results.conversion))
+        methods = sorted({c.memory_method for c in results.conversion if c.memory_method})
+        out += ["", *(f"Memory measured as {m}." for m in methods)]
+        for c in results.conversion:
+            out += [f"- {c.model}: {n}" for n in c.notes]
+        out.append("")
+    targets = results.targets()
+    if targets:
+        met = sum(t.met is True for t in targets)
+        missed = [t for t in targets if t.met is False]
+        out += ["## Targets", "", f"{met} of {len(targets)} targets met (reported, not asserted).", ""]
+        if missed:
+            out += [f"- MISSED {t.name}: {t.value:.3f}{t.unit} > {t.limit:g}{t.unit}" for t in missed]
+            out.append("")
+    if results.notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in results.notes] + [""]
+    return "\n".join(out)
+
+
+def render_console(results: BenchResults, width: int | None = None) -> str:
+    """The tables as rich text for the terminal (at least 150 columns wide, so cells do not wrap)."""
+    import shutil
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    buf = io.StringIO()
+    width = width or max(150, shutil.get_terminal_size((150, 40)).columns)
+    console = Console(file=buf, width=width, force_terminal=False, color_system=None)
+    for line in results.machine.lines():
+        console.print(line, highlight=False, markup=False)
+    for title, header, rows in (
+        (
+            "latency: median (IQR) ms; paired ratios median [p10-p90]",
+            LATENCY_HEADER,
+            latency_rows(results.latency),
+        ),
+        ("conversion cost", CONVERSION_HEADER, conversion_rows(results.conversion)),
+    ):
+        if not rows:
+            continue
+        table = Table(title=Text(title))
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i < 2 or h == "targets" else "right", overflow="fold")
+        for row in rows:
+            table.add_row(*(Text(c) for c in row))
+        console.print(table)
+    for note in results.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    return buf.getvalue().rstrip()
