@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reparam.errors import ReparamError
+from reparam.errors import MismatchError, ReparamError
 
 DEFAULT_CONVERSION_MODELS = ("acb_resnet50", "sknet50", "se_resnet50", "scalenet50")
 TIMM_MODEL = "repvgg_a0"
@@ -303,18 +303,21 @@ def _worker_main(argv: list[str] | None = None) -> int:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     shape = [int(d) for d in spec["input_shape"]]
-    if spec["model"] == "timm":
-        cost = measure_timm(float(spec["width"]), shape, int(spec.get("seed", 0)))
-        payload = {"skipped": True} if cost is None else cost.to_dict()
-    else:
-        cost = measure_zoo_model(
-            spec["model"],
-            float(spec["width"]),
-            shape,
-            bool(spec.get("export", True)),
-            int(spec.get("seed", 0)),
-        )
-        payload = cost.to_dict()
+    try:
+        if spec["model"] == "timm":
+            cost = measure_timm(float(spec["width"]), shape, int(spec.get("seed", 0)))
+            payload = {"skipped": True} if cost is None else cost.to_dict()
+        else:
+            cost = measure_zoo_model(
+                spec["model"],
+                float(spec["width"]),
+                shape,
+                bool(spec.get("export", True)),
+                int(spec.get("seed", 0)),
+            )
+            payload = cost.to_dict()
+    except ReparamError as exc:  # hand the user-facing error back to the driver intact
+        payload = {"error": exc.message, "hint": exc.hint, "mismatch": isinstance(exc, MismatchError)}
     sys.stdout.write("\n" + _MARKER + json.dumps(payload) + "\n")
     return 0
 
@@ -338,7 +341,11 @@ def run_worker(spec: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]
         ) from exc
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(_MARKER):
-            return json.loads(line[len(_MARKER) :])
+            payload = json.loads(line[len(_MARKER) :])
+            if "error" in payload:
+                error = MismatchError if payload.get("mismatch") else ReparamError
+                raise error(f"{spec['model']}: {payload['error']}", hint=payload.get("hint"))
+            return payload
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
     raise ReparamError(
         f"measuring the conversion of {spec['model']} failed (exit {proc.returncode}):\n{tail}",

@@ -38,6 +38,7 @@ class Target:
     value: float | None
     limit: float
     unit: str = ""
+    label: str = ""  # short form for table cells, e.g. "time<=2s"
 
     @property
     def met(self) -> bool | None:
@@ -70,14 +71,34 @@ def conversion_targets(cost: ConversionCost) -> list[Target]:
     """Conversion time (ACB-ResNet-50 only), peak memory and export time targets of one row."""
     out = []
     if cost.model == CONVERSION_MODEL:
-        out.append(Target(f"conversion incl. check {cost.model}", cost.total_s, CONVERSION_MAX_S, "s"))
+        out.append(
+            Target(
+                f"conversion incl. check {cost.model}",
+                cost.total_s,
+                CONVERSION_MAX_S,
+                "s",
+                f"time<={CONVERSION_MAX_S:g}s",
+            )
+        )
     out.append(
         Target(
-            f"peak memory / parameter bytes {cost.model}", cost.peak_over_params, PEAK_OVER_PARAMS_MAX, "x"
+            f"peak memory / parameter bytes {cost.model}",
+            cost.peak_over_params,
+            PEAK_OVER_PARAMS_MAX,
+            "x",
+            f"mem<={PEAK_OVER_PARAMS_MAX:g}x",
         )
     )
     if cost.source != "timm":
-        out.append(Target(f"ONNX export + simplify {cost.model}", cost.export_total_s, EXPORT_MAX_S, "s"))
+        out.append(
+            Target(
+                f"ONNX export + simplify {cost.model}",
+                cost.export_total_s,
+                EXPORT_MAX_S,
+                "s",
+                f"export<={EXPORT_MAX_S:g}s",
+            )
+        )
     return out
 
 
@@ -188,7 +209,7 @@ def conversion_rows(costs: list[ConversionCost]) -> list[list[str]]:
     """Table rows of the conversion costs (strings)."""
     rows = []
     for c in costs:
-        marks = "; ".join(f"{t.name.split(' ' + c.model)[0]}: {t.mark()}" for t in conversion_targets(c))
+        marks = ", ".join(f"{t.label} {t.mark()}" for t in conversion_targets(c))
         total = _fmt_s(c.total_s)
         if c.reference_s is not None:
             total += f" (timm: {c.reference_s:.2f})"
@@ -286,10 +307,18 @@ def render_console(results: BenchResults, width: int | None = None) -> str:
             continue
         table = Table(title=Text(title))
         for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i < 2 or h == "targets" else "right", overflow="fold")
+            table.add_column(
+                h,
+                justify="left" if i < 2 or h == "targets" else "right",
+                overflow="fold",
+                no_wrap=i == 0,
+            )
         for row in rows:
             table.add_row(*(Text(c) for c in row))
         console.print(table)
+    for cost in results.conversion:
+        for note in cost.notes:
+            console.print(f"note: {cost.model}: {note}", highlight=False, markup=False)
     for note in results.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     return buf.getvalue().rstrip()
