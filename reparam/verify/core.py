@@ -172,7 +172,9 @@ def verify(
     if not cands:
         raise ReparamError("nothing to verify: no candidate given", hint="pass --deploy, --onnx or --engine")
     ref_cand = make_candidate(reference, name=reference_name)
-    reference = ref_cand.module.eval() if ref_cand.module is not None else None
+    reference = ref_cand.module
+    if reference is not None and ref_cand.kind == "torch":
+        reference.eval()  # exported (.pt2) modules have no train/eval switch
     input_names = list(ref_cand.runner.input_names)
     try:
         ref_out = _run_all(ref_cand.runner, batches)

@@ -135,10 +135,13 @@ class VerifyReport:
         from rich.console import Console
         from rich.table import Table
 
-        console = console or Console()
+        if console is None:
+            console = Console()
+            if not console.is_terminal:  # piped / CI logs: do not squeeze the table to 80 columns
+                console = Console(width=max(console.width, 150))
         table = Table(title=f"reparam verify ({self.tolerance.profile.name})", show_lines=False)
         for h in self.HEADERS:
-            table.add_column(h, justify="left" if h in ("candidate", "output") else "right")
+            table.add_column(h, justify="left" if h in ("candidate", "output") else "right", no_wrap=True)
         for row in self.metrics_rows():
             style = "green" if row[2] == "PASS" else "bold red"
             table.add_row(*row[:2], f"[{style}]{row[2]}[/]", *row[3:])
