@@ -93,6 +93,16 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
+def _publishable_modes(directory: Path) -> None:
+    """Give the temp dir and its files the modes a normal mkdir / open would (mkdtemp uses 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for p in directory.iterdir():
+        if p.is_file():
+            p.chmod(0o666 & ~umask)
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished ``tmp`` to ``out`` (replacing an existing ``out``) with renames only."""
     if out.exists():
@@ -183,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
             "reparam_version": __version__,
             "created_unix": int(time.time()),
             "checkpoint": _file_entry(Path(args.checkpoint)) | {"path": str(args.checkpoint)},
-            "arch": args.arch,
+            "arch": args.arch,  # None: taken from the checkpoint
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "arch_kwargs": parse_json_kwargs(args.arch_kwargs),
             "input_shape": info.get("shape"),
             "targets": ["pt2", *targets] + (["onnx-fp16"] if args.fp16 and "onnx" in targets else []),
@@ -192,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
             "files": [_file_entry(p) for p in files],
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _publishable_modes(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
