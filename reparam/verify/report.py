@@ -16,6 +16,13 @@ from reparam.verify.tolerance import Tolerance
 
 SCHEMA_VERSION = 1
 
+_STYLES = [
+    {"marker": "o", "linestyle": "-", "markersize": 7},
+    {"marker": "s", "linestyle": "--", "markersize": 5},
+    {"marker": "^", "linestyle": ":", "markersize": 5},
+    {"marker": "x", "linestyle": "-.", "markersize": 6},
+]
+
 
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
@@ -202,7 +209,8 @@ class VerifyReport:
             xs = [names.index(b.name) for b in c.divergence.blocks]
             # Exact zeros cannot be drawn on a log axis; show them at the float64 floor.
             ys = [max(b.scale_rel, 1e-18) if math.isfinite(b.scale_rel) else float("nan") for b in c.divergence.blocks]
-            ax.plot(xs, ys, marker="o", label=c.name)
+            style = _STYLES[len(ax.lines) % len(_STYLES)]  # overlapping candidates stay distinguishable
+            ax.plot(xs, ys, label=c.name, **style)
             if c.divergence.first_diverging:
                 i = names.index(c.divergence.first_diverging)
                 ax.axvline(i, color="red", linestyle=":", alpha=0.6)
