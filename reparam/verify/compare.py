@@ -38,10 +38,11 @@ class BlockError:
     cosine: float
     max_abs: float
     passed: bool
+    ref_noise: float | None = None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "scale_rel": self.scale_rel, "cosine": self.cosine,
-                "max_abs": self.max_abs, "passed": self.passed}
+                "max_abs": self.max_abs, "ref_noise": self.ref_noise, "passed": self.passed}
 
 
 @dataclass
@@ -104,11 +105,13 @@ def compare_outputs(
     *,
     name: str = "candidate",
     kind: str = "unknown",
+    noise: Mapping[str, float] | None = None,
 ) -> CandidateResult:
     """Compare every reference output with the candidate's output of the same name.
 
     Values are arrays or lists of per-batch arrays. Missing outputs and shape mismatches are
-    problems (the candidate fails); extra candidate outputs are ignored.
+    problems (the candidate fails); extra candidate outputs are ignored. ``noise`` holds the
+    reference's fp32 noise floor per output (see ``ToleranceProfile.noise_multiple``).
     """
     tol = make_tolerance(tolerance)
     result = CandidateResult(name=name, kind=kind, tolerance=tol.profile.name)
@@ -124,5 +127,7 @@ def compare_outputs(
         except ValueError as exc:
             result.problems.append(f"output {out_name!r}: {exc}")
             continue
+        if noise and out_name in noise:
+            metrics.ref_noise = noise[out_name]
         result.outputs[out_name] = OutputResult(out_name, metrics, judge(metrics, tol, out_name))
     return result

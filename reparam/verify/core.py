@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import fx, nn
 
 from reparam.errors import ReparamError
@@ -137,6 +139,52 @@ def _candidate_blocks(cand: Candidate, batch: Batch, input_names: Sequence[str])
     return graph_block_outputs(cand.module, node_map, batch, input_names), ""
 
 
+def _float64_copy(module: nn.Module) -> nn.Module | None:
+    """A float64 copy of the reference (None if it cannot be copied or converted)."""
+    try:
+        return copy.deepcopy(module).double().eval()
+    except Exception:
+        return None
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _as_float64(batch: Batch) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=np.float64) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def reference_noise(
+    model64: nn.Module, batches: Sequence[Batch], input_names: Sequence[str],
+    ref_out: Mapping[str, list[np.ndarray]],
+) -> dict[str, float]:
+    """Scale-relative error of the fp32 reference outputs against the float64 reference, per output."""
+    names = list(ref_out)
+    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for batch in batches:
+        b64 = _as_float64(batch)
+        tensors = _tensors(model64(*[torch.from_numpy(b64[n]) for n in input_names]))
+        if len(tensors) != len(names):
+            return {}
+        for n, t in zip(names, tensors):
+            outs[n].append(t.numpy())
+    noise = {}
+    for n in names:
+        try:
+            noise[n] = compute_metrics(outs[n], ref_out[n]).scale_rel
+        except ValueError:
+            continue
+    return noise
+
+
 def _onnx_mapping(path: str) -> dict[str, str]:
     from reparam.errors import require
 
@@ -187,7 +235,18 @@ def verify(
             hint="check --input-shape / --inputs against the model's expected input",
         ) from exc
     report = VerifyReport(reference_name, tol, dict(inputs_info or {}))
-    ref_block_cache: dict[tuple, tuple[dict, list[str]]] = {}
+    ref_block_cache: dict[tuple, tuple[dict, list[str], dict]] = {}
+    model64 = None
+    noise: dict[str, float] = {}
+    uses_noise = any((c.tolerance or tol).profile.noise_multiple for c in cands)
+    if reference is not None and ref_cand.kind == "torch" and uses_noise:
+        model64 = _float64_copy(reference)
+        try:
+            noise = reference_noise(model64, batches, input_names, ref_out) if model64 is not None else {}
+        except Exception:  # some ops have no float64 kernel: keep the fixed limits
+            model64, noise = None, {}
+        if not noise:
+            report.notes.append("the reference could not be run in float64; fixed scale-relative limits apply")
 
     for cand in cands:
         try:
@@ -199,10 +258,10 @@ def verify(
             report.candidates.append(result)
             continue
         cand_tol = cand.tolerance or tol
-        result = compare_outputs(ref_out, cand_out, cand_tol, name=cand.name, kind=cand.kind)
+        result = compare_outputs(ref_out, cand_out, cand_tol, name=cand.name, kind=cand.kind, noise=noise)
         if localize == "always" or (localize == "on_failure" and not result.passed):
-            result.divergence = _localize(reference, cand, ref_out, cand_out, batches, input_names, cand_tol,
-                                          ref_block_cache, not result.passed)
+            result.divergence = _localize(reference, model64, cand, ref_out, cand_out, batches, input_names,
+                                          cand_tol, ref_block_cache, not result.passed)
         report.candidates.append(result)
 
     if quant:
@@ -212,7 +271,7 @@ def verify(
     return report
 
 
-def _localize(reference, cand, ref_out, cand_out, batches, input_names, tol, cache, failed) -> Divergence:
+def _localize(reference, model64, cand, ref_out, cand_out, batches, input_names, tol, cache, failed) -> Divergence:
     if reference is None:
         return Divergence(note="blocks can only be localized against a training-form nn.Module reference")
     idx = _worst_batch(ref_out, cand_out)
@@ -227,6 +286,15 @@ def _localize(reference, cand, ref_out, cand_out, batches, input_names, tol, cac
         return Divergence(note=reason or "no block boundary values could be read from this candidate")
     key = (idx, frozenset(cand_blocks))
     if key not in cache:
-        cache[key] = module_block_outputs(reference, list(cand_blocks), batch, input_names)
-    ref_blocks, order = cache[key]
-    return locate_divergence(ref_blocks, cand_blocks, order, tol, output_failed=failed)
+        ref_blocks, order = module_block_outputs(reference, list(cand_blocks), batch, input_names)
+        block_noise: dict[str, float] = {}
+        if model64 is not None:
+            try:
+                blocks64, _ = module_block_outputs(model64, list(cand_blocks), _as_float64(batch), input_names)
+                block_noise = {p: compute_metrics(blocks64[p], ref_blocks[p]).scale_rel
+                               for p in ref_blocks if p in blocks64}
+            except Exception:
+                block_noise = {}
+        cache[key] = (ref_blocks, order, block_noise)
+    ref_blocks, order, block_noise = cache[key]
+    return locate_divergence(ref_blocks, cand_blocks, order, tol, output_failed=failed, noise=block_noise)

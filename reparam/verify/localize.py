@@ -53,7 +53,8 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float32).clone().numpy()
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return t.detach().to("cpu", dtype).clone().numpy()
 
 
 def _torch_args(batch: Batch, input_names: Sequence[str] | None = None) -> list[torch.Tensor]:
@@ -213,11 +214,13 @@ def locate_divergence(
     tolerance: str | Tolerance = "fp32",
     *,
     output_failed: bool = True,
+    noise: Mapping[str, float] | None = None,
 ) -> Divergence:
     """Compare block outputs in execution order; the first one failing the profile is the culprit.
 
     Only the profile's scale-relative and cosine limits apply to blocks (top-1 and per-output
-    elementwise overrides are about final outputs).
+    elementwise overrides are about final outputs). ``noise``: the reference's fp32 noise floor
+    per block, which raises the scale-relative limit like it does for outputs.
     """
     tol = make_tolerance(make_tolerance(tolerance).profile)
     div = Divergence()
@@ -229,8 +232,9 @@ def locate_divergence(
         except ValueError:
             div.blocks.append(BlockError(path, float("nan"), float("nan"), float("nan"), False))
         else:
+            m.ref_noise = (noise or {}).get(path)
             ok = not judge(m, tol, path, use_top1=False)
-            div.blocks.append(BlockError(path, m.scale_rel, m.cosine, m.max_abs, ok))
+            div.blocks.append(BlockError(path, m.scale_rel, m.cosine, m.max_abs, ok, m.ref_noise))
         if not div.blocks[-1].passed and div.first_diverging is None:
             div.first_diverging = path
     if not div.blocks:

@@ -36,6 +36,9 @@ class OutputMetrics:
     ref_nonfinite: int
     # Elements failing a Polygraphy-style check (|d| > atol AND |d| > rtol*|ref|); None when unused.
     elementwise_failures: int | None = None
+    # The reference's own fp32 rounding error: scale-relative error of the fp32 reference against
+    # the same reference run in float64 (None when not measured).
+    ref_noise: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -78,17 +78,17 @@ class VerifyReport:
         rows = []
         for c in self.candidates:
             if not c.outputs:
-                rows.append([c.name, "-", "PASS" if c.passed else "FAIL"] + ["-"] * 8)
+                rows.append([c.name, "-", "PASS" if c.passed else "FAIL"] + ["-"] * (len(self.HEADERS) - 3))
             for o in c.outputs.values():
                 m = o.metrics
                 rows.append([
-                    c.name, o.name, "PASS" if o.passed else "FAIL", _fmt(m.scale_rel), _fmt(m.max_abs),
+                    c.name, o.name, "PASS" if o.passed else "FAIL", _fmt(m.scale_rel), _fmt(m.ref_noise), _fmt(m.max_abs),
                     _fmt(m.mean_abs), _fmt(m.p99_abs), _fmt(m.max_rel), _cos(m.cosine), _fmt(m.top1),
                     str(m.nonfinite),
                 ])
         return rows
 
-    HEADERS = ["candidate", "output", "status", "scale-rel", "max abs", "mean abs", "p99 abs", "max rel",
+    HEADERS = ["candidate", "output", "status", "scale-rel", "ref noise", "max abs", "mean abs", "p99 abs", "max rel",
                "cosine", "top-1", "NaN/Inf"]
 
     def to_markdown(self) -> str:

@@ -2,10 +2,13 @@
 
 Defaults (see docs/verify.md for the measurements behind them):
 
-- ``fp32``: scale-relative error ``max|ref - cand| / max|ref|`` <= 1e-5. Exact fusion in fp32 only
-  reorders sums and rounds the folded weights once; that costs a few float32 ulps per layer
-  (eps = 1.2e-7), and zoo models at full depth stay near 1e-6, so 1e-5 keeps ~10x headroom while a
-  single wrong weight, a dropped bias or a mis-placed 1x3 kernel is orders of magnitude larger.
+- ``fp32``: scale-relative error ``max|ref - cand| / max|ref|`` <= max(1e-5, 10 x the reference's
+  own fp32 noise). Exact fusion in fp32 only reorders sums and rounds the folded weights once. The
+  noise floor is the scale-relative error of the fp32 reference against the same model run in
+  float64: on the zoo (width 0.25, BN calibrated on data) a correct deploy model stays within 2.1x
+  of it, and the floor itself ranges from 7e-7 (ResNet-56) to 4e-5 (ResNet-50), so a fixed 1e-5
+  would fail correct deep models while the 10x multiple keeps headroom. A real bug is far larger:
+  one output channel of one fused conv off by 1 % moves the output by 2e-3 to 1e-2.
 - ``fp16``: scale-relative <= 1e-2 and cosine >= 0.9999. fp16 has eps = 9.8e-4, so rounding of
   activations and weights at every layer accumulates to a few 1e-3 of the output scale; a structural
   error moves the direction of the output vector, which the cosine catches.
@@ -34,10 +37,22 @@ class ToleranceProfile:
     max_scale_rel: float | None = None
     min_cosine: float | None = None
     min_top1: float | None = None
+    # When the reference's fp32 noise floor was measured, the scale-relative limit becomes
+    # max(max_scale_rel, noise_multiple * noise floor): an ill-conditioned network is not failed
+    # for rounding error the reference itself has.
+    noise_multiple: float | None = None
+
+    def scale_rel_limit(self, noise: float | None) -> float | None:
+        """The scale-relative limit given the reference's measured noise floor (or None)."""
+        if self.max_scale_rel is None:
+            return None
+        if noise is None or self.noise_multiple is None or noise != noise:
+            return self.max_scale_rel
+        return max(self.max_scale_rel, self.noise_multiple * noise)
 
 
 PROFILES: dict[str, ToleranceProfile] = {
-    "fp32": ToleranceProfile("fp32", max_scale_rel=1e-5),
+    "fp32": ToleranceProfile("fp32", max_scale_rel=1e-5, noise_multiple=10.0),
     "fp16": ToleranceProfile("fp16", max_scale_rel=1e-2, min_cosine=0.9999),
     "int8": ToleranceProfile("int8", min_cosine=0.99, min_top1=0.99),
 }
@@ -61,6 +76,7 @@ class Tolerance:
             "max_scale_rel": self.profile.max_scale_rel,
             "min_cosine": self.profile.min_cosine,
             "min_top1": self.profile.min_top1,
+            "noise_multiple": self.profile.noise_multiple,
             "atol": dict(self.atol),
             "rtol": dict(self.rtol),
         }
@@ -129,8 +145,9 @@ def judge(metrics: OutputMetrics, tolerance: Tolerance, output: str, *, use_top1
                 f"{metrics.elementwise_failures} of {metrics.num_elements} elements exceed both "
                 f"atol={atol if atol is not None else 1e-5:g} and rtol={rtol if rtol is not None else 1e-5:g}"
             )
-    elif p.max_scale_rel is not None and not metrics.scale_rel <= p.max_scale_rel:
-        reasons.append(f"scale-relative error {metrics.scale_rel:.3g} > {p.max_scale_rel:g}")
+    elif (limit := p.scale_rel_limit(metrics.ref_noise)) is not None and not metrics.scale_rel <= limit:
+        why = "" if limit == p.max_scale_rel else f" ({p.noise_multiple:g} x the reference's fp32 noise)"
+        reasons.append(f"scale-relative error {metrics.scale_rel:.3g} > {limit:.3g}{why}")
     if p.min_cosine is not None and not metrics.cosine >= p.min_cosine:
         reasons.append(f"cosine similarity {metrics.cosine:.6f} < {p.min_cosine:g}")
     if use_top1 and p.min_top1 is not None and metrics.top1 is not None and not metrics.top1 >= p.min_top1:

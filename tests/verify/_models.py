@@ -60,13 +60,37 @@ def tiny_pair(seed: int = 0) -> tuple[nn.Module, fx.GraphModule]:
     return ref, gm
 
 
+@torch.no_grad()
+def calibrate_bn_stats(model: nn.Module, shape=(8, 3, 32, 32), batches: int = 2, seed: int = 0) -> nn.Module:
+    """Replace BN running statistics by the statistics of random data (affine parameters are kept).
+
+    Randomized statistics alone let activations explode through deep residual stacks (an ACB
+    ResNet-56 reaches 1e11); data statistics keep outputs in a sane range, as in a trained model.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(batches):
+        model(torch.randn(*shape, generator=gen))
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+        # a channel that happened to be dead on the few calibration samples would divide by sqrt(eps)
+        m.running_var.clamp_(min=1e-2)
+    return model.eval()
+
+
 def save_zoo_checkpoint(path, arch: str = "repvgg_a0", seed: int = 0, **arch_kwargs) -> nn.Module:
-    """Write a reparam checkpoint of a zoo model with randomized BN; return the model (eval mode)."""
+    """Write a reparam checkpoint of a zoo model with random BN affine parameters and data-calibrated
+    BN statistics; return the model (eval mode)."""
     from reparam.zoo import create_model
 
     kwargs = {"num_classes": 10, "width": 0.25, **arch_kwargs}
     torch.manual_seed(seed)
-    model = randomize_batchnorm(create_model(arch, **kwargs), seed=seed).eval()
+    model = calibrate_bn_stats(randomize_batchnorm(create_model(arch, **kwargs), seed=seed), seed=seed + 100)
     torch.save({"arch": arch, "arch_kwargs": kwargs, "state_dict": model.state_dict()}, path)
     return model
 

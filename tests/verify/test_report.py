@@ -38,7 +38,7 @@ def test_report_files_contain_the_metrics(tmp_path):
     report.write_markdown(tmp_path / "r.md")
     md = (tmp_path / "r.md").read_text()
     assert md.startswith("## reparam verify: FAIL")
-    assert "| candidate | output | status | scale-rel |" in md
+    assert "| candidate | output | status | scale-rel | ref noise |" in md
     assert "| model.onnx | output | FAIL |" in md
     assert "first diverging block: layer1" in md
     assert "| `layer1.conv` | 8 |" in md
