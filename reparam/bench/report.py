@@ -259,8 +259,9 @@ def render_markdown(results: BenchResults) -> str:
             "`torch.fx.symbolic_trace`, passes = `run_passes`, check = the rest of `convert` (eval copy, "
             "reference run with capture hooks, deploy run, comparison, model statistics). Peak = resident "
             "memory above the process's RSS just before the conversion; params = parameter bytes of the "
-            "training model. Export = `export_onnx` without simplification (cold, first export in the "
-            "process); simplify = the extra time of a second export with simplification.",
+            "training model. One cold `export_onnx(simplify=True)` of the deploy model (the first export "
+            "in the process): simplify = onnxsim time as the exporter reports it, export = the rest "
+            "(tracing, checks, shape inference, saving).",
             "",
         ]
         out += _md_table(CONVERSION_HEADER, conversion_rows(results.conversion))
