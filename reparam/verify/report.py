@@ -77,12 +77,13 @@ class VerifyReport:
         """One row per candidate output: the table shared by markdown, terminal and assertion text."""
         rows = []
         for c in self.candidates:
+            label = c.name if c.tolerance in (None, self.tolerance.profile.name) else f"{c.name} [{c.tolerance}]"
             if not c.outputs:
-                rows.append([c.name, "-", "PASS" if c.passed else "FAIL"] + ["-"] * (len(self.HEADERS) - 3))
+                rows.append([label, "-", "PASS" if c.passed else "FAIL"] + ["-"] * (len(self.HEADERS) - 3))
             for o in c.outputs.values():
                 m = o.metrics
                 rows.append([
-                    c.name, o.name, "PASS" if o.passed else "FAIL", _fmt(m.scale_rel), _fmt(m.ref_noise), _fmt(m.max_abs),
+                    label, o.name, "PASS" if o.passed else "FAIL", _fmt(m.scale_rel), _fmt(m.ref_noise), _fmt(m.max_abs),
                     _fmt(m.mean_abs), _fmt(m.p99_abs), _fmt(m.max_rel), _cos(m.cosine), _fmt(m.top1),
                     str(m.nonfinite),
                 ])
