@@ -1,0 +1,34 @@
+"""ONNX export: torch.onnx (dynamo or legacy), onnxsim, checker, provenance metadata, atomic writes, fp16."""
+
+from exporters.onnx.export import (
+    BATCH_DIM,
+    BOUNDARY_KEY,
+    OnnxExportResult,
+    check_dynamic_axes,
+    default_output_names,
+    export_onnx,
+    normalize_dynamic_axes,
+    op_counts,
+)
+from exporters.onnx.fp16 import convert_fp16, convert_onnx_to_fp16, to_fp16_model
+from exporters.onnx.save import EXTERNAL_DATA_THRESHOLD, needs_external_data, save_onnx, sidecar_path
+from exporters.onnx.summary import onnx_summary
+
+__all__ = [
+    "BATCH_DIM",
+    "BOUNDARY_KEY",
+    "EXTERNAL_DATA_THRESHOLD",
+    "OnnxExportResult",
+    "check_dynamic_axes",
+    "convert_fp16",
+    "convert_onnx_to_fp16",
+    "default_output_names",
+    "export_onnx",
+    "needs_external_data",
+    "normalize_dynamic_axes",
+    "onnx_summary",
+    "op_counts",
+    "save_onnx",
+    "sidecar_path",
+    "to_fp16_model",
+]

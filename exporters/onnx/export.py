@@ -1,0 +1,371 @@
+"""Export a PyTorch model to ONNX: named I/O, a named dynamic batch axis, onnxsim, checker, provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from exporters.onnx.save import save_onnx
+from reparam.errors import ReparamError, require
+
+BATCH_DIM = "batch"
+META_PREFIX = "reparam."
+BOUNDARY_KEY = "reparam.boundaries"  # same key the verifier reads (reparam.verify.localize)
+_BOUNDARY_OUTPUT = "reparam_boundary_{}"
+
+
+@dataclass
+class OnnxExportResult:
+    """What ``export_onnx`` wrote and how."""
+
+    path: Path
+    sidecar: Path | None
+    exporter: str  # "dynamo" or "legacy"
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    simplified: bool
+    op_counts: dict[str, int]
+    metadata: dict[str, str]
+    boundaries: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def default_output_names(n: int) -> list[str]:
+    """The naming convention: one output is "output", several are "output0", "output1", ..."""
+    return ["output"] if n == 1 else [f"output{i}" for i in range(n)]
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, Sequence):
+        return tuple(example_inputs)
+    raise ReparamError(f"example_inputs must be a tensor or a tuple of tensors, not {type(example_inputs).__name__}",
+                       hint="pass e.g. (torch.randn(1, 3, 224, 224),)")
+
+
+def _flat_tensors(out: Any) -> list[torch.Tensor]:
+    leaves, _ = torch.utils._pytree.tree_flatten(out)
+    return [t for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def normalize_dynamic_axes(
+    input_names: Sequence[str], output_names: Sequence[str], dynamic_batch: bool,
+    dynamic_axes: Mapping[str, Mapping[int, str] | Sequence[int]] | None,
+) -> dict[str, dict[int, str]]:
+    """Merge the batch axis and user axes into ``{tensor name: {axis: dim name}}``; validate names."""
+    known = set(input_names) | set(output_names)
+    axes: dict[str, dict[int, str]] = {}
+    if dynamic_batch:
+        for name in [*input_names, *output_names]:
+            axes[name] = {0: BATCH_DIM}
+    for name, spec in (dynamic_axes or {}).items():
+        if name not in known:
+            raise ReparamError(f"dynamic_axes names {name!r}, which is not an input or output",
+                               hint=f"use one of {sorted(known)}")
+        entries = dict(spec) if isinstance(spec, Mapping) else {int(a): f"{name}_dim{int(a)}" for a in spec}
+        axes.setdefault(name, {}).update({int(a): str(d) for a, d in entries.items()})
+    return axes
+
+
+def _batch_two(args: tuple, axes: dict[str, dict[int, str]], input_names: Sequence[str]) -> tuple:
+    # torch.export specializes a dim whose example size is 1; trace a dynamic batch with two rows.
+    out = []
+    for name, a in zip(input_names, args):
+        if isinstance(a, torch.Tensor) and a.dim() and 0 in axes.get(name, {}) and a.shape[0] == 1:
+            a = a.expand(2, *a.shape[1:]).contiguous()
+        out.append(a)
+    return tuple(out)
+
+
+def _boundary_module(model: nn.Module, args: tuple, n_outputs: int) -> tuple[nn.Module, dict[str, str]]:
+    """A copy of a deploy GraphModule that also returns each block-boundary value as an output.
+
+    Returns ``(module, {block path: output name})``; ``(model, {})`` when the model has no fx-node
+    boundaries. Naming the boundary values as outputs pins their tensor names in the ONNX graph.
+    """
+    record = getattr(model, "reparam_record", None)
+    boundaries = dict(getattr(record, "boundaries", {}) or {})
+    if not isinstance(model, torch.fx.GraphModule) or not boundaries \
+            or getattr(record, "boundary_kind", "fx_node") != "fx_node":
+        return model, {}
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    out_node = None
+    for node in model.graph.nodes:
+        if node.op == "output":
+            out_node = node
+            continue
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    leaves, _ = torch.utils._pytree.tree_flatten(out_node.args[0])
+    if len(leaves) != n_outputs or not all(isinstance(n, torch.fx.Node) for n in leaves):
+        return model, {}
+    by_name = {n.name: n for n in model.graph.nodes}
+    chosen: dict[str, torch.fx.Node] = {}
+    for path, node_name in boundaries.items():
+        node = by_name.get(node_name)
+        if node is None or node.op in ("placeholder", "get_attr", "output") or node in leaves \
+                or node in chosen.values():
+            continue
+        chosen[path] = node
+    if not chosen:
+        return model, {}
+    graph.output(tuple(env[n] for n in [*leaves, *chosen.values()]))
+    wrapper = torch.fx.GraphModule(model, graph)
+    with torch.no_grad():
+        values = _flat_tensors(wrapper(*args))
+    if len(values) != n_outputs + len(chosen):  # a boundary that is not one tensor: keep the plain model
+        return model, {}
+    return wrapper, {path: _BOUNDARY_OUTPUT.format(i) for i, path in enumerate(chosen)}
+
+
+def _run_exporter(model: nn.Module, args: tuple, *, dynamo: bool, opset: int | None, input_names: list[str],
+                  output_names: list[str], axes: dict[str, dict[int, str]], workdir: Path) -> Any:
+    onnx = require("onnx", "onnx", "ONNX export")
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                dims = {}
+                specs = []
+                for name, a in zip(input_names, args):
+                    spec = None
+                    if isinstance(a, torch.Tensor) and name in axes:
+                        spec = {}
+                        for ax, dim_name in axes[name].items():
+                            dims.setdefault(dim_name, torch.export.Dim(dim_name.replace("-", "_"), min=1))
+                            spec[ax] = dims[dim_name]
+                    specs.append(spec)
+                program = torch.onnx.export(
+                    model, _batch_two(args, axes, input_names), None, dynamo=True, opset_version=opset,
+                    input_names=input_names, output_names=output_names,
+                    dynamic_shapes=tuple(specs) if axes else None, verbose=False,
+                )
+                proto = program.model_proto
+            else:
+                raw = workdir / "raw.onnx"
+                torch.onnx.export(model, args, str(raw), dynamo=False, opset_version=opset,
+                                  input_names=input_names, output_names=output_names,
+                                  dynamic_axes=axes or None, do_constant_folding=True)
+                proto = onnx.load(str(raw))
+    except ReparamError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        other = "the legacy exporter (dynamo=False, --legacy-exporter)" if dynamo else "the dynamo exporter"
+        raise ReparamError(f"torch.onnx ({'dynamo' if dynamo else 'legacy'} exporter) failed: "
+                           f"{type(exc).__name__}: {first}",
+                           hint=f"try {other}, or another opset (--opset)") from exc
+    return proto
+
+
+def _dim_params(value_info: Any) -> dict[int, str]:
+    dims = value_info.type.tensor_type.shape.dim
+    return {i: d.dim_param for i, d in enumerate(dims) if d.HasField("dim_param")}
+
+
+def _rename_dims(model: Any, axes: dict[str, dict[int, str]]) -> None:
+    """Give the dynamic dims of the graph I/O the requested names, and the same names everywhere inside."""
+    renames: dict[str, str] = {}
+    for vi in [*model.graph.input, *model.graph.output]:
+        for ax, wanted in axes.get(vi.name, {}).items():
+            dims = vi.type.tensor_type.shape.dim
+            if ax < len(dims) and dims[ax].HasField("dim_param") and dims[ax].dim_param != wanted:
+                renames.setdefault(dims[ax].dim_param, wanted)
+    if not renames:
+        return
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in renames:
+                d.dim_param = renames[d.dim_param]
+
+
+def check_dynamic_axes(model: Any, axes: dict[str, dict[int, str]]) -> list[str]:
+    """Names of the requested dynamic axes that are not symbolic in the model ('input[0]', ...)."""
+    missing = []
+    for vi in [*model.graph.input, *model.graph.output]:
+        params = _dim_params(vi)
+        for ax in axes.get(vi.name, {}):
+            if ax not in params:
+                missing.append(f"{vi.name}[{ax}]")
+    return missing
+
+
+def _simplify(model: Any, args: tuple, input_names: list[str], axes: dict[str, dict[int, str]]) -> tuple[Any, str]:
+    """onnxsim with its own numeric check; dynamic dims stay symbolic. Returns (model, note)."""
+    onnxsim = require("onnxsim", "onnx", "ONNX simplification")
+    shapes = {n: list(a.shape) for n, a in zip(input_names, args) if isinstance(a, torch.Tensor)}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            simplified, ok = onnxsim.simplify(model, check_n=1, test_input_shapes=shapes)
+    except Exception as exc:
+        return model, f"onnxsim failed ({type(exc).__name__}: {str(exc)[:200]}); kept the unsimplified graph"
+    if not ok:
+        return model, "onnxsim's check failed; kept the unsimplified graph"
+    lost = check_dynamic_axes(simplified, axes)
+    if lost:
+        return model, f"onnxsim made {', '.join(lost)} static; kept the unsimplified graph"
+    return simplified, ""
+
+
+def _strip_boundary_outputs(model: Any, n_outputs: int, mapping: dict[str, str]) -> dict[str, str]:
+    """Drop the extra boundary outputs again; returns ``{block path: tensor name}`` of those still produced."""
+    keep = list(model.graph.output)[:n_outputs]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    produced = {o for node in model.graph.node for o in node.output}
+    return {path: name for path, name in mapping.items() if name in produced}
+
+
+def op_counts(model: Any) -> dict[str, int]:
+    """``{op_type: count}`` of the top-level graph, most frequent first."""
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def _set_metadata(model: Any, meta: Mapping[str, str]) -> None:
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(meta)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def provenance(model: nn.Module, args: tuple, *, form: str | None, precision: str, exporter: str,
+               metadata: Mapping[str, Any] | None) -> dict[str, str]:
+    """The ``reparam.*`` metadata_props: version, passes, input shapes, precision, form, caller metadata."""
+    from reparam import __version__
+
+    record = getattr(model, "reparam_record", None)
+    passes = sorted({e.pass_name for e in getattr(record, "entries", [])})
+    is_deploy = record is not None or getattr(model, "reparam_metadata", None) is not None
+    meta = {
+        "reparam.version": __version__,
+        "reparam.form": form or ("deploy" if is_deploy else "training"),
+        "reparam.passes": json.dumps(passes),
+        "reparam.input_shapes": json.dumps([list(a.shape) for a in args if isinstance(a, torch.Tensor)]),
+        "reparam.precision": precision,
+        "reparam.exporter": exporter,
+    }
+    for key, value in (metadata or {}).items():
+        k = key if key.startswith(META_PREFIX) else META_PREFIX + key
+        meta[k] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return meta
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str] | Sequence[int]] | None = None,
+    input_names: Sequence[str] = ("input",),
+    output_names: Sequence[str] | None = None,
+    simplify: bool = True,
+    dynamo: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+) -> OnnxExportResult:
+    """Export ``model`` to ONNX at ``path`` (atomically) and return what was written.
+
+    Inputs are named ``input_names``; outputs "output" (one) or "output0", "output1", ... unless
+    given. ``dynamic_batch`` makes axis 0 of every input and output symbolic ("batch");
+    ``dynamic_axes`` adds more (``{name: {axis: dim name}}`` or ``{name: [axes]}``). The graph is
+    simplified with onnxsim (kept only when its check passes and the dynamic axes stay symbolic),
+    shape-inferred and validated with ``onnx.checker`` (full check). Provenance goes into
+    ``metadata_props`` (``reparam.*``; ``metadata`` keys are added with that prefix, e.g.
+    ``source_sha256``, ``form``); a deploy model's block boundaries go into ``reparam.boundaries``.
+    """
+    onnx = require("onnx", "onnx", "ONNX export")
+    args = _as_tuple(example_inputs)
+    input_names = list(input_names)
+    if len(input_names) != len(args):
+        raise ReparamError(f"{len(args)} example input(s) but {len(input_names)} input name(s) {input_names}",
+                           hint="give one name per example input")
+    if opset is not None and not 7 <= int(opset) <= 25:
+        raise ReparamError(f"opset {opset} is out of range", hint="use an opset between 7 and 25, e.g. 17 or 18")
+    was_training = model.training
+    model.eval()
+    times: dict[str, float] = {}
+    try:
+        with torch.no_grad():
+            n_out = len(_flat_tensors(model(*args)))
+        if n_out == 0:
+            raise ReparamError("the model returned no tensors", hint="forward() must return a tensor or tuple of tensors")
+        out_names = list(output_names) if output_names is not None else default_output_names(n_out)
+        if len(out_names) != n_out:
+            raise ReparamError(f"the model returns {n_out} tensor(s) but {len(out_names)} output name(s) were given",
+                               hint="give one name per output, or leave output_names unset")
+        axes = normalize_dynamic_axes(input_names, out_names, dynamic_batch, dynamic_axes)
+        notes: list[str] = []
+        target, mapping = _boundary_module(model, args, n_out)
+        all_out = out_names + list(mapping.values())
+        all_axes = dict(axes)
+        if dynamic_batch:
+            all_axes.update({name: {0: BATCH_DIM} for name in mapping.values()})
+        exporter = "dynamo" if dynamo else "legacy"
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="reparam-onnx-") as tmp:
+            try:
+                proto = _run_exporter(target, args, dynamo=dynamo, opset=opset, input_names=input_names,
+                                      output_names=all_out, axes=all_axes, workdir=Path(tmp))
+            except ReparamError:
+                if target is model:
+                    raise
+                notes.append("exporting with block-boundary outputs failed; exported without them")
+                mapping, all_out, all_axes = {}, out_names, axes
+                proto = _run_exporter(model, args, dynamo=dynamo, opset=opset, input_names=input_names,
+                                      output_names=out_names, axes=axes, workdir=Path(tmp))
+        times["export"] = time.perf_counter() - start
+        _rename_dims(proto, all_axes)
+        lost = check_dynamic_axes(proto, all_axes)
+        if lost:
+            raise ReparamError(f"the exporter made {', '.join(lost)} static",
+                               hint="the model's forward fixes that size (e.g. a reshape with a constant batch); "
+                               "export with --static or fix the reshape to use -1")
+        simplified = False
+        if simplify:
+            start = time.perf_counter()
+            proto, note = _simplify(proto, args, input_names, all_axes)
+            simplified = not note
+            if note:
+                notes.append(note)
+            times["simplify"] = time.perf_counter() - start
+        boundaries = _strip_boundary_outputs(proto, n_out, mapping) if mapping else {}
+        from exporters.onnx.save import needs_external_data
+
+        if not needs_external_data(proto):
+            proto = onnx.shape_inference.infer_shapes(proto, check_type=True)
+        meta = provenance(model, args, form=None, precision="fp32", exporter=exporter, metadata=metadata)
+        if boundaries:
+            meta[BOUNDARY_KEY] = json.dumps(boundaries, sort_keys=True)
+        _set_metadata(proto, meta)
+        start = time.perf_counter()
+        sidecar = save_onnx(proto, path)
+        times["save"] = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return OnnxExportResult(
+        path=Path(path), sidecar=sidecar, exporter=exporter, opset=int(opset_used), input_names=input_names,
+        output_names=out_names, dynamic_axes=axes, simplified=simplified, op_counts=op_counts(proto),
+        metadata=meta, boundaries=boundaries, notes=notes, seconds=times,
+    )

@@ -1,0 +1,91 @@
+"""Atomic ONNX writes: one file below the protobuf limit, a ``<name>.onnx.data`` sidecar above it.
+
+Both files are first written into a temporary directory next to the target, checked there, then
+renamed into place (sidecar first, model second). An interrupted write leaves neither file behind
+and restores a sidecar that was there before.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from reparam.errors import ReparamError, require
+
+# Protobuf cannot serialize a message of 2 GiB or more; stay clear of it. Tests lower this.
+EXTERNAL_DATA_THRESHOLD = 2_000_000_000
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where the external-data sidecar of the ONNX file at ``path`` lives."""
+    p = Path(path)
+    return p.with_name(p.name + ".data")
+
+
+def tensor_bytes(model: Any) -> int:
+    """Bytes held by the model's initializers and constant attributes (the bulk of a CNN file)."""
+    total = 0
+    for init in model.graph.initializer:
+        total += len(init.raw_data) or init.ByteSize()
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                total += len(attr.t.raw_data) or attr.t.ByteSize()
+    return total
+
+
+def needs_external_data(model: Any, threshold: int | None = None) -> bool:
+    """True when the model is too large to be written as a single protobuf file."""
+    limit = EXTERNAL_DATA_THRESHOLD if threshold is None else threshold
+    return tensor_bytes(model) >= limit
+
+
+def save_onnx(model: Any, path: str | os.PathLike, *, check: bool = True, threshold: int | None = None) -> Path | None:
+    """Write ``model`` to ``path`` atomically; returns the sidecar path when external data was used.
+
+    With ``check`` the written file is validated by ``onnx.checker.check_model(full_check=True)``
+    before it is moved into place, so a model that fails the checker is never written.
+    """
+    onnx = require("onnx", "onnx", "Writing an ONNX file")
+    target = Path(path)
+    if target.is_dir():
+        raise ReparamError(f"output {str(target)!r} is a directory", hint="give a file path, e.g. -o model.onnx")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sidecar = sidecar_path(target)
+    external = needs_external_data(model, threshold)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp_model = tmpdir / target.name
+    backup = tmpdir / "previous-sidecar"
+    moved_sidecar = False
+    had_sidecar = sidecar.exists()
+    try:
+        if external:
+            onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=sidecar.name, size_threshold=1024)
+        else:
+            onnx.save_model(model, str(tmp_model))
+        if check:
+            try:
+                onnx.checker.check_model(str(tmp_model), full_check=True)
+            except onnx.checker.ValidationError as exc:
+                raise ReparamError(f"the ONNX model failed onnx.checker: {str(exc).splitlines()[0]}",
+                                   hint="export with another opset (--opset) or the other exporter") from exc
+        if had_sidecar:
+            os.replace(sidecar, backup)
+        if external:
+            os.replace(tmpdir / sidecar.name, sidecar)
+            moved_sidecar = True
+        os.replace(tmp_model, target)
+    except BaseException:
+        if moved_sidecar:
+            sidecar.unlink(missing_ok=True)
+        if had_sidecar and backup.exists():
+            os.replace(backup, sidecar)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    # A sidecar left from an earlier, larger export of the same name no longer belongs to the file.
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    return sidecar if external else None

@@ -1,0 +1,104 @@
+"""TorchRunner: an nn.Module, a torch.export program, or a ``.pt2`` deploy artifact."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from reparam.errors import ReparamError
+from reparam.runners.base import Runner, TensorSpec, output_names_for
+
+
+def _module_dtype(module: nn.Module) -> tuple[torch.dtype, torch.device]:
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_floating_point():
+            return t.dtype, t.device
+    return torch.float32, torch.device("cpu")
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    leaves, _ = torch.utils._pytree.tree_flatten(out)
+    return [t for t in leaves if isinstance(t, torch.Tensor)]
+
+
+class TorchRunner(Runner):
+    """Run a PyTorch model in eval mode without gradients.
+
+    ``model`` is an ``nn.Module``, a ``torch.export.ExportedProgram`` or the path of a ``.pt2``
+    artifact (loaded with ``reparam.artifact.load_artifact``, which never unpickles user code).
+    Arguments are passed positionally in ``input_names`` order; outputs are flattened and named
+    "output" / "output0", "output1", ...
+    """
+
+    def __init__(self, model: nn.Module | Any | str | os.PathLike, input_names: Sequence[str] = ("input",)):
+        self.path: str | None = None
+        if isinstance(model, str | os.PathLike):
+            from reparam.artifact import load_artifact
+
+            self.path = str(model)
+            if Path(model).suffix.lower() != ".pt2":
+                raise ReparamError(f"TorchRunner loads .pt2 deploy artifacts, not {Path(model).name}",
+                                   hint="use runner_for(path) to pick the runner by file type")
+            model = load_artifact(model)
+        elif isinstance(model, torch.export.ExportedProgram):
+            model = model.module()
+        if not isinstance(model, nn.Module):
+            raise ReparamError(f"TorchRunner needs an nn.Module, ExportedProgram or .pt2 path, not "
+                               f"{type(model).__name__}", hint="pass the model or the path of its artifact")
+        self.module = model
+        self.input_names = list(input_names)
+        self._check_names(self.input_names)
+        self.dtype, self.device = _module_dtype(model)
+        np_dtype = torch.empty(0, dtype=self.dtype).numpy().dtype
+        self.input_specs = [TensorSpec(n, None, np_dtype) for n in self.input_names]
+        self.output_names = self._known_outputs()
+
+    def _known_outputs(self) -> list[str]:
+        # A graph tells its output count without running; a plain module only after the first run.
+        graph = getattr(self.module, "graph", None)
+        if isinstance(graph, torch.fx.Graph):
+            out = next((n for n in graph.nodes if n.op == "output"), None)
+            if out is not None:
+                leaves, _ = torch.utils._pytree.tree_flatten(out.args[0])
+                if leaves:
+                    return output_names_for(len(leaves))
+        return []
+
+    def label(self) -> str:
+        return f"TorchRunner({self.path or type(self.module).__name__})"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = self.validate(inputs)
+        args = [torch.from_numpy(np.ascontiguousarray(arrays[n])).to(self.device) for n in self.input_names]
+        with torch.no_grad(), _eval_if_possible(self.module):
+            out = _flatten(self.module(*args))
+        names = output_names_for(len(out))
+        self.output_names = names
+        return {n: t.detach().cpu().numpy() for n, t in zip(names, out)}
+
+
+class _eval_if_possible:
+    """Eval mode for the call, then the caller's mode again (exported program modules refuse
+    ``.eval()``/``.train()``; their mode was fixed at export)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.was_training = False
+
+    def __enter__(self) -> None:
+        self.was_training = self.module.training
+        if self.was_training:
+            try:
+                self.module.eval()
+            except (NotImplementedError, RuntimeError):
+                self.was_training = False
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was_training:
+            self.module.train(True)
