@@ -1,0 +1,71 @@
+import hashlib
+import json
+
+import pytest
+
+from reparam.cli.main import main
+from tests.verify._models import save_zoo_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "acb.pt"
+    save_zoo_checkpoint(path, arch="acb_resnet18", width=0.125)
+    return path
+
+
+@pytest.mark.slow
+def test_deploy_end_to_end_into_a_fresh_directory(ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["deploy", str(ckpt), "--arch", "acb_resnet18", "--arch-kwargs", '{"num_classes": 10, "width": 0.125}',
+               "--input-shape", "1x3x32x32", "-o", "out"])
+    assert rc == 0, capsys.readouterr()
+    out = tmp_path / "out"
+    names = {p.name for p in out.iterdir()}
+    assert {"model.pt2", "model.onnx", "report.json", "report.md", "errors.png", "manifest.json"} <= names
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left behind
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verification"]["passed"] is True
+    listed = {f["name"]: f for f in manifest["files"]}
+    assert set(listed) == names - {"manifest.json"}
+    for name, entry in listed.items():
+        data = (out / name).read_bytes()
+        assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["checkpoint"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    report = json.loads((out / "report.json").read_text())
+    kinds = {c["kind"] for c in report["candidates"]}
+    assert {"torch", "pt2", "onnx"} <= kinds
+    assert all(c["passed"] for c in report["candidates"])
+
+
+def test_trt_without_tensorrt_is_a_clear_error_and_writes_nothing(ckpt, tmp_path, capsys):
+    try:
+        import tensorrt  # noqa: F401
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("TensorRT and a GPU are available here")
+    except ImportError:
+        pass
+    rc = main(["deploy", str(ckpt), "--input-shape", "1x3x32x32", "--to", "onnx,trt", "-o", str(tmp_path / "out")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "TensorRT" in err or "tensorrt" in err
+    assert "hint:" in err
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_output_directory_needs_force(ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["deploy", str(ckpt), "--input-shape", "1x3x32x32", "-o", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_unknown_target_is_a_usage_error(ckpt, tmp_path, capsys):
+    assert main(["deploy", str(ckpt), "--to", "coreml", "-o", str(tmp_path / "out")]) == 2
+    assert "unknown --to target" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,36 @@
+"""The project's own equivalence check: every zoo model, training form vs deploy form vs ONNX Runtime."""
+
+import numpy as np
+import pytest
+
+from reparam.engine import convert
+from reparam.verify import random_batches, verify
+from reparam.zoo import list_models
+from tests.verify._models import save_zoo_checkpoint
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.slow  # ~3 s of ONNX export per model
+@pytest.mark.parametrize("arch", list_models())
+def test_training_vs_deploy_vs_onnx(arch, tmp_path):
+    import torch
+
+    from exporters.onnx import export_onnx
+
+    model = save_zoo_checkpoint(tmp_path / "c.pt", arch=arch, seed=1, width=0.125)
+    batches = random_batches((2, 3, 32, 32), batches=2, seed=1)
+    example = (torch.from_numpy(batches[0]["input"]),)
+    result = convert(model, example, check=False)
+    export_onnx(result.model, example, tmp_path / "m.onnx")
+    report = verify(model, [result.model, tmp_path / "m.onnx"], batches)
+    assert report.passed, report.render_text()
+    for cand in report.candidates:
+        metrics = cand.outputs["output"].metrics
+        # within fp32 rounding: 1e-5, or 10x the reference's own fp32 error on deep ill-conditioned nets
+        assert metrics.scale_rel <= max(1e-5, 10 * metrics.ref_noise) and metrics.top1 == 1.0
+        assert metrics.ref_noise < 1e-4
+        # a meaningful comparison: outputs in a sane, non-degenerate range
+        assert 1e-3 < metrics.ref_max_abs < 1e4 and np.isfinite(metrics.cosine)
+    deploy_blocks = report.candidates[0].divergence.blocks
+    assert deploy_blocks and all(b.passed for b in deploy_blocks)
