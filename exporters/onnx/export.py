@@ -116,6 +116,11 @@ def _boundary_module(model: nn.Module, args: tuple, n_outputs: int) -> tuple[nn.
     leaves, _ = torch.utils._pytree.tree_flatten(out_node.args[0])
     if len(leaves) != n_outputs or not all(isinstance(n, torch.fx.Node) for n in leaves):
         return model, {}
+    if getattr(model, "reparam_metadata", None) is not None:
+        # A loaded .pt2: torch.export renamed the nodes; follow their provenance to the deploy graph's.
+        from reparam.verify.localize import exported_node_map
+
+        boundaries = exported_node_map(model, boundaries)
     by_name = {n.name: n for n in model.graph.nodes}
     chosen: dict[str, torch.fx.Node] = {}
     for path, node_name in boundaries.items():
@@ -219,6 +224,10 @@ def _simplify(model: Any, args: tuple, input_names: list[str], axes: dict[str, d
         return model, f"onnxsim failed ({type(exc).__name__}: {str(exc)[:200]}); kept the unsimplified graph"
     if not ok:
         return model, "onnxsim's check failed; kept the unsimplified graph"
+    # onnxsim records its settings and every removed node in metadata_props; keep the file's metadata ours.
+    props = [p for p in simplified.metadata_props if not p.key.startswith("onnxsim.")]
+    del simplified.metadata_props[:]
+    simplified.metadata_props.extend(props)
     lost = check_dynamic_axes(simplified, axes)
     if lost:
         return model, f"onnxsim made {', '.join(lost)} static; kept the unsimplified graph"
@@ -263,6 +272,7 @@ def provenance(model: nn.Module, args: tuple, *, form: str | None, precision: st
         "reparam.input_shapes": json.dumps([list(a.shape) for a in args if isinstance(a, torch.Tensor)]),
         "reparam.precision": precision,
         "reparam.exporter": exporter,
+        "reparam.torch": torch.__version__,
     }
     for key, value in (metadata or {}).items():
         k = key if key.startswith(META_PREFIX) else META_PREFIX + key

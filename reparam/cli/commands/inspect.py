@@ -1,0 +1,136 @@
+"""`reparam inspect FILE`: what an ONNX file, TensorRT engine or .pt2 artifact holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "inspect", help="show the inputs, outputs, ops and metadata of an .onnx, engine or .pt2 file",
+        description="ONNX: inputs/outputs with shapes, op counts, opset and reparam metadata. TensorRT engine: "
+        "what the header tells without a GPU, and the JSON sidecar written at build time. .pt2: inputs, "
+        "outputs and the embedded reparam metadata.")
+    parser.add_argument("file", metavar="FILE", help=".onnx, .engine/.plan/.trt or .pt2 file")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(func=run)
+
+
+def _dims(shape: Any) -> list[Any]:
+    return [int(d) if isinstance(d, int) or str(d).isdigit() else str(d) for d in shape]
+
+
+def pt2_summary(path: Path) -> dict[str, Any]:
+    """Inputs/outputs (shapes, symbolic dims as names) and embedded metadata of a .pt2 artifact."""
+    import torch
+
+    from reparam.artifact import load_artifact
+
+    module = load_artifact(path)
+
+    def spec(node: Any) -> dict[str, Any]:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            return {"name": node.name, "shape": _dims(val.shape), "dtype": str(val.dtype).replace("torch.", "")}
+        return {"name": node.name, "shape": None, "dtype": None}
+
+    nodes = list(module.graph.nodes)
+    inputs = [spec(n) for n in nodes if n.op == "placeholder"]
+    out = next(n for n in nodes if n.op == "output")
+    leaves, _ = torch.utils._pytree.tree_flatten(out.args[0])
+    outputs = [spec(n) for n in leaves if isinstance(n, torch.fx.Node)]
+    from reparam.runners import output_names_for
+
+    for o, name in zip(outputs, output_names_for(len(outputs))):
+        o["name"] = name
+    for i, name in zip(inputs, ["input"] if len(inputs) == 1 else [f"input{k}" for k in range(len(inputs))]):
+        i["name"] = name
+    meta = dict(getattr(module, "reparam_metadata", {}) or {})
+    report = meta.pop("report", None)
+    meta.pop("record", None)
+    ops: dict[str, int] = {}
+    for n in nodes:
+        if n.op == "call_function":
+            key = getattr(n.target, "__name__", str(n.target))
+            ops[key] = ops.get(key, 0) + 1
+    return {"path": str(path), "kind": "pt2", "bytes": path.stat().st_size, "inputs": inputs, "outputs": outputs,
+            "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1])), "metadata": meta,
+            "report_summary": {k: report[k] for k in ("passes", "check", "stats") if isinstance(report, dict)
+                               and k in report} or None}
+
+
+def engine_summary(path: Path) -> dict[str, Any]:
+    from exporters.tensorrt.header import read_engine_sidecar, read_plan_header
+
+    header = read_plan_header(path)
+    return {"path": str(path), "kind": "tensorrt", "bytes": header.size, "header": header.to_dict(),
+            "build": read_engine_sidecar(path)}
+
+
+def summarize(path: Path) -> dict[str, Any]:
+    """The summary for any supported file kind."""
+    from reparam.errors import ReparamError
+    from reparam.runners import ENGINE_SUFFIXES
+
+    if not path.is_file():
+        raise ReparamError(f"{str(path)!r} does not exist", hint="check the path")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from exporters.onnx import onnx_summary
+
+        return {"kind": "onnx", **onnx_summary(path)}
+    if suffix in ENGINE_SUFFIXES:
+        return engine_summary(path)
+    if suffix == ".pt2":
+        return pt2_summary(path)
+    raise ReparamError(f"cannot inspect {path.name}: unknown suffix {suffix!r}",
+                       hint=f"inspect .onnx, .pt2 or TensorRT engines ({', '.join(ENGINE_SUFFIXES)})")
+
+
+def _io_lines(title: str, specs: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{title}:"]
+    for s in specs:
+        shape = "?" if s.get("shape") is None else "x".join(str(d) for d in s["shape"])
+        lines.append(f"  {s['name']}: {s.get('dtype') or '?'} [{shape}]")
+    return lines
+
+
+def render(info: dict[str, Any]) -> str:
+    """Plain-text view of a summary."""
+    lines = [f"{info['path']} ({info['kind']}, {info['bytes']:,} bytes)"]
+    if info["kind"] in ("onnx", "pt2"):
+        lines += _io_lines("inputs", info["inputs"]) + _io_lines("outputs", info["outputs"])
+        if info["kind"] == "onnx":
+            opsets = ", ".join(f"{d} {v}" for d, v in info["opset"].items())
+            lines.append(f"opset: {opsets}, ir {info['ir_version']}, producer {info['producer'] or '?'}, "
+                         f"{info['nodes']} nodes, {info['parameters']:,} parameters"
+                         + (f", external data {info['external_data']}" if info["external_data"] else ""))
+        lines.append("ops: " + (", ".join(f"{k} {v}" for k, v in info["op_counts"].items()) or "none"))
+        if info["metadata"]:
+            lines.append("metadata:")
+            for k, v in info["metadata"].items():
+                text = v if isinstance(v, str) else json.dumps(v)
+                lines.append(f"  {k}: {text if len(text) <= 200 else text[:197] + '...'}")
+    else:
+        h = info["header"]
+        lines.append(f"header: TensorRT major {h['tensorrt_major'] if h['tensorrt_major'] is not None else 'unknown'}"
+                     f" ({h['note']})")
+        lines.append(f"  first bytes: {h['leading_bytes']}")
+        build = info["build"]
+        if build is None:
+            lines.append("no build sidecar (<engine>.json): built elsewhere, provenance unknown")
+        else:
+            lines.append("build:")
+            for k, v in build.items():
+                lines.append(f"  {k}: {v if isinstance(v, str) else json.dumps(v)}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = summarize(Path(args.file))
+    sys.stdout.write((json.dumps(info, indent=2, default=str) if args.json else render(info)) + "\n")
+    return 0
