@@ -69,3 +69,25 @@ def test_unknown_target_is_a_usage_error(ckpt, tmp_path, capsys):
     assert main(["deploy", str(ckpt), "--to", "coreml", "-o", str(tmp_path / "out")]) == 2
     assert "unknown --to target" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_verification_failure_leaves_no_output_directory(ckpt, tmp_path, monkeypatch, capsys):
+    import torch
+
+    import reparam.engine
+
+    real_convert = reparam.engine.convert
+
+    def broken_convert(*args, **kwargs):  # a conversion bug: one fused weight scaled
+        result = real_convert(*args, **kwargs)
+        entry = result.record.entries[0]
+        with torch.no_grad():
+            result.model.get_submodule(entry.fused).weight.mul_(1.5)
+        return result
+
+    monkeypatch.setattr(reparam.engine, "convert", broken_convert)
+    rc = main(["deploy", str(ckpt), "--input-shape", "1x3x32x32", "--to", "onnx", "-o", str(tmp_path / "out")])
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "first diverging block" in out and "nothing was written" in out
+    assert not list(tmp_path.iterdir())  # neither OUTDIR nor the temporary build directory
