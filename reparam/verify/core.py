@@ -265,7 +265,8 @@ def verify(
         report.candidates.append(result)
 
     if quant:
-        src = next((c for c in cands if c.module is not None and c.record is not None and c.kind == "torch"), None)
+        with_weights = [c for c in cands if c.module is not None and c.record is not None and c.kind in ("torch", "pt2")]
+        src = min(with_weights, key=lambda c: c.kind != "torch", default=None)  # prefer the in-memory model
         if src is not None and reference is not None:
             report.quant_risk = quantization_risk(reference, src.module, src.record)
     return report

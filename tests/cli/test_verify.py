@@ -57,6 +57,7 @@ def test_perturbed_artifact_fails_with_exit_1_and_names_the_block(ckpt, tmp_path
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["passed"] is False
     assert data["candidates"][0]["divergence"]["first_diverging_block"] == block
+    assert len(data["quantization_risk"]) == len({e["fused"] for e in data["quantization_risk"]}) > 0  # from the .pt2
 
 
 def test_perturbed_onnx_fails_and_names_the_block_clean_onnx_passes(ckpt, tmp_path, capsys):
