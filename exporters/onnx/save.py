@@ -19,6 +19,12 @@ from reparam.errors import ReparamError, require
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def sidecar_path(path: str | os.PathLike) -> Path:
     """Where the external-data sidecar of the ONNX file at ``path`` lives."""
     p = Path(path)
@@ -63,8 +69,11 @@ def save_onnx(model: Any, path: str | os.PathLike, *, check: bool = True, thresh
     had_sidecar = sidecar.exists()
     try:
         if external:
-            onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=sidecar.name, size_threshold=1024)
+            # save_model moves the tensor bytes out of the proto it is given: leave the caller's intact.
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            onnx.save_model(copy, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=sidecar.name, size_threshold=1024, convert_attribute=True)
         else:
             onnx.save_model(model, str(tmp_model))
         if check:
@@ -73,6 +82,9 @@ def save_onnx(model: Any, path: str | os.PathLike, *, check: bool = True, thresh
             except onnx.checker.ValidationError as exc:
                 raise ReparamError(f"the ONNX model failed onnx.checker: {str(exc).splitlines()[0]}",
                                    hint="export with another opset (--opset) or the other exporter") from exc
+        mode = 0o666 & ~_umask()
+        for f in tmpdir.iterdir():
+            f.chmod(mode)  # temporary files are private; the results get the usual permissions
         if had_sidecar:
             os.replace(sidecar, backup)
         if external:
@@ -86,6 +98,6 @@ def save_onnx(model: Any, path: str | os.PathLike, *, check: bool = True, thresh
             os.replace(backup, sidecar)
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
-    # A sidecar left from an earlier, larger export of the same name no longer belongs to the file.
+    # tmpdir still holds the previous sidecar, if any: it belonged to the file just replaced.
     shutil.rmtree(tmpdir, ignore_errors=True)
     return sidecar if external else None
