@@ -100,6 +100,9 @@ class VerifyReport:
                                        ("top-1 ≥", p.min_top1)) if v is not None
         )
         lines.append(f"- reference: `{self.reference}`")
+        if p.max_scale_rel is not None and p.noise_multiple:
+            limits = limits.replace(f"scale-rel ≤ {p.max_scale_rel:g}",
+                                    f"scale-rel ≤ max({p.max_scale_rel:g}, {p.noise_multiple:g} × ref noise)")
         lines.append(f"- tolerance: `{p.name}` ({limits})")
         if self.tolerance.atol or self.tolerance.rtol:
             lines.append(f"- elementwise overrides: atol {self.tolerance.atol}, rtol {self.tolerance.rtol}")
