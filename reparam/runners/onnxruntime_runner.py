@@ -33,11 +33,12 @@ class OnnxRuntimeRunner(Runner):
     """Run an ONNX file with ONNX Runtime.
 
     ``optimization``: graph optimization level ("all", "extended", "basic", "disable");
-    ``threads``: intra-op threads (None: ONNX Runtime's default); ``providers`` defaults to CPU.
+    ``threads``: intra-op threads (None: ONNX Runtime's default); ``providers`` defaults to CPU;
+    ``config``: extra session config entries, e.g. ``{"session.intra_op.allow_spinning": "0"}``.
     """
 
     def __init__(self, path: str | os.PathLike, optimization: str = "all", threads: int | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",)):
+                 providers: Sequence[str] = ("CPUExecutionProvider",), config: Mapping[str, str] | None = None):
         ort = require("onnxruntime", "onnx", "Running an ONNX model")
         if optimization not in OPTIMIZATION_LEVELS:
             raise ReparamError(f"unknown ONNX Runtime optimization level {optimization!r}",
@@ -53,6 +54,8 @@ class OnnxRuntimeRunner(Runner):
         if threads is not None:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        for key, value in (config or {}).items():
+            opts.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(self.path, opts, providers=list(providers))
         except Exception as exc:
