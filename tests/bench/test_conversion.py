@@ -56,3 +56,60 @@ def test_worker_failure_is_a_reparam_error():
     with pytest.raises(ReparamError, match="unknown model .no_such_model.") as info:
         run_worker({"model": "no_such_model", "width": 1.0, "input_shape": [1, 3, 8, 8], "export": False})
     assert "reparam zoo" in info.value.hint
+
+
+FAKE_TIMM = '''
+"""A stand-in for timm with the two entry points the benchmark uses."""
+__version__ = "0.0-fake"
+
+
+def create_model(name, pretrained=False):
+    from reparam.zoo import create_model as zoo
+
+    assert name == "repvgg_a0" and not pretrained
+    return zoo("repvgg_a0", width=0.25, num_classes=10)
+'''
+
+FAKE_TIMM_MODEL = """
+import copy
+
+
+def reparameterize_model(model, inplace=False):
+    model = model if inplace else copy.deepcopy(model)
+    for m in list(model.modules()):
+        if hasattr(m, "reparameterize") and hasattr(m, "get_equivalent_kernel_bias"):
+            m.reparameterize()
+    return model
+"""
+
+
+def test_timm_comparison_runs_against_a_timm_like_package(tmp_path, monkeypatch):
+    from reparam.bench.conversion import measure_timm
+
+    pkg = tmp_path / "timm"
+    (pkg / "utils").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(FAKE_TIMM)
+    (pkg / "utils" / "__init__.py").write_text("")
+    (pkg / "utils" / "model.py").write_text(FAKE_TIMM_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("timm", "timm.utils", "timm.utils.model"):
+        monkeypatch.delitem(__import__("sys").modules, name, raising=False)
+    cost = measure_timm(1.0, [1, 3, 32, 32], seed=0)
+    assert cost is not None and cost.source == "timm" and cost.model == "timm/repvgg_a0"
+    assert cost.check_passed is True and cost.reference_s is not None and cost.reference_s > 0
+    err = next(n for n in cost.notes if "scale-relative error" in n)
+    assert float(err.rsplit(" ", 1)[1]) < 1e-5  # reparam and the block's own reparameterize agree
+
+
+def test_timm_comparison_is_skipped_without_timm(monkeypatch):
+    import importlib.util
+
+    from reparam.bench import conversion
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "timm" else real(name, *a)
+    )
+    assert conversion.measure_timm(1.0, [1, 3, 32, 32], seed=0) is None
+    rows, notes = conversion.bench_conversion([], width=1.0, input_shape=[1, 3, 32, 32])
+    assert rows == [] and any("timm is not importable" in n for n in notes)
