@@ -100,10 +100,18 @@ class ModelForms:
     notes: list[str] = field(default_factory=list)
 
 
-def _conv_shapes(model: Any) -> list[tuple[int, ...]]:
+def layer_shapes(model: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """Kind and weight shape of every conv and linear layer, in module order."""
     from torch import nn
 
-    return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    return [(type(m).__name__, tuple(m.weight.shape)) for m in model.modules() if isinstance(m, kinds)]
+
+
+def _batchnorms(model: Any) -> int:
+    from torch import nn
+
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def build_forms(name: str, *, width: float, chw: tuple[int, int, int], seed: int = 0) -> ModelForms:
@@ -133,8 +141,11 @@ def build_forms(name: str, *, width: float, chw: tuple[int, int, int], seed: int
     deploy = reparameterize(train, example)
     plain = reparameterize(plain_train, example)
     notes = []
-    if _conv_shapes(deploy) != _conv_shapes(plain):
-        notes.append(f"{name}: the deploy form's conv shapes differ from {plain_name}'s")
+    if layer_shapes(deploy) != layer_shapes(plain):
+        notes.append(f"{name}: the deploy form's conv/linear layer shapes differ from {plain_name}'s")
+    for form, module in (("deploy", deploy), ("plain", plain)):
+        if _batchnorms(module):
+            notes.append(f"{name}: {_batchnorms(module)} BatchNorm layers remain in the {form} form")
     return ModelForms(name, plain_name, chw, {"train": train, "deploy": deploy, "plain": plain}, notes)
 
 
