@@ -243,6 +243,13 @@ def _strip_boundary_outputs(model: Any, n_outputs: int, mapping: dict[str, str])
     return {path: name for path, name in mapping.items() if name in produced}
 
 
+def _set_mode(model: nn.Module, training: bool) -> None:
+    # Modules of loaded torch.export programs refuse eval()/train(); their mode was fixed at export.
+    if model.training != training:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            model.train(training)
+
+
 def op_counts(model: Any) -> dict[str, int]:
     """``{op_type: count}`` of the top-level graph, most frequent first."""
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
@@ -313,7 +320,7 @@ def export_onnx(
     if opset is not None and not 7 <= int(opset) <= 25:
         raise ReparamError(f"opset {opset} is out of range", hint="use an opset between 7 and 25, e.g. 17 or 18")
     was_training = model.training
-    model.eval()
+    _set_mode(model, False)
     times: dict[str, float] = {}
     try:
         with torch.no_grad():
@@ -372,7 +379,7 @@ def export_onnx(
         sidecar = save_onnx(proto, path)
         times["save"] = time.perf_counter() - start
     finally:
-        model.train(was_training)
+        _set_mode(model, was_training)
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     return OnnxExportResult(
         path=Path(path), sidecar=sidecar, exporter=exporter, opset=int(opset_used), input_names=input_names,
