@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reparam.bench.machine import OtherLoad
 from reparam.errors import MismatchError, ReparamError
 
 DEFAULT_CONVERSION_MODELS = ("acb_resnet50", "sknet50", "se_resnet50", "scalenet50")
@@ -57,6 +58,7 @@ class ConversionCost:
     reference_s: float | None = None  # timm's own reparameterize, for the timm row
     check_passed: bool | None = None
     notes: list[str] = field(default_factory=list)
+    other_load: float | None = None  # share of all CPUs other processes used meanwhile
 
     @property
     def peak_over_params(self) -> float | None:
@@ -375,7 +377,10 @@ def bench_conversion(
             "seed": seed,
             "threads": threads,
         }
-        rows.append(ConversionCost.from_dict(run_worker(spec)))
+        with OtherLoad() as load:
+            cost = ConversionCost.from_dict(run_worker(spec))
+        cost.other_load = load.fraction
+        rows.append(cost)
     if timm:
         if importlib.util.find_spec("timm") is None:
             notes.append(
@@ -384,19 +389,21 @@ def bench_conversion(
         else:
             if progress:
                 progress(f"conversion cost: timm {TIMM_MODEL}")
-            payload = run_worker(
-                {
-                    "model": "timm",
-                    "width": width,
-                    "input_shape": input_shape,
-                    "seed": seed,
-                    "threads": threads,
-                }
-            )
+            spec = {
+                "model": "timm",
+                "width": width,
+                "input_shape": input_shape,
+                "seed": seed,
+                "threads": threads,
+            }
+            with OtherLoad() as load:
+                payload = run_worker(spec)
             if payload.get("skipped"):
                 notes.append("timm could not be imported in the worker process: comparison skipped")
             else:
-                rows.append(ConversionCost.from_dict(payload))
+                cost = ConversionCost.from_dict(payload)
+                cost.other_load = load.fraction
+                rows.append(cost)
     return rows, notes
 
 

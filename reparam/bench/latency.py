@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reparam.bench.harness import Interleaved, Stats, calibrate_number, run_interleaved
+from reparam.bench.machine import OtherLoad
 from reparam.errors import ReparamError
 
 FORMS = ("train", "deploy", "plain")
@@ -72,6 +73,7 @@ class LatencyCell:
     warmup: int
     number: int
     samples: dict[str, list[float]] = field(default_factory=dict)
+    other_load: float | None = None  # share of all CPUs other processes used meanwhile
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +88,7 @@ class LatencyCell:
             "warmup": self.warmup,
             "calls_per_sample": self.number,
             "samples": self.samples,
+            "other_load": self.other_load,
         }
 
 
@@ -209,7 +212,12 @@ def time_forms(
 
 
 def cell_from(
-    forms: ModelForms, backend: str, batch: int, run: Interleaved, warmup: int, keep_samples: bool = True
+    forms: ModelForms,
+    backend: str,
+    batch: int,
+    run: Interleaved,
+    warmup: int,
+    other_load: float | None = None,
 ) -> LatencyCell:
     """Summaries and paired ratios of one interleaved run."""
     return LatencyCell(
@@ -223,7 +231,8 @@ def cell_from(
         repeats=len(run.samples[FORMS[0]]),
         warmup=warmup,
         number=run.number,
-        samples=dict(run.samples) if keep_samples else {},
+        samples=dict(run.samples),
+        other_load=other_load,
     )
 
 
@@ -248,13 +257,14 @@ def bench_model(
             for batch in batches:
                 if progress:
                     progress(f"{forms.name}: torch, batch {batch}")
-                run = time_forms(
-                    _torch_callables(forms, batch, seed),
-                    repeats=repeats,
-                    warmup=warmup,
-                    min_sample_s=min_sample_s,
-                )
-                cells.append(cell_from(forms, "torch", batch, run, warmup))
+                with OtherLoad() as load:
+                    run = time_forms(
+                        _torch_callables(forms, batch, seed),
+                        repeats=repeats,
+                        warmup=warmup,
+                        min_sample_s=min_sample_s,
+                    )
+                cells.append(cell_from(forms, "torch", batch, run, warmup, load.fraction))
     ort = [b for b in backends if BACKENDS[b] is not None]
     if ort:
         if progress:
@@ -265,6 +275,7 @@ def bench_model(
                     if progress:
                         progress(f"{forms.name}: {backend}, batch {batch}")
                     callables = _ort_callables(paths, BACKENDS[backend], threads, forms.chw, batch, seed)
-                    run = time_forms(callables, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
-                    cells.append(cell_from(forms, backend, batch, run, warmup))
+                    with OtherLoad() as load:
+                        run = time_forms(callables, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
+                    cells.append(cell_from(forms, backend, batch, run, warmup, load.fraction))
     return cells

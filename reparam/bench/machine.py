@@ -108,3 +108,41 @@ def describe_machine(torch_threads: int | None = None, ort_threads: int | None =
         torch_threads=torch_threads,
         ort_threads=ort_threads,
     )
+
+
+def _cpu_ticks() -> tuple[int, int, int] | None:
+    """(busy ticks of all CPUs, ticks of this process and its reaped children, total ticks), Linux only."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+        own_fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+    total = sum(ticks)
+    busy = total - ticks[3] - ticks[4]
+    own = sum(int(v) for v in own_fields[11:15])  # utime stime cutime cstime (fields 14-17 of stat)
+    return busy, own, total
+
+
+class OtherLoad:
+    """Share of the machine's CPU time used by *other* processes while inside the ``with`` block.
+
+    A benchmark cannot make a shared machine quiet, but it can say when it was not: 0.0 means nothing
+    else ran; 0.5 means other processes used half of all CPUs. ``None`` where /proc is unavailable.
+    """
+
+    def __init__(self) -> None:
+        self.fraction: float | None = None
+        self._start: tuple[int, int, int] | None = None
+
+    def __enter__(self) -> OtherLoad:
+        self._start = _cpu_ticks()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = _cpu_ticks()
+        if self._start is None or end is None or end[2] <= self._start[2]:
+            return
+        busy = end[0] - self._start[0]
+        own = end[1] - self._start[1]
+        self.fraction = min(1.0, max(0.0, (busy - own) / (end[2] - self._start[2])))

@@ -18,6 +18,9 @@ CONVERSION_MODEL = "acb_resnet50"
 CONVERSION_MAX_S = 2.0
 PEAK_OVER_PARAMS_MAX = 3.0
 EXPORT_MAX_S = 10.0
+# Above this share of all CPUs used by other processes during a measurement, its absolute times are
+# not trustworthy (paired ratios degrade more gracefully).
+BUSY_LOAD = 0.10
 
 PLAIN_NOTE = (
     "`plain` is the zoo's plain counterpart with the same layer shapes as the deploy form, with its "
@@ -119,6 +122,11 @@ class BenchResults:
             out.extend(conversion_targets(cost))
         return out
 
+    def busy_count(self) -> int:
+        """Measurements during which other processes used more than BUSY_LOAD of the CPUs."""
+        rows = [*self.latency, *self.conversion]
+        return sum(1 for x in rows if x.other_load is not None and x.other_load > BUSY_LOAD)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "command": self.command,
@@ -149,6 +157,13 @@ def fmt_ratio(stats: Stats) -> str:
     return f"{stats.median:.3f} [{stats.p10:.3f}-{stats.p90:.3f}]"
 
 
+def fmt_load(value: float | None) -> str:
+    """Share of all CPUs used by other processes during a measurement; flagged when the row is unreliable."""
+    if value is None:
+        return "-"
+    return f"{value:.0%}" + (" busy" if value > BUSY_LOAD else "")
+
+
 def _fmt_s(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -171,6 +186,7 @@ LATENCY_HEADER = [
     "train/deploy",
     "deploy/plain",
     "deploy/plain <= 1.02",
+    "others' CPU",
 ]
 CONVERSION_HEADER = [
     "model",
@@ -184,6 +200,7 @@ CONVERSION_HEADER = [
     "export s",
     "simplify s",
     "targets",
+    "others' CPU",
 ]
 
 
@@ -200,6 +217,7 @@ def latency_rows(cells: list[LatencyCell]) -> list[list[str]]:
                 fmt_ratio(c.ratios["train/deploy"]),
                 fmt_ratio(c.ratios["deploy/plain"]),
                 latency_target(c).mark(),
+                fmt_load(c.other_load),
             ]
         )
     return rows
@@ -226,6 +244,7 @@ def conversion_rows(costs: list[ConversionCost]) -> list[list[str]]:
                 _fmt_s(c.export_s),
                 _fmt_s(c.simplify_s),
                 marks,
+                fmt_load(c.other_load),
             ]
         )
     return rows
@@ -274,10 +293,17 @@ def render_markdown(results: BenchResults) -> str:
     if targets:
         met = sum(t.met is True for t in targets)
         missed = [t for t in targets if t.met is False]
+        busy = results.busy_count()
         out += ["## Targets", "", f"{met} of {len(targets)} targets met (reported, not asserted).", ""]
         if missed:
             out += [f"- MISSED {t.name}: {t.value:.3f}{t.unit} > {t.limit:g}{t.unit}" for t in missed]
             out.append("")
+        if busy:
+            out += [
+                f"{busy} measurement(s) ran while other processes used more than {BUSY_LOAD:.0%} of the CPUs "
+                "(marked busy): their absolute times are not reliable; rerun them on a quiet machine.",
+                "",
+            ]
     if results.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in results.notes] + [""]
     return "\n".join(out)
@@ -322,4 +348,11 @@ def render_console(results: BenchResults, width: int | None = None) -> str:
             console.print(f"note: {cost.model}: {note}", highlight=False, markup=False)
     for note in results.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
+    if results.busy_count():
+        console.print(
+            f"warning: {results.busy_count()} measurement(s) ran while other processes used more than "
+            f"{BUSY_LOAD:.0%} of the CPUs (marked busy); rerun them on a quiet machine",
+            highlight=False,
+            markup=False,
+        )
     return buf.getvalue().rstrip()

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,38 @@ def test_timm_comparison_is_skipped_without_timm(monkeypatch):
     assert conversion.measure_timm(1.0, [1, 3, 32, 32], seed=0) is None
     rows, notes = conversion.bench_conversion([], width=1.0, input_shape=[1, 3, 32, 32])
     assert rows == [] and any("timm is not importable" in n for n in notes)
+
+
+def test_other_load_subtracts_this_process_and_its_children(monkeypatch):
+    from reparam.bench import machine
+
+    ticks = iter([(100, 50, 400), (300, 200, 800)])  # (busy, own incl. reaped children, total)
+    monkeypatch.setattr(machine, "_cpu_ticks", lambda: next(ticks))
+    with machine.OtherLoad() as load:
+        pass
+    assert load.fraction == pytest.approx((200 - 150) / 400)
+    monkeypatch.setattr(machine, "_cpu_ticks", lambda: None)
+    with machine.OtherLoad() as unknown:
+        pass
+    assert unknown.fraction is None
+
+
+def test_other_load_sees_a_spinning_process():
+    import subprocess
+    import sys
+    import time
+
+    from reparam.bench.machine import OtherLoad, _cpu_ticks
+
+    if _cpu_ticks() is None:
+        pytest.skip("/proc is not available")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        with OtherLoad() as other:
+            time.sleep(1.0)
+    finally:
+        busy.kill()
+        busy.wait()
+    # One spinning process is up to a whole CPU; even on a contended machine it gets a good part of one.
+    assert other.fraction >= 0.4 / (os.cpu_count() or 1)

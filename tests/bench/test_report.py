@@ -10,6 +10,7 @@ from reparam.bench.report import (
     BenchResults,
     Target,
     conversion_targets,
+    fmt_load,
     fmt_ms,
     fmt_ratio,
     latency_target,
@@ -124,8 +125,8 @@ def test_markdown_has_machine_command_tables_and_targets():
     lines = md.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| model | backend |"))
     rows = lines[header + 2 : header + 4]
-    assert rows[0].split(" | ")[-1] == "met |" and "1.000 [1.000-1.000]" in rows[0]
-    assert rows[1].split(" | ")[-1] == "MISSED |" and "| ort-all |" in rows[1]
+    assert rows[0].split(" | ")[-2:] == ["met", "- |"] and "1.000 [1.000-1.000]" in rows[0]
+    assert rows[1].split(" | ")[-2:] == ["MISSED", "- |"] and "| ort-all |" in rows[1]
     # train/deploy per round: 30/10, 31/11, 32/12 -> median 31/11, p10 between 32/12 and 31/11
     assert "2.818 [2.697-2.964]" in rows[0]
     conv = [line for line in lines if line.startswith("| sknet50 |")]
@@ -152,3 +153,19 @@ def test_console_rendering_and_json_round_trip():
     assert data["conversion"][0]["peak_over_params"] == pytest.approx(3.0)
     assert [t["met"] for t in data["targets"]] == [True, True, True, True]
     assert ConversionCost.from_dict(data["conversion"][0]) == _cost()
+
+
+def test_busy_measurements_are_flagged():
+    quiet, busy = _cell(1.0), _cell(1.0, backend="ort-all")
+    quiet.other_load, busy.other_load = 0.02, 0.45
+    cost = _cost()
+    cost.other_load = 0.0
+    assert fmt_load(None) == "-" and fmt_load(0.02) == "2%" and fmt_load(0.45) == "45% busy"
+    results = BenchResults("cmd", _machine(), {}, latency=[quiet, busy], conversion=[cost])
+    assert results.busy_count() == 1
+    md = render_markdown(results)
+    assert "| 45% busy |" in md and "| 2% |" in md and "| 0% |" in md
+    assert "1 measurement(s) ran while other processes used more than 10% of the CPUs" in md
+    assert "rerun them on a quiet machine" in render_console(results, width=240)
+    quiet_only = BenchResults("cmd", _machine(), {}, latency=[quiet])
+    assert "other processes" not in render_markdown(quiet_only)
