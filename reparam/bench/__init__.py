@@ -66,6 +66,7 @@ class BenchOptions:
     conversion_models: list[str] = field(default_factory=lambda: list(DEFAULT_CONVERSION_MODELS))
     conversion_width: float = 1.0
     conversion_input: tuple[int, int, int, int] = (1, 3, 224, 224)
+    conversion_runs: int = 3
     export: bool = True
     timm: bool = True
     seed: int = 0
@@ -101,6 +102,8 @@ class BenchOptions:
                 f"{self.conversion_width:g}",
                 "--conversion-input-shape",
                 "x".join(map(str, self.conversion_input)),
+                "--conversion-runs",
+                str(self.conversion_runs),
             ]
             if not self.export:
                 args.append("--no-export")
@@ -115,6 +118,7 @@ class BenchOptions:
             out.update(
                 conversion_width=self.conversion_width,
                 conversion_input="x".join(map(str, self.conversion_input)),
+                conversion_runs=self.conversion_runs,
             )
         return out
 
@@ -158,6 +162,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
             threads=options.threads,
             seed=options.seed,
             timm=options.timm,
+            runs=options.conversion_runs,
             progress=progress,
         )
         results.conversion.extend(rows)

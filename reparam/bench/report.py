@@ -274,7 +274,9 @@ def render_markdown(results: BenchResults) -> str:
         out += [
             "## Conversion cost",
             "",
-            "`reparam.engine.convert(check=True)` at batch 1, each model in a fresh process. trace = "
+            "`reparam.engine.convert(check=True)` at batch 1, each model in a fresh process, converted "
+            f"{results.settings.get('conversion_runs', 1)} time(s) there: times are those of the median run "
+            "(the first run is cold; every run's total is in the JSON), memory the highest. trace = "
             "`torch.fx.symbolic_trace`, passes = `run_passes`, check = the rest of `convert` (eval copy, "
             "reference run with capture hooks, deploy run, comparison, model statistics). Peak = resident "
             "memory above the process's RSS just before the conversion; params = parameter bytes of the "

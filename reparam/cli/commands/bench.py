@@ -15,6 +15,7 @@ QUICK = {
     "conversion_models": "acb_resnet50",
     "conversion_width": 0.25,
     "conversion_input_shape": "1x3x64x64",
+    "conversion_runs": 1,
 }
 FULL = {
     "width": 1.0,
@@ -25,6 +26,7 @@ FULL = {
     "conversion_models": None,
     "conversion_width": 1.0,
     "conversion_input_shape": "1x3x224x224",
+    "conversion_runs": 3,
 }
 
 
@@ -76,6 +78,11 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--conversion-input-shape", help="NxCxHxW for the conversion cost (default 1x3x224x224)"
+    )
+    parser.add_argument(
+        "--conversion-runs",
+        type=int,
+        help="conversions per model in its process; times are the median run's, memory the highest (default 3)",
     )
     parser.add_argument(
         "--no-export", action="store_true", help="skip the ONNX export timing of the conversion cost"
@@ -135,11 +142,12 @@ def _options(args: argparse.Namespace):
         value = getattr(args, name)
         return base[name] if value is None else value
 
-    for name, low in (("repeats", 1), ("warmup", 0), ("threads", 1)):
+    for name, low in (("repeats", 1), ("warmup", 0), ("threads", 1), ("conversion_runs", 1)):
         value = getattr(args, name)
         if value is not None and value < low:
+            flag = "--" + name.replace("_", "-")
             raise ReparamError(
-                f"--{name} must be at least {low}, got {value}", hint=f"e.g. --{name} {max(low, 2)}"
+                f"{flag} must be at least {low}, got {value}", hint=f"e.g. {flag} {max(low, 2)}"
             )
     for name in ("width", "conversion_width"):
         value = getattr(args, name)
@@ -184,6 +192,7 @@ def _options(args: argparse.Namespace):
         conversion_models=conv_models,
         conversion_width=pick("conversion_width"),
         conversion_input=conv_input,  # type: ignore[arg-type]
+        conversion_runs=pick("conversion_runs"),
         export=not args.no_export,
         timm=not args.no_timm,
         seed=args.seed,
