@@ -68,6 +68,11 @@ class ConversionCost:
         return self.peak_rss_delta_bytes / self.param_bytes
 
     @property
+    def cold_s(self) -> float:
+        """Total of the first (cold) conversion in the process, as a one-off `reparam convert` sees it."""
+        return self.run_totals_s[0] if self.run_totals_s else self.total_s
+
+    @property
     def export_total_s(self) -> float | None:
         if self.export_s is None:
             return None
@@ -77,6 +82,7 @@ class ConversionCost:
         d = dict(self.__dict__)
         d["peak_over_params"] = self.peak_over_params
         d["export_total_s"] = self.export_total_s
+        d["cold_s"] = self.cold_s
         return d
 
     @classmethod
