@@ -17,8 +17,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Train on scikit-learn's digits, then convert -> export -> verify each checkpoint, then compare
+# test accuracy of the training model and of every shipped artifact.
 demo: $(STAMP)
 	$(BIN)/python examples/digits_demo.py --out demo-output
+	for m in acb se; do \
+	  $(BIN)/reparam deploy demo-output/$$m.pth -o demo-output/$$m-deploy --to onnx --fp16 --force \
+	    --inputs demo-output/digits_test.npz --batch-size 64 || exit $$?; \
+	  $(BIN)/python examples/digits_accuracy.py demo-output/$$m.pth demo-output/$$m-deploy \
+	    --data demo-output/digits_test.npz || exit $$?; \
+	done
 
 test: $(STAMP)
 	$(BIN)/ruff check reparam exporters tests examples benchmarks
@@ -32,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check reparam exporters tests examples benchmarks
 
 bench: $(STAMP)
-	$(BIN)/reparam bench --out benchmarks/results.md
+	$(BIN)/reparam bench --out benchmarks/results.md --json benchmarks/results.json
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .hypothesis

@@ -36,8 +36,12 @@ def _as_tuple(example_inputs: Any) -> tuple:
 
 def _batch_two(args: tuple) -> tuple:
     # torch.export specializes a dim whose example size is 1; export on a batch of two instead.
-    return tuple(a.expand(2, *a.shape[1:]).contiguous() if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == 1
-                 else a for a in args)
+    return tuple(
+        a.expand(2, *a.shape[1:]).contiguous()
+        if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == 1
+        else a
+        for a in args
+    )
 
 
 def export_program(model: nn.Module, example_inputs: Any) -> tuple[torch.export.ExportedProgram, bool]:
@@ -55,10 +59,11 @@ def export_program(model: nn.Module, example_inputs: Any) -> tuple[torch.export.
     try:
         return torch.export.export(model, args), False
     except Exception as exc:
-        raise ReparamError(f"torch.export could not capture the deploy model: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}",
-                           hint="the model's forward must be exportable (no data-dependent Python control flow)"
-                           ) from exc
+        raise ReparamError(
+            f"torch.export could not capture the deploy model: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            hint="the model's forward must be exportable (no data-dependent Python control flow)",
+        ) from exc
 
 
 def save_artifact(
@@ -104,15 +109,21 @@ def _refuse_pickled_payloads(path: Path) -> None:
             for name in z.namelist():
                 if name.endswith("_config.json"):
                     config = json.loads(z.read(name)).get("config", {})
-                    unsafe += [f"{name}:{k}" for k, v in config.items() if isinstance(v, dict) and v.get("use_pickle")]
+                    unsafe += [
+                        f"{name}:{k}"
+                        for k, v in config.items()
+                        if isinstance(v, dict) and v.get("use_pickle")
+                    ]
                 elif name.endswith(".pt"):
                     try:
                         torch.load(io.BytesIO(z.read(name)), map_location="cpu", weights_only=True)
                     except Exception:
                         unsafe.append(name)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        raise ReparamError(f"cannot read deploy artifact {str(path)!r}: {type(exc).__name__}: {exc}",
-                           hint="the file must be a .pt2 written by `reparam convert`; it may be truncated") from exc
+        raise ReparamError(
+            f"cannot read deploy artifact {str(path)!r}: {type(exc).__name__}: {exc}",
+            hint="the file must be a .pt2 written by `reparam convert`; it may be truncated",
+        ) from exc
     if unsafe:
         raise ReparamError(
             f"deploy artifact {str(path)!r} holds pickled payloads ({', '.join(unsafe[:3])}); loading it would "
@@ -135,10 +146,12 @@ def load_artifact(path: str | os.PathLike) -> nn.Module:
     try:
         program = torch.export.load(p, extra_files=extra)
     except Exception as exc:
-        raise ReparamError(f"cannot load deploy artifact {str(p)!r}: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}",
-                           hint="the file must be a .pt2 written by `reparam convert` / torch.export.save; "
-                           "it may be truncated") from exc
+        raise ReparamError(
+            f"cannot load deploy artifact {str(p)!r}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            hint="the file must be a .pt2 written by `reparam convert` / torch.export.save; "
+            "it may be truncated",
+        ) from exc
     module = program.module()
     meta: dict[str, Any] = {}
     if extra.get(METADATA_FILE):

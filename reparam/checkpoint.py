@@ -45,30 +45,39 @@ def build_model(arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> nn.M
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ReparamError(f"cannot import {module_name!r} for --arch {arch!r}: {exc}",
-                               hint="make the package importable (PYTHONPATH) or use a zoo model name") from exc
+            raise ReparamError(
+                f"cannot import {module_name!r} for --arch {arch!r}: {exc}",
+                hint="make the package importable (PYTHONPATH) or use a zoo model name",
+            ) from exc
         factory = module
         for part in attr.split("."):
             factory = getattr(factory, part, None)
             if factory is None:
-                raise ReparamError(f"{module_name!r} has no attribute {attr!r}",
-                                   hint="write --arch as 'package.module:factory'")
+                raise ReparamError(
+                    f"{module_name!r} has no attribute {attr!r}",
+                    hint="write --arch as 'package.module:factory'",
+                )
         try:
             model = factory(**kwargs)
         except TypeError as exc:
-            raise ReparamError(f"calling {arch} with {kwargs} failed: {exc}",
-                               hint="check --arch-kwargs against the factory's signature") from exc
+            raise ReparamError(
+                f"calling {arch} with {kwargs} failed: {exc}",
+                hint="check --arch-kwargs against the factory's signature",
+            ) from exc
         if not isinstance(model, nn.Module):
-            raise ReparamError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module",
-                               hint="point --arch at a function or class that builds the model")
+            raise ReparamError(
+                f"{arch} returned {type(model).__name__}, not a torch.nn.Module",
+                hint="point --arch at a function or class that builds the model",
+            )
         return model
     from reparam.zoo import create_model
 
     return create_model(arch, **kwargs)
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str,
-                    arch_kwargs: Mapping[str, Any] | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike, model: nn.Module, arch: str, arch_kwargs: Mapping[str, Any] | None = None
+) -> None:
     """Write ``{"arch", "arch_kwargs", "state_dict"}`` with ``torch.save``, atomically."""
     payload = {"arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "state_dict": model.state_dict()}
     with atomic_path(path) as tmp:
@@ -119,8 +128,10 @@ def _read(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ReparamError(f"cannot unpickle checkpoint {str(path)!r}: {type(exc).__name__}: {exc}",
-                           hint="the file may need the training code on the Python path") from exc
+        raise ReparamError(
+            f"cannot unpickle checkpoint {str(path)!r}: {type(exc).__name__}: {exc}",
+            hint="the file may need the training code on the Python path",
+        ) from exc
 
 
 def _tensors_only(d: Mapping) -> dict[str, torch.Tensor]:
@@ -142,12 +153,16 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
             break
         obj = obj[key]
     if not isinstance(obj, Mapping):
-        raise ReparamError(f"the checkpoint holds a {type(obj).__name__}, not a state dict",
-                           hint="save model.state_dict() (optionally inside {'state_dict': ...})")
+        raise ReparamError(
+            f"the checkpoint holds a {type(obj).__name__}, not a state dict",
+            hint="save model.state_dict() (optionally inside {'state_dict': ...})",
+        )
     sd = _tensors_only(obj)
     if not sd:
-        raise ReparamError("no tensors found in the checkpoint",
-                           hint=f"expected a state dict, optionally under one of {', '.join(CONTAINER_KEYS)}")
+        raise ReparamError(
+            "no tensors found in the checkpoint",
+            hint=f"expected a state dict, optionally under one of {', '.join(CONTAINER_KEYS)}",
+        )
     out = {}
     for k, v in sd.items():
         changed = True
@@ -155,7 +170,7 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
             changed = False
             for p in STRIP_PREFIXES:
                 if k.startswith(p):
-                    k, changed = k[len(p):], True
+                    k, changed = k[len(p) :], True
         out[k] = v
     return out
 
@@ -170,8 +185,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -181,7 +199,8 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         if shapes:
             parts.append(f"shape mismatches: {_listing(shapes)}")
         raise ReparamError(
-            f"the checkpoint does not match the architecture{f' {arch!r}' if arch else ''}: " + "; ".join(parts),
+            f"the checkpoint does not match the architecture{f' {arch!r}' if arch else ''}: "
+            + "; ".join(parts),
             hint="check --arch and --arch-kwargs (e.g. width, num_classes, in_chans) against how the model "
             "was trained",
         )
@@ -210,8 +229,10 @@ def load_model(
         if arch_kwargs is None and isinstance(obj.get("arch_kwargs"), Mapping):
             arch_kwargs = dict(obj["arch_kwargs"])
     if not arch:
-        raise ReparamError(f"checkpoint {str(path)!r} does not record its architecture",
-                           hint="pass --arch (a zoo name, see `reparam zoo`, or 'package.module:factory')")
+        raise ReparamError(
+            f"checkpoint {str(path)!r} does not record its architecture",
+            hint="pass --arch (a zoo name, see `reparam zoo`, or 'package.module:factory')",
+        )
     state_dict = extract_state_dict(obj)
     model = build_model(arch, arch_kwargs)
     load_state_dict_strict(model, state_dict, arch)

@@ -38,7 +38,11 @@ def _batches(inputs: Any) -> list[dict[str, np.ndarray]]:
     """Accept one tensor/array, a dict of named inputs, or a list of either (one entry per batch)."""
     if isinstance(inputs, Mapping):
         return [{str(k): _to_numpy(v) for k, v in inputs.items()}]
-    if isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes) and not isinstance(inputs, np.ndarray):
+    if (
+        isinstance(inputs, Sequence)
+        and not isinstance(inputs, str | bytes)
+        and not isinstance(inputs, np.ndarray)
+    ):
         out: list[dict[str, np.ndarray]] = []
         for item in inputs:
             out.extend(_batches(item))
@@ -63,8 +67,16 @@ def assert_equivalent(
     and, when the candidate carries a rewrite record (or an ONNX file its block metadata), the
     first diverging block. Returns the report when the check passes.
     """
-    report = verify(reference, [candidate], _batches(inputs), tolerance=tolerance, atol=atol, rtol=rtol,
-                    localize="on_failure", quant=False)
+    report = verify(
+        reference,
+        [candidate],
+        _batches(inputs),
+        tolerance=tolerance,
+        atol=atol,
+        rtol=rtol,
+        localize="on_failure",
+        quant=False,
+    )
     if not report.passed:
         raise AssertionError("candidate is not equivalent to the reference\n" + report.render_text())
     return report

@@ -27,7 +27,9 @@ def converted():
 
 def test_round_trip_with_dynamic_batch_and_report(tmp_path, converted):
     model, result, x = converted
-    path = save_artifact(result.model, (x,), tmp_path / "m.pt2", report=result.report, metadata={"arch": "repvgg_a0"})
+    path = save_artifact(
+        result.model, (x,), tmp_path / "m.pt2", report=result.report, metadata={"arch": "repvgg_a0"}
+    )
     report = json.loads(report_path(path).read_text())
     assert report["check"]["passed"] and report["fused"]["merge_branches"]
     loaded = load_artifact(path)

@@ -121,7 +121,12 @@ def test_wrong_architecture_lists_missing_and_unexpected_keys(tmp_path, trained)
     with pytest.raises(ReparamError) as info:
         load_model(path, "resnet18", KW)
     msg = info.value.message
-    assert "missing keys" in msg and "unexpected keys" in msg and "in all)" in msg and "--arch" in info.value.hint
+    assert (
+        "missing keys" in msg
+        and "unexpected keys" in msg
+        and "in all)" in msg
+        and "--arch" in info.value.hint
+    )
     assert msg.count(",") < 40  # first few keys only, with counts
 
 

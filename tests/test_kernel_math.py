@@ -36,7 +36,9 @@ def test_fold_bn_transposed(groups):
     x = torch.randn(2, 4, 5, 5, generator=gen, dtype=torch.float64)
     w = torch.randn(4, 6 // groups, 3, 3, generator=gen, dtype=torch.float64)
     mean, var, gamma, beta = _bn_params(6, gen)
-    ref = F.batch_norm(F.conv_transpose2d(x, w, None, stride=2, groups=groups), mean, var, gamma, beta, False, 0.0, 1e-5)
+    ref = F.batch_norm(
+        F.conv_transpose2d(x, w, None, stride=2, groups=groups), mean, var, gamma, beta, False, 0.0, 1e-5
+    )
     wf, bf = km.fold_bn_transposed(w, None, mean, var, gamma, beta, 1e-5, groups=groups)
     out = F.conv_transpose2d(x, wf, bf, stride=2, groups=groups)
     assert torch.allclose(out, ref, atol=1e-12)

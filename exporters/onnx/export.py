@@ -56,8 +56,10 @@ def _as_tuple(example_inputs: Any) -> tuple:
         return (example_inputs,)
     if isinstance(example_inputs, Sequence):
         return tuple(example_inputs)
-    raise ReparamError(f"example_inputs must be a tensor or a tuple of tensors, not {type(example_inputs).__name__}",
-                       hint="pass e.g. (torch.randn(1, 3, 224, 224),)")
+    raise ReparamError(
+        f"example_inputs must be a tensor or a tuple of tensors, not {type(example_inputs).__name__}",
+        hint="pass e.g. (torch.randn(1, 3, 224, 224),)",
+    )
 
 
 def _flat_tensors(out: Any) -> list[torch.Tensor]:
@@ -66,7 +68,9 @@ def _flat_tensors(out: Any) -> list[torch.Tensor]:
 
 
 def normalize_dynamic_axes(
-    input_names: Sequence[str], output_names: Sequence[str], dynamic_batch: bool,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_batch: bool,
     dynamic_axes: Mapping[str, Mapping[int, str] | Sequence[int]] | None,
 ) -> dict[str, dict[int, str]]:
     """Merge the batch axis and user axes into ``{tensor name: {axis: dim name}}``; validate names."""
@@ -77,8 +81,10 @@ def normalize_dynamic_axes(
             axes[name] = {0: BATCH_DIM}
     for name, spec in (dynamic_axes or {}).items():
         if name not in known:
-            raise ReparamError(f"dynamic_axes names {name!r}, which is not an input or output",
-                               hint=f"use one of {sorted(known)}")
+            raise ReparamError(
+                f"dynamic_axes names {name!r}, which is not an input or output",
+                hint=f"use one of {sorted(known)}",
+            )
         entries = dict(spec) if isinstance(spec, Mapping) else {int(a): f"{name}_dim{int(a)}" for a in spec}
         axes.setdefault(name, {}).update({int(a): str(d) for a, d in entries.items()})
     return axes
@@ -102,8 +108,11 @@ def _boundary_module(model: nn.Module, args: tuple, n_outputs: int) -> tuple[nn.
     """
     record = getattr(model, "reparam_record", None)
     boundaries = dict(getattr(record, "boundaries", {}) or {})
-    if not isinstance(model, torch.fx.GraphModule) or not boundaries \
-            or getattr(record, "boundary_kind", "fx_node") != "fx_node":
+    if (
+        not isinstance(model, torch.fx.GraphModule)
+        or not boundaries
+        or getattr(record, "boundary_kind", "fx_node") != "fx_node"
+    ):
         return model, {}
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
@@ -125,8 +134,12 @@ def _boundary_module(model: nn.Module, args: tuple, n_outputs: int) -> tuple[nn.
     chosen: dict[str, torch.fx.Node] = {}
     for path, node_name in boundaries.items():
         node = by_name.get(node_name)
-        if node is None or node.op in ("placeholder", "get_attr", "output") or node in leaves \
-                or node in chosen.values():
+        if (
+            node is None
+            or node.op in ("placeholder", "get_attr", "output")
+            or node in leaves
+            or node in chosen.values()
+        ):
             continue
         chosen[path] = node
     if not chosen:
@@ -140,8 +153,17 @@ def _boundary_module(model: nn.Module, args: tuple, n_outputs: int) -> tuple[nn.
     return wrapper, {path: _BOUNDARY_OUTPUT.format(i) for i, path in enumerate(chosen)}
 
 
-def _run_exporter(model: nn.Module, args: tuple, *, dynamo: bool, opset: int | None, input_names: list[str],
-                  output_names: list[str], axes: dict[str, dict[int, str]], workdir: Path) -> Any:
+def _run_exporter(
+    model: nn.Module,
+    args: tuple,
+    *,
+    dynamo: bool,
+    opset: int | None,
+    input_names: list[str],
+    output_names: list[str],
+    axes: dict[str, dict[int, str]],
+    workdir: Path,
+) -> Any:
     onnx = require("onnx", "onnx", "ONNX export")
     log = io.StringIO()
     try:
@@ -159,25 +181,40 @@ def _run_exporter(model: nn.Module, args: tuple, *, dynamo: bool, opset: int | N
                             spec[ax] = dims[dim_name]
                     specs.append(spec)
                 program = torch.onnx.export(
-                    model, _batch_two(args, axes, input_names), None, dynamo=True, opset_version=opset,
-                    input_names=input_names, output_names=output_names,
-                    dynamic_shapes=tuple(specs) if axes else None, verbose=False,
+                    model,
+                    _batch_two(args, axes, input_names),
+                    None,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_shapes=tuple(specs) if axes else None,
+                    verbose=False,
                 )
                 proto = program.model_proto
             else:
                 raw = workdir / "raw.onnx"
-                torch.onnx.export(model, args, str(raw), dynamo=False, opset_version=opset,
-                                  input_names=input_names, output_names=output_names,
-                                  dynamic_axes=axes or None, do_constant_folding=True)
+                torch.onnx.export(
+                    model,
+                    args,
+                    str(raw),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_axes=axes or None,
+                    do_constant_folding=True,
+                )
                 proto = onnx.load(str(raw))
     except ReparamError:
         raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         other = "the legacy exporter (dynamo=False, --legacy-exporter)" if dynamo else "the dynamo exporter"
-        raise ReparamError(f"torch.onnx ({'dynamo' if dynamo else 'legacy'} exporter) failed: "
-                           f"{type(exc).__name__}: {first}",
-                           hint=f"try {other}, or another opset (--opset)") from exc
+        raise ReparamError(
+            f"torch.onnx ({'dynamo' if dynamo else 'legacy'} exporter) failed: {type(exc).__name__}: {first}",
+            hint=f"try {other}, or another opset (--opset)",
+        ) from exc
     return proto
 
 
@@ -213,7 +250,9 @@ def check_dynamic_axes(model: Any, axes: dict[str, dict[int, str]]) -> list[str]
     return missing
 
 
-def _simplify(model: Any, args: tuple, input_names: list[str], axes: dict[str, dict[int, str]]) -> tuple[Any, str]:
+def _simplify(
+    model: Any, args: tuple, input_names: list[str], axes: dict[str, dict[int, str]]
+) -> tuple[Any, str]:
     """onnxsim with its own numeric check; dynamic dims stay symbolic. Returns (model, note)."""
     onnxsim = require("onnxsim", "onnx", "ONNX simplification")
     shapes = {n: list(a.shape) for n, a in zip(input_names, args) if isinstance(a, torch.Tensor)}
@@ -264,8 +303,15 @@ def _set_metadata(model: Any, meta: Mapping[str, str]) -> None:
         entry.key, entry.value = k, v
 
 
-def provenance(model: nn.Module, args: tuple, *, form: str | None, precision: str, exporter: str,
-               metadata: Mapping[str, Any] | None) -> dict[str, str]:
+def provenance(
+    model: nn.Module,
+    args: tuple,
+    *,
+    form: str | None,
+    precision: str,
+    exporter: str,
+    metadata: Mapping[str, Any] | None,
+) -> dict[str, str]:
     """The ``reparam.*`` metadata_props: version, passes, input shapes, precision, form, caller metadata."""
     from reparam import __version__
 
@@ -315,10 +361,14 @@ def export_onnx(
     args = _as_tuple(example_inputs)
     input_names = list(input_names)
     if len(input_names) != len(args):
-        raise ReparamError(f"{len(args)} example input(s) but {len(input_names)} input name(s) {input_names}",
-                           hint="give one name per example input")
+        raise ReparamError(
+            f"{len(args)} example input(s) but {len(input_names)} input name(s) {input_names}",
+            hint="give one name per example input",
+        )
     if opset is not None and not 7 <= int(opset) <= 25:
-        raise ReparamError(f"opset {opset} is out of range", hint="use an opset between 7 and 25, e.g. 17 or 18")
+        raise ReparamError(
+            f"opset {opset} is out of range", hint="use an opset between 7 and 25, e.g. 17 or 18"
+        )
     was_training = model.training
     _set_mode(model, False)
     times: dict[str, float] = {}
@@ -326,11 +376,15 @@ def export_onnx(
         with torch.no_grad():
             n_out = len(_flat_tensors(model(*args)))
         if n_out == 0:
-            raise ReparamError("the model returned no tensors", hint="forward() must return a tensor or tuple of tensors")
+            raise ReparamError(
+                "the model returned no tensors", hint="forward() must return a tensor or tuple of tensors"
+            )
         out_names = list(output_names) if output_names is not None else default_output_names(n_out)
         if len(out_names) != n_out:
-            raise ReparamError(f"the model returns {n_out} tensor(s) but {len(out_names)} output name(s) were given",
-                               hint="give one name per output, or leave output_names unset")
+            raise ReparamError(
+                f"the model returns {n_out} tensor(s) but {len(out_names)} output name(s) were given",
+                hint="give one name per output, or leave output_names unset",
+            )
         axes = normalize_dynamic_axes(input_names, out_names, dynamic_batch, dynamic_axes)
         notes: list[str] = []
         target, mapping = _boundary_module(model, args, n_out)
@@ -342,22 +396,40 @@ def export_onnx(
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="reparam-onnx-") as tmp:
             try:
-                proto = _run_exporter(target, args, dynamo=dynamo, opset=opset, input_names=input_names,
-                                      output_names=all_out, axes=all_axes, workdir=Path(tmp))
+                proto = _run_exporter(
+                    target,
+                    args,
+                    dynamo=dynamo,
+                    opset=opset,
+                    input_names=input_names,
+                    output_names=all_out,
+                    axes=all_axes,
+                    workdir=Path(tmp),
+                )
             except ReparamError:
                 if target is model:
                     raise
                 notes.append("exporting with block-boundary outputs failed; exported without them")
                 mapping, all_out, all_axes = {}, out_names, axes
-                proto = _run_exporter(model, args, dynamo=dynamo, opset=opset, input_names=input_names,
-                                      output_names=out_names, axes=axes, workdir=Path(tmp))
+                proto = _run_exporter(
+                    model,
+                    args,
+                    dynamo=dynamo,
+                    opset=opset,
+                    input_names=input_names,
+                    output_names=out_names,
+                    axes=axes,
+                    workdir=Path(tmp),
+                )
         times["export"] = time.perf_counter() - start
         _rename_dims(proto, all_axes)
         lost = check_dynamic_axes(proto, all_axes)
         if lost:
-            raise ReparamError(f"the exporter made {', '.join(lost)} static",
-                               hint="the model's forward fixes that size (e.g. a reshape with a constant batch); "
-                               "export with --static or fix the reshape to use -1")
+            raise ReparamError(
+                f"the exporter made {', '.join(lost)} static",
+                hint="the model's forward fixes that size (e.g. a reshape with a constant batch); "
+                "export with --static or fix the reshape to use -1",
+            )
         simplified = False
         if simplify:
             start = time.perf_counter()
@@ -382,7 +454,17 @@ def export_onnx(
         _set_mode(model, was_training)
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     return OnnxExportResult(
-        path=Path(path), sidecar=sidecar, exporter=exporter, opset=int(opset_used), input_names=input_names,
-        output_names=out_names, dynamic_axes=axes, simplified=simplified, op_counts=op_counts(proto),
-        metadata=meta, boundaries=boundaries, notes=notes, seconds=times,
+        path=Path(path),
+        sidecar=sidecar,
+        exporter=exporter,
+        opset=int(opset_used),
+        input_names=input_names,
+        output_names=out_names,
+        dynamic_axes=axes,
+        simplified=simplified,
+        op_counts=op_counts(proto),
+        metadata=meta,
+        boundaries=boundaries,
+        notes=notes,
+        seconds=times,
     )

@@ -24,7 +24,9 @@ def to_fp16_model(model: Any, *, keep_io_types: bool = True) -> Any:
         return float16.convert_float_to_float16(model, keep_io_types=keep_io_types)
 
 
-def convert_onnx_to_fp16(path_in: str | os.PathLike, path_out: str | os.PathLike, *, keep_io_types: bool = True) -> Path:
+def convert_onnx_to_fp16(
+    path_in: str | os.PathLike, path_out: str | os.PathLike, *, keep_io_types: bool = True
+) -> Path:
     """Write an fp16 copy of the ONNX file at ``path_in`` to ``path_out`` (atomically); returns ``path_out``.
 
     Inputs and outputs stay float32 (Cast nodes at the edges), so the same feeds work for both files
@@ -36,12 +38,17 @@ def convert_onnx_to_fp16(path_in: str | os.PathLike, path_out: str | os.PathLike
     if not src.is_file():
         raise ReparamError(f"ONNX file {str(src)!r} does not exist", hint="check the path")
     if Path(path_out).resolve() == src.resolve():
-        raise ReparamError("the fp16 output would overwrite its input", hint="write the fp16 model to another path")
+        raise ReparamError(
+            "the fp16 output would overwrite its input", hint="write the fp16 model to another path"
+        )
     model = onnx.load(str(src))
     elem = onnx.TensorProto.FLOAT16
-    if any(vi.type.tensor_type.elem_type == elem for vi in model.graph.input) or \
-            any(i.data_type == elem for i in model.graph.initializer):
-        raise ReparamError(f"{src.name} already holds float16 tensors", hint="convert the float32 export instead")
+    if any(vi.type.tensor_type.elem_type == elem for vi in model.graph.input) or any(
+        i.data_type == elem for i in model.graph.initializer
+    ):
+        raise ReparamError(
+            f"{src.name} already holds float16 tensors", hint="convert the float32 export instead"
+        )
     converted = to_fp16_model(model, keep_io_types=keep_io_types)
     props = {p.key: p.value for p in converted.metadata_props}
     props["reparam.precision"] = "fp16"

@@ -49,7 +49,9 @@ def needs_external_data(model: Any, threshold: int | None = None) -> bool:
     return tensor_bytes(model) >= limit
 
 
-def save_onnx(model: Any, path: str | os.PathLike, *, check: bool = True, threshold: int | None = None) -> Path | None:
+def save_onnx(
+    model: Any, path: str | os.PathLike, *, check: bool = True, threshold: int | None = None
+) -> Path | None:
     """Write ``model`` to ``path`` atomically; returns the sidecar path when external data was used.
 
     With ``check`` the written file is validated by ``onnx.checker.check_model(full_check=True)``
@@ -58,7 +60,9 @@ def save_onnx(model: Any, path: str | os.PathLike, *, check: bool = True, thresh
     onnx = require("onnx", "onnx", "Writing an ONNX file")
     target = Path(path)
     if target.is_dir():
-        raise ReparamError(f"output {str(target)!r} is a directory", hint="give a file path, e.g. -o model.onnx")
+        raise ReparamError(
+            f"output {str(target)!r} is a directory", hint="give a file path, e.g. -o model.onnx"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     sidecar = sidecar_path(target)
     external = needs_external_data(model, threshold)
@@ -72,16 +76,25 @@ def save_onnx(model: Any, path: str | os.PathLike, *, check: bool = True, thresh
             # save_model moves the tensor bytes out of the proto it is given: leave the caller's intact.
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
-            onnx.save_model(copy, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=sidecar.name, size_threshold=1024, convert_attribute=True)
+            onnx.save_model(
+                copy,
+                str(tmp_model),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=sidecar.name,
+                size_threshold=1024,
+                convert_attribute=True,
+            )
         else:
             onnx.save_model(model, str(tmp_model))
         if check:
             try:
                 onnx.checker.check_model(str(tmp_model), full_check=True)
             except onnx.checker.ValidationError as exc:
-                raise ReparamError(f"the ONNX model failed onnx.checker: {str(exc).splitlines()[0]}",
-                                   hint="export with another opset (--opset) or the other exporter") from exc
+                raise ReparamError(
+                    f"the ONNX model failed onnx.checker: {str(exc).splitlines()[0]}",
+                    hint="export with another opset (--opset) or the other exporter",
+                ) from exc
         mode = 0o666 & ~_umask()
         for f in tmpdir.iterdir():
             f.chmod(mode)  # temporary files are private; the results get the usual permissions

@@ -44,8 +44,10 @@ def onnx_summary(path: str | os.PathLike) -> dict[str, Any]:
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:
-        raise ReparamError(f"cannot read {p.name} as ONNX: {type(exc).__name__}: {str(exc)[:200]}",
-                           hint="the file may be truncated or not an ONNX model") from exc
+        raise ReparamError(
+            f"cannot read {p.name} as ONNX: {type(exc).__name__}: {str(exc)[:200]}",
+            hint="the file may be truncated or not an ONNX model",
+        ) from exc
     initializer_names = {i.name for i in model.graph.initializer}
     params = 0
     for init in model.graph.initializer:
@@ -61,8 +63,11 @@ def onnx_summary(path: str | os.PathLike) -> dict[str, Any]:
         "ir_version": int(model.ir_version),
         "opset": {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "inputs": [{"name": i.name, "shape": _shape(i), "dtype": _dtype(i)}
-                   for i in model.graph.input if i.name not in initializer_names],
+        "inputs": [
+            {"name": i.name, "shape": _shape(i), "dtype": _dtype(i)}
+            for i in model.graph.input
+            if i.name not in initializer_names
+        ],
         "outputs": [{"name": o.name, "shape": _shape(o), "dtype": _dtype(o)} for o in model.graph.output],
         "nodes": len(model.graph.node),
         "op_counts": op_counts(model),

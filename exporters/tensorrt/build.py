@@ -58,8 +58,10 @@ def gpu_info() -> dict[str, Any]:
     import torch
 
     if not torch.cuda.is_available():
-        raise ReparamError("no CUDA device is visible; TensorRT needs an NVIDIA GPU",
-                           hint="run on a machine with an NVIDIA GPU and driver (check nvidia-smi)")
+        raise ReparamError(
+            "no CUDA device is visible; TensorRT needs an NVIDIA GPU",
+            hint="run on a machine with an NVIDIA GPU and driver (check nvidia-smi)",
+        )
     index = torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(index)
     return {"gpu": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
@@ -117,14 +119,27 @@ def build_engine(
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
-        raise ReparamError(f"ONNX file {str(onnx_path)!r} does not exist", hint="export it with `reparam export onnx`")
+        raise ReparamError(
+            f"ONNX file {str(onnx_path)!r} does not exist", hint="export it with `reparam export onnx`"
+        )
     engine_path = Path(engine_path)
-    options = BuildOptions(precision=precision, workspace_mb=workspace_mb, calib=calib, timing_cache=timing_cache,
-                           onnx_is_fp16=onnx_is_fp16(onnx_path))
+    options = BuildOptions(
+        precision=precision,
+        workspace_mb=workspace_mb,
+        calib=calib,
+        timing_cache=timing_cache,
+        onnx_is_fp16=onnx_is_fp16(onnx_path),
+    )
     options.validate()
     dims = onnx_input_dims(onnx_path)
-    profiles = derive_profiles(dims, input_shape=input_shape, min_shape=min_shape, opt_shape=opt_shape,
-                               max_shape=max_shape, max_batch=max_batch)
+    profiles = derive_profiles(
+        dims,
+        input_shape=input_shape,
+        min_shape=min_shape,
+        opt_shape=opt_shape,
+        max_shape=max_shape,
+        max_batch=max_batch,
+    )
     trt = import_tensorrt()
     caps = capabilities_of(trt)
     plan = make_build_plan(options, caps)
@@ -141,9 +156,11 @@ def build_engine(
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(source)):
             errors = parser_errors(parser)
-            raise ReparamError(f"TensorRT's ONNX parser rejected {onnx_path.name}: " + "; ".join(errors[:5]),
-                               hint="check the named nodes; re-export with another opset (--opset) or simplify "
-                               "the graph (onnxsim) and retry")
+            raise ReparamError(
+                f"TensorRT's ONNX parser rejected {onnx_path.name}: " + "; ".join(errors[:5]),
+                hint="check the named nodes; re-export with another opset (--opset) or simplify "
+                "the graph (onnxsim) and retry",
+            )
         config = builder.create_builder_config()
         for name in plan.builder_flags:
             config.set_flag(getattr(trt.BuilderFlag, name))
@@ -181,9 +198,11 @@ def build_engine(
             if monitor is not None:
                 monitor.close()
         if serialized is None:
-            raise ReparamError(f"TensorRT could not build an engine from {onnx_path.name}",
-                               hint="rerun with log_level='VERBOSE' for TensorRT's reasons; a larger --workspace "
-                               "or another precision may help")
+            raise ReparamError(
+                f"TensorRT could not build an engine from {onnx_path.name}",
+                hint="rerun with log_level='VERBOSE' for TensorRT's reasons; a larger --workspace "
+                "or another precision may help",
+            )
         data = bytes(serialized)
     seconds = time.perf_counter() - start
     info = {
@@ -208,5 +227,6 @@ def build_engine(
         from exporters.tensorrt.timing_cache import save_timing_cache
 
         save_timing_cache(timing_cache, bytes(cache.serialize()), trt.__version__, device["gpu"])
-    return EngineBuildResult(path=engine_path, sidecar=sidecar, plan=plan, profiles=profiles, seconds=seconds,
-                             info=info)
+    return EngineBuildResult(
+        path=engine_path, sidecar=sidecar, plan=plan, profiles=profiles, seconds=seconds, info=info
+    )

@@ -12,8 +12,9 @@ import numpy as np
 from reparam.errors import ReparamError
 
 
-def load_calibration_batches(path: str | os.PathLike, inputs: Mapping[str, Sequence[int | str | None]],
-                             batch_size: int) -> list[dict[str, np.ndarray]]:
+def load_calibration_batches(
+    path: str | os.PathLike, inputs: Mapping[str, Sequence[int | str | None]], batch_size: int
+) -> list[dict[str, np.ndarray]]:
     """Split the ``.npz`` at ``path`` into float32 batches of ``batch_size`` samples per input.
 
     Each array is named like an ONNX input and has samples on axis 0; a trailing partial batch is
@@ -28,31 +29,46 @@ def load_calibration_batches(path: str | os.PathLike, inputs: Mapping[str, Seque
         with np.load(p, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (ValueError, OSError) as exc:
-        raise ReparamError(f"cannot read {p.name} as .npz: {exc}",
-                           hint="write it with np.savez(path, input=array) (no pickled objects)") from exc
+        raise ReparamError(
+            f"cannot read {p.name} as .npz: {exc}",
+            hint="write it with np.savez(path, input=array) (no pickled objects)",
+        ) from exc
     missing = [n for n in inputs if n not in arrays]
     if missing:
-        raise ReparamError(f"{p.name} has no arrays for input(s) {missing} (it has {sorted(arrays)})",
-                           hint=f"name the arrays like the ONNX inputs: {list(inputs)}")
+        raise ReparamError(
+            f"{p.name} has no arrays for input(s) {missing} (it has {sorted(arrays)})",
+            hint=f"name the arrays like the ONNX inputs: {list(inputs)}",
+        )
     counts = {n: arrays[n].shape[0] if arrays[n].ndim else 0 for n in inputs}
     if len(set(counts.values())) != 1:
-        raise ReparamError(f"the calibration arrays have different sample counts {counts}",
-                           hint="give every input the same number of samples")
+        raise ReparamError(
+            f"the calibration arrays have different sample counts {counts}",
+            hint="give every input the same number of samples",
+        )
     for name, dims in inputs.items():
         arr = arrays[name]
-        if arr.ndim != len(dims) or any(isinstance(d, int) and d > 0 and d != s
-                                        for d, s in zip(list(dims)[1:], arr.shape[1:])):
-            raise ReparamError(f"calibration array {name!r} has shape {list(arr.shape)}, the input is {list(dims)}",
-                               hint="samples on axis 0, the other dims as the ONNX input")
+        if arr.ndim != len(dims) or any(
+            isinstance(d, int) and d > 0 and d != s for d, s in zip(list(dims)[1:], arr.shape[1:])
+        ):
+            raise ReparamError(
+                f"calibration array {name!r} has shape {list(arr.shape)}, the input is {list(dims)}",
+                hint="samples on axis 0, the other dims as the ONNX input",
+            )
     n = next(iter(counts.values()))
     if n < batch_size:
-        raise ReparamError(f"{p.name} holds {n} sample(s), fewer than one batch of {batch_size}",
-                           hint="give more samples (a few hundred representative inputs is typical)")
-    return [{name: np.ascontiguousarray(arrays[name][i:i + batch_size], dtype=np.float32) for name in inputs}
-            for i in range(0, n - batch_size + 1, batch_size)]
+        raise ReparamError(
+            f"{p.name} holds {n} sample(s), fewer than one batch of {batch_size}",
+            hint="give more samples (a few hundred representative inputs is typical)",
+        )
+    return [
+        {name: np.ascontiguousarray(arrays[name][i : i + batch_size], dtype=np.float32) for name in inputs}
+        for i in range(0, n - batch_size + 1, batch_size)
+    ]
 
 
-def make_entropy_calibrator(trt: Any, batches: list[dict[str, np.ndarray]], cache_path: str | None = None) -> Any:
+def make_entropy_calibrator(
+    trt: Any, batches: list[dict[str, np.ndarray]], cache_path: str | None = None
+) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` from CUDA memory (torch tensors)."""
     import torch
 

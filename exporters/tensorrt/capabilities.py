@@ -9,9 +9,11 @@ from typing import Any
 
 from reparam.errors import ReparamError
 
-INSTALL_HINT = ("pip install 'reparam[trt]' -- the TensorRT wheels come from NVIDIA's index "
-                "(pip install --extra-index-url https://pypi.nvidia.com tensorrt) and need an NVIDIA GPU "
-                "with a CUDA driver; see docs/export.md")
+INSTALL_HINT = (
+    "pip install 'reparam[trt]' -- the TensorRT wheels come from NVIDIA's index "
+    "(pip install --extra-index-url https://pypi.nvidia.com tensorrt) and need an NVIDIA GPU "
+    "with a CUDA driver; see docs/export.md"
+)
 
 
 def import_tensorrt() -> ModuleType:
@@ -19,8 +21,9 @@ def import_tensorrt() -> ModuleType:
     try:
         return importlib.import_module("tensorrt")
     except ImportError as exc:
-        raise ReparamError(f"TensorRT is not installed ({exc}); building or running engines needs it",
-                           hint=INSTALL_HINT) from exc
+        raise ReparamError(
+            f"TensorRT is not installed ({exc}); building or running engines needs it", hint=INSTALL_HINT
+        ) from exc
 
 
 def _names(enum: Any) -> frozenset[str]:

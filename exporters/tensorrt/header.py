@@ -40,15 +40,29 @@ class PlanHeader:
 def parse_plan_header(data: bytes) -> PlanHeader:
     """Parse the start of a plan (at least ``HEADER_BYTES`` bytes of it)."""
     if len(data) < HEADER_BYTES:
-        raise ReparamError(f"{len(data)} bytes is too short for a TensorRT engine (the header alone is "
-                           f"{HEADER_BYTES})", hint="the file is truncated or not a TensorRT engine")
+        raise ReparamError(
+            f"{len(data)} bytes is too short for a TensorRT engine (the header alone is {HEADER_BYTES})",
+            hint="the file is truncated or not a TensorRT engine",
+        )
     major = data[MAJOR_OFFSET]
     known = major in PLAUSIBLE_MAJORS
-    note = ("TensorRT major version read from byte 24; minor/patch are not decoded (their offsets are "
-            "undocumented)") if known else (f"byte {MAJOR_OFFSET} holds {major}, not a known TensorRT major: "
-                                            "the layout differs or this is not a TensorRT engine")
-    return PlanHeader(size=len(data), leading_bytes=data[:HEADER_BYTES].hex(), tensorrt_major=major if known else None,
-                      note=note)
+    note = (
+        (
+            "TensorRT major version read from byte 24; minor/patch are not decoded (their offsets are "
+            "undocumented)"
+        )
+        if known
+        else (
+            f"byte {MAJOR_OFFSET} holds {major}, not a known TensorRT major: "
+            "the layout differs or this is not a TensorRT engine"
+        )
+    )
+    return PlanHeader(
+        size=len(data),
+        leading_bytes=data[:HEADER_BYTES].hex(),
+        tensorrt_major=major if known else None,
+        note=note,
+    )
 
 
 def read_plan_header(path: str | os.PathLike) -> PlanHeader:
@@ -59,8 +73,12 @@ def read_plan_header(path: str | os.PathLike) -> PlanHeader:
     with open(p, "rb") as f:
         head = f.read(HEADER_BYTES)
     header = parse_plan_header(head)
-    return PlanHeader(size=p.stat().st_size, leading_bytes=header.leading_bytes,
-                      tensorrt_major=header.tensorrt_major, note=header.note)
+    return PlanHeader(
+        size=p.stat().st_size,
+        leading_bytes=header.leading_bytes,
+        tensorrt_major=header.tensorrt_major,
+        note=header.note,
+    )
 
 
 def engine_sidecar_path(path: str | os.PathLike) -> Path:
@@ -77,7 +95,9 @@ def read_engine_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         return json.loads(side.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReparamError(f"{side.name} is not valid JSON ({exc})", hint="rebuild the engine to rewrite it") from exc
+        raise ReparamError(
+            f"{side.name} is not valid JSON ({exc})", hint="rebuild the engine to rewrite it"
+        ) from exc
 
 
 def check_engine_version(path: str | os.PathLike, runtime_version: str) -> str | None:
@@ -94,6 +114,8 @@ def check_engine_version(path: str | os.PathLike, runtime_version: str) -> str |
             return None
         runtime_major = runtime_version.split(".")[0]
         if header.tensorrt_major is not None and str(header.tensorrt_major) != runtime_major:
-            notes.append(f"the engine header says TensorRT {header.tensorrt_major}.x, this is TensorRT "
-                         f"{runtime_version}")
+            notes.append(
+                f"the engine header says TensorRT {header.tensorrt_major}.x, this is TensorRT "
+                f"{runtime_version}"
+            )
     return "; ".join(notes) or None

@@ -9,9 +9,11 @@ from exporters.tensorrt.capabilities import Capabilities
 from reparam.errors import ReparamError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-MODEL_OPTIMIZER_HINT = ("TensorRT 11 builds int8 only from explicitly quantized ONNX (Q/DQ nodes): quantize "
-                        "the model with NVIDIA Model Optimizer (pip install nvidia-modelopt; "
-                        "modelopt.onnx.quantization) and build that ONNX, or use TensorRT 10 with --calib")
+MODEL_OPTIMIZER_HINT = (
+    "TensorRT 11 builds int8 only from explicitly quantized ONNX (Q/DQ nodes): quantize "
+    "the model with NVIDIA Model Optimizer (pip install nvidia-modelopt; "
+    "modelopt.onnx.quantization) and build that ONNX, or use TensorRT 10 with --calib"
+)
 
 
 @dataclass
@@ -27,20 +29,28 @@ class BuildOptions:
     def validate(self) -> None:
         """Raise a ReparamError for an impossible combination (before any GPU work)."""
         if self.precision is not None and self.precision not in PRECISIONS:
-            raise ReparamError(f"unknown precision {self.precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+            raise ReparamError(
+                f"unknown precision {self.precision!r}", hint=f"use one of {', '.join(PRECISIONS)}"
+            )
         if self.workspace_mb is not None and int(self.workspace_mb) <= 0:
-            raise ReparamError(f"workspace must be a positive number of MiB, not {self.workspace_mb}",
-                               hint="e.g. --workspace 2048, or leave it unset for TensorRT's default")
+            raise ReparamError(
+                f"workspace must be a positive number of MiB, not {self.workspace_mb}",
+                hint="e.g. --workspace 2048, or leave it unset for TensorRT's default",
+            )
         if self.precision == "int8" and self.calib is None:
-            raise ReparamError("int8 needs calibration data", hint="pass --calib DATA.npz (arrays named like the "
-                               "ONNX inputs, first axis = samples)")
+            raise ReparamError(
+                "int8 needs calibration data",
+                hint="pass --calib DATA.npz (arrays named like the ONNX inputs, first axis = samples)",
+            )
         if self.calib is not None and self.precision != "int8":
             raise ReparamError("--calib only applies to int8 builds", hint="add --int8 or drop --calib")
         if self.calib is not None and not Path(self.calib).is_file():
             raise ReparamError(f"calibration file {str(self.calib)!r} does not exist", hint="check the path")
         if self.onnx_is_fp16 and self.precision in ("fp32", "int8"):
-            raise ReparamError(f"the ONNX already has float16 weights; a {self.precision} engine cannot be built "
-                               "from it", hint="build from the float32 ONNX export instead")
+            raise ReparamError(
+                f"the ONNX already has float16 weights; a {self.precision} engine cannot be built from it",
+                hint="build from the float32 ONNX export instead",
+            )
 
 
 @dataclass
@@ -76,7 +86,9 @@ def make_build_plan(options: BuildOptions, caps: Capabilities) -> BuildPlan:
                 plan.network_flags.append("STRONGLY_TYPED")
             elif not caps.always_strongly_typed:
                 plan.builder_flags.append("FP16")
-                plan.notes.append("no strongly typed networks in this TensorRT: fp16 ONNX built with the FP16 flag")
+                plan.notes.append(
+                    "no strongly typed networks in this TensorRT: fp16 ONNX built with the FP16 flag"
+                )
         elif caps.has_fp16_flag:
             plan.builder_flags.append("FP16")
         elif caps.has_strongly_typed or caps.always_strongly_typed:
@@ -85,15 +97,21 @@ def make_build_plan(options: BuildOptions, caps: Capabilities) -> BuildPlan:
                 plan.network_flags.append("STRONGLY_TYPED")
             plan.notes.append("strongly typed build: the ONNX is converted to float16 (float32 I/O) first")
         else:
-            raise ReparamError(f"TensorRT {caps.version} offers neither an FP16 flag nor strongly typed networks",
-                               hint="install TensorRT 10 or newer")
+            raise ReparamError(
+                f"TensorRT {caps.version} offers neither an FP16 flag nor strongly typed networks",
+                hint="install TensorRT 10 or newer",
+            )
     elif precision == "int8":
         if not (caps.has_int8_flag and caps.has_int8_calibrator):
-            raise ReparamError(f"TensorRT {caps.version} has no implicit int8 calibration", hint=MODEL_OPTIMIZER_HINT)
+            raise ReparamError(
+                f"TensorRT {caps.version} has no implicit int8 calibration", hint=MODEL_OPTIMIZER_HINT
+            )
         plan.builder_flags.append("INT8")
         if caps.has_fp16_flag:
             plan.builder_flags.append("FP16")  # layers without an int8 kernel fall back to fp16, not fp32
         plan.int8_calibrator = True
-        plan.notes.append(f"implicit int8 with an entropy calibrator is deprecated since TensorRT 10.1; "
-                          f"{MODEL_OPTIMIZER_HINT.split(': ', 1)[1]}")
+        plan.notes.append(
+            f"implicit int8 with an entropy calibrator is deprecated since TensorRT 10.1; "
+            f"{MODEL_OPTIMIZER_HINT.split(': ', 1)[1]}"
+        )
     return plan

@@ -24,7 +24,9 @@ class Profile:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
     def contains(self, shape: Sequence[int]) -> bool:
-        return len(shape) == len(self.min) and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
+        return len(shape) == len(self.min) and all(
+            lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max)
+        )
 
 
 def _dynamic(d: int | str | None) -> bool:
@@ -47,32 +49,44 @@ def onnx_input_dims(path: str | os.PathLike) -> dict[str, list[int | str | None]
     return out
 
 
-def _per_input(value: Sequence[int] | Mapping[str, Sequence[int]] | None, names: list[str], what: str
-               ) -> dict[str, tuple[int, ...]]:
+def _per_input(
+    value: Sequence[int] | Mapping[str, Sequence[int]] | None, names: list[str], what: str
+) -> dict[str, tuple[int, ...]]:
     if value is None:
         return {}
     if isinstance(value, Mapping):
         unknown = [k for k in value if k not in names]
         if unknown:
-            raise ReparamError(f"{what} names unknown input(s) {unknown}", hint=f"the ONNX inputs are {names}")
+            raise ReparamError(
+                f"{what} names unknown input(s) {unknown}", hint=f"the ONNX inputs are {names}"
+            )
         return {k: tuple(int(d) for d in v) for k, v in value.items()}
     if len(names) != 1:
-        raise ReparamError(f"the ONNX has {len(names)} inputs; a single {what} is ambiguous",
-                           hint="give shapes per input name")
+        raise ReparamError(
+            f"the ONNX has {len(names)} inputs; a single {what} is ambiguous",
+            hint="give shapes per input name",
+        )
     return {names[0]: tuple(int(d) for d in value)}
 
 
 def _check_fits(name: str, dims: Dims, shape: tuple[int, ...], what: str) -> None:
     if len(shape) != len(dims):
-        raise ReparamError(f"{what} {list(shape)} for input {name!r} has rank {len(shape)}, the ONNX input has "
-                           f"rank {len(dims)} ({list(dims)})", hint="give one size per dim, e.g. 1x3x224x224")
+        raise ReparamError(
+            f"{what} {list(shape)} for input {name!r} has rank {len(shape)}, the ONNX input has "
+            f"rank {len(dims)} ({list(dims)})",
+            hint="give one size per dim, e.g. 1x3x224x224",
+        )
     for i, (d, s) in enumerate(zip(dims, shape)):
         if s <= 0:
-            raise ReparamError(f"{what} {list(shape)} for {name!r} has a non-positive dim", hint="sizes must be >= 1")
+            raise ReparamError(
+                f"{what} {list(shape)} for {name!r} has a non-positive dim", hint="sizes must be >= 1"
+            )
         if not _dynamic(d) and int(d) != s:
-            raise ReparamError(f"{what} {list(shape)} for {name!r} changes dim {i}, which the ONNX fixes at {d}",
-                               hint=f"only the dynamic dims ({[j for j, x in enumerate(dims) if _dynamic(x)]}) "
-                               "can vary; re-export with dynamic axes to change others")
+            raise ReparamError(
+                f"{what} {list(shape)} for {name!r} changes dim {i}, which the ONNX fixes at {d}",
+                hint=f"only the dynamic dims ({[j for j, x in enumerate(dims) if _dynamic(x)]}) "
+                "can vary; re-export with dynamic axes to change others",
+            )
 
 
 def derive_profiles(
@@ -92,9 +106,15 @@ def derive_profiles(
     min = opt = max) or must be given explicitly.
     """
     names = list(inputs)
-    given = {k: _per_input(v, names, w) for k, v, w in
-             (("min", min_shape, "--min-shape"), ("opt", opt_shape, "--opt-shape"), ("max", max_shape, "--max-shape"),
-              ("hint", input_shape, "input shape"))}
+    given = {
+        k: _per_input(v, names, w)
+        for k, v, w in (
+            ("min", min_shape, "--min-shape"),
+            ("opt", opt_shape, "--opt-shape"),
+            ("max", max_shape, "--max-shape"),
+            ("hint", input_shape, "input shape"),
+        )
+    }
     if max_batch is not None and int(max_batch) < 1:
         raise ReparamError(f"max batch must be >= 1, not {max_batch}", hint="e.g. --max-batch 32")
     profiles: dict[str, Profile] = {}
@@ -120,22 +140,28 @@ def derive_profiles(
         else:
             rest = [i for i in dynamic if i != 0]
             if rest and hint is None:
-                raise ReparamError(f"input {name!r} has dynamic dims {rest} besides the batch",
-                                   hint="give --input-shape, or --min-shape/--opt-shape/--max-shape")
+                raise ReparamError(
+                    f"input {name!r} has dynamic dims {rest} besides the batch",
+                    hint="give --input-shape, or --min-shape/--opt-shape/--max-shape",
+                )
             template = list(hint) if hint is not None else [1 if _dynamic(d) else int(d) for d in dims]
             if 0 in dynamic:
                 opt_b = template[0]
                 hi_b = int(max_batch) if max_batch is not None else max(opt_b, DEFAULT_MAX_BATCH)
                 if hi_b < opt_b:
-                    raise ReparamError(f"max batch {hi_b} is below the batch {opt_b} of the input shape",
-                                       hint="raise --max-batch or lower the input shape's batch")
+                    raise ReparamError(
+                        f"max batch {hi_b} is below the batch {opt_b} of the input shape",
+                        hint="raise --max-batch or lower the input shape's batch",
+                    )
                 lo = tuple([1, *template[1:]])
                 opt = tuple(template)
                 hi = tuple([hi_b, *template[1:]])
             else:
                 lo = opt = hi = tuple(template)
         if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
-            raise ReparamError(f"profile for {name!r} is not ordered: min {list(lo)}, opt {list(opt)}, max {list(hi)}",
-                               hint="every dim needs min <= opt <= max")
+            raise ReparamError(
+                f"profile for {name!r} is not ordered: min {list(lo)}, opt {list(opt)}, max {list(hi)}",
+                hint="every dim needs min <= opt <= max",
+            )
         profiles[name] = Profile(tuple(lo), tuple(opt), tuple(hi))
     return profiles

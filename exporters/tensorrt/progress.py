@@ -33,8 +33,13 @@ class BuildProgress:
         return depth
 
     def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-        self.phases[phase_name] = {"parent": parent_phase, "steps": int(num_steps), "done": 0,
-                                   "start": time.perf_counter(), "task": None}
+        self.phases[phase_name] = {
+            "parent": parent_phase,
+            "steps": int(num_steps),
+            "done": 0,
+            "start": time.perf_counter(),
+            "task": None,
+        }
         if self.use_rich:
             if self._progress is None:
                 from rich.console import Console
@@ -46,11 +51,19 @@ class BuildProgress:
                     TimeElapsedColumn,
                 )
 
-                self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                          TimeElapsedColumn(), console=Console(file=self.stream), transient=True)
+                self._progress = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=Console(file=self.stream),
+                    transient=True,
+                )
                 self._progress.start()
             indent = "  " * self._depth(phase_name)
-            self.phases[phase_name]["task"] = self._progress.add_task(f"{indent}{phase_name}", total=max(1, num_steps))
+            self.phases[phase_name]["task"] = self._progress.add_task(
+                f"{indent}{phase_name}", total=max(1, num_steps)
+            )
         else:
             self._line(f"{'  ' * self._depth(phase_name)}{phase_name}: {num_steps} step(s)")
 

@@ -25,21 +25,26 @@ def pack_timing_cache(raw: bytes, tensorrt: str, gpu: str) -> bytes:
 def unpack_timing_cache(data: bytes, tensorrt: str, gpu: str, *, path: str = "timing cache") -> bytes:
     """TensorRT's bytes from a packed cache; a ReparamError when it was made elsewhere."""
     if not data.startswith(MAGIC):
-        raise ReparamError(f"{path} was not written by reparam, so its TensorRT version and GPU are unknown",
-                           hint="delete it (reparam writes a fresh one) or pass another --timing-cache path")
-    line, sep, raw = data[len(MAGIC):].partition(b"\n")
+        raise ReparamError(
+            f"{path} was not written by reparam, so its TensorRT version and GPU are unknown",
+            hint="delete it (reparam writes a fresh one) or pass another --timing-cache path",
+        )
+    line, sep, raw = data[len(MAGIC) :].partition(b"\n")
     try:
         header = json.loads(line)
     except json.JSONDecodeError:
         header = None
     if not sep or not isinstance(header, dict):
-        raise ReparamError(f"{path} has a damaged header", hint="delete it; the next build writes a fresh one")
+        raise ReparamError(
+            f"{path} has a damaged header", hint="delete it; the next build writes a fresh one"
+        )
     if header.get("tensorrt") != tensorrt or header.get("gpu") != gpu:
         raise ReparamError(
             f"{path} was made with TensorRT {header.get('tensorrt')} on {header.get('gpu')}, this build uses "
             f"TensorRT {tensorrt} on {gpu}",
             hint="timing caches only combine within one TensorRT version and GPU: use one cache file per pair, "
-            f"e.g. --timing-cache {default_cache_name(tensorrt, gpu)}")
+            f"e.g. --timing-cache {default_cache_name(tensorrt, gpu)}",
+        )
     return raw
 
 

@@ -35,11 +35,15 @@ def parse_json_kwargs(text: str | None) -> dict:
             hint='pass a JSON object, e.g. --arch-kwargs \'{"num_classes": 10, "width": 0.25}\'',
         ) from exc
     if not isinstance(value, dict):
-        raise ReparamError("--arch-kwargs must be a JSON object", hint='e.g. --arch-kwargs \'{"num_classes": 10}\'')
+        raise ReparamError(
+            "--arch-kwargs must be a JSON object", hint="e.g. --arch-kwargs '{\"num_classes\": 10}'"
+        )
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str = "training checkpoint") -> None:
+def add_model_arguments(
+    parser: argparse.ArgumentParser, *, checkpoint_help: str = "training checkpoint"
+) -> None:
     """Add CKPT, --arch, --arch-kwargs and --trust-pickle (shared by convert, export, verify, deploy)."""
     parser.add_argument("checkpoint", metavar="CKPT", help=checkpoint_help)
     add_arch_arguments(parser)

@@ -119,7 +119,7 @@ class PassContext:
         """Graph-local name of a model path ("" when it is not strictly inside this graph)."""
         if not self.prefix:
             return path
-        return path[len(self.prefix) + 1:] if path.startswith(self.prefix + ".") else ""
+        return path[len(self.prefix) + 1 :] if path.startswith(self.prefix + ".") else ""
 
     def parent_of_sources(self, names: list[str]) -> str:
         """Graph-local common parent of the original modules behind the graph modules ``names``."""
@@ -144,8 +144,14 @@ class PassContext:
             self.warnings.append(message)
             warnings.warn(message, stacklevel=3)
 
-    def record(self, name: str, module: nn.Module, inputs: Iterable[str], detail: str,
-               extra_sources: Iterable[str] = ()) -> FusionEntry:
+    def record(
+        self,
+        name: str,
+        module: nn.Module,
+        inputs: Iterable[str],
+        detail: str,
+        extra_sources: Iterable[str] = (),
+    ) -> FusionEntry:
         """Note that module ``name`` now computes what the modules ``inputs`` (graph names) computed."""
         sources: set[str] = set(extra_sources)
         for n in inputs:
@@ -165,8 +171,10 @@ class PassContext:
             if like.dtype == torch.float16:
                 msg = f"fused {what} at {where} reaches {peak:.4g}, beyond float16 range: it becomes inf"
             else:
-                msg = (f"fused {what} at {where} reaches {peak:.4g}, beyond float16 range (65504): an FP16 "
-                       "export of this model would overflow")
+                msg = (
+                    f"fused {what} at {where} reaches {peak:.4g}, beyond float16 range (65504): an FP16 "
+                    "export of this model would overflow"
+                )
             self.warn(msg)
         return nn.Parameter(value.to(dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)
 

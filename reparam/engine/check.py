@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,8 +30,24 @@ def tolerance_for(dtype: torch.dtype) -> float:
     return TOLERANCE.get(dtype, 1e-5)
 
 
-def make_inputs(model: nn.Module, example_inputs: Any = None,
-                input_shape: Sequence[int] | None = None) -> tuple[tuple | None, str | None]:
+@torch.no_grad()
+def fp32_noise(original: nn.Module, inputs: tuple, reference_out: Any) -> float | None:
+    """Scale-relative error of ``reference_out`` (the fp32 original's output) against the original run in float64."""
+    try:
+        m64 = copy.deepcopy(original).eval().double()
+        in64 = tuple(
+            t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs
+        )
+        out64 = m64(*in64)
+    except Exception:  # a model that cannot run in float64 keeps the base tolerance
+        return None
+    _, rel, _ = compare_outputs(out64, reference_out)
+    return rel
+
+
+def make_inputs(
+    model: nn.Module, example_inputs: Any = None, input_shape: Sequence[int] | None = None
+) -> tuple[tuple | None, str | None]:
     """Example inputs as a tuple, plus a note when their shape had to be guessed.
 
     Given inputs win; else random inputs of ``input_shape``; else ``1×C×32×32`` (one 32 per spatial
@@ -44,14 +61,21 @@ def make_inputs(model: nn.Module, example_inputs: Any = None,
     gen = torch.Generator().manual_seed(0)
     note = None
     if input_shape is None:
-        layer = next(((n, m) for n, m in model.named_modules() if isinstance(m, CONV + CONV_T + (nn.Linear,))),
-                     None)
+        layer = next(
+            ((n, m) for n, m in model.named_modules() if isinstance(m, CONV + CONV_T + (nn.Linear,))), None
+        )
         if layer is None:
             return None, "no example inputs: could not infer an input shape (no conv or linear layer)"
         name, m = layer
-        input_shape = (1, m.in_features) if isinstance(m, nn.Linear) else (1, m.in_channels) + (32,) * len(m.kernel_size)
-        note = (f"input shape {'x'.join(map(str, input_shape))} inferred from the first layer {name!r}; "
-                "pass input_shape (--input-shape) to choose it")
+        input_shape = (
+            (1, m.in_features)
+            if isinstance(m, nn.Linear)
+            else (1, m.in_channels) + (32,) * len(m.kernel_size)
+        )
+        note = (
+            f"input shape {'x'.join(map(str, input_shape))} inferred from the first layer {name!r}; "
+            "pass input_shape (--input-shape) to choose it"
+        )
     shape = tuple(int(d) for d in input_shape)
     if not shape or any(d <= 0 for d in shape):
         raise ReparamError(f"invalid input shape {shape}", hint="give positive dims, e.g. 1x3x224x224")
@@ -68,8 +92,10 @@ def compare_outputs(ref: Any, new: Any) -> tuple[float, float, float]:
     """``(max abs error, scale-relative error, max |ref|)`` over all output tensors."""
     a, b = tensors(ref), tensors(new)
     if len(a) != len(b):
-        raise ReparamError(f"the deploy model returns {len(b)} tensors, the original {len(a)}",
-                           hint="report this model: the conversion changed its outputs")
+        raise ReparamError(
+            f"the deploy model returns {len(b)} tensors, the original {len(a)}",
+            hint="report this model: the conversion changed its outputs",
+        )
     abs_err = rel = peak = 0.0
     for x, y in zip(a, b):
         if x.shape != y.shape:
@@ -82,21 +108,29 @@ def compare_outputs(ref: Any, new: Any) -> tuple[float, float, float]:
     return abs_err, rel, peak
 
 
-def capture(model: nn.Module, paths: Sequence[str], run: Callable[[], Any]) -> tuple[Any, dict, dict, list]:
-    """Run ``run()`` with forward hooks on ``paths``: output, first output per path, call counts, order."""
+def capture(
+    model: nn.Module, paths: Sequence[str], run: Callable[[], Any], *, keep_outputs: bool = True
+) -> tuple[Any, dict, dict, list]:
+    """Run ``run()`` with forward hooks on ``paths``: output, first output per path, call counts, order.
+
+    With ``keep_outputs=False`` no output is kept (the returned dict is empty).
+    """
     modules = dict(model.named_modules())
     first: dict[str, Any] = {}
     calls: dict[str, int] = {}
     order: list[str] = []
+    order_set: set[str] = set()
     handles = []
 
     def hook_for(path: str):
         def hook(_m, _inp, out):
             calls[path] = calls.get(path, 0) + 1
-            if path not in first:
-                ts = tensors(out)
-                first[path] = ts[0].detach().clone() if len(ts) == 1 else None
+            if path not in order_set:
+                order_set.add(path)
                 order.append(path)
+                if keep_outputs:
+                    ts = tensors(out)
+                    first[path] = ts[0].detach().clone() if len(ts) == 1 else None
 
         return hook
 
@@ -133,8 +167,13 @@ def node_values(gm: fx.GraphModule, names: set[str], inputs: tuple) -> dict[str,
     return rec.values
 
 
-def diverging_blocks(reference: dict[str, Any], order: list[str], candidate: dict[str, torch.Tensor],
-                     boundaries: dict[str, str], tol: float) -> list[str]:
+def diverging_blocks(
+    reference: dict[str, Any],
+    order: list[str],
+    candidate: dict[str, torch.Tensor],
+    boundaries: dict[str, str],
+    tol: float,
+) -> list[str]:
     """Blocks (in execution order) whose output differs beyond ``tol``; innermost first within a chain."""
     bad = []
     for path in order:
@@ -143,8 +182,10 @@ def diverging_blocks(reference: dict[str, Any], order: list[str], candidate: dic
         if ref is None or node is None or node not in candidate:
             continue
         got = candidate[node]
-        if got.shape != ref.shape or scale_relative_error(ref.double().cpu().numpy(),
-                                                          got.double().cpu().numpy()) > tol:
+        if (
+            got.shape != ref.shape
+            or scale_relative_error(ref.double().cpu().numpy(), got.double().cpu().numpy()) > tol
+        ):
             bad.append(path)
     # a block is reported only if none of its children is (the children explain it)
     return [p for p in bad if not any(q != p and q.startswith(p + ".") for q in bad)]

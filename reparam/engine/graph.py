@@ -101,8 +101,9 @@ def replace_with(gm: fx.GraphModule, root: fx.Node, new: fx.Node, leaving: Itera
     return erased
 
 
-def install(gm: fx.GraphModule, name: str, module: nn.Module, root: fx.Node, args: tuple,
-            leaving: Iterable[fx.Node]) -> fx.Node:
+def install(
+    gm: fx.GraphModule, name: str, module: nn.Module, root: fx.Node, args: tuple, leaving: Iterable[fx.Node]
+) -> fx.Node:
     """Put ``module`` at ``name``, call it on ``args`` in place of ``root``, and drop ``leaving``."""
     if not gm.add_submodule(name, module):
         raise RuntimeError(f"cannot add a module at {name!r}")

@@ -13,8 +13,9 @@ from reparam.errors import ReparamError
 MAX_ITERATIONS = 10
 
 
-def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
-               max_iterations: int = MAX_ITERATIONS) -> fx.GraphModule:
+def run_passes(
+    gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext, max_iterations: int = MAX_ITERATIONS
+) -> fx.GraphModule:
     """Apply ``passes`` in order, repeatedly, until none changes the graph (at most ``max_iterations``).
 
     After every pass the graph is dead-code eliminated, unused submodules are deleted and the module
@@ -39,7 +40,9 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext,
                 raise PassError(p.name, ctx.current_block, exc.message, exc.hint) from exc
             except Exception as exc:
                 raise PassError(
-                    p.name, ctx.current_block, f"{type(exc).__name__}: {exc}",
+                    p.name,
+                    ctx.current_block,
+                    f"{type(exc).__name__}: {exc}",
                     hint=f"convert without it (skip=['{p.name}'] or --skip {p.name}) and report the model "
                     "that triggers this",
                 ) from exc

@@ -20,12 +20,21 @@ class FusionEntry:
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pass_name": self.pass_name, "fused": self.fused, "sources": list(self.sources), "detail": self.detail}
+        return {
+            "pass_name": self.pass_name,
+            "fused": self.fused,
+            "sources": list(self.sources),
+            "detail": self.detail,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FusionEntry:
-        return cls(str(data["pass_name"]), str(data["fused"]), [str(s) for s in data.get("sources", [])],
-                   str(data.get("detail", "")))
+        return cls(
+            str(data["pass_name"]),
+            str(data["fused"]),
+            [str(s) for s in data.get("sources", [])],
+            str(data.get("detail", "")),
+        )
 
 
 @dataclass

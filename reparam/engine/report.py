@@ -24,6 +24,7 @@ class CheckSummary:
     input_shapes: list[list[int]]
     dtype: str
     diverging_blocks: list[str] = field(default_factory=list)
+    reference_noise: float | None = None  # the original's fp32-vs-float64 error, when it set the tolerance
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -99,8 +100,15 @@ class ConversionReport:
         if self.check:
             c = self.check
             verdict = "PASSED" if c.passed else "FAILED"
-            lines.append(f"check {verdict}: max abs error {c.max_abs_error:.3g}, relative to max |output| "
-                         f"{c.relative_error:.3g} (tolerance {c.tolerance:g}, {c.dtype}, inputs {c.input_shapes})")
+            lines.append(
+                f"check {verdict}: max abs error {c.max_abs_error:.3g}, relative to max |output| "
+                f"{c.relative_error:.3g} (tolerance {c.tolerance:.3g}, {c.dtype}, inputs {c.input_shapes})"
+            )
+            if c.reference_noise is not None:
+                lines.append(
+                    f"tolerance = max(1e-5, 10 x the original's own fp32 rounding error "
+                    f"{c.reference_noise:.3g}, measured against float64)"
+                )
             if c.diverging_blocks:
                 lines.append(f"diverging blocks: {', '.join(c.diverging_blocks)}")
         else:

@@ -50,7 +50,11 @@ def runner_for(obj: Any, **kwargs: Any) -> Runner:
             return OnnxRuntimeRunner(obj, **kwargs)
         if suffix in ENGINE_SUFFIXES:
             return TensorRTRunner(obj, **kwargs)
-        raise ReparamError(f"cannot tell which runner fits {Path(obj).name} (suffix {suffix!r})",
-                           hint=f"use .pt2, .onnx or one of {', '.join(ENGINE_SUFFIXES)}")
-    raise ReparamError(f"no runner for an object of type {type(obj).__name__}",
-                       hint="pass an nn.Module, an ExportedProgram or a .pt2/.onnx/engine path")
+        raise ReparamError(
+            f"cannot tell which runner fits {Path(obj).name} (suffix {suffix!r})",
+            hint=f"use .pt2, .onnx or one of {', '.join(ENGINE_SUFFIXES)}",
+        )
+    raise ReparamError(
+        f"no runner for an object of type {type(obj).__name__}",
+        hint="pass an nn.Module, an ExportedProgram or a .pt2/.onnx/engine path",
+    )

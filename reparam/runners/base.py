@@ -57,8 +57,10 @@ class Runner:
         Raises a ReparamError naming the problem and listing the expected inputs.
         """
         if not isinstance(inputs, Mapping):
-            raise ReparamError(f"{type(self).__name__}.run takes a dict of named arrays, not {type(inputs).__name__}",
-                               hint=f"pass {{name: array}} with the inputs {self.expected()}")
+            raise ReparamError(
+                f"{type(self).__name__}.run takes a dict of named arrays, not {type(inputs).__name__}",
+                hint=f"pass {{name: array}} with the inputs {self.expected()}",
+            )
         names = list(inputs)
         missing = [n for n in self.input_names if n not in inputs]
         extra = [n for n in names if n not in self.input_names]
@@ -68,24 +70,33 @@ class Runner:
                 parts.append(f"missing {missing}")
             if extra:
                 parts.append(f"unknown {extra}")
-            raise ReparamError(f"wrong input names for {self.label()}: {', '.join(parts)}",
-                               hint=f"expected inputs: {self.expected()}")
+            raise ReparamError(
+                f"wrong input names for {self.label()}: {', '.join(parts)}",
+                hint=f"expected inputs: {self.expected()}",
+            )
         arrays = {}
         for spec in self.input_specs:
             value = inputs[spec.name]
             if not isinstance(value, np.ndarray):
-                raise ReparamError(f"input {spec.name!r} is a {type(value).__name__}, not a numpy array",
-                                   hint=f"convert it with np.asarray (expected inputs: {self.expected()})")
+                raise ReparamError(
+                    f"input {spec.name!r} is a {type(value).__name__}, not a numpy array",
+                    hint=f"convert it with np.asarray (expected inputs: {self.expected()})",
+                )
             if spec.dtype is not None and value.dtype != spec.dtype:
-                raise ReparamError(f"input {spec.name!r} has dtype {value.dtype.name}, expected {spec.dtype.name}",
-                                   hint=f"cast it with .astype(np.{spec.dtype.name}); expected inputs: {self.expected()}")
+                raise ReparamError(
+                    f"input {spec.name!r} has dtype {value.dtype.name}, expected {spec.dtype.name}",
+                    hint=f"cast it with .astype(np.{spec.dtype.name}); expected inputs: {self.expected()}",
+                )
             if spec.shape is not None:
                 bad = len(value.shape) != len(spec.shape) or any(
-                    isinstance(d, int) and d != s for d, s in zip(spec.shape, value.shape))
+                    isinstance(d, int) and d != s for d, s in zip(spec.shape, value.shape)
+                )
                 if bad:
-                    raise ReparamError(f"input {spec.name!r} has shape {list(value.shape)}, which does not fit "
-                                       f"{spec.describe()}",
-                                       hint=f"expected inputs: {self.expected()} (? and names are free sizes)")
+                    raise ReparamError(
+                        f"input {spec.name!r} has shape {list(value.shape)}, which does not fit "
+                        f"{spec.describe()}",
+                        hint=f"expected inputs: {self.expected()} (? and names are free sizes)",
+                    )
             arrays[spec.name] = value
         return arrays
 

@@ -26,13 +26,17 @@ class TensorRTRunner(Runner):
 
         self.path = str(engine_path)
         if not Path(engine_path).is_file():
-            raise ReparamError(f"engine file {self.path!r} does not exist", hint="build it with `reparam export trt`")
+            raise ReparamError(
+                f"engine file {self.path!r} does not exist", hint="build it with `reparam export trt`"
+            )
         trt = import_tensorrt()
         import torch
 
         if not torch.cuda.is_available():
-            raise ReparamError("no CUDA device is visible; TensorRT engines run only on NVIDIA GPUs",
-                               hint="run on the machine (GPU model and TensorRT version) the engine was built for")
+            raise ReparamError(
+                "no CUDA device is visible; TensorRT engines run only on NVIDIA GPUs",
+                hint="run on the machine (GPU model and TensorRT version) the engine was built for",
+            )
         self._trt = trt
         self._torch = torch
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -40,10 +44,12 @@ class TensorRTRunner(Runner):
         self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
             why = check_engine_version(engine_path, trt.__version__)
-            raise ReparamError(f"TensorRT {trt.__version__} could not load {Path(engine_path).name}"
-                               + (f": {why}" if why else ""),
-                               hint="engines only load on the TensorRT version and GPU they were built with: "
-                               "rebuild it here with `reparam export trt`")
+            raise ReparamError(
+                f"TensorRT {trt.__version__} could not load {Path(engine_path).name}"
+                + (f": {why}" if why else ""),
+                hint="engines only load on the TensorRT version and GPU they were built with: "
+                "rebuild it here with `reparam export trt`",
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
@@ -51,7 +57,9 @@ class TensorRTRunner(Runner):
         self.output_names = [n for n in names if not is_input[n]]
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.input_specs = [
-            TensorSpec(n, tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(n)), self._dtypes[n])
+            TensorSpec(
+                n, tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(n)), self._dtypes[n]
+            )
             for n in self.input_names
         ]
         self.profiles = {}
@@ -74,13 +82,19 @@ class TensorRTRunner(Runner):
             value = arrays[name]
             if name in self.profiles:
                 lo, _, hi = self.profiles[name]
-                if len(value.shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, value.shape, hi)):
-                    raise ReparamError(f"input {name!r} shape {list(value.shape)} is outside the engine's profile "
-                                       f"(min {list(lo)}, max {list(hi)})",
-                                       hint="rebuild with --min-shape/--max-shape covering it")
+                if len(value.shape) != len(lo) or any(
+                    not a <= s <= b for a, s, b in zip(lo, value.shape, hi)
+                ):
+                    raise ReparamError(
+                        f"input {name!r} shape {list(value.shape)} is outside the engine's profile "
+                        f"(min {list(lo)}, max {list(hi)})",
+                        hint="rebuild with --min-shape/--max-shape covering it",
+                    )
             if not self.context.set_input_shape(name, tuple(value.shape)):
-                raise ReparamError(f"TensorRT refused shape {list(value.shape)} for input {name!r}",
-                                   hint=f"expected inputs: {self.expected()}")
+                raise ReparamError(
+                    f"TensorRT refused shape {list(value.shape)} for input {name!r}",
+                    hint=f"expected inputs: {self.expected()}",
+                )
             t = torch.from_numpy(np.ascontiguousarray(value)).cuda()
             keep.append(t)
             self.context.set_tensor_address(name, int(t.data_ptr()))
@@ -92,7 +106,9 @@ class TensorRTRunner(Runner):
             self.context.set_tensor_address(name, int(t.data_ptr()))
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
-            raise ReparamError(f"TensorRT failed to run {Path(self.path).name}",
-                               hint="see TensorRT's log above; the engine may need more GPU memory")
+            raise ReparamError(
+                f"TensorRT failed to run {Path(self.path).name}",
+                hint="see TensorRT's log above; the engine may need more GPU memory",
+            )
         stream.synchronize()
         return {n: t.cpu().numpy() for n, t in outputs.items()}

@@ -43,14 +43,18 @@ class TorchRunner(Runner):
 
             self.path = str(model)
             if Path(model).suffix.lower() != ".pt2":
-                raise ReparamError(f"TorchRunner loads .pt2 deploy artifacts, not {Path(model).name}",
-                                   hint="use runner_for(path) to pick the runner by file type")
+                raise ReparamError(
+                    f"TorchRunner loads .pt2 deploy artifacts, not {Path(model).name}",
+                    hint="use runner_for(path) to pick the runner by file type",
+                )
             model = load_artifact(model)
         elif isinstance(model, torch.export.ExportedProgram):
             model = model.module()
         if not isinstance(model, nn.Module):
-            raise ReparamError(f"TorchRunner needs an nn.Module, ExportedProgram or .pt2 path, not "
-                               f"{type(model).__name__}", hint="pass the model or the path of its artifact")
+            raise ReparamError(
+                f"TorchRunner needs an nn.Module, ExportedProgram or .pt2 path, not {type(model).__name__}",
+                hint="pass the model or the path of its artifact",
+            )
         self.module = model
         self.input_names = list(input_names)
         self._check_names(self.input_names)

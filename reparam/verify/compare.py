@@ -26,7 +26,12 @@ class OutputResult:
         return not self.reasons
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "passed": self.passed, "reasons": list(self.reasons), **self.metrics.to_dict()}
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "reasons": list(self.reasons),
+            **self.metrics.to_dict(),
+        }
 
 
 @dataclass
@@ -41,8 +46,14 @@ class BlockError:
     ref_noise: float | None = None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "scale_rel": self.scale_rel, "cosine": self.cosine,
-                "max_abs": self.max_abs, "ref_noise": self.ref_noise, "passed": self.passed}
+        return {
+            "name": self.name,
+            "scale_rel": self.scale_rel,
+            "cosine": self.cosine,
+            "max_abs": self.max_abs,
+            "ref_noise": self.ref_noise,
+            "passed": self.passed,
+        }
 
 
 @dataclass
@@ -54,8 +65,11 @@ class Divergence:
     note: str = ""
 
     def to_dict(self) -> dict:
-        return {"first_diverging_block": self.first_diverging, "note": self.note,
-                "blocks": [b.to_dict() for b in self.blocks]}
+        return {
+            "first_diverging_block": self.first_diverging,
+            "note": self.note,
+            "blocks": [b.to_dict() for b in self.blocks],
+        }
 
 
 @dataclass
@@ -123,7 +137,9 @@ def compare_outputs(
             continue
         atol, rtol = tol.elementwise(out_name)
         try:
-            metrics = compute_metrics(_batches(ref_value), _batches(candidate[out_name]), atol=atol, rtol=rtol)
+            metrics = compute_metrics(
+                _batches(ref_value), _batches(candidate[out_name]), atol=atol, rtol=rtol
+            )
         except ValueError as exc:
             result.problems.append(f"output {out_name!r}: {exc}")
             continue

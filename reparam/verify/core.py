@@ -59,7 +59,9 @@ def make_candidate(obj: Any, *, name: str | None = None, record: Any = None) -> 
     if isinstance(obj, Candidate):
         return obj
     if isinstance(obj, nn.Module):
-        return Candidate(name or "deploy model", "torch", runners.TorchRunner(obj), obj, _record_of(obj, record))
+        return Candidate(
+            name or "deploy model", "torch", runners.TorchRunner(obj), obj, _record_of(obj, record)
+        )
     if isinstance(obj, runners.Runner):
         return Candidate(name or type(obj).__name__, "runner", obj, record=record)
     if isinstance(obj, str | os.PathLike):
@@ -72,12 +74,17 @@ def make_candidate(obj: Any, *, name: str | None = None, record: Any = None) -> 
             from reparam.artifact import load_artifact
 
             module = load_artifact(path)
-            return Candidate(label, "pt2", runners.TorchRunner(module), module,
-                             _record_of(module, record), str(path))
+            return Candidate(
+                label, "pt2", runners.TorchRunner(module), module, _record_of(module, record), str(path)
+            )
         if suffix in ONNX_SUFFIXES:
-            return Candidate(label, "onnx", runners.OnnxRuntimeRunner(str(path)), record=record, path=str(path))
+            return Candidate(
+                label, "onnx", runners.OnnxRuntimeRunner(str(path)), record=record, path=str(path)
+            )
         if suffix in TRT_SUFFIXES:
-            return Candidate(label, "tensorrt", runners.TensorRTRunner(str(path)), record=record, path=str(path))
+            return Candidate(
+                label, "tensorrt", runners.TensorRTRunner(str(path)), record=record, path=str(path)
+            )
         raise ReparamError(
             f"cannot tell what kind of artifact {path.name} is from its suffix {suffix!r}",
             hint="use .pt2 for a deploy artifact, .onnx for ONNX, .engine/.plan for TensorRT",
@@ -105,7 +112,9 @@ def _worst_batch(ref: Mapping[str, list[np.ndarray]], cand: Mapping[str, list[np
         for name, arrays in ref.items():
             if name in cand and i < len(cand[name]) and cand[name][i].shape == arrays[i].shape:
                 m = compute_metrics(arrays[i], cand[name][i])
-                worst = max(worst, np.inf if m.nonfinite else (m.scale_rel if np.isfinite(m.scale_rel) else 0.0))
+                worst = max(
+                    worst, np.inf if m.nonfinite else (m.scale_rel if np.isfinite(m.scale_rel) else 0.0)
+                )
         scores.append(worst)
     return int(np.argmax(scores)) if scores else 0
 
@@ -118,8 +127,10 @@ def _candidate_blocks(cand: Candidate, batch: Batch, input_names: Sequence[str])
     if cand.kind == "onnx" and cand.path:
         mapping = _onnx_mapping(cand.path)
         if not mapping:
-            return {}, ("this ONNX file carries no block-boundary metadata (reparam.boundaries); "
-                        "export it with reparam to localize divergences")
+            return {}, (
+                "this ONNX file carries no block-boundary metadata (reparam.boundaries); "
+                "export it with reparam to localize divergences"
+            )
         return onnx_block_outputs(cand.path, batch, mapping), ""
     if cand.kind == "tensorrt":
         return {}, "TensorRT engines expose only their outputs; localize with the ONNX file it was built from"
@@ -163,7 +174,9 @@ def _as_float64(batch: Batch) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def reference_noise(
-    model64: nn.Module, batches: Sequence[Batch], input_names: Sequence[str],
+    model64: nn.Module,
+    batches: Sequence[Batch],
+    input_names: Sequence[str],
     ref_out: Mapping[str, list[np.ndarray]],
 ) -> dict[str, float]:
     """Scale-relative error of the fp32 reference outputs against the float64 reference, per output."""
@@ -246,7 +259,9 @@ def verify(
         except Exception:  # some ops have no float64 kernel: keep the fixed limits
             model64, noise = None, {}
         if not noise:
-            report.notes.append("the reference could not be run in float64; fixed scale-relative limits apply")
+            report.notes.append(
+                "the reference could not be run in float64; fixed scale-relative limits apply"
+            )
 
     for cand in cands:
         try:
@@ -254,25 +269,41 @@ def verify(
         except ReparamError:
             raise
         except Exception as exc:  # a broken artifact is a verification failure, not a crash
-            result = CandidateResult(cand.name, cand.kind, problems=[f"failed to run: {type(exc).__name__}: {exc}"])
+            result = CandidateResult(
+                cand.name, cand.kind, problems=[f"failed to run: {type(exc).__name__}: {exc}"]
+            )
             report.candidates.append(result)
             continue
         cand_tol = cand.tolerance or tol
         result = compare_outputs(ref_out, cand_out, cand_tol, name=cand.name, kind=cand.kind, noise=noise)
         if localize == "always" or (localize == "on_failure" and not result.passed):
-            result.divergence = _localize(reference, model64, cand, ref_out, cand_out, batches, input_names,
-                                          cand_tol, ref_block_cache, not result.passed)
+            result.divergence = _localize(
+                reference,
+                model64,
+                cand,
+                ref_out,
+                cand_out,
+                batches,
+                input_names,
+                cand_tol,
+                ref_block_cache,
+                not result.passed,
+            )
         report.candidates.append(result)
 
     if quant:
-        with_weights = [c for c in cands if c.module is not None and c.record is not None and c.kind in ("torch", "pt2")]
+        with_weights = [
+            c for c in cands if c.module is not None and c.record is not None and c.kind in ("torch", "pt2")
+        ]
         src = min(with_weights, key=lambda c: c.kind != "torch", default=None)  # prefer the in-memory model
         if src is not None and reference is not None:
             report.quant_risk = quantization_risk(reference, src.module, src.record)
     return report
 
 
-def _localize(reference, model64, cand, ref_out, cand_out, batches, input_names, tol, cache, failed) -> Divergence:
+def _localize(
+    reference, model64, cand, ref_out, cand_out, batches, input_names, tol, cache, failed
+) -> Divergence:
     if reference is None:
         return Divergence(note="blocks can only be localized against a training-form nn.Module reference")
     idx = _worst_batch(ref_out, cand_out)
@@ -291,9 +322,14 @@ def _localize(reference, model64, cand, ref_out, cand_out, batches, input_names,
         block_noise: dict[str, float] = {}
         if model64 is not None:
             try:
-                blocks64, _ = module_block_outputs(model64, list(cand_blocks), _as_float64(batch), input_names)
-                block_noise = {p: compute_metrics(blocks64[p], ref_blocks[p]).scale_rel
-                               for p in ref_blocks if p in blocks64}
+                blocks64, _ = module_block_outputs(
+                    model64, list(cand_blocks), _as_float64(batch), input_names
+                )
+                block_noise = {
+                    p: compute_metrics(blocks64[p], ref_blocks[p]).scale_rel
+                    for p in ref_blocks
+                    if p in blocks64
+                }
             except Exception:
                 block_noise = {}
         cache[key] = (ref_blocks, order, block_noise)

@@ -16,7 +16,9 @@ Batch = dict[str, np.ndarray]
 DEFAULT_IMAGE_SIZE = 224
 
 
-def random_batches(shape: tuple[int, ...], batches: int = 2, seed: int = 0, name: str = "input") -> list[Batch]:
+def random_batches(
+    shape: tuple[int, ...], batches: int = 2, seed: int = 0, name: str = "input"
+) -> list[Batch]:
     """``batches`` float32 batches of standard-normal noise, reproducible from ``seed``."""
     if batches < 1:
         raise ReparamError(f"--batches must be at least 1 (got {batches})", hint="e.g. --batches 2")
@@ -37,7 +39,9 @@ def load_npz_batches(
     """
     p = Path(path)
     if not p.is_file():
-        raise ReparamError(f"input file {str(p)!r} does not exist", hint="pass an .npz file with an array 'input'")
+        raise ReparamError(
+            f"input file {str(p)!r} does not exist", hint="pass an .npz file with an array 'input'"
+        )
     try:
         with np.load(p, allow_pickle=False) as data:
             keys = list(data.keys())
@@ -55,11 +59,14 @@ def load_npz_batches(
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ReparamError(
-            f"cannot read {p.name} as an .npz file ({exc})", hint="write it with numpy.savez(path, input=array)"
+            f"cannot read {p.name} as an .npz file ({exc})",
+            hint="write it with numpy.savez(path, input=array)",
         ) from exc
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise ReparamError(f"array {key!r} in {p.name} has dtype {array.dtype}, not a real number type",
-                           hint="store the model input as float32")
+        raise ReparamError(
+            f"array {key!r} in {p.name} has dtype {array.dtype}, not a real number type",
+            hint="store the model input as float32",
+        )
     if array.ndim < 2 or array.shape[0] == 0:
         raise ReparamError(
             f"array {key!r} in {p.name} has shape {array.shape}; expected (N, C, H, W) with N >= 1",
@@ -68,7 +75,9 @@ def load_npz_batches(
     if batch_size < 1:
         raise ReparamError(f"--batch-size must be at least 1 (got {batch_size})", hint="e.g. --batch-size 8")
     array = array.astype(np.float32, copy=False)
-    out = [{name: np.ascontiguousarray(array[i : i + batch_size])} for i in range(0, array.shape[0], batch_size)]
+    out = [
+        {name: np.ascontiguousarray(array[i : i + batch_size])} for i in range(0, array.shape[0], batch_size)
+    ]
     if batches is not None:
         if batches < 1:
             raise ReparamError(f"--batches must be at least 1 (got {batches})", hint="e.g. --batches 2")

@@ -121,8 +121,20 @@ def compute_metrics(
     r, c = ref[both], cand[both]
     if r.size == 0:
         nan = float("nan")
-        return OutputMetrics(shape, int(ref.size), nan, nan, nan, nan, nan, nan, nan, top1, nonfinite,
-                             int(np.count_nonzero(~ref_finite)))
+        return OutputMetrics(
+            shape,
+            int(ref.size),
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            top1,
+            nonfinite,
+            int(np.count_nonzero(~ref_finite)),
+        )
     diff = np.abs(r - c)
     ref_max = float(np.max(np.abs(r)))
     significant = np.abs(r) > NEAR_ZERO_FRACTION * ref_max

@@ -45,7 +45,11 @@ class LayerRisk:
 
 def channel_ranges(weight: torch.Tensor | np.ndarray) -> np.ndarray:
     """``max|w|`` per output channel (axis 0)."""
-    w = weight.detach().cpu().double().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight, float)
+    w = (
+        weight.detach().cpu().double().numpy()
+        if isinstance(weight, torch.Tensor)
+        else np.asarray(weight, float)
+    )
     return np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
 
 
@@ -108,7 +112,9 @@ def quantization_risk(original: nn.Module, deploy: nn.Module, record) -> list[La
         seen.add(entry.fused)
         after = channel_ranges(after_w)
         src_name, before_w = _square_source_weight(original, list(entry.sources))
-        before = channel_ranges(before_w) if before_w is not None and before_w.shape[0] == after.shape[0] else None
+        before = (
+            channel_ranges(before_w) if before_w is not None and before_w.shape[0] == after.shape[0] else None
+        )
         before_ratio = range_ratio(before) if before is not None else None
         after_ratio = range_ratio(after)
         risks.append(

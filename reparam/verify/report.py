@@ -77,32 +77,64 @@ class VerifyReport:
         """One row per candidate output: the table shared by markdown, terminal and assertion text."""
         rows = []
         for c in self.candidates:
-            label = c.name if c.tolerance in (None, self.tolerance.profile.name) else f"{c.name} [{c.tolerance}]"
+            label = (
+                c.name if c.tolerance in (None, self.tolerance.profile.name) else f"{c.name} [{c.tolerance}]"
+            )
             if not c.outputs:
                 rows.append([label, "-", "PASS" if c.passed else "FAIL"] + ["-"] * (len(self.HEADERS) - 3))
             for o in c.outputs.values():
                 m = o.metrics
-                rows.append([
-                    label, o.name, "PASS" if o.passed else "FAIL", _fmt(m.scale_rel), _fmt(m.ref_noise), _fmt(m.max_abs),
-                    _fmt(m.mean_abs), _fmt(m.p99_abs), _fmt(m.max_rel), _cos(m.cosine), _fmt(m.top1),
-                    str(m.nonfinite),
-                ])
+                rows.append(
+                    [
+                        label,
+                        o.name,
+                        "PASS" if o.passed else "FAIL",
+                        _fmt(m.scale_rel),
+                        _fmt(m.ref_noise),
+                        _fmt(m.max_abs),
+                        _fmt(m.mean_abs),
+                        _fmt(m.p99_abs),
+                        _fmt(m.max_rel),
+                        _cos(m.cosine),
+                        _fmt(m.top1),
+                        str(m.nonfinite),
+                    ]
+                )
         return rows
 
-    HEADERS = ["candidate", "output", "status", "scale-rel", "ref noise", "max abs", "mean abs", "p99 abs", "max rel",
-               "cosine", "top-1", "NaN/Inf"]
+    HEADERS = [
+        "candidate",
+        "output",
+        "status",
+        "scale-rel",
+        "ref noise",
+        "max abs",
+        "mean abs",
+        "p99 abs",
+        "max rel",
+        "cosine",
+        "top-1",
+        "NaN/Inf",
+    ]
 
     def to_markdown(self) -> str:
         lines = [f"## reparam verify: {'PASS' if self.passed else 'FAIL'}", ""]
         p = self.tolerance.profile
         limits = ", ".join(
-            f"{k} {v:g}" for k, v in (("scale-rel ≤", p.max_scale_rel), ("cosine ≥", p.min_cosine),
-                                       ("top-1 ≥", p.min_top1)) if v is not None
+            f"{k} {v:g}"
+            for k, v in (
+                ("scale-rel ≤", p.max_scale_rel),
+                ("cosine ≥", p.min_cosine),
+                ("top-1 ≥", p.min_top1),
+            )
+            if v is not None
         )
         lines.append(f"- reference: `{self.reference}`")
         if p.max_scale_rel is not None and p.noise_multiple:
-            limits = limits.replace(f"scale-rel ≤ {p.max_scale_rel:g}",
-                                    f"scale-rel ≤ max({p.max_scale_rel:g}, {p.noise_multiple:g} × ref noise)")
+            limits = limits.replace(
+                f"scale-rel ≤ {p.max_scale_rel:g}",
+                f"scale-rel ≤ max({p.max_scale_rel:g}, {p.noise_multiple:g} × ref noise)",
+            )
         lines.append(f"- tolerance: `{p.name}` ({limits})")
         if self.tolerance.atol or self.tolerance.rtol:
             lines.append(f"- elementwise overrides: atol {self.tolerance.atol}, rtol {self.tolerance.rtol}")
@@ -119,8 +151,10 @@ class VerifyReport:
         block_cands = [c for c in self.candidates if c.divergence and c.divergence.blocks]
         if block_cands:
             lines += ["", "### Per-block scale-relative error (execution order)", ""]
-            lines += ["| block | " + " | ".join(c.name for c in block_cands) + " |",
-                      "|---|" + "---|" * len(block_cands)]
+            lines += [
+                "| block | " + " | ".join(c.name for c in block_cands) + " |",
+                "|---|" + "---|" * len(block_cands),
+            ]
             order: list[str] = []
             for c in block_cands:
                 order += [b.name for b in c.divergence.blocks if b.name not in order]
@@ -131,11 +165,18 @@ class VerifyReport:
                     cells.append("-" if b is None else _fmt(b.scale_rel) + ("" if b.passed else " ✗"))
                 lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
         if self.quant_risk:
-            lines += ["", "### Quantization risk (per-channel weight range, max/median)", "",
-                      "| fused layer | channels | ratio before | ratio after | max abs after | risk |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| `{r.fused}` | {r.channels} | {_fmt(r.before_ratio)} | {_fmt(r.after_ratio)} | "
-                      f"{_fmt(r.after_max)} | {r.risk} |" for r in self.quant_risk]
+            lines += [
+                "",
+                "### Quantization risk (per-channel weight range, max/median)",
+                "",
+                "| fused layer | channels | ratio before | ratio after | max abs after | risk |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| `{r.fused}` | {r.channels} | {_fmt(r.before_ratio)} | {_fmt(r.after_ratio)} | "
+                f"{_fmt(r.after_max)} | {r.risk} |"
+                for r in self.quant_risk
+            ]
         if self.notes:
             lines += ["", "### Notes", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
@@ -212,7 +253,10 @@ class VerifyReport:
                     names.append(b.name)
             xs = [names.index(b.name) for b in c.divergence.blocks]
             # Exact zeros cannot be drawn on a log axis; show them at the float64 floor.
-            ys = [max(b.scale_rel, 1e-18) if math.isfinite(b.scale_rel) else float("nan") for b in c.divergence.blocks]
+            ys = [
+                max(b.scale_rel, 1e-18) if math.isfinite(b.scale_rel) else float("nan")
+                for b in c.divergence.blocks
+            ]
             style = _STYLES[len(ax.lines) % len(_STYLES)]  # overlapping candidates stay distinguishable
             ax.plot(xs, ys, label=c.name, **style)
             if c.divergence.first_diverging:
@@ -229,7 +273,9 @@ class VerifyReport:
             ax.set_ylabel("scale-relative error of block output")
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no block boundaries available", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5, 0.5, "no block boundaries available", ha="center", va="center", transform=ax.transAxes
+            )
             ax.set_axis_off()
         ax.set_title(f"per-block error ({'PASS' if self.passed else 'FAIL'})")
         fig.tight_layout()

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reparam.errors import ReparamError
+from reparam.numerics import FP32_NOISE_MULTIPLE, FP32_SCALE_REL
 from reparam.verify.metrics import OutputMetrics
 
 
@@ -52,7 +53,7 @@ class ToleranceProfile:
 
 
 PROFILES: dict[str, ToleranceProfile] = {
-    "fp32": ToleranceProfile("fp32", max_scale_rel=1e-5, noise_multiple=10.0),
+    "fp32": ToleranceProfile("fp32", max_scale_rel=FP32_SCALE_REL, noise_multiple=FP32_NOISE_MULTIPLE),
     "fp16": ToleranceProfile("fp16", max_scale_rel=1e-2, min_cosine=0.9999),
     "int8": ToleranceProfile("int8", min_cosine=0.99, min_top1=0.99),
 }

@@ -35,8 +35,18 @@ def _outputs(tmp_path):
 
 def test_convert_good_checkpoint(tmp_path, ckpt, model, capsys):
     out = tmp_path / "out" / "acb.pt2"
-    rc = main(["convert", str(ckpt), "-o", str(out), "--input-shape", "1x3x32x32",
-               "--report", str(tmp_path / "out" / "extra.json")])
+    rc = main(
+        [
+            "convert",
+            str(ckpt),
+            "-o",
+            str(out),
+            "--input-shape",
+            "1x3x32x32",
+            "--report",
+            str(tmp_path / "out" / "extra.json"),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "merge_branches" in captured.out and "PASSED" in captured.out
@@ -79,7 +89,9 @@ def test_truncated_checkpoint(tmp_path, ckpt, capsys):
 
 
 def test_wrong_architecture(tmp_path, ckpt, capsys):
-    _expect_error(tmp_path, capsys, [str(ckpt), "--arch", "resnet18"], "missing keys", "unexpected keys", "--arch")
+    _expect_error(
+        tmp_path, capsys, [str(ckpt), "--arch", "resnet18"], "missing keys", "unexpected keys", "--arch"
+    )
 
 
 def test_missing_keys(tmp_path, model, capsys):

@@ -17,8 +17,20 @@ def ckpt(tmp_path_factory):
 @pytest.mark.slow
 def test_deploy_end_to_end_into_a_fresh_directory(ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    rc = main(["deploy", str(ckpt), "--arch", "acb_resnet18", "--arch-kwargs", '{"num_classes": 10, "width": 0.125}',
-               "--input-shape", "1x3x32x32", "-o", "out"])
+    rc = main(
+        [
+            "deploy",
+            str(ckpt),
+            "--arch",
+            "acb_resnet18",
+            "--arch-kwargs",
+            '{"num_classes": 10, "width": 0.125}',
+            "--input-shape",
+            "1x3x32x32",
+            "-o",
+            "out",
+        ]
+    )
     assert rc == 0, capsys.readouterr()
     out = tmp_path / "out"
     names = {p.name for p in out.iterdir()}
@@ -47,7 +59,9 @@ def test_trt_without_tensorrt_is_a_clear_error_and_writes_nothing(ckpt, tmp_path
             pytest.skip("TensorRT and a GPU are available here")
     except ImportError:
         pass
-    rc = main(["deploy", str(ckpt), "--input-shape", "1x3x32x32", "--to", "onnx,trt", "-o", str(tmp_path / "out")])
+    rc = main(
+        ["deploy", str(ckpt), "--input-shape", "1x3x32x32", "--to", "onnx,trt", "-o", str(tmp_path / "out")]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "TensorRT" in err or "tensorrt" in err
@@ -86,7 +100,9 @@ def test_verification_failure_leaves_no_output_directory(ckpt, tmp_path, monkeyp
         return result
 
     monkeypatch.setattr(reparam.engine, "convert", broken_convert)
-    rc = main(["deploy", str(ckpt), "--input-shape", "1x3x32x32", "--to", "onnx", "-o", str(tmp_path / "out")])
+    rc = main(
+        ["deploy", str(ckpt), "--input-shape", "1x3x32x32", "--to", "onnx", "-o", str(tmp_path / "out")]
+    )
     assert rc == 1
     out = capsys.readouterr().out
     assert "first diverging block" in out and "nothing was written" in out

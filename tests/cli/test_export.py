@@ -38,8 +38,22 @@ def _ops(path):
 def test_export_checkpoint_deploy_form(checkpoint, tmp_path, capsys):
     ckpt, model = checkpoint
     out = tmp_path / "m.onnx"
-    assert main(["export", "onnx", str(ckpt), "-o", str(out), "--legacy-exporter", "--input-shape", "1x3x32x32",
-                 "--fp16"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "onnx",
+                str(ckpt),
+                "-o",
+                str(out),
+                "--legacy-exporter",
+                "--input-shape",
+                "1x3x32x32",
+                "--fp16",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert f"wrote {out}" in text and "form deploy" in text and "m.fp16.onnx" in text
     ops = _ops(out)
@@ -52,14 +66,34 @@ def test_export_checkpoint_deploy_form(checkpoint, tmp_path, capsys):
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert scale_relative_error(ref, OnnxRuntimeRunner(out).run({"input": x})["output"]) <= 1e-5
-    assert scale_relative_error(ref, OnnxRuntimeRunner(tmp_path / "m.fp16.onnx").run({"input": x})["output"]) < 5e-3
+    assert (
+        scale_relative_error(ref, OnnxRuntimeRunner(tmp_path / "m.fp16.onnx").run({"input": x})["output"])
+        < 5e-3
+    )
 
 
 def test_export_training_form_static_json(checkpoint, tmp_path, capsys):
     ckpt, _ = checkpoint
     out = tmp_path / "train.onnx"
-    assert main(["export", "onnx", str(ckpt), "-o", str(out), "--legacy-exporter", "--training-form", "--static",
-                 "--no-simplify", "--opset", "17", "--json"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "onnx",
+                str(ckpt),
+                "-o",
+                str(out),
+                "--legacy-exporter",
+                "--training-form",
+                "--static",
+                "--no-simplify",
+                "--opset",
+                "17",
+                "--json",
+            ]
+        )
+        == 0
+    )
     info = json.loads(capsys.readouterr().out)
     assert info["opset"] == 17 and info["dynamic_axes"] == {} and not info["simplified"]
     assert info["metadata"]["reparam.form"] == "training"
@@ -117,9 +151,14 @@ def test_export_trt_checks_options_before_tensorrt(checkpoint, tmp_path, capsys,
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert main(["export", "trt", str(out), "-o", str(tmp_path / "m.engine"), "--int8"]) == 2
     assert "int8 needs calibration data" in capsys.readouterr().err
-    assert main(["export", "trt", str(out), "-o", str(tmp_path / "m.engine"), "--opt-shape", "1x4x32x32"]) == 2
+    assert (
+        main(["export", "trt", str(out), "-o", str(tmp_path / "m.engine"), "--opt-shape", "1x4x32x32"]) == 2
+    )
     assert "fixes at 3" in capsys.readouterr().err
-    assert main(["export", "trt", str(out), "-o", str(tmp_path / "m.engine"), "--fp16", "--workspace", "64"]) == 2
+    assert (
+        main(["export", "trt", str(out), "-o", str(tmp_path / "m.engine"), "--fp16", "--workspace", "64"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "TensorRT is not installed" in err and "pip install 'reparam[trt]'" in err
     assert not (tmp_path / "m.engine").exists()

@@ -18,7 +18,9 @@ def onnx_file(tmp_path_factory):
     from exporters.onnx import export_onnx
 
     path = tmp_path_factory.mktemp("i") / "m.onnx"
-    export_onnx(tiny_net(), torch.randn(1, 3, 16, 16), path, dynamo=False, metadata={"source_sha256": "cd" * 32})
+    export_onnx(
+        tiny_net(), torch.randn(1, 3, 16, 16), path, dynamo=False, metadata={"source_sha256": "cd" * 32}
+    )
     return path
 
 
@@ -29,8 +31,14 @@ def test_inspect_onnx_text_and_json(onnx_file, capsys):
     assert "Conv 4, Add 3" in text and "reparam.source_sha256: " + "cd" * 32 in text
     assert main(["inspect", str(onnx_file), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["kind"] == "onnx" and info["op_counts"]["Conv"] == 4 and "BatchNormalization" not in info["op_counts"]
-    assert info["inputs"][0]["shape"] == ["batch", 3, 16, 16] and info["metadata"]["reparam.form"] == "training"
+    assert (
+        info["kind"] == "onnx"
+        and info["op_counts"]["Conv"] == 4
+        and "BatchNormalization" not in info["op_counts"]
+    )
+    assert (
+        info["inputs"][0]["shape"] == ["batch", 3, 16, 16] and info["metadata"]["reparam.form"] == "training"
+    )
 
 
 def test_inspect_engine_without_gpu(tmp_path, capsys):
@@ -41,8 +49,9 @@ def test_inspect_engine_without_gpu(tmp_path, capsys):
     assert main(["inspect", str(engine)]) == 0
     text = capsys.readouterr().out
     assert "TensorRT major 10" in text and "no build sidecar" in text
-    (tmp_path / "m.engine.json").write_text(json.dumps({"tensorrt": "10.13.0", "gpu": "NVIDIA H100",
-                                                        "precision": "fp16"}))
+    (tmp_path / "m.engine.json").write_text(
+        json.dumps({"tensorrt": "10.13.0", "gpu": "NVIDIA H100", "precision": "fp16"})
+    )
     assert main(["inspect", str(engine), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["header"]["tensorrt_major"] == 10 and info["build"]["gpu"] == "NVIDIA H100"

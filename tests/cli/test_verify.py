@@ -33,8 +33,21 @@ def _perturbed_artifact(ckpt, path):
 
 
 def test_on_the_fly_conversion_passes_and_writes_reports(ckpt, tmp_path, capsys):
-    rc = main(["verify", "--reference", str(ckpt), "--input-shape", SHAPE, "--report", str(tmp_path / "r.json"),
-               "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "e.png")])
+    rc = main(
+        [
+            "verify",
+            "--reference",
+            str(ckpt),
+            "--input-shape",
+            SHAPE,
+            "--report",
+            str(tmp_path / "r.json"),
+            "--markdown",
+            str(tmp_path / "r.md"),
+            "--plot",
+            str(tmp_path / "e.png"),
+        ]
+    )
     assert rc == 0
     assert "PASS" in capsys.readouterr().out
     data = json.loads((tmp_path / "r.json").read_text())
@@ -42,7 +55,11 @@ def test_on_the_fly_conversion_passes_and_writes_reports(ckpt, tmp_path, capsys)
     [cand] = data["candidates"]
     assert cand["outputs"][0]["scale_rel"] < 1e-5 and cand["outputs"][0]["top1"] == 1.0
     assert len(cand["divergence"]["blocks"]) > 3  # per-block errors for the plot
-    assert data["quantization_risk"] and {r["risk"] for r in data["quantization_risk"]} <= {"low", "elevated", "high"}
+    assert data["quantization_risk"] and {r["risk"] for r in data["quantization_risk"]} <= {
+        "low",
+        "elevated",
+        "high",
+    }
     md = (tmp_path / "r.md").read_text()
     assert "| candidate | output | status |" in md and "| PASS |" in md
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
@@ -50,14 +67,27 @@ def test_on_the_fly_conversion_passes_and_writes_reports(ckpt, tmp_path, capsys)
 
 def test_perturbed_artifact_fails_with_exit_1_and_names_the_block(ckpt, tmp_path, capsys):
     block = _perturbed_artifact(ckpt, tmp_path / "bad.pt2")
-    rc = main(["verify", "--reference", str(ckpt), "--deploy", str(tmp_path / "bad.pt2"), "--input-shape", SHAPE,
-               "--report", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "verify",
+            "--reference",
+            str(ckpt),
+            "--deploy",
+            str(tmp_path / "bad.pt2"),
+            "--input-shape",
+            SHAPE,
+            "--report",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 1
     assert f"first diverging block: {block}" in capsys.readouterr().out
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["passed"] is False
     assert data["candidates"][0]["divergence"]["first_diverging_block"] == block
-    assert len(data["quantization_risk"]) == len({e["fused"] for e in data["quantization_risk"]}) > 0  # from the .pt2
+    assert (
+        len(data["quantization_risk"]) == len({e["fused"] for e in data["quantization_risk"]}) > 0
+    )  # from the .pt2
 
 
 def test_perturbed_onnx_fails_and_names_the_block_clean_onnx_passes(ckpt, tmp_path, capsys):
@@ -77,8 +107,21 @@ def test_perturbed_onnx_fails_and_names_the_block_clean_onnx_passes(ckpt, tmp_pa
     weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
     onnx.save(model, str(tmp_path / "bad.onnx"))
 
-    rc = main(["verify", "--reference", str(ckpt), "--onnx", str(tmp_path / "good.onnx"), "--onnx",
-               str(tmp_path / "bad.onnx"), "--input-shape", SHAPE, "--report", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "verify",
+            "--reference",
+            str(ckpt),
+            "--onnx",
+            str(tmp_path / "good.onnx"),
+            "--onnx",
+            str(tmp_path / "bad.onnx"),
+            "--input-shape",
+            SHAPE,
+            "--report",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 1
     block = expected_block(result.record, entry.sources[0])
     assert f"bad.onnx: first diverging block: {block}" in capsys.readouterr().out
@@ -91,8 +134,19 @@ def test_perturbed_onnx_fails_and_names_the_block_clean_onnx_passes(ckpt, tmp_pa
 def test_real_data_from_npz(ckpt, tmp_path):
     data = np.random.default_rng(0).uniform(-1, 1, (10, 3, 32, 32)).astype(np.float32)
     np.savez(tmp_path / "val.npz", images=data)  # the single array is used whatever its name
-    rc = main(["verify", "--reference", str(ckpt), "--inputs", str(tmp_path / "val.npz"), "--batch-size", "4",
-               "--report", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "verify",
+            "--reference",
+            str(ckpt),
+            "--inputs",
+            str(tmp_path / "val.npz"),
+            "--batch-size",
+            "4",
+            "--report",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["inputs"]["samples"] == 10 and report["inputs"]["batches"] == 3

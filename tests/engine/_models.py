@@ -42,14 +42,29 @@ class Asym(nn.Module):
 class Rep(nn.Module):
     """RepVGG-like: d×d conv-BN + 1×1 conv-BN (+ BN identity, + avg-pool), summed, then ReLU."""
 
-    def __init__(self, cin, cout, d=3, stride=1, dil=1, groups=1, identity=True, pool=False, bias=False,
-                 affine=True, eps=1e-5):
+    def __init__(
+        self,
+        cin,
+        cout,
+        d=3,
+        stride=1,
+        dil=1,
+        groups=1,
+        identity=True,
+        pool=False,
+        bias=False,
+        affine=True,
+        eps=1e-5,
+    ):
         super().__init__()
         pad = dil * (d // 2)
-        self.main = nn.Sequential(nn.Conv2d(cin, cout, d, stride, pad, dil, groups, bias),
-                                  nn.BatchNorm2d(cout, eps=eps, affine=affine))
-        self.point = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, 1, groups, bias),
-                                   nn.BatchNorm2d(cout, eps=eps, affine=affine))
+        self.main = nn.Sequential(
+            nn.Conv2d(cin, cout, d, stride, pad, dil, groups, bias),
+            nn.BatchNorm2d(cout, eps=eps, affine=affine),
+        )
+        self.point = nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, 0, 1, groups, bias), nn.BatchNorm2d(cout, eps=eps, affine=affine)
+        )
         self.skip_norm = nn.BatchNorm2d(cout, eps=eps, affine=affine) if identity and cin == cout else None
         self.smooth = nn.AvgPool2d(d, stride, d // 2) if pool else None
         self.act = nn.ReLU()

@@ -56,7 +56,9 @@ def test_dataflow_detection_names_fused_modules_after_their_parent():
     result = convert(model, torch.randn(1, 4, 9, 9))
     fused = {e.fused: e for e in result.record.entries}
     assert set(fused) == {"body.0", "body.2"}
-    assert fused["body.0"].sources == sorted(f"body.0.{n}" for n in ("big", "nbig", "wide", "nwide", "tall", "ntall"))
+    assert fused["body.0"].sources == sorted(
+        f"body.0.{n}" for n in ("big", "nbig", "wide", "nwide", "tall", "ntall")
+    )
     assert isinstance(result.model.get_submodule("body.0"), nn.Conv2d)
     names = dict(model.named_modules())
     assert all(s in names for e in result.record.entries for s in e.sources)
@@ -90,8 +92,16 @@ class _Corrupt:
         for node in gm.graph.nodes:
             mod = gm.get_submodule(node.target) if node.op == "call_module" else None
             if isinstance(mod, nn.Conv2d) and not getattr(mod, "_corrupted", False):
-                new = nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
-                                mod.dilation, mod.groups, mod.bias is not None)
+                new = nn.Conv2d(
+                    mod.in_channels,
+                    mod.out_channels,
+                    mod.kernel_size,
+                    mod.stride,
+                    mod.padding,
+                    mod.dilation,
+                    mod.groups,
+                    mod.bias is not None,
+                )
                 new.load_state_dict(mod.state_dict())
                 with torch.no_grad():
                     new.weight.mul_(2.0)
@@ -122,10 +132,15 @@ def test_report_contents_and_serialisation():
     report = result.report
     data = json.loads(report.to_json())
     assert data["before"]["modules"]["BatchNorm2d"] == 6 and "BatchNorm2d" not in data["after"]["modules"]
-    assert data["after"]["macs"] < data["before"]["macs"] and data["after"]["params"] < data["before"]["params"]
+    assert (
+        data["after"]["macs"] < data["before"]["macs"] and data["after"]["params"] < data["before"]["params"]
+    )
     assert len(data["fused"]["fold_bn"]) == 6 and len(data["fused"]["merge_branches"]) == 2
     assert data["check"]["passed"] and data["check"]["relative_error"] <= 1e-5
-    assert data["check"]["max_abs_error"] <= data["check"]["relative_error"] * data["check"]["max_abs_output"] + 1e-12
+    assert (
+        data["check"]["max_abs_error"]
+        <= data["check"]["relative_error"] * data["check"]["max_abs_output"] + 1e-12
+    )
     assert data["converted_from_eval_copy"] is False
     for text in (report.render(plain=True), report.render()):
         assert "merge_branches" in text and "body.0" in text and "PASSED" in text
@@ -137,7 +152,9 @@ def test_record_round_trip():
     record = result.record
     again = RewriteRecord.from_dict(json.loads(json.dumps(record.to_dict())))
     assert again == record
-    assert record.boundary_kind == "fx_node" and record.boundaries["body.0"] in {n.name for n in result.model.graph.nodes}
+    assert record.boundary_kind == "fx_node" and record.boundaries["body.0"] in {
+        n.name for n in result.model.graph.nodes
+    }
     assert record.sources_of("body.0") and record.sources_of("nope") == []
 
 
@@ -218,7 +235,9 @@ def test_untraceable_model_falls_back_to_children_and_block_reparameterize():
     assert deploy.odd.deployed  # the block's own reparameterize() was used
     assert count(deploy, BN) == 0
     assert "per submodule" in result.report.tracing
-    assert any(e.pass_name == "block_reparameterize" and e.fused.startswith("odd.") for e in result.record.entries)
+    assert any(
+        e.pass_name == "block_reparameterize" and e.fused.startswith("odd.") for e in result.record.entries
+    )
     assert result.record.boundary_kind == "module"
     assert {"head", "odd", "tail"} <= set(result.record.boundaries)
     assert error(model, deploy, x) <= 1e-5
@@ -235,8 +254,10 @@ class _Seq1x1(nn.Module):
         return self.spread(self.norm(self.reduce(x)))
 
 
-@pytest.mark.parametrize(("pad", "bn", "groups", "merged"),
-                         [(1, False, 1, True), (0, True, 1, True), (1, True, 1, False), (0, True, 2, True)])
+@pytest.mark.parametrize(
+    ("pad", "bn", "groups", "merged"),
+    [(1, False, 1, True), (0, True, 1, True), (1, True, 1, False), (0, True, 2, True)],
+)
 def test_merge_1x1_then_kxk_only_where_exact(pad, bn, groups, merged):
     model = prepared(_Seq1x1(pad, bn, groups))
     x = torch.randn(2, 4, 9, 9)
@@ -259,8 +280,18 @@ class _Pair(nn.Module):
 @pytest.mark.parametrize(
     ("a", "b", "convs", "reason"),
     [
-        (nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1, groups=2), 1, None),  # regrouped to dense
-        (nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 4, 1), 2, "multiply-adds"),  # dense would cost more
+        (
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.Conv2d(4, 4, 3, padding=1, groups=2),
+            1,
+            None,
+        ),  # regrouped to dense
+        (
+            nn.Conv2d(4, 4, 3, padding=1, groups=4),
+            nn.Conv2d(4, 4, 1),
+            2,
+            "multiply-adds",
+        ),  # dense would cost more
         (nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Conv2d(4, 4, 1), 1, None),
         (nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Conv2d(4, 4, 3, padding=1), 2, "multiply-adds"),
         (nn.Conv1d(4, 4, 5, padding=2), nn.Conv1d(4, 4, 3, padding=1), 1, None),

@@ -29,18 +29,22 @@ def asym_configs(draw):
     dil = draw(st.sampled_from([1, 2]))
     half = dil * (d // 2)
     groups = draw(st.sampled_from([1, 2]))
-    return {
-        "cin": 2 * groups,
-        "cout": 2 * draw(st.integers(1, 3)),
-        "d": d,
-        "stride": draw(st.sampled_from([1, 2])),
-        "pad": draw(st.integers(0, half + 1)),  # includes padding < d//2 (crops) and > d//2
-        "dil": dil,
-        "groups": groups,
-        "bias": draw(st.booleans()),
-        "affine": draw(st.booleans()),
-        "eps": draw(EPS),
-    }, draw(DTYPES), draw(st.integers(0, 2**16))
+    return (
+        {
+            "cin": 2 * groups,
+            "cout": 2 * draw(st.integers(1, 3)),
+            "d": d,
+            "stride": draw(st.sampled_from([1, 2])),
+            "pad": draw(st.integers(0, half + 1)),  # includes padding < d//2 (crops) and > d//2
+            "dil": dil,
+            "groups": groups,
+            "bias": draw(st.booleans()),
+            "affine": draw(st.booleans()),
+            "eps": draw(EPS),
+        },
+        draw(DTYPES),
+        draw(st.integers(0, 2**16)),
+    )
 
 
 @given(asym_configs())
@@ -68,19 +72,23 @@ def rep_configs(draw):
     dil = draw(st.sampled_from([1, 2]))
     same = draw(st.booleans())
     cin = 2 * groups * draw(st.integers(1, 2))
-    return {
-        "cin": cin,
-        "cout": cin if same else 2 * groups * 3,
-        "d": draw(st.sampled_from([3, 5])),
-        "stride": stride,
-        "dil": dil,
-        "groups": groups,
-        "identity": same and stride == 1,
-        "pool": same and dil == 1 and draw(st.booleans()),
-        "bias": draw(st.booleans()),
-        "affine": draw(st.booleans()),
-        "eps": draw(EPS),
-    }, draw(DTYPES), draw(st.integers(0, 2**16))
+    return (
+        {
+            "cin": cin,
+            "cout": cin if same else 2 * groups * 3,
+            "d": draw(st.sampled_from([3, 5])),
+            "stride": stride,
+            "dil": dil,
+            "groups": groups,
+            "identity": same and stride == 1,
+            "pool": same and dil == 1 and draw(st.booleans()),
+            "bias": draw(st.booleans()),
+            "affine": draw(st.booleans()),
+            "eps": draw(EPS),
+        },
+        draw(DTYPES),
+        draw(st.integers(0, 2**16)),
+    )
 
 
 @given(rep_configs())
@@ -118,8 +126,11 @@ def fold_configs(draw):
         layer, bn, shape = nn.Linear(cin, cout, bias), nn.BatchNorm1d(cout, eps=eps, affine=affine), (3, cin)
     else:
         nd = int(kind[-2])
-        conv = {1: (nn.Conv1d, nn.ConvTranspose1d), 2: (nn.Conv2d, nn.ConvTranspose2d),
-                3: (nn.Conv3d, nn.ConvTranspose3d)}[nd][kind.startswith("convt")]
+        conv = {
+            1: (nn.Conv1d, nn.ConvTranspose1d),
+            2: (nn.Conv2d, nn.ConvTranspose2d),
+            3: (nn.Conv3d, nn.ConvTranspose3d),
+        }[nd][kind.startswith("convt")]
         layer = conv(cin, cout, k, stride, pad, groups=groups, bias=bias)
         bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[nd](cout, eps=eps, affine=affine)
         shape = (2, cin) + (5,) * nd

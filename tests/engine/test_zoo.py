@@ -22,7 +22,11 @@ def _tiny(name: str, seed: int = 0) -> nn.Module:
 
 
 def _conv_shapes(model: nn.Module) -> list[tuple]:
-    return [(tuple(m.weight.shape), m.stride, m.padding, m.groups) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return [
+        (tuple(m.weight.shape), m.stride, m.padding, m.groups)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -64,7 +68,9 @@ def test_repvgg_a0_becomes_a_plain_3x3_conv_chain():
     assert _conv_shapes(deploy) == _conv_shapes(plain)
     adds = [n for n in deploy.graph.nodes if n.target in (operator.add, torch.add)]
     assert adds == []  # no branch left anywhere
-    kinds = [type(deploy.get_submodule(n.target)).__name__ for n in deploy.graph.nodes if n.op == "call_module"]
+    kinds = [
+        type(deploy.get_submodule(n.target)).__name__ for n in deploy.graph.nodes if n.op == "call_module"
+    ]
     assert kinds[:-2] == ["Conv2d", "ReLU"] * 22  # conv, relu, conv, relu, ... then pool and classifier
 
 
@@ -90,7 +96,9 @@ def test_block_boundaries_hold_the_original_block_outputs(name):
     assert set(boundaries) <= nonleaf
     outputs = {}
     modules = dict(model.named_modules())
-    handles = [modules[p].register_forward_hook(lambda m, i, o, p=p: outputs.setdefault(p, o)) for p in boundaries]
+    handles = [
+        modules[p].register_forward_hook(lambda m, i, o, p=p: outputs.setdefault(p, o)) for p in boundaries
+    ]
     with torch.no_grad():
         model(x)
     for h in handles:

@@ -13,10 +13,16 @@ class TinyNet(nn.Module):
 
     def __init__(self, num_classes: int = 5, width: int = 8):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.sq = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
-        self.hor = nn.Sequential(nn.Conv2d(width, width, (1, 3), padding=(0, 1), bias=False), nn.BatchNorm2d(width))
-        self.ver = nn.Sequential(nn.Conv2d(width, width, (3, 1), padding=(1, 0), bias=False), nn.BatchNorm2d(width))
+        self.hor = nn.Sequential(
+            nn.Conv2d(width, width, (1, 3), padding=(0, 1), bias=False), nn.BatchNorm2d(width)
+        )
+        self.ver = nn.Sequential(
+            nn.Conv2d(width, width, (3, 1), padding=(1, 0), bias=False), nn.BatchNorm2d(width)
+        )
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

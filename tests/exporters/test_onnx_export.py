@@ -112,11 +112,18 @@ def test_dynamo_exporter_matches_and_keeps_dynamic_batch(tmp_path):
 
 def test_static_export_and_extra_dynamic_axes(tmp_path):
     model = tiny_net()
-    static = export_onnx(model, torch.randn(2, 3, 16, 16), tmp_path / "s.onnx", dynamic_batch=False, dynamo=False)
+    static = export_onnx(
+        model, torch.randn(2, 3, 16, 16), tmp_path / "s.onnx", dynamic_batch=False, dynamo=False
+    )
     dims = onnx.load(str(tmp_path / "s.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [2, 3, 16, 16] and static.dynamic_axes == {}
-    export_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "d.onnx", dynamo=False,
-                dynamic_axes={"input": {2: "height", 3: "width"}})
+    export_onnx(
+        model,
+        torch.randn(1, 3, 16, 16),
+        tmp_path / "d.onnx",
+        dynamo=False,
+        dynamic_axes={"input": {2: "height", 3: "width"}},
+    )
     dims = onnx.load(str(tmp_path / "d.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
     (out,) = _run(tmp_path / "d.onnx", np.zeros((2, 3, 24, 20), np.float32))

@@ -39,16 +39,24 @@ def test_sidecar_above_threshold(tmp_path, small_proto, monkeypatch):
     sidecar = save_onnx(small_proto, tmp_path / "big.onnx")
     assert sidecar == tmp_path / "big.onnx.data"
     assert _files(tmp_path) == ["big.onnx", "big.onnx.data"]  # no temporary directory left behind
-    tensors = [*small_proto.graph.initializer, *(a.t for n in small_proto.graph.node for a in n.attribute
-                                                 if a.HasField("t"))]  # onnxsim keeps weights as Constants
+    tensors = [
+        *small_proto.graph.initializer,
+        *(a.t for n in small_proto.graph.node for a in n.attribute if a.HasField("t")),
+    ]  # onnxsim keeps weights as Constants
     large = [len(t.raw_data) for t in tensors if len(t.raw_data) >= 1024]
     assert large and sidecar.stat().st_size >= sum(large)
     model = onnx.load(str(tmp_path / "big.onnx"), load_external_data=False)
-    stored = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    stored = [
+        *model.graph.initializer,
+        *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t")),
+    ]
     locations = {e.value for t in stored for e in t.external_data if e.key == "location"}
     assert locations == {"big.onnx.data"}  # relative, so the pair can be moved together
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
-    assert scale_relative_error(tiny_net()(torch.from_numpy(x)).detach().numpy(), _run(tmp_path / "big.onnx", x)) <= 1e-5
+    assert (
+        scale_relative_error(tiny_net()(torch.from_numpy(x)).detach().numpy(), _run(tmp_path / "big.onnx", x))
+        <= 1e-5
+    )
 
 
 def test_single_file_below_threshold(tmp_path, small_proto):

@@ -17,7 +17,9 @@ from tests.exporters._models import tiny_net
 
 pytestmark = pytest.mark.gpu
 
-trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU; see docs/export.md)")
+trt = pytest.importorskip(
+    "tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU; see docs/export.md)"
+)
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device visible", allow_module_level=True)
 
@@ -36,8 +38,15 @@ def onnx_file(tmp_path_factory):
 @pytest.mark.parametrize(("precision", "tol"), [("fp32", 1e-4), ("fp16", 5e-3)])
 def test_engine_matches_onnxruntime(onnx_file, tmp_path, precision, tol):
     engine = tmp_path / f"m.{precision}.engine"
-    result = build_engine(onnx_file, engine, precision=precision, input_shape=(4, 3, 16, 16), max_batch=8,
-                          timing_cache=tmp_path / "cache.bin", progress=False)
+    result = build_engine(
+        onnx_file,
+        engine,
+        precision=precision,
+        input_shape=(4, 3, 16, 16),
+        max_batch=8,
+        timing_cache=tmp_path / "cache.bin",
+        progress=False,
+    )
     assert engine.is_file() and result.profiles["input"].max[0] == 8
     side = read_engine_sidecar(engine)
     assert side["precision"] == precision and side["tensorrt"] == trt.__version__
@@ -50,8 +59,13 @@ def test_engine_matches_onnxruntime(onnx_file, tmp_path, precision, tol):
     out = runner.run({"input": x})["output"]
     assert out.shape == ref.shape and scale_relative_error(ref, out) <= tol
     # the timing cache was written with its version/GPU header and is accepted on a rebuild
-    build_engine(onnx_file, tmp_path / "again.engine", precision=precision, timing_cache=tmp_path / "cache.bin",
-                 progress=False)
+    build_engine(
+        onnx_file,
+        tmp_path / "again.engine",
+        precision=precision,
+        timing_cache=tmp_path / "cache.bin",
+        progress=False,
+    )
 
 
 def test_engine_rejects_shapes_outside_the_profile(onnx_file, tmp_path):

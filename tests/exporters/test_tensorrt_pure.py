@@ -45,9 +45,14 @@ def fake_trt(version: str):
         flags = _Enum(REFIT=0, SPARSE_WEIGHTS=1, TF32=2)
         extra = {}
     return SimpleNamespace(
-        __version__=version, BuilderFlag=flags,
+        __version__=version,
+        BuilderFlag=flags,
         NetworkDefinitionCreationFlag=_Enum(STRONGLY_TYPED=1) if version.startswith("10.") else _Enum(),
-        IProgressMonitor=object, MemoryPoolType=_Enum(WORKSPACE=0), ITimingCache=object, **extra)
+        IProgressMonitor=object,
+        MemoryPoolType=_Enum(WORKSPACE=0),
+        ITimingCache=object,
+        **extra,
+    )
 
 
 TRT10 = capabilities_of(fake_trt("10.13.0.35"))
@@ -127,7 +132,9 @@ def test_profiles_from_dynamic_batch():
 
 def test_explicit_profiles_win_and_are_checked():
     dims = {"input": [None, 3, "h", "w"]}
-    p = derive_profiles(dims, min_shape=(1, 3, 32, 32), opt_shape=(4, 3, 64, 64), max_shape=(8, 3, 128, 128))["input"]
+    p = derive_profiles(dims, min_shape=(1, 3, 32, 32), opt_shape=(4, 3, 64, 64), max_shape=(8, 3, 128, 128))[
+        "input"
+    ]
     assert p.contains((2, 3, 100, 50)) and not p.contains((9, 3, 64, 64))
     with pytest.raises(ReparamError, match="besides the batch"):
         derive_profiles(dims)
@@ -169,12 +176,17 @@ def test_timing_cache_keyed_by_version_and_gpu():
     assert unpack_timing_cache(packed, "10.13.0", "NVIDIA H100") == b"\x01\x02raw"
     with pytest.raises(ReparamError) as err:
         unpack_timing_cache(packed, "11.0.0", "NVIDIA H100")
-    assert "one cache file per pair" in err.value.hint and "timing-trt11.0.0-NVIDIA-H100.cache" in err.value.hint
+    assert (
+        "one cache file per pair" in err.value.hint and "timing-trt11.0.0-NVIDIA-H100.cache" in err.value.hint
+    )
     with pytest.raises(ReparamError, match="H100"):
         unpack_timing_cache(packed, "10.13.0", "NVIDIA A100")
     with pytest.raises(ReparamError, match="not written by reparam"):
         unpack_timing_cache(b"foreign bytes", "10.13.0", "NVIDIA H100")
-    assert default_cache_name("10.13.0", "NVIDIA GeForce RTX 4090") == "timing-trt10.13.0-NVIDIA-GeForce-RTX-4090.cache"
+    assert (
+        default_cache_name("10.13.0", "NVIDIA GeForce RTX 4090")
+        == "timing-trt10.13.0-NVIDIA-GeForce-RTX-4090.cache"
+    )
 
 
 def test_calibration_batches(tmp_path):
@@ -245,4 +257,6 @@ def test_capabilities_dataclass_defaults():
     caps = Capabilities(version="garbage")
     assert caps.major == 0 and caps.always_strongly_typed
     with pytest.raises(ReparamError, match="neither an FP16 flag"):
-        make_build_plan(BuildOptions(precision="fp16"), Capabilities(version="9.0", builder_flags=frozenset({"INT8"})))
+        make_build_plan(
+            BuildOptions(precision="fp16"), Capabilities(version="9.0", builder_flags=frozenset({"INT8"}))
+        )

@@ -76,9 +76,15 @@ def test_onnx_boundaries_from_metadata(tmp_path):
     names = [f"block:{p}" for p in BLOCKS]
     path = tmp_path / "m.onnx"
     with torch.no_grad():
-        torch.onnx.export(_WithBlocks(ref).eval(), (torch.zeros(1, 3, 16, 16),), str(path), dynamo=False,
-                          input_names=["input"], output_names=["output", *names],
-                          dynamic_axes={"input": {0: "n"}})
+        torch.onnx.export(
+            _WithBlocks(ref).eval(),
+            (torch.zeros(1, 3, 16, 16),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output", *names],
+            dynamic_axes={"input": {0: "n"}},
+        )
     model = onnx.load(str(path))
     del model.graph.output[1:]  # ship only the real output; the block tensors stay inside the graph
     write_onnx_boundaries(model, dict(zip(BLOCKS, names)))

@@ -17,8 +17,13 @@ def _report():
     bad.divergence = Divergence(
         [BlockError("stem", 1e-8, 1.0, 1e-8, True), BlockError("layer1", 0.3, 0.9, 2.0, False)], "layer1"
     )
-    report = VerifyReport("ckpt.pt", make_tolerance("fp32"), {"source": "random", "shape": "4x3x8x8"},
-                          [good, bad], [LayerRisk("layer1.conv", "layer1.rbr_dense.conv", 8, 1.0, 1.5, 9.0, 14.0, 14.0 / 1.5, "high")])
+    report = VerifyReport(
+        "ckpt.pt",
+        make_tolerance("fp32"),
+        {"source": "random", "shape": "4x3x8x8"},
+        [good, bad],
+        [LayerRisk("layer1.conv", "layer1.rbr_dense.conv", 8, 1.0, 1.5, 9.0, 14.0, 14.0 / 1.5, "high")],
+    )
     return report
 
 

@@ -30,7 +30,9 @@ def test_int8_is_judged_by_top1_and_cosine():
     assert compare_outputs(ref, cand, "int8").passed
     flipped = cand["output"].copy()
     rows = np.arange(10)
-    flipped[rows, np.argmax(flipped[:10], axis=1)] = flipped[:10].min(axis=1) - 1.0  # 5 % of rows change class
+    flipped[rows, np.argmax(flipped[:10], axis=1)] = (
+        flipped[:10].min(axis=1) - 1.0
+    )  # 5 % of rows change class
     res = compare_outputs(ref, {"output": flipped}, "int8")
     assert not res.passed
     assert any("top-1" in r for r in res.outputs["output"].reasons)

@@ -18,15 +18,26 @@ def register(subparsers) -> None:
     )
     add_model_arguments(parser)
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="deploy artifact path (.pt2)")
-    parser.add_argument("--input-shape", metavar="NxCxHxW",
-                        help="example input shape for the check and the export (default: guessed from "
-                        "the first layer, 1xCx32x32)")
+    parser.add_argument(
+        "--input-shape",
+        metavar="NxCxHxW",
+        help="example input shape for the check and the export (default: guessed from "
+        "the first layer, 1xCx32x32)",
+    )
     parser.add_argument("--report", metavar="FILE", help="also write the report JSON here")
-    parser.add_argument("--skip", action="append", default=[], metavar="PASS",
-                        help="skip this pass (repeatable); see --passes")
-    parser.add_argument("--passes", metavar="a,b",
-                        help="comma-separated passes to run (default: all: remove_identity, fold_bn, "
-                        "merge_1x1_kxk, merge_branches)")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help="skip this pass (repeatable); see --passes",
+    )
+    parser.add_argument(
+        "--passes",
+        metavar="a,b",
+        help="comma-separated passes to run (default: all: remove_identity, fold_bn, "
+        "merge_1x1_kxk, merge_branches)",
+    )
     parser.add_argument("--no-check", action="store_true", help="skip the built-in equivalence check")
     parser.set_defaults(func=run)
 

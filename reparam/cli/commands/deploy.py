@@ -34,17 +34,28 @@ report.json, report.md, errors.png and manifest.json (names, sizes, sha256) into
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("deploy", help="convert, export and verify in one step",
-                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "deploy",
+        help="convert, export and verify in one step",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     from reparam.cli.common import add_model_arguments
 
     add_model_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="directory to create")
-    p.add_argument("--to", default="onnx", help="comma-separated targets besides model.pt2: onnx, trt "
-                   "(trt needs an NVIDIA GPU and TensorRT; default onnx)")
-    p.add_argument("--fp16", action="store_true",
-                   help="also write model.fp16.onnx (fp16 weights, fp32 I/O), verified with the fp16 profile; "
-                        "the TensorRT engine is built from it")
+    p.add_argument(
+        "--to",
+        default="onnx",
+        help="comma-separated targets besides model.pt2: onnx, trt "
+        "(trt needs an NVIDIA GPU and TensorRT; default onnx)",
+    )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write model.fp16.onnx (fp16 weights, fp32 I/O), verified with the fp16 profile; "
+        "the TensorRT engine is built from it",
+    )
     p.add_argument("--force", action="store_true", help="replace OUTDIR if it exists and is not empty")
     add_input_arguments(p)
     add_tolerance_arguments(p)
@@ -65,8 +76,10 @@ def _check_output(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ReparamError(f"{out} exists and is not a directory", hint="choose another -o OUTDIR")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise ReparamError(f"output directory {out} exists and is not empty",
-                           hint="choose a new -o OUTDIR, or pass --force to replace it")
+        raise ReparamError(
+            f"output directory {out} exists and is not empty",
+            hint="choose a new -o OUTDIR, or pass --force to replace it",
+        )
 
 
 def _require_tensorrt() -> None:
@@ -121,8 +134,8 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 def build_artifacts(args: argparse.Namespace, workdir: Path, model, batches, targets: list[str]) -> list:
     """Convert and export into ``workdir``; return the verification candidates."""
     import torch
-    from exporters.onnx import export_onnx
 
+    from exporters.onnx import export_onnx
     from reparam.artifact import save_artifact
     from reparam.engine import convert
     from reparam.verify.core import make_candidate
@@ -130,10 +143,17 @@ def build_artifacts(args: argparse.Namespace, workdir: Path, model, batches, tar
     example = (torch.from_numpy(batches[0]["input"]),)
     result = convert(model, example, check=False)
     deploy = result.model
-    save_artifact(deploy, example, workdir / "model.pt2", report=result.report,
-                  metadata={"arch": args.arch, "checkpoint": str(args.checkpoint)})
-    candidates = [make_candidate(deploy, name="deploy model (in memory)", record=result.record),
-                  make_candidate(workdir / "model.pt2", record=result.record)]
+    save_artifact(
+        deploy,
+        example,
+        workdir / "model.pt2",
+        report=result.report,
+        metadata={"arch": args.arch, "checkpoint": str(args.checkpoint)},
+    )
+    candidates = [
+        make_candidate(deploy, name="deploy model (in memory)", record=result.record),
+        make_candidate(workdir / "model.pt2", record=result.record),
+    ]
     if "onnx" in targets:
         export_onnx(deploy, example, workdir / "model.onnx")
         candidates.append(make_candidate(workdir / "model.onnx", record=result.record))
@@ -176,8 +196,9 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         candidates = build_artifacts(args, tmp, model, batches, targets)
-        report = verify(model, candidates, batches, tolerance=tol, reference_name=str(args.checkpoint),
-                        inputs_info=info)
+        report = verify(
+            model, candidates, batches, tolerance=tol, reference_name=str(args.checkpoint), inputs_info=info
+        )
         if not report.passed:
             report.render()
             shutil.rmtree(tmp, ignore_errors=True)
@@ -198,8 +219,11 @@ def run(args: argparse.Namespace) -> int:
             "arch_kwargs": parse_json_kwargs(args.arch_kwargs),
             "input_shape": info.get("shape"),
             "targets": ["pt2", *targets] + (["onnx-fp16"] if args.fp16 and "onnx" in targets else []),
-            "verification": {"passed": report.passed, "tolerance": tol.to_dict(),
-                             "candidates": {c.name: c.passed for c in report.candidates}},
+            "verification": {
+                "passed": report.passed,
+                "tolerance": tol.to_dict(),
+                "candidates": {c.name: c.passed for c in report.candidates},
+            },
             "files": [_file_entry(p) for p in files],
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

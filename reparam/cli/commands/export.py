@@ -12,52 +12,87 @@ def register(subparsers) -> None:
     from reparam.cli.common import add_arch_arguments
 
     parser = subparsers.add_parser(
-        "export", help="export a deploy model to ONNX, or build a TensorRT engine from ONNX",
+        "export",
+        help="export a deploy model to ONNX, or build a TensorRT engine from ONNX",
         description="`reparam export onnx MODEL -o model.onnx` exports a deploy artifact (.pt2) or a training "
         "checkpoint (converted on the way) to ONNX; `reparam export trt model.onnx -o model.engine` builds a "
-        "TensorRT engine (needs an NVIDIA GPU and TensorRT). Outputs are written atomically.")
+        "TensorRT engine (needs an NVIDIA GPU and TensorRT). Outputs are written atomically.",
+    )
     sub = parser.add_subparsers(dest="target", metavar="TARGET")
     parser.set_defaults(func=lambda args: _missing_target(parser))
 
-    onnx = sub.add_parser("onnx", help="export to ONNX (dynamic batch, onnxsim, checker, provenance metadata)",
-                          description="Export a deploy artifact (.pt2) or a training checkpoint to ONNX. A "
-                          "checkpoint is reparameterized first (and checked) unless --training-form is given.")
+    onnx = sub.add_parser(
+        "onnx",
+        help="export to ONNX (dynamic batch, onnxsim, checker, provenance metadata)",
+        description="Export a deploy artifact (.pt2) or a training checkpoint to ONNX. A "
+        "checkpoint is reparameterized first (and checked) unless --training-form is given.",
+    )
     onnx.add_argument("checkpoint", metavar="MODEL", help="deploy artifact (.pt2) or training checkpoint")
     onnx.add_argument("-o", "--output", required=True, metavar="OUT", help="ONNX file to write")
-    onnx.add_argument("--input-shape", metavar="NxCxHxW",
-                      help="example input shape (default: the artifact's recorded shape, or 1xCx32x32 from the "
-                      "first layer of a checkpoint's model)")
+    onnx.add_argument(
+        "--input-shape",
+        metavar="NxCxHxW",
+        help="example input shape (default: the artifact's recorded shape, or 1xCx32x32 from the "
+        "first layer of a checkpoint's model)",
+    )
     batch = onnx.add_mutually_exclusive_group()
-    batch.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", default=True,
-                       help="make the batch axis dynamic, named 'batch' (default)")
+    batch.add_argument(
+        "--dynamic-batch",
+        dest="dynamic_batch",
+        action="store_true",
+        default=True,
+        help="make the batch axis dynamic, named 'batch' (default)",
+    )
     batch.add_argument("--static", dest="dynamic_batch", action="store_false", help="fix every input dim")
     onnx.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     onnx.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
-    onnx.add_argument("--training-form", action="store_true",
-                      help="export the unfused training model (for comparison) instead of the deploy form")
-    onnx.add_argument("--legacy-exporter", action="store_true",
-                      help="use the TorchScript exporter (dynamo=False) instead of the dynamo exporter")
-    onnx.add_argument("--fp16", action="store_true", help="also write <OUT stem>.fp16.onnx (float16, float32 I/O)")
+    onnx.add_argument(
+        "--training-form",
+        action="store_true",
+        help="export the unfused training model (for comparison) instead of the deploy form",
+    )
+    onnx.add_argument(
+        "--legacy-exporter",
+        action="store_true",
+        help="use the TorchScript exporter (dynamo=False) instead of the dynamo exporter",
+    )
+    onnx.add_argument(
+        "--fp16", action="store_true", help="also write <OUT stem>.fp16.onnx (float16, float32 I/O)"
+    )
     onnx.add_argument("--json", action="store_true", help="print the result as JSON")
     add_arch_arguments(onnx)
     onnx.set_defaults(func=run_onnx)
 
-    trt = sub.add_parser("trt", help="build a TensorRT engine from ONNX (TensorRT 10 or 11, NVIDIA GPU)",
-                         description="Build a serialized TensorRT engine and <OUT>.json (provenance). Profiles "
-                         "come from --min/--opt/--max-shape or the ONNX's dynamic batch (min 1, opt = "
-                         "--input-shape's batch, max = --max-batch).")
+    trt = sub.add_parser(
+        "trt",
+        help="build a TensorRT engine from ONNX (TensorRT 10 or 11, NVIDIA GPU)",
+        description="Build a serialized TensorRT engine and <OUT>.json (provenance). Profiles "
+        "come from --min/--opt/--max-shape or the ONNX's dynamic batch (min 1, opt = "
+        "--input-shape's batch, max = --max-batch).",
+    )
     trt.add_argument("onnx", metavar="ONNX", help="ONNX file")
-    trt.add_argument("-o", "--output", required=True, metavar="OUT", help="engine file to write (.engine/.plan)")
+    trt.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="engine file to write (.engine/.plan)"
+    )
     prec = trt.add_mutually_exclusive_group()
-    prec.add_argument("--fp16", action="store_true",
-                      help="fp16 (TensorRT 10: builder flag; TensorRT 11: the ONNX is converted to float16)")
-    prec.add_argument("--int8", action="store_true", help="int8 with entropy calibration (TensorRT 10; needs --calib)")
-    trt.add_argument("--calib", metavar="DATA.npz", help="calibration inputs for --int8, arrays named like the inputs")
+    prec.add_argument(
+        "--fp16",
+        action="store_true",
+        help="fp16 (TensorRT 10: builder flag; TensorRT 11: the ONNX is converted to float16)",
+    )
+    prec.add_argument(
+        "--int8", action="store_true", help="int8 with entropy calibration (TensorRT 10; needs --calib)"
+    )
+    trt.add_argument(
+        "--calib", metavar="DATA.npz", help="calibration inputs for --int8, arrays named like the inputs"
+    )
     trt.add_argument("--input-shape", metavar="NxCxHxW", help="shape the profile is optimized for (opt)")
     trt.add_argument("--min-shape", metavar="NxCxHxW", help="smallest input shape the engine accepts")
     trt.add_argument("--opt-shape", metavar="NxCxHxW", help="input shape TensorRT tunes for")
     trt.add_argument("--max-shape", metavar="NxCxHxW", help="largest input shape the engine accepts")
-    trt.add_argument("--max-batch", type=int, help="largest batch of a derived profile (default max(opt, 32))")
+    trt.add_argument(
+        "--max-batch", type=int, help="largest batch of a derived profile (default max(opt, 32))"
+    )
     trt.add_argument("--timing-cache", metavar="FILE", help="load and update this timing cache")
     trt.add_argument("--workspace", type=int, metavar="MB", help="builder workspace limit in MiB")
     trt.add_argument("--no-progress", action="store_true", help="do not show build progress")
@@ -77,18 +112,24 @@ def _load(args: argparse.Namespace):
 
     src = Path(args.checkpoint)
     if not src.is_file():
-        raise ReparamError(f"model file {str(src)!r} does not exist", hint="give a .pt2 artifact or a checkpoint")
+        raise ReparamError(
+            f"model file {str(src)!r} does not exist", hint="give a .pt2 artifact or a checkpoint"
+        )
     shape = parse_shape(args.input_shape) if args.input_shape else None
     meta = {"source": src.name, "source_sha256": file_sha256(src)}
     if src.suffix.lower() == ".pt2":
         from reparam.artifact import load_artifact
 
         if args.training_form:
-            raise ReparamError("a .pt2 artifact holds only the deploy form",
-                               hint="pass the training checkpoint (with --arch if needed) for --training-form")
+            raise ReparamError(
+                "a .pt2 artifact holds only the deploy form",
+                hint="pass the training checkpoint (with --arch if needed) for --training-form",
+            )
         if args.arch or args.arch_kwargs or args.trust_pickle:
-            raise ReparamError("--arch/--arch-kwargs/--trust-pickle apply to checkpoints, not .pt2 artifacts",
-                               hint="drop them; the artifact carries its own graph")
+            raise ReparamError(
+                "--arch/--arch-kwargs/--trust-pickle apply to checkpoints, not .pt2 artifacts",
+                hint="drop them; the artifact carries its own graph",
+            )
         model = load_artifact(src)
         recorded = (getattr(model, "reparam_metadata", {}) or {}).get("metadata", {}).get("input_shape")
         if shape is None and recorded:
@@ -123,30 +164,48 @@ def run_onnx(args: argparse.Namespace) -> int:
         raise ReparamError(f"output {str(out)!r} is a directory", hint="give a file path, e.g. -o model.onnx")
     model, example, meta = _load(args)
     meta.pop("checked", None)
-    result = export_onnx(model, example, out, opset=args.opset, dynamic_batch=args.dynamic_batch,
-                         simplify=not args.no_simplify, dynamo=not args.legacy_exporter, metadata=meta)
+    result = export_onnx(
+        model,
+        example,
+        out,
+        opset=args.opset,
+        dynamic_batch=args.dynamic_batch,
+        simplify=not args.no_simplify,
+        dynamo=not args.legacy_exporter,
+        metadata=meta,
+    )
     fp16 = None
     if args.fp16:
         fp16 = out.with_name(out.stem + ".fp16.onnx")
         convert_onnx_to_fp16(out, fp16)
     if args.json:
         payload = {
-            "path": str(result.path), "sidecar": str(result.sidecar) if result.sidecar else None,
-            "fp16": str(fp16) if fp16 else None, "exporter": result.exporter, "opset": result.opset,
-            "inputs": result.input_names, "outputs": result.output_names,
+            "path": str(result.path),
+            "sidecar": str(result.sidecar) if result.sidecar else None,
+            "fp16": str(fp16) if fp16 else None,
+            "exporter": result.exporter,
+            "opset": result.opset,
+            "inputs": result.input_names,
+            "outputs": result.output_names,
             "dynamic_axes": {k: {str(a): d for a, d in v.items()} for k, v in result.dynamic_axes.items()},
-            "simplified": result.simplified, "op_counts": result.op_counts, "metadata": result.metadata,
-            "block_boundaries": len(result.boundaries), "notes": result.notes, "seconds": result.seconds,
+            "simplified": result.simplified,
+            "op_counts": result.op_counts,
+            "metadata": result.metadata,
+            "block_boundaries": len(result.boundaries),
+            "notes": result.notes,
+            "seconds": result.seconds,
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return 0
     ops = ", ".join(f"{k} {v}" for k, v in result.op_counts.items())
-    lines = [f"wrote {result.path}" + (f" and {result.sidecar.name}" if result.sidecar else ""),
-             f"  form {meta['form']}, {result.exporter} exporter, opset {result.opset}, "
-             f"{'simplified' if result.simplified else 'not simplified'}",
-             f"  inputs {result.input_names}, outputs {result.output_names}, dynamic axes "
-             f"{ {k: v for k, v in result.dynamic_axes.items()} or 'none'}",
-             f"  ops: {ops}"]
+    lines = [
+        f"wrote {result.path}" + (f" and {result.sidecar.name}" if result.sidecar else ""),
+        f"  form {meta['form']}, {result.exporter} exporter, opset {result.opset}, "
+        f"{'simplified' if result.simplified else 'not simplified'}",
+        f"  inputs {result.input_names}, outputs {result.output_names}, dynamic axes "
+        f"{ {k: v for k, v in result.dynamic_axes.items()} or 'none' }",
+        f"  ops: {ops}",
+    ]
     lines += [f"  note: {n}" for n in result.notes]
     if fp16:
         lines.append(f"wrote {fp16}")
@@ -161,21 +220,36 @@ def run_trt(args: argparse.Namespace) -> int:
 
     src = Path(args.onnx)
     if not src.is_file():
-        raise ReparamError(f"ONNX file {str(src)!r} does not exist", hint="export one with `reparam export onnx`")
-    shapes = {k: parse_shape(getattr(args, k)) if getattr(args, k) else None
-              for k in ("input_shape", "min_shape", "opt_shape", "max_shape")}
+        raise ReparamError(
+            f"ONNX file {str(src)!r} does not exist", hint="export one with `reparam export onnx`"
+        )
+    shapes = {
+        k: parse_shape(getattr(args, k)) if getattr(args, k) else None
+        for k in ("input_shape", "min_shape", "opt_shape", "max_shape")
+    }
     precision = "fp16" if args.fp16 else "int8" if args.int8 else None
     # Validate everything that needs no GPU before importing TensorRT.
-    BuildOptions(precision=precision, workspace_mb=args.workspace, calib=args.calib,
-                 onnx_is_fp16=onnx_is_fp16(src)).validate()
+    BuildOptions(
+        precision=precision, workspace_mb=args.workspace, calib=args.calib, onnx_is_fp16=onnx_is_fp16(src)
+    ).validate()
     derive_profiles(onnx_input_dims(src), max_batch=args.max_batch, **shapes)
-    result = build_engine(src, args.output, precision=precision, max_batch=args.max_batch,
-                          workspace_mb=args.workspace, timing_cache=args.timing_cache, calib=args.calib,
-                          progress=not args.no_progress, **shapes)
+    result = build_engine(
+        src,
+        args.output,
+        precision=precision,
+        max_batch=args.max_batch,
+        workspace_mb=args.workspace,
+        timing_cache=args.timing_cache,
+        calib=args.calib,
+        progress=not args.no_progress,
+        **shapes,
+    )
     info = result.info
-    sys.stdout.write(f"wrote {result.path} and {result.sidecar.name}: TensorRT {info['tensorrt']} on "
-                     f"{info['gpu']} (sm {info['compute_capability']}), {info['precision']}, "
-                     f"built in {result.seconds:.1f} s\n")
+    sys.stdout.write(
+        f"wrote {result.path} and {result.sidecar.name}: TensorRT {info['tensorrt']} on "
+        f"{info['gpu']} (sm {info['compute_capability']}), {info['precision']}, "
+        f"built in {result.seconds:.1f} s\n"
+    )
     for name, p in result.profiles.items():
         sys.stdout.write(f"  profile {name}: min {list(p.min)} opt {list(p.opt)} max {list(p.max)}\n")
     for note in result.plan.notes:

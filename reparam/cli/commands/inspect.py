@@ -11,10 +11,12 @@ from typing import Any
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "inspect", help="show the inputs, outputs, ops and metadata of an .onnx, engine or .pt2 file",
+        "inspect",
+        help="show the inputs, outputs, ops and metadata of an .onnx, engine or .pt2 file",
         description="ONNX: inputs/outputs with shapes, op counts, opset and reparam metadata. TensorRT engine: "
         "what the header tells without a GPU, and the JSON sidecar written at build time. .pt2: inputs, "
-        "outputs and the embedded reparam metadata.")
+        "outputs and the embedded reparam metadata.",
+    )
     parser.add_argument("file", metavar="FILE", help=".onnx, .engine/.plan/.trt or .pt2 file")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
@@ -35,7 +37,11 @@ def pt2_summary(path: Path) -> dict[str, Any]:
     def spec(node: Any) -> dict[str, Any]:
         val = node.meta.get("val")
         if isinstance(val, torch.Tensor):
-            return {"name": node.name, "shape": _dims(val.shape), "dtype": str(val.dtype).replace("torch.", "")}
+            return {
+                "name": node.name,
+                "shape": _dims(val.shape),
+                "dtype": str(val.dtype).replace("torch.", ""),
+            }
         return {"name": node.name, "shape": None, "dtype": None}
 
     nodes = list(module.graph.nodes)
@@ -57,18 +63,32 @@ def pt2_summary(path: Path) -> dict[str, Any]:
         if n.op == "call_function":
             key = getattr(n.target, "__name__", str(n.target))
             ops[key] = ops.get(key, 0) + 1
-    return {"path": str(path), "kind": "pt2", "bytes": path.stat().st_size, "inputs": inputs, "outputs": outputs,
-            "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1])), "metadata": meta,
-            "report_summary": {k: report[k] for k in ("passes", "check", "stats") if isinstance(report, dict)
-                               and k in report} or None}
+    return {
+        "path": str(path),
+        "kind": "pt2",
+        "bytes": path.stat().st_size,
+        "inputs": inputs,
+        "outputs": outputs,
+        "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        "metadata": meta,
+        "report_summary": {
+            k: report[k] for k in ("passes", "check", "stats") if isinstance(report, dict) and k in report
+        }
+        or None,
+    }
 
 
 def engine_summary(path: Path) -> dict[str, Any]:
     from exporters.tensorrt.header import read_engine_sidecar, read_plan_header
 
     header = read_plan_header(path)
-    return {"path": str(path), "kind": "tensorrt", "bytes": header.size, "header": header.to_dict(),
-            "build": read_engine_sidecar(path)}
+    return {
+        "path": str(path),
+        "kind": "tensorrt",
+        "bytes": header.size,
+        "header": header.to_dict(),
+        "build": read_engine_sidecar(path),
+    }
 
 
 def summarize(path: Path) -> dict[str, Any]:
@@ -87,8 +107,10 @@ def summarize(path: Path) -> dict[str, Any]:
         return engine_summary(path)
     if suffix == ".pt2":
         return pt2_summary(path)
-    raise ReparamError(f"cannot inspect {path.name}: unknown suffix {suffix!r}",
-                       hint=f"inspect .onnx, .pt2 or TensorRT engines ({', '.join(ENGINE_SUFFIXES)})")
+    raise ReparamError(
+        f"cannot inspect {path.name}: unknown suffix {suffix!r}",
+        hint=f"inspect .onnx, .pt2 or TensorRT engines ({', '.join(ENGINE_SUFFIXES)})",
+    )
 
 
 def _io_lines(title: str, specs: list[dict[str, Any]]) -> list[str]:
@@ -106,9 +128,11 @@ def render(info: dict[str, Any]) -> str:
         lines += _io_lines("inputs", info["inputs"]) + _io_lines("outputs", info["outputs"])
         if info["kind"] == "onnx":
             opsets = ", ".join(f"{d} {v}" for d, v in info["opset"].items())
-            lines.append(f"opset: {opsets}, ir {info['ir_version']}, producer {info['producer'] or '?'}, "
-                         f"{info['nodes']} nodes, {info['parameters']:,} parameters"
-                         + (f", external data {info['external_data']}" if info["external_data"] else ""))
+            lines.append(
+                f"opset: {opsets}, ir {info['ir_version']}, producer {info['producer'] or '?'}, "
+                f"{info['nodes']} nodes, {info['parameters']:,} parameters"
+                + (f", external data {info['external_data']}" if info["external_data"] else "")
+            )
         lines.append("ops: " + (", ".join(f"{k} {v}" for k, v in info["op_counts"].items()) or "none"))
         if info["metadata"]:
             lines.append("metadata:")
@@ -117,8 +141,10 @@ def render(info: dict[str, Any]) -> str:
                 lines.append(f"  {k}: {text if len(text) <= 200 else text[:197] + '...'}")
     else:
         h = info["header"]
-        lines.append(f"header: TensorRT major {h['tensorrt_major'] if h['tensorrt_major'] is not None else 'unknown'}"
-                     f" ({h['note']})")
+        lines.append(
+            f"header: TensorRT major {h['tensorrt_major'] if h['tensorrt_major'] is not None else 'unknown'}"
+            f" ({h['note']})"
+        )
         lines.append(f"  first bytes: {h['leading_bytes']}")
         build = info["build"]
         if build is None:

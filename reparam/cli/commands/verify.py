@@ -23,43 +23,72 @@ candidate fails, the first block whose output diverges is named (through the rew
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """--inputs / --input-shape / --batches / --batch-size / --seed (shared with `reparam deploy`)."""
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--inputs", metavar="DATA.npz",
-                     help="real inputs: array 'input' (or the only array) of an .npz, split into batches")
-    src.add_argument("--input-shape", metavar="NxCxHxW",
-                     help="shape of each seeded random batch (default 1xCx224x224, C from the first conv)")
-    parser.add_argument("--batches", type=int, default=None,
-                        help="number of batches (random: default 2; .npz: default all)")
-    parser.add_argument("--batch-size", type=int, default=8, help="batch size when splitting --inputs (default 8)")
+    src.add_argument(
+        "--inputs",
+        metavar="DATA.npz",
+        help="real inputs: array 'input' (or the only array) of an .npz, split into batches",
+    )
+    src.add_argument(
+        "--input-shape",
+        metavar="NxCxHxW",
+        help="shape of each seeded random batch (default 1xCx224x224, C from the first conv)",
+    )
+    parser.add_argument(
+        "--batches", type=int, default=None, help="number of batches (random: default 2; .npz: default all)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="batch size when splitting --inputs (default 8)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
 
 
 def add_tolerance_arguments(parser: argparse.ArgumentParser, default: str | None = "fp32") -> None:
     """--tolerance / --atol / --rtol."""
-    parser.add_argument("--tolerance", choices=["fp32", "fp16", "int8"], default=default,
-                        help="tolerance profile (default fp32; see docs/verify.md)")
-    parser.add_argument("--atol", action="append", metavar="[OUTPUT=]VALUE",
-                        help="elementwise absolute tolerance, Polygraphy-style (an element fails only when it "
-                             "exceeds both atol and rtol); repeatable, per output with OUTPUT=VALUE")
-    parser.add_argument("--rtol", action="append", metavar="[OUTPUT=]VALUE",
-                        help="elementwise relative tolerance (see --atol)")
+    parser.add_argument(
+        "--tolerance",
+        choices=["fp32", "fp16", "int8"],
+        default=default,
+        help="tolerance profile (default fp32; see docs/verify.md)",
+    )
+    parser.add_argument(
+        "--atol",
+        action="append",
+        metavar="[OUTPUT=]VALUE",
+        help="elementwise absolute tolerance, Polygraphy-style (an element fails only when it "
+        "exceeds both atol and rtol); repeatable, per output with OUTPUT=VALUE",
+    )
+    parser.add_argument(
+        "--rtol",
+        action="append",
+        metavar="[OUTPUT=]VALUE",
+        help="elementwise relative tolerance (see --atol)",
+    )
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="REPORT.json", help="write the full report as JSON")
-    parser.add_argument("--markdown", metavar="REPORT.md", help="write the report as markdown (CI job summaries)")
+    parser.add_argument(
+        "--markdown", metavar="REPORT.md", help="write the report as markdown (CI job summaries)"
+    )
     parser.add_argument("--plot", metavar="ERRORS.png", help="plot per-block error (needs matplotlib)")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("verify", help="verify deploy artifacts against the training model",
-                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "verify",
+        help="verify deploy artifacts against the training model",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--reference", required=True, metavar="CKPT", help="training checkpoint (the reference)")
     from reparam.cli.common import add_arch_arguments
 
     add_arch_arguments(p)
     p.add_argument("--deploy", action="append", default=[], metavar="ARTIFACT.pt2", help="deploy artifact")
     p.add_argument("--onnx", action="append", default=[], metavar="FILE", help="ONNX file (repeatable)")
-    p.add_argument("--engine", action="append", default=[], metavar="FILE", help="TensorRT engine (needs a GPU)")
+    p.add_argument(
+        "--engine", action="append", default=[], metavar="FILE", help="TensorRT engine (needs a GPU)"
+    )
     add_input_arguments(p)
     add_tolerance_arguments(p)
     add_report_arguments(p)
@@ -74,21 +103,32 @@ def make_batches(args: argparse.Namespace, model) -> tuple[list[dict], dict[str,
     if args.inputs:
         batches = load_npz_batches(args.inputs, batch_size=args.batch_size, batches=args.batches)
         n = sum(b["input"].shape[0] for b in batches)
-        info = {"source": str(args.inputs), "samples": n, "batches": len(batches),
-                "shape": "x".join(map(str, batches[0]["input"].shape))}
+        info = {
+            "source": str(args.inputs),
+            "samples": n,
+            "batches": len(batches),
+            "shape": "x".join(map(str, batches[0]["input"].shape)),
+        }
         return batches, info
     shape = parse_shape(args.input_shape) if args.input_shape else default_input_shape(model)
     count = 2 if args.batches is None else args.batches
     batches = random_batches(shape, count, args.seed)
-    return batches, {"source": "random normal", "seed": args.seed, "batches": count,
-                     "shape": "x".join(map(str, shape))}
+    return batches, {
+        "source": "random normal",
+        "seed": args.seed,
+        "batches": count,
+        "shape": "x".join(map(str, shape)),
+    }
 
 
 def make_tolerance_from_args(args: argparse.Namespace, profile: str | None = None):
     from reparam.verify.tolerance import make_tolerance, parse_tolerance_overrides
 
-    return make_tolerance(profile or args.tolerance, parse_tolerance_overrides(args.atol, "--atol"),
-                          parse_tolerance_overrides(args.rtol, "--rtol"))
+    return make_tolerance(
+        profile or args.tolerance,
+        parse_tolerance_overrides(args.atol, "--atol"),
+        parse_tolerance_overrides(args.rtol, "--rtol"),
+    )
 
 
 def write_reports(report, args: argparse.Namespace, console=None) -> None:
@@ -107,7 +147,9 @@ def write_reports(report, args: argparse.Namespace, console=None) -> None:
 def _check_files(paths: list[str], option: str) -> None:
     for p in paths:
         if not Path(p).is_file():
-            raise ReparamError(f"{option} file {p!r} does not exist", hint=f"check the path given to {option}")
+            raise ReparamError(
+                f"{option} file {p!r} does not exist", hint=f"check the path given to {option}"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,9 +163,12 @@ def run(args: argparse.Namespace) -> int:
     _check_files(args.onnx, "--onnx")
     _check_files(args.engine, "--engine")
     tol = make_tolerance_from_args(args)
-    model = load_model(args.reference, arch=args.arch,
-                       arch_kwargs=parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
-                       trust_pickle=args.trust_pickle)
+    model = load_model(
+        args.reference,
+        arch=args.arch,
+        arch_kwargs=parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
+        trust_pickle=args.trust_pickle,
+    )
     model.eval()
     batches, info = make_batches(args, model)
     candidates: list[Any] = [*args.deploy, *args.onnx, *args.engine]
@@ -134,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
         result = convert(model, example, check=False)
         candidates = [result.model]
         info["candidate"] = "converted on the fly (no --deploy/--onnx/--engine given)"
-    report = verify(model, candidates, batches, tolerance=tol, reference_name=str(args.reference),
-                    inputs_info=info)
+    report = verify(
+        model, candidates, batches, tolerance=tol, reference_name=str(args.reference), inputs_info=info
+    )
     write_reports(report, args)
     return 0 if report.passed else 1

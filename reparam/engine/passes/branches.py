@@ -72,7 +72,9 @@ class Branch:
 
     def reach(self) -> tuple[int, ...]:
         """``lo + hi - dilation * (kernel - 1)``: equal values give equal output sizes."""
-        return tuple(lo + hi - d * (k - 1) for lo, hi, d, k in zip(self.lo, self.hi, self.dilation, self.kernel))
+        return tuple(
+            lo + hi - d * (k - 1) for lo, hi, d, k in zip(self.lo, self.hi, self.dilation, self.kernel)
+        )
 
     def macs(self) -> int:
         if self.kind == "conv":
@@ -87,7 +89,9 @@ def _tuple(v, n: int) -> tuple[int, ...]:
 def _crop_of(node: fx.Node, ndim: int) -> tuple[fx.Node, list[int], list[int]] | None:
     """Follow constant spatial slices ``x[:, :, a:-b, ...]`` back to ``x``; crops per side, or None."""
     lo, hi = [0] * ndim, [0] * ndim
-    while node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+    while (
+        node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node)
+    ):
         src, idx = node.args
         idx = idx if isinstance(idx, tuple) else (idx,)
         if len(idx) > ndim + 2 or not all(isinstance(s, slice) for s in idx):
@@ -137,14 +141,33 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
     """Read a summed term as a linear map of one input (None when it is not even a tensor term)."""
     mod = module_of(gm, leaf)
     exclusive = all(u in tree for u in leaf.users)
-    if isinstance(mod, CONV) and len(leaf.args) == 1 and not leaf.kwargs and isinstance(leaf.args[0], fx.Node):
+    if (
+        isinstance(mod, CONV)
+        and len(leaf.args) == 1
+        and not leaf.kwargs
+        and isinstance(leaf.args[0], fx.Node)
+    ):
         n = len(mod.kernel_size)
         crop = _crop_of(leaf.args[0], n)
         src, clo, chi = crop if crop is not None else (leaf.args[0], [0] * n, [0] * n)
         lo, hi = _conv_padding(mod)
-        b = Branch(leaf, src, "conv", n, mod.in_channels, mod.out_channels, tuple(mod.kernel_size),
-                   tuple(mod.stride), tuple(mod.dilation), tuple(a - c for a, c in zip(lo, clo)),
-                   tuple(a - c for a, c in zip(hi, chi)), mod.groups, mod, str(leaf.target), [leaf])
+        b = Branch(
+            leaf,
+            src,
+            "conv",
+            n,
+            mod.in_channels,
+            mod.out_channels,
+            tuple(mod.kernel_size),
+            tuple(mod.stride),
+            tuple(mod.dilation),
+            tuple(a - c for a, c in zip(lo, clo)),
+            tuple(a - c for a, c in zip(hi, chi)),
+            mod.groups,
+            mod,
+            str(leaf.target),
+            [leaf],
+        )
         if crop is not None and src is not leaf.args[0]:
             b.nodes.append(leaf.args[0])
         if mod.padding_mode != "zeros" and (any(lo) or any(hi)):
@@ -160,8 +183,23 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
             return None
         c = mod.num_features
         one = (1,) * ndim
-        b = Branch(leaf, leaf.args[0], "bn", ndim, c, c, one, one, one, (0,) * ndim, (0,) * ndim,
-                   None, mod, str(leaf.target), [leaf])
+        b = Branch(
+            leaf,
+            leaf.args[0],
+            "bn",
+            ndim,
+            c,
+            c,
+            one,
+            one,
+            one,
+            (0,) * ndim,
+            (0,) * ndim,
+            None,
+            mod,
+            str(leaf.target),
+            [leaf],
+        )
         if not mod.track_running_stats or mod.running_mean is None:
             b.problem = "BatchNorm uses batch statistics (track_running_stats=False)"
         elif not exclusive:
@@ -175,8 +213,23 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
         k = _tuple(mod.kernel_size, ndim)
         s = _tuple(mod.stride if mod.stride is not None else mod.kernel_size, ndim)
         p = _tuple(mod.padding, ndim)
-        b = Branch(leaf, leaf.args[0], "pool", ndim, c, c, k, s, (1,) * ndim, p, p, None, mod,
-                   str(leaf.target), [leaf])
+        b = Branch(
+            leaf,
+            leaf.args[0],
+            "pool",
+            ndim,
+            c,
+            c,
+            k,
+            s,
+            (1,) * ndim,
+            p,
+            p,
+            None,
+            mod,
+            str(leaf.target),
+            [leaf],
+        )
         if mod.ceil_mode or getattr(mod, "divisor_override", None) or (any(p) and not mod.count_include_pad):
             b.problem = "average pool with ceil_mode, divisor_override or count_include_pad=False"
         elif not exclusive:
@@ -256,7 +309,9 @@ def _plan(members: list[Branch]) -> Plan | str:
     offsets = []
     for b in members:
         off = tuple((pad[d] - b.lo[d]) // dil[d] for d in range(nd))
-        span = tuple((b.kernel[d] - 1) * (b.dilation[d] // dil[d] if b.kernel[d] > 1 else 1) + 1 for d in range(nd))
+        span = tuple(
+            (b.kernel[d] - 1) * (b.dilation[d] // dil[d] if b.kernel[d] > 1 else 1) + 1 for d in range(nd)
+        )
         if any(o < 0 or o + s > k for o, s, k in zip(off, span, size)):
             return "no exact alignment of the branch windows"
         offsets.append(off)
@@ -267,8 +322,10 @@ def _plan(members: list[Branch]) -> Plan | str:
     after = first.out_ch * (first.in_ch // groups) * math.prod(size)
     before = sum(b.macs() for b in members)
     if after > before:
-        return (f"merged conv (groups={groups}, kernel={tuple(size)}) would cost {after} instead of {before} "
-                "multiply-adds per output position")
+        return (
+            f"merged conv (groups={groups}, kernel={tuple(size)}) would cost {after} instead of {before} "
+            "multiply-adds per output position"
+        )
     return Plan(members, tuple(size), tuple(pad), tuple(dil), groups, offsets)
 
 
@@ -293,7 +350,9 @@ def _kernel_bias(b: Plan, m: Branch, off: tuple[int, ...]) -> tuple[torch.Tensor
             def d(t):
                 return None if t is None else t.detach().double()
 
-            k, bias = fold_bn(k, None, d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias), bn.eps)
+            k, bias = fold_bn(
+                k, None, d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias), bn.eps
+            )
     return pad_kernel(k, b.kernel, off), bias
 
 
@@ -353,7 +412,9 @@ class MergeBranches:
                 if b is not None:
                     branches.append(b)
         inputs = {b.input for b in branches}
-        branches = [(_as_identity(b) or b) if b.kind != "identity" and b.leaf in inputs else b for b in branches]
+        branches = [
+            (_as_identity(b) or b) if b.kind != "identity" and b.leaf in inputs else b for b in branches
+        ]
         by_input: dict[fx.Node, list[Branch]] = {}
         for b in branches:
             by_input.setdefault(b.input, []).append(b)
@@ -372,16 +433,20 @@ class MergeBranches:
             for b in ok:
                 key = (b.ndim, b.stride, b.reach(), b.in_ch, b.out_ch, shape_of(b.leaf))
                 classes.setdefault(key, []).append(b)
-            ranked = sorted(classes.values(), key=lambda bs: (any(b.kind == "conv" for b in bs), len(bs)),
-                            reverse=True)
+            ranked = sorted(
+                classes.values(), key=lambda bs: (any(b.kind == "conv" for b in bs), len(bs)), reverse=True
+            )
             if not ranked:
                 continue
             best = ranked[0]
             for other in ranked[1:]:
                 for b in other:
-                    ctx.leave(where, f"branch {b.label} not merged with {best[0].label}: strides, channels or "
-                              f"output shapes differ (stride {b.stride} vs {best[0].stride}, output size offset "
-                              f"{b.reach()} vs {best[0].reach()})")
+                    ctx.leave(
+                        where,
+                        f"branch {b.label} not merged with {best[0].label}: strides, channels or "
+                        f"output shapes differ (stride {b.stride} vs {best[0].stride}, output size offset "
+                        f"{b.reach()} vs {best[0].reach()})",
+                    )
             if len(best) < 2 or not any(b.kind == "conv" for b in best):
                 continue
             plan = _plan(best)
@@ -396,8 +461,9 @@ class MergeBranches:
                 path = _nonlinear_path(b.leaf, conv_inputs)
                 if path:
                     ops = " <- ".join(_describe(gm, n) for n in path)
-                    ctx.leave(where, f"branch through {ops} holds a nonlinearity or an unsupported op; "
-                              "left unfused")
+                    ctx.leave(
+                        where, f"branch through {ops} holds a nonlinearity or an unsupported op; left unfused"
+                    )
         if chosen is None:
             return None
         return self._rewrite(gm, ctx, root, terms, adds, chosen)
@@ -412,8 +478,16 @@ class MergeBranches:
         like = next(m.module.weight for m in members if m.kind == "conv")
         first = members[0]
         new = CONV_BY_DIM[first.ndim](
-            first.in_ch, first.out_ch, plan.kernel, stride=first.stride, padding=plan.padding,
-            dilation=plan.dilation, groups=plan.groups, bias=True, device=like.device, dtype=like.dtype,
+            first.in_ch,
+            first.out_ch,
+            plan.kernel,
+            stride=first.stride,
+            padding=plan.padding,
+            dilation=plan.dilation,
+            groups=plan.groups,
+            bias=True,
+            device=like.device,
+            dtype=like.dtype,
         )
         new.weight = ctx.parameter(kernel, like, "weight")
         new.bias = ctx.parameter(bias, like, "bias")
@@ -440,8 +514,13 @@ class MergeBranches:
             for t in rest:
                 out = gm.graph.call_function(operator.add, (out, t))
         erased = replace_with(gm, root, out, leaving)
-        kinds = ", ".join(f"{ctx.full(m.module_name) if m.module_name else m.label} "
-                          f"[{m.kind} {'x'.join(map(str, m.kernel))}]" for m in members)
-        detail = (f"{len(members)} branches summed into one {'x'.join(map(str, plan.kernel))} conv "
-                  f"(padding {plan.padding}, dilation {plan.dilation}, groups {plan.groups}): {kinds}")
+        kinds = ", ".join(
+            f"{ctx.full(m.module_name) if m.module_name else m.label} "
+            f"[{m.kind} {'x'.join(map(str, m.kernel))}]"
+            for m in members
+        )
+        detail = (
+            f"{len(members)} branches summed into one {'x'.join(map(str, plan.kernel))} conv "
+            f"(padding {plan.padding}, dilation {plan.dilation}, groups {plan.groups}): {kinds}"
+        )
         return ctx.record(name, new, names, detail), erased

@@ -71,22 +71,30 @@ class FoldBN:
             check_running_stats(bn, ctx.full(where))
             if len(prod.users) != 1:
                 others = ", ".join(sorted(u.name for u in prod.users if u is not node))
-                ctx.leave(str(prod.target), f"output of {prod.target} also feeds {others}; folding "
-                          f"{where} into it would change those")
+                ctx.leave(
+                    str(prod.target),
+                    f"output of {prod.target} also feeds {others}; folding "
+                    f"{where} into it would change those",
+                )
                 continue
             if len(prod.args) != 1 or prod.kwargs:
                 ctx.leave(str(prod.target), "layer is called with extra arguments")
                 continue
             out_features = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
             if bn.num_features != out_features:
-                ctx.leave(where, f"BatchNorm has {bn.num_features} features but {prod.target} "
-                          f"produces {out_features}")
+                ctx.leave(
+                    where,
+                    f"BatchNorm has {bn.num_features} features but {prod.target} produces {out_features}",
+                )
                 continue
             if isinstance(layer, nn.Linear):
                 shape = shape_of(prod)
                 if shape is None or len(shape) != 2:
-                    ctx.leave(where, "BatchNorm after Linear is folded only on 2-D [batch, features] "
-                              f"outputs (output shape here: {shape or 'unknown'})")
+                    ctx.leave(
+                        where,
+                        "BatchNorm after Linear is folded only on 2-D [batch, features] "
+                        f"outputs (output shape here: {shape or 'unknown'})",
+                    )
                     continue
             mean, var, gamma, beta = _bn_tensors(bn)
             weight = layer.weight.detach().double()
@@ -100,8 +108,12 @@ class FoldBN:
             new.bias = ctx.parameter(b, layer.weight, "bias")
             calls = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == prod.target)
             leaving = {node, prod}
-            name = choose_name(gm, [ctx.parent_of_sources([str(prod.target), where]), str(prod.target)], leaving)
-            detail = f"{type(bn).__name__}(eps={bn.eps:g}, affine={bn.affine}) folded into {type(layer).__name__}"
+            name = choose_name(
+                gm, [ctx.parent_of_sources([str(prod.target), where]), str(prod.target)], leaving
+            )
+            detail = (
+                f"{type(bn).__name__}(eps={bn.eps:g}, affine={bn.affine}) folded into {type(layer).__name__}"
+            )
             if calls > 1:
                 detail += f"; {prod.target} is called {calls} times, this call site got its own copy"
             install(gm, name, new, node, prod.args, leaving)

@@ -7,8 +7,15 @@ from torch import fx, nn
 from reparam.engine.base import PassContext, PassResult, register_pass
 from reparam.engine.graph import module_of
 
-_IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-             nn.FeatureAlphaDropout)
+_IDENTITY = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 
 
 @register_pass

@@ -61,12 +61,18 @@ class Merge1x1Kxk:
             p2 = _padding(c2)
             b1 = c1.bias.detach().double() if c1.bias is not None else None
             if p2 is None or (any(p2) and c2.padding_mode != "zeros"):
-                ctx.leave(where, f"{first.target} -> {where}: padding {c2.padding!r} with mode "
-                          f"{c2.padding_mode!r} cannot be merged exactly")
+                ctx.leave(
+                    where,
+                    f"{first.target} -> {where}: padding {c2.padding!r} with mode "
+                    f"{c2.padding_mode!r} cannot be merged exactly",
+                )
                 continue
             if any(p2) and b1 is not None and bool(b1.abs().max() > 0):
-                ctx.leave(where, f"{first.target} -> {where}: the k×k conv pads with zeros where the 1×1 "
-                          "conv's output would be its (non-zero) bias, so merging is not exact")
+                ctx.leave(
+                    where,
+                    f"{first.target} -> {where}: the k×k conv pads with zeros where the 1×1 "
+                    "conv's output would be its (non-zero) bias, so merging is not exact",
+                )
                 continue
             g1, g2 = c1.groups, c2.groups
             groups = g1 if g1 == g2 else 1
@@ -75,8 +81,11 @@ class Merge1x1Kxk:
             before = mid * cin // g1 + cout * (mid // g2) * area
             after = cout * (cin // groups) * area
             if after > before:
-                ctx.leave(where, f"merging {first.target} -> {where} would cost {after} instead of {before} "
-                          "multiply-adds per output position")
+                ctx.leave(
+                    where,
+                    f"merging {first.target} -> {where} would cost {after} instead of {before} "
+                    "multiply-adds per output position",
+                )
                 continue
             k1 = regroup_kernel(c1.weight.detach().double(), g1, groups)
             k2 = regroup_kernel(c2.weight.detach().double(), g2, groups)
@@ -85,8 +94,16 @@ class Merge1x1Kxk:
             kernel, bias = merge_sequential_1x1_kxk(k1, b1, k2, b2, groups=groups)
             w = c2.weight
             new = CONV_BY_DIM[len(c2.kernel_size)](
-                cin, cout, c2.kernel_size, stride=c2.stride, padding=p2, dilation=c2.dilation,
-                groups=groups, bias=True, device=w.device, dtype=w.dtype,
+                cin,
+                cout,
+                c2.kernel_size,
+                stride=c2.stride,
+                padding=p2,
+                dilation=c2.dilation,
+                groups=groups,
+                bias=True,
+                device=w.device,
+                dtype=w.dtype,
             )
             new.weight = ctx.parameter(kernel, w, "weight")
             new.bias = ctx.parameter(bias, w, "bias")
@@ -94,8 +111,14 @@ class Merge1x1Kxk:
             name = choose_name(gm, [ctx.parent_of_sources([str(first.target), where]), where], leaving)
             install(gm, name, new, node, first.args, leaving)
             gone |= leaving
-            fused.append(ctx.record(name, new, [str(first.target), where],
-                                    f"1x1 conv {first.target} merged into {tuple(c2.kernel_size)} conv {where}"))
+            fused.append(
+                ctx.record(
+                    name,
+                    new,
+                    [str(first.target), where],
+                    f"1x1 conv {first.target} merged into {tuple(c2.kernel_size)} conv {where}",
+                )
+            )
         if fused:
             cleanup(gm)
         return PassResult(gm, bool(fused), fused)
