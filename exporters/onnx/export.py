@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -166,6 +167,11 @@ def _run_exporter(
 ) -> Any:
     onnx = require("onnx", "onnx", "ONNX export")
     log = io.StringIO()
+    # The dynamo exporter logs a warning per torchvision op it cannot register when torchvision is
+    # absent; reparam never needs those ops.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -215,6 +221,8 @@ def _run_exporter(
             f"torch.onnx ({'dynamo' if dynamo else 'legacy'} exporter) failed: {type(exc).__name__}: {first}",
             hint=f"try {other}, or another opset (--opset)",
         ) from exc
+    finally:
+        registration.setLevel(level)
     return proto
 
 

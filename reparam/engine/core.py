@@ -245,6 +245,9 @@ def convert(
     converter = _Converter(selected, captured)
     record = RewriteRecord()
     if gm is not None:
+        # From here the graph module holds the only references the passes need: dropping the
+        # copy lets each replaced layer be freed as soon as its fused layer exists.
+        work = None
         ctx = PassContext(example_inputs=inputs)
         converter.contexts.append(ctx)
         deploy: nn.Module = run_passes(gm, selected, ctx)

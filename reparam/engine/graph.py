@@ -121,17 +121,29 @@ def cleanup(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
+_SHAPED_FOR = "reparam_shaped_for"
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
     """Annotate nodes with ``tensor_meta`` by running the graph once; False when not possible."""
     if example_inputs is None:
         return False
+    # Exact rewrites keep every value's shape, and a new node inherits the meta of the node it
+    # replaces (replace_with): when every node was shaped for these inputs, a rerun (a full
+    # forward at the example resolution) is skipped.
+    key = id(example_inputs)
+    if all(n.meta.get(_SHAPED_FOR) == key for n in gm.graph.nodes):
+        return True
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(*example_inputs)
     except Exception:  # shapes are an optional aid; passes stay conservative without them
         for node in gm.graph.nodes:
             node.meta.pop("tensor_meta", None)
+            node.meta.pop(_SHAPED_FOR, None)
         return False
+    for node in gm.graph.nodes:
+        node.meta[_SHAPED_FOR] = key
     return True
 
 

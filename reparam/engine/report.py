@@ -66,6 +66,24 @@ class ConversionReport:
             "warnings": list(self.warnings),
         }
 
+    def summary_line(self) -> str:
+        """One line: layer counts, parameters and MACs before -> after, and the check's error."""
+        b, a = self.before, self.after
+        parts = []
+        if b and a:
+            for kind in sorted(set(b.modules) | set(a.modules)):
+                if "Conv" in kind or "BatchNorm" in kind or kind == "Linear":
+                    parts.append(f"{kind} {b.modules.get(kind, 0)} -> {a.modules.get(kind, 0)}")
+            parts.append(f"parameters {b.params:,} -> {a.params:,}")
+            if b.macs is not None and a.macs is not None:
+                parts.append(f"MACs {b.macs:,} -> {a.macs:,}")
+        if self.check:
+            parts.append(
+                f"check {'passed' if self.check.passed else 'FAILED'} "
+                f"(relative error {self.check.relative_error:.2g})"
+            )
+        return "converted: " + ", ".join(parts)
+
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
 

@@ -141,8 +141,9 @@ def build_artifacts(args: argparse.Namespace, workdir: Path, model, batches, tar
     from reparam.verify.core import make_candidate
 
     example = (torch.from_numpy(batches[0]["input"]),)
-    result = convert(model, example, check=False)
+    result = convert(model, example, check=False)  # the verification below is the check
     deploy = result.model
+    print(result.report.summary_line())
     save_artifact(
         deploy,
         example,
