@@ -6,7 +6,9 @@ call it.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +54,32 @@ def _layer_macs(module: nn.Module, inputs: tuple, output) -> int:
     return 0
 
 
+class MacCounter:
+    """Accumulates multiply-accumulates while installed on a model (see :func:`counting_macs`)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def hook(self, module: nn.Module, inputs: tuple, output) -> None:
+        self.total += _layer_macs(module, inputs, output)
+
+
+@contextlib.contextmanager
+def counting_macs(model: nn.Module) -> Iterator[MacCounter]:
+    """Count the MACs of every forward run inside the block (lets a caller count a run it needs anyway)."""
+    counter = MacCounter()
+    handles = [
+        m.register_forward_hook(counter.hook)
+        for m in model.modules()
+        if isinstance(m, _CONV + _CONV_T + (nn.Linear,))
+    ]
+    try:
+        yield counter
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def count_macs(model: nn.Module, example_inputs: tuple) -> int:
     """Multiply-accumulates of conv, transposed conv and linear layers for one forward pass.
 
@@ -59,27 +87,15 @@ def count_macs(model: nn.Module, example_inputs: tuple) -> int:
     twice), and layers inside torch.fx GraphModules are seen as well. Elementwise ops, pooling
     and normalisation are not counted.
     """
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        total += _layer_macs(module, inputs, output)
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, _CONV + _CONV_T + (nn.Linear,))
-    ]
-    try:
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    with counting_macs(model) as counter, torch.no_grad():
+        model(*example_inputs)
+    return counter.total
 
 
-def model_stats(model: nn.Module, example_inputs: tuple | None = None) -> ModelStats:
-    """Parameters, MACs (when example inputs are given) and module counts of ``model``."""
-    macs = count_macs(model, example_inputs) if example_inputs is not None else None
+def model_stats(
+    model: nn.Module, example_inputs: tuple | None = None, *, macs: int | None = None
+) -> ModelStats:
+    """Parameters, MACs (given, or counted on ``example_inputs``) and module counts of ``model``."""
+    if macs is None and example_inputs is not None:
+        macs = count_macs(model, example_inputs)
     return ModelStats(params=count_params(model), macs=macs, modules=module_counts(model))

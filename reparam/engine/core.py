@@ -27,7 +27,7 @@ from reparam.engine.record import FusionEntry, RewriteRecord
 from reparam.engine.report import CheckSummary, ConversionReport
 from reparam.errors import MismatchError, ReparamError
 from reparam.numerics import fp32_limit
-from reparam.profile import model_stats
+from reparam.profile import counting_macs, model_stats
 
 
 @dataclass
@@ -219,9 +219,10 @@ def convert(
             mods = dict(work.named_modules())
             handles = [mods[p].register_forward_pre_hook(pre_for(p)) for p in all_paths]
         try:
-            reference, first, calls, order = capture(
-                work, nonleaf, lambda: work(*inputs), keep_outputs=keep_block_outputs
-            )
+            with counting_macs(work) as macs_before:
+                reference, first, calls, order = capture(
+                    work, nonleaf, lambda: work(*inputs), keep_outputs=keep_block_outputs
+                )
         except Exception as exc:
             raise ReparamError(
                 f"the model fails on the example inputs {[tuple(t.shape) for t in inputs if hasattr(t, 'shape')]}: "
@@ -232,7 +233,7 @@ def convert(
             for h in handles:
                 h.remove()
         captured[""] = inputs
-        report.before = model_stats(work, inputs)
+        report.before = model_stats(work, macs=macs_before.total)
     else:
         report.before = model_stats(work)
 
@@ -294,9 +295,9 @@ def convert(
         )
 
     if inputs is not None:
-        with torch.no_grad():
+        with torch.no_grad(), counting_macs(deploy) as macs_after:
             out = deploy(*inputs)
-        report.after = model_stats(deploy, inputs)
+        report.after = model_stats(deploy, macs=macs_after.total)
     else:
         out = None
         report.after = model_stats(deploy)

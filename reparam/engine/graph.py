@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -124,6 +124,22 @@ def cleanup(gm: fx.GraphModule) -> None:
 _SHAPED_FOR = "reparam_shaped_for"
 
 
+class TensorShape(NamedTuple):
+    """What the passes need to know of a node's value."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+class _ShapeRecorder(fx.Interpreter):
+    # torch.fx's ShapeProp does the same but imports sympy on first use (half a second).
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            n.meta["tensor_meta"] = TensorShape(out.shape, out.dtype)
+        return out
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
     """Annotate nodes with ``tensor_meta`` by running the graph once; False when not possible."""
     if example_inputs is None:
@@ -136,7 +152,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
         return True
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*example_inputs)
+            _ShapeRecorder(gm).run(*example_inputs)
     except Exception:  # shapes are an optional aid; passes stay conservative without them
         for node in gm.graph.nodes:
             node.meta.pop("tensor_meta", None)
