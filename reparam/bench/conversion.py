@@ -55,6 +55,9 @@ class ConversionCost:
     memory_method: str
     export_s: float | None = None
     simplify_s: float | None = None
+    # export + simplify with torch.onnx's legacy (TorchScript) exporter, measured after the default
+    # one in the same process (onnx and onnxsim are imported by then)
+    legacy_export_s: float | None = None
     reference_s: float | None = None  # timm's own reparameterize, for the timm row
     check_passed: bool | None = None
     notes: list[str] = field(default_factory=list)
@@ -224,6 +227,20 @@ def _param_bytes(model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def _time_legacy_export(deploy: Any, example: tuple, notes: list[str]) -> float | None:
+    """One ``export_onnx(simplify=True, dynamo=False)``: export + simplify time."""
+    from exporters.onnx import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="reparam-bench-") as tmp:
+        start = time.perf_counter()
+        try:
+            export_onnx(deploy, example, Path(tmp) / "model.onnx", simplify=True, dynamo=False)
+        except Exception as exc:  # reported, not fatal: the default exporter's time stands
+            notes.append(f"legacy exporter failed: {type(exc).__name__}: {exc}")
+            return None
+        return time.perf_counter() - start
+
+
 def _time_export(deploy: Any, example: tuple, notes: list[str]) -> tuple[float | None, float | None]:
     """One cold ``export_onnx(simplify=True)``: (export time without simplification, simplify time)."""
     try:
@@ -275,6 +292,8 @@ def measure_zoo_model(
     )
     if export:
         cost.export_s, cost.simplify_s = _time_export(result.model, example, notes)
+        if cost.export_s is not None:
+            cost.legacy_export_s = _time_legacy_export(result.model, example, notes)
     return cost
 
 

@@ -199,6 +199,7 @@ CONVERSION_HEADER = [
     "peak/params",
     "export s",
     "simplify s",
+    "legacy export+simplify s",
     "targets",
     "others' CPU",
 ]
@@ -245,6 +246,7 @@ def conversion_rows(costs: list[ConversionCost]) -> list[list[str]]:
                 _fmt_x(c.peak_over_params),
                 _fmt_s(c.export_s),
                 _fmt_s(c.simplify_s),
+                _fmt_s(c.legacy_export_s),
                 marks,
                 fmt_load(c.other_load),
             ]
@@ -285,7 +287,9 @@ def render_markdown(results: BenchResults) -> str:
             "memory above the process's RSS just before the conversion; params = parameter bytes of the "
             "training model. One cold `export_onnx(simplify=True)` of the deploy model (the first export "
             "in the process): simplify = onnxsim time as the exporter reports it, export = the rest "
-            "(tracing, checks, shape inference, saving).",
+            "(tracing, checks, shape inference, saving); the target is judged on it (torch.onnx's default "
+            "exporter). legacy = the same export with the legacy TorchScript exporter (`dynamo=False`, "
+            "`--legacy-exporter`), run next in the same process.",
             "",
         ]
         out += _md_table(CONVERSION_HEADER, conversion_rows(results.conversion))
