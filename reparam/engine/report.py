@@ -87,16 +87,21 @@ class ConversionReport:
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
-    def render(self, plain: bool = False, width: int = 110) -> str:
-        """The report as text: rich tables, or plain text with ``plain=True``."""
+    def render(self, plain: bool = False, width: int = 110, max_fusions: int | None = None) -> str:
+        """The report as text: rich tables, or plain text with ``plain=True``.
+
+        With more than ``max_fusions`` fusions they are summarized per pass (the JSON has them all).
+        """
         if not plain:
             try:
-                return self._render_rich(width)
+                return self._render_rich(width, max_fusions)
             except ImportError:
                 pass
-        return self._render_plain()
+        return self._render_plain(max_fusions)
 
-    def _rows(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    def _rows(
+        self, max_fusions: int | None = None
+    ) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
         b, a = self.before, self.after
         stats = []
         if b and a:
@@ -106,7 +111,18 @@ class ConversionReport:
             for kind in sorted(set(b.modules) | set(a.modules)):
                 stats.append((kind, str(b.modules.get(kind, 0)), str(a.modules.get(kind, 0))))
         fusions = []
-        for p, entries in self.fused_by_pass().items():
+        by_pass = self.fused_by_pass()
+        if max_fusions is not None and len(self.fusions) > max_fusions:
+            # One row per pass: long models would print hundreds of rows.
+            for p, entries in by_pass.items():
+                if entries:
+                    names = [e.fused for e in entries]
+                    shown = ", ".join(names[:4]) + (
+                        f", ... ({len(names) - 4} more)" if len(names) > 4 else ""
+                    )
+                    fusions.append((p, f"{len(names)} modules", shown))
+            return stats, fusions
+        for p, entries in by_pass.items():
             for e in entries:
                 fusions.append((p, e.fused, e.detail or ", ".join(e.sources)))
         return stats, fusions
@@ -135,8 +151,8 @@ class ConversionReport:
         lines += [f"warning: {w}" for w in self.warnings]
         return lines
 
-    def _render_plain(self) -> str:
-        stats, fusions = self._rows()
+    def _render_plain(self, max_fusions: int | None = None) -> str:
+        stats, fusions = self._rows(max_fusions)
         out = ["reparam conversion report", ""]
         if fusions:
             out.append("fused:")
@@ -152,12 +168,12 @@ class ConversionReport:
         out += self._summary_lines()
         return "\n".join(out)
 
-    def _render_rich(self, width: int) -> str:
+    def _render_rich(self, width: int, max_fusions: int | None = None) -> str:
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
 
-        stats, fusions = self._rows()
+        stats, fusions = self._rows(max_fusions)
         buf = io.StringIO()
         console = Console(file=buf, width=width, force_terminal=False, color_system=None)
         t = Table(title="fused", show_lines=False)

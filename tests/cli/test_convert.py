@@ -52,6 +52,10 @@ def test_convert_good_checkpoint(tmp_path, ckpt, model, capsys):
     assert "merge_branches" in captured.out and "PASSED" in captured.out
     assert _outputs(tmp_path) == ["acb.pt2", "acb.pt2.report.json", "extra.json"]
     report = json.loads((tmp_path / "out" / "extra.json").read_text())
+    # 54 BN folds and 17 branch merges: the printed report has one row per pass, the JSON all of them
+    assert len(report["fused"]["fold_bn"]) == 54 and len(report["fused"]["merge_branches"]) == 17
+    assert "54 modules" in captured.out and "17 modules" in captured.out
+    assert "layer4.1.conv2.ver_conv" not in captured.out
     assert report["after"]["modules"]["Conv2d"] == 20 and "BatchNorm2d" not in report["after"]["modules"]
     loaded = load_artifact(out)
     assert loaded.reparam_metadata["metadata"]["checkpoint_sha256"]
@@ -116,3 +120,10 @@ def test_pickled_module_needs_trust_pickle(tmp_path, model, capsys):
 def test_unknown_arch_and_bad_shape(tmp_path, ckpt, capsys):
     _expect_error(tmp_path, capsys, [str(ckpt), "--arch", "acb_resnet81"], "unknown model")
     _expect_error(tmp_path, capsys, [str(ckpt), "--input-shape", "1x3xx-2"], "invalid input shape")
+
+
+def test_verbose_lists_every_fusion(tmp_path, ckpt, capsys):
+    out = tmp_path / "out" / "acb.pt2"
+    assert main(["convert", str(ckpt), "-o", str(out), "--input-shape", "1x3x32x32", "--verbose"]) == 0
+    printed = capsys.readouterr().out
+    assert "layer4.1.conv2.ver_conv" in printed and "54 modules" not in printed

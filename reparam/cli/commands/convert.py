@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+SUMMARY_ROWS = 20  # fusions listed one by one in the printed report
+
 
 def register(subparsers) -> None:
     from reparam.cli.common import add_model_arguments
@@ -39,6 +41,12 @@ def register(subparsers) -> None:
         "merge_1x1_kxk, merge_branches)",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the built-in equivalence check")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help=f"list every fusion (default: one line per pass beyond {SUMMARY_ROWS} fusions)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -72,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint_sha256": file_sha256(args.checkpoint),
         "input_shape": list(example[0].shape),
     }
-    sys.stdout.write(result.report.render() + "\n")
+    max_rows = None if args.verbose else SUMMARY_ROWS
+    sys.stdout.write(result.report.render(max_fusions=max_rows) + "\n")
     save_artifact(result.model, example, out, report=result.report, metadata=metadata)
     if args.report:
         atomic_write_text(args.report, result.report.to_json())
