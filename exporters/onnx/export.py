@@ -139,19 +139,21 @@ def _boundary_module(model: nn.Module, args: tuple, n_outputs: int) -> tuple[nn.
             node is None
             or node.op in ("placeholder", "get_attr", "output")
             or node in leaves
-            or node in chosen.values()
         ):
             continue
         chosen[path] = node
     if not chosen:
         return model, {}
-    graph.output(tuple(env[n] for n in [*leaves, *chosen.values()]))
+    # One value can end several blocks (a stage and its last block): one output, every path mapped to it.
+    unique = list(dict.fromkeys(chosen.values()))
+    graph.output(tuple(env[n] for n in [*leaves, *unique]))
     wrapper = torch.fx.GraphModule(model, graph)
     with torch.no_grad():
         values = _flat_tensors(wrapper(*args))
-    if len(values) != n_outputs + len(chosen):  # a boundary that is not one tensor: keep the plain model
+    if len(values) != n_outputs + len(unique):  # a boundary that is not one tensor: keep the plain model
         return model, {}
-    return wrapper, {path: _BOUNDARY_OUTPUT.format(i) for i, path in enumerate(chosen)}
+    index = {node: i for i, node in enumerate(unique)}
+    return wrapper, {path: _BOUNDARY_OUTPUT.format(index[node]) for path, node in chosen.items()}
 
 
 def _run_exporter(
@@ -396,7 +398,7 @@ def export_onnx(
         axes = normalize_dynamic_axes(input_names, out_names, dynamic_batch, dynamic_axes)
         notes: list[str] = []
         target, mapping = _boundary_module(model, args, n_out)
-        all_out = out_names + list(mapping.values())
+        all_out = out_names + list(dict.fromkeys(mapping.values()))
         all_axes = dict(axes)
         if dynamic_batch:
             all_axes.update({name: {0: BATCH_DIM} for name in mapping.values()})

@@ -10,7 +10,7 @@ import torch
 
 from reparam.engine import reparameterize
 from reparam.errors import ReparamError
-from reparam.numerics import scale_relative_error
+from reparam.numerics import randomize_batchnorm, scale_relative_error
 from tests.exporters._models import TwoOutputs, tiny_net
 
 onnx = pytest.importorskip("onnx")
@@ -167,3 +167,23 @@ def test_exporter_failure_is_a_reparam_error_with_hint(tmp_path):
         export_onnx(DataDependent(), torch.ones(1, 3), tmp_path / "m.onnx", dynamo=True)
     assert "legacy" in err.value.hint
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_value_ending_a_stage_and_its_last_block_maps_both(tmp_path):
+    from reparam.verify.localize import onnx_block_outputs
+    from reparam.zoo import create_model
+
+    torch.manual_seed(0)
+    train = randomize_batchnorm(create_model("acb_resnet18", width=0.25, num_classes=5)).eval()
+    example = torch.randn(1, 3, 32, 32)
+    deploy = reparameterize(train, (example,))
+    result = export_onnx(deploy, (example,), tmp_path / "m.onnx", dynamo=False)
+    b = result.boundaries
+    assert "layer1" in b and "layer1.1" in b and b["layer1"] == b["layer1.1"]
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    values = onnx_block_outputs(tmp_path / "m.onnx", {"input": x})
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        ref = train.layer1(train.stem(t))
+    for path in ("layer1", "layer1.1"):
+        assert scale_relative_error(ref.numpy(), values[path]) <= 1e-5
