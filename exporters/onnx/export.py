@@ -135,11 +135,7 @@ def _boundary_module(model: nn.Module, args: tuple, n_outputs: int) -> tuple[nn.
     chosen: dict[str, torch.fx.Node] = {}
     for path, node_name in boundaries.items():
         node = by_name.get(node_name)
-        if (
-            node is None
-            or node.op in ("placeholder", "get_attr", "output")
-            or node in leaves
-        ):
+        if node is None or node.op in ("placeholder", "get_attr", "output") or node in leaves:
             continue
         chosen[path] = node
     if not chosen:
