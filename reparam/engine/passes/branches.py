@@ -252,6 +252,34 @@ def _as_identity(b: Branch) -> Branch | None:
     return Branch(b.leaf, b.leaf, "identity", ndim, c, c, one, one, one, (0,) * ndim, (0,) * ndim)
 
 
+def _sum_of_exactly(adds: set[fx.Node], leaves: set, root: fx.Node) -> fx.Node:
+    """The add node whose value is the sum of exactly ``leaves`` (``root`` if there is none).
+
+    When only some terms of an add tree merge (an ACB's branches summed with a residual), the fused
+    conv computes that inner sum: it takes over that node's metadata, so the block whose output the
+    inner sum was (the ACB) keeps a boundary in the deploy graph.
+    """
+    for node in adds:
+        terms = _terms_within(node, adds)
+        if len(terms) == len(leaves) and set(terms) == leaves:
+            return node
+    return root
+
+
+def _terms_within(node: fx.Node, adds: set[fx.Node]) -> list:
+    """Terms of the part of an add tree below ``node``."""
+    terms: list = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        for arg in n.args:
+            if isinstance(arg, fx.Node) and arg in adds:
+                stack.append(arg)
+            else:
+                terms.append(arg)
+    return terms
+
+
 def _flatten(root: fx.Node) -> tuple[list, set[fx.Node]]:
     """Terms of an add tree (nodes or numbers) and the add nodes that form it."""
     terms: list = []
@@ -510,9 +538,10 @@ class MergeBranches:
             raise RuntimeError(f"cannot add a module at {name!r}")
         with gm.graph.inserting_before(root):
             out = gm.graph.call_module(name, (first.input,))
-            out.meta = dict(root.meta)
+            out.meta = dict(_sum_of_exactly(adds, {m.leaf for m in members}, root).meta)
             for t in rest:
                 out = gm.graph.call_function(operator.add, (out, t))
+                out.meta = dict(root.meta)
         erased = replace_with(gm, root, out, leaving)
         kinds = ", ".join(
             f"{ctx.full(m.module_name) if m.module_name else m.label} "
