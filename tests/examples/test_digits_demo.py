@@ -17,15 +17,15 @@ pytest.importorskip("sklearn")
 _PATH = Path(__file__).resolve().parents[2] / "examples" / "digits_demo.py"
 
 
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("digits_demo", _PATH)
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("digits_demo", module)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
 
 
-demo = _load_demo()
+demo = _load(_PATH, "digits_demo")
 
 
 def test_split_is_fixed_stratified_and_normalised():
@@ -68,7 +68,20 @@ def test_unknown_demo_model_is_rejected(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_reaches_90_percent(tmp_path):
+def test_demo_reaches_90_percent_and_deploys_without_losing_accuracy(tmp_path, capsys):
+    """What `make demo` runs: train, `reparam deploy`, then accuracy of every artifact."""
+    from reparam.cli.main import main as reparam_main
+
     assert demo.main(["--out", str(tmp_path), "--seed", "0"]) == 0
     accuracies = _check_outputs(tmp_path, ["acb", "se"])
     assert accuracies["acb"] >= 0.9 and accuracies["se"] >= 0.9, accuracies
+    data = str(tmp_path / "digits_test.npz")
+    deploy_dir = tmp_path / "acb-deploy"
+    argv = ["deploy", str(tmp_path / "acb.pth"), "-o", str(deploy_dir), "--to", "onnx"]
+    assert reparam_main([*argv, "--inputs", data, "--batch-size", "64"]) == 0
+    capsys.readouterr()
+    accuracy_script = _load(_PATH.with_name("digits_accuracy.py"), "digits_accuracy")
+    assert accuracy_script.main([str(tmp_path / "acb.pth"), str(deploy_dir), "--data", data]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "(" in line and "images" not in line]
+    assert len(rows) == 3  # training model, model.pt2, model.onnx
+    assert all(f"{accuracies['acb']:.4f}" in row for row in rows), rows
