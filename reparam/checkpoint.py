@@ -86,8 +86,8 @@ def save_checkpoint(
 
 def _corrupt(path: Path, exc: BaseException) -> ReparamError:
     return ReparamError(
-        f"cannot read checkpoint {str(path)!r}: the file is truncated or corrupt ({type(exc).__name__}: "
-        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})",
+        f"cannot read checkpoint {str(path)!r}: the file is truncated, corrupt or not a PyTorch checkpoint "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})",
         hint="copy or download the file again and compare its size / checksum with the original",
     )
 
@@ -114,7 +114,10 @@ def _read(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():
+        # Only a refused global means pickled code; other unpickler errors ("Unsupported operand",
+        # "invalid load key") mean the file is not a checkpoint at all.
+        text = str(exc).lower()
+        if "weights only" not in text or "unsupported global" not in text:
             raise _corrupt(path, exc) from exc
         if not trust_pickle:
             raise ReparamError(

@@ -86,7 +86,7 @@ def test_default_loading_never_executes_code_from_the_file(tmp_path, trained):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "legacy_truncate", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "text", "legacy_truncate", "empty"])
 def test_truncated_or_corrupt_files_give_a_clear_error(tmp_path, trained, damage):
     path = tmp_path / "bad.pth"
     if damage == "legacy_truncate":
@@ -97,16 +97,18 @@ def test_truncated_or_corrupt_files_give_a_clear_error(tmp_path, trained, damage
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "garbage":
         path.write_bytes(b"this is not a checkpoint")
+    elif damage == "text":  # the unpickler reports an unsupported opcode: not a checkpoint, not pickled code
+        path.write_bytes(b"vm-host\n")
     else:
         path.write_bytes(b"")
-    with pytest.raises(ReparamError, match="truncated or corrupt"):
+    with pytest.raises(ReparamError, match="truncated, corrupt"):
         load_model(path, ARCH, KW)
 
 
 def test_corrupt_safetensors(tmp_path):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(ReparamError, match="truncated or corrupt"):
+    with pytest.raises(ReparamError, match="truncated, corrupt"):
         load_model(path, ARCH, KW)
 
 

@@ -89,7 +89,7 @@ def _expect_error(tmp_path, capsys, argv, *needles):
 
 def test_truncated_checkpoint(tmp_path, ckpt, capsys):
     ckpt.write_bytes(ckpt.read_bytes()[:4096])
-    _expect_error(tmp_path, capsys, [str(ckpt)], "truncated or corrupt", "hint:")
+    _expect_error(tmp_path, capsys, [str(ckpt)], "truncated, corrupt", "hint:")
 
 
 def test_wrong_architecture(tmp_path, ckpt, capsys):

@@ -83,9 +83,9 @@ def _check_output(out: Path, force: bool) -> None:
 
 
 def _require_tensorrt() -> None:
-    from reparam.errors import require
+    from exporters.tensorrt.capabilities import import_tensorrt
 
-    trt = require("tensorrt", "trt", "Building a TensorRT engine (--to trt)")
+    trt = import_tensorrt()
     try:
         import torch
 
