@@ -55,3 +55,29 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0, spread: float = 0.5) ->
                 m.weight.copy_(gamma * sign)
                 m.bias.copy_(torch.randn(n, generator=gen) * spread)
     return model
+
+
+@torch.no_grad()
+def calibrate_batchnorm(
+    model: nn.Module, seed: int = 0, shape: tuple[int, ...] = (8, 3, 32, 32), batches: int = 2
+) -> nn.Module:
+    """Random BN affine parameters, running statistics measured on random data; returns the model in eval mode.
+
+    Deep networks with purely random BN statistics (:func:`randomize_batchnorm`) blow activations up
+    by orders of magnitude, which makes relative comparisons meaningless; statistics measured on data
+    keep them in a sane range, as a trained network's are.
+    """
+    randomize_batchnorm(model, seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    gen = torch.Generator().manual_seed(seed + 1)
+    for _ in range(batches):
+        model(torch.randn(shape, generator=gen))
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+        m.running_var.clamp_(min=1e-2)  # a channel dead on the few samples would divide by sqrt(eps)
+    return model.eval()

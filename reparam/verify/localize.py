@@ -239,6 +239,12 @@ def locate_divergence(
             div.first_diverging = path
     if not div.blocks:
         div.note = "no block boundary could be matched between the reference and this candidate"
+    elif div.first_diverging is not None and not output_failed:
+        block = next(b for b in div.blocks if b.name == div.first_diverging)
+        div.note = (
+            f"warning: the outputs are within tolerance, but block {block.name} differs beyond its own "
+            f"limit (scale-relative {block.scale_rel:.3g}): a difference there is damped before the output"
+        )
     elif div.first_diverging is None and output_failed:
         worst = max(div.blocks, key=lambda b: b.scale_rel if np.isfinite(b.scale_rel) else np.inf)
         div.note = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reparam.numerics import randomize_batchnorm
+from reparam.numerics import calibrate_batchnorm, randomize_batchnorm
 
 
 class TinyNet(nn.Module):
@@ -49,23 +49,5 @@ def tiny_net(seed: int = 0) -> TinyNet:
 
 
 def sane_batchnorm(model: nn.Module, seed: int = 0, shape: tuple[int, ...] = (8, 3, 32, 32)) -> nn.Module:
-    """Random BN affine parameters, running statistics measured on random data (eval mode).
-
-    Deep networks with purely random BN statistics blow activations up to ~1e9, which makes any
-    relative comparison meaningless; measured statistics keep them in a sane range.
-    """
-    randomize_batchnorm(model, seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(shape, generator=gen))
-    for m, momentum in zip(bns, saved):
-        m.momentum = momentum
-        m.running_var.clamp_(min=1e-2)  # a channel dead on the few samples would divide by sqrt(eps)
-    return model.eval()
+    """Random BN affine parameters, running statistics measured on random data (eval mode)."""
+    return calibrate_batchnorm(model, seed, shape)

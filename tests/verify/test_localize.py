@@ -101,3 +101,36 @@ def test_onnx_boundaries_from_metadata(tmp_path):
     div = locate_divergence(ref_vals, values, order)
     assert div.first_diverging == "layer2"
     assert all(b.passed for b in div.blocks[:3])
+
+
+def test_a_block_difference_damped_before_the_output_is_reported():
+    """One channel of ScaleNet-50's last conv off by 1 % stays below the output limit: the report warns."""
+    import copy
+
+    from reparam.engine import convert
+    from reparam.numerics import calibrate_batchnorm
+    from reparam.verify.core import make_candidate, verify
+    from reparam.zoo import create_model
+
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(create_model("scalenet50", width=0.25, num_classes=10), 0)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    result = convert(model, x[:1])
+    bad = copy.deepcopy(result.model)
+    last = [m for m in bad.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight[0].mul_(1.01)
+    report = verify(
+        model,
+        [
+            make_candidate(result.model, name="good", record=result.record),
+            make_candidate(bad, name="bad", record=result.record),
+        ],
+        [{"input": x.numpy()}],
+    )
+    good, damped = report.candidates
+    assert good.passed and good.divergence.first_diverging is None and not good.divergence.note
+    assert damped.passed  # within the output tolerance...
+    assert damped.divergence.first_diverging == "layer4.2.conv3"  # ...but the block is named
+    assert "warning" in damped.divergence.note and "layer4.2.conv3" in damped.divergence.note
+    assert "layer4.2.conv3" in report.render_text()
