@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -105,7 +106,8 @@ class PassContext:
     left_alone: list[LeftAlone] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     history: list[FusionEntry] = field(default_factory=list)
-    products: dict[str, tuple[FusionEntry, nn.Module]] = field(default_factory=dict)
+    # weak: an intermediate product (a folded branch conv, merged later) must be freed once replaced
+    products: dict[str, tuple[FusionEntry, weakref.ref[nn.Module]]] = field(default_factory=dict)
     current_pass: str = ""
     current_block: str = ""
 
@@ -159,7 +161,7 @@ class PassContext:
         self.provenance[name] = sources
         entry = FusionEntry(self.current_pass, self.full(name), sorted(sources), detail)
         self.history.append(entry)
-        self.products[entry.fused] = (entry, module)
+        self.products[entry.fused] = (entry, weakref.ref(module))
         return entry
 
     @torch.no_grad()

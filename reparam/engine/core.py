@@ -277,8 +277,9 @@ def convert(
     report.fusions.extend(converter.block_entries)
     deploy_modules = dict(deploy.named_modules())
     for ctx in converter.contexts:
-        for name, (entry, module) in ctx.products.items():
-            if deploy_modules.get(name) is module:
+        for name, (entry, module_ref) in ctx.products.items():
+            module = module_ref()
+            if module is not None and deploy_modules.get(name) is module:
                 record.entries.append(entry)
     record.entries.extend(converter.block_entries)
     for path, reason in converter.untraced:
