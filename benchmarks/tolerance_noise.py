@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from reparam.engine import reparameterize
+from reparam.engine.check import fp32_noise
 from reparam.numerics import calibrate_batchnorm, fp32_limit, scale_relative_error
 from reparam.zoo import create_model, list_models
 
@@ -35,7 +36,7 @@ def measure(
     model = calibrate_batchnorm(create_model(name, width=width, num_classes=10), seed, (8, 3, size, size))
     x = torch.randn(samples, 3, size, size, generator=torch.Generator().manual_seed(seed + 2))
     ref = model(x).numpy()
-    noise = scale_relative_error(copy.deepcopy(model).double()(x.double()).numpy(), ref)
+    noise = fp32_noise(model, (x,), torch.from_numpy(ref))
     deploy = reparameterize(model, (x[:1],), check=False)
     broken = copy.deepcopy(deploy)
     last = [m for m in broken.modules() if isinstance(m, torch.nn.Conv2d)][-1]

@@ -401,32 +401,27 @@ def export_onnx(
         exporter = "dynamo" if dynamo else "legacy"
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="reparam-onnx-") as tmp:
-            try:
-                proto = _run_exporter(
-                    target,
+
+            def run(module: nn.Module, names: list[str], dyn: dict) -> Any:
+                return _run_exporter(
+                    module,
                     args,
                     dynamo=dynamo,
                     opset=opset,
                     input_names=input_names,
-                    output_names=all_out,
-                    axes=all_axes,
+                    output_names=names,
+                    axes=dyn,
                     workdir=Path(tmp),
                 )
+
+            try:
+                proto = run(target, all_out, all_axes)
             except ReparamError:
                 if target is model:
                     raise
                 notes.append("exporting with block-boundary outputs failed; exported without them")
                 mapping, all_out, all_axes = {}, out_names, axes
-                proto = _run_exporter(
-                    model,
-                    args,
-                    dynamo=dynamo,
-                    opset=opset,
-                    input_names=input_names,
-                    output_names=out_names,
-                    axes=axes,
-                    workdir=Path(tmp),
-                )
+                proto = run(model, out_names, axes)
         times["export"] = time.perf_counter() - start
         _rename_dims(proto, all_axes)
         lost = check_dynamic_axes(proto, all_axes)

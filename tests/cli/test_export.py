@@ -10,9 +10,8 @@ import torch
 
 from reparam.checkpoint import save_checkpoint
 from reparam.cli.main import main
-from reparam.numerics import scale_relative_error
+from reparam.numerics import calibrate_batchnorm, scale_relative_error
 from reparam.zoo import create_model
-from tests.exporters._models import sane_batchnorm
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -22,7 +21,7 @@ pytest.importorskip("onnxruntime")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     kwargs = {"width": 0.125, "num_classes": 10}
-    model = sane_batchnorm(create_model("acb_resnet18", **kwargs), 0)
+    model = calibrate_batchnorm(create_model("acb_resnet18", **kwargs), 0)
     path = tmp_path_factory.mktemp("ckpt") / "acb.pt"
     save_checkpoint(path, model, "acb_resnet18", kwargs)
     return path, model

@@ -9,15 +9,14 @@ from torch import nn
 from reparam.engine import PassResult, convert, register_pass
 from reparam.engine import base as engine_base
 from reparam.errors import MismatchError
-from reparam.numerics import FP32_SCALE_REL, fp32_limit
+from reparam.numerics import FP32_SCALE_REL, calibrate_batchnorm, fp32_limit
 from reparam.zoo import create_model
-from tests.exporters._models import sane_batchnorm
 
 
 def _deep() -> nn.Module:
     # A tiny ResNet-50 whose fp32 output is ~3e-5 (scale-relative) away from its float64 output.
     torch.manual_seed(0)
-    return sane_batchnorm(create_model("resnet50", width=0.125, num_classes=10), 0)
+    return calibrate_batchnorm(create_model("resnet50", width=0.125, num_classes=10), 0)
 
 
 def test_fp32_limit_rule():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reparam.numerics import calibrate_batchnorm, randomize_batchnorm
+from reparam.numerics import randomize_batchnorm
 
 
 class TinyNet(nn.Module):
@@ -46,8 +46,3 @@ def tiny_net(seed: int = 0) -> TinyNet:
     model = TinyNet()
     randomize_batchnorm(model, seed)
     return model.eval()
-
-
-def sane_batchnorm(model: nn.Module, seed: int = 0, shape: tuple[int, ...] = (8, 3, 32, 32)) -> nn.Module:
-    """Random BN affine parameters, running statistics measured on random data (eval mode)."""
-    return calibrate_batchnorm(model, seed, shape)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 
 from reparam.engine import reparameterize
-from reparam.numerics import fp32_limit, scale_relative_error
+from reparam.engine.check import fp32_noise
+from reparam.numerics import calibrate_batchnorm, fp32_limit, scale_relative_error
 from reparam.zoo import create_model, list_models
-from tests.exporters._models import sane_batchnorm
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -25,14 +23,13 @@ DEEP = {"acb_resnet50", "resnet50", "se_resnet50", "scalenet50", "sknet50", "skn
 @torch.no_grad()
 def _fp32_limit(model: torch.nn.Module, x: torch.Tensor) -> float:
     """The shared fp32 rule: max(1e-5, 10 x the model's own fp32-vs-float64 error on ``x``)."""
-    m64 = copy.deepcopy(model).double()
-    return fp32_limit(scale_relative_error(m64(x.double()).numpy(), model(x).numpy()))
+    return fp32_limit(fp32_noise(model, (x,), model(x)))
 
 
 def _tiny(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = create_model(name, width=0.125, num_classes=10)
-    return sane_batchnorm(model, 0)
+    return calibrate_batchnorm(model, 0)
 
 
 def _ops(path) -> dict[str, int]:
