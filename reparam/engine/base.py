@@ -132,6 +132,13 @@ class PassContext:
 
         return self.local(common_parent(sorted(sources)))
 
+    def adopt_aliases(self, gm: fx.GraphModule) -> None:
+        """Report modules that tracing re-registered under safe names by their original paths."""
+        from reparam.engine.graph import ALIASES
+
+        for alias, original in getattr(gm, ALIASES, {}).items():
+            self.provenance[alias] = {self.full(original)}
+
     def sources(self, name: str) -> set[str]:
         return set(self.provenance.get(name, {self.full(name)}))
 
@@ -166,7 +173,18 @@ class PassContext:
 
     @torch.no_grad()
     def parameter(self, value: Tensor, like: Tensor, what: str) -> nn.Parameter:
-        """Cast a float64 result to ``like``'s dtype/device as a Parameter; warn on float16 overflow."""
+        """Cast a float64 result to ``like``'s dtype/device as a Parameter; warn on float16 overflow.
+
+        Raises NotRepresentable when the value is not finite in ``like``'s dtype (a fold that
+        overflows): the pass then leaves the pattern alone.
+        """
+        cast = value.to(dtype=like.dtype)
+        if not bool(torch.isfinite(cast).all()):
+            raise NotRepresentable(
+                f"the fused {what} is not finite in {str(like.dtype).removeprefix('torch.')} "
+                f"(largest magnitude {float(value.abs().nan_to_num(nan=float('inf')).max()):.3g}); "
+                "the original layers stay"
+            )
         peak = float(value.abs().max()) if value.numel() else 0.0
         if peak > FP16_MAX:
             where = self.current_block or what
@@ -179,6 +197,10 @@ class PassContext:
                 )
             self.warn(msg)
         return nn.Parameter(value.to(dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)
+
+
+class NotRepresentable(ValueError):
+    """A fused value overflows the model's dtype; the pass must leave the pattern alone."""
 
 
 class PassError(ReparamError):

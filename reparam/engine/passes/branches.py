@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from functools import reduce
 
 import torch
 from torch import fx, nn
 
-from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.base import NotRepresentable, PassContext, PassResult, register_pass
 from reparam.engine.graph import (
     BN,
     CONV,
@@ -170,6 +170,9 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
         )
         if crop is not None and src is not leaf.args[0]:
             b.nodes.append(leaf.args[0])
+        if any(c > 0 and p > 0 for c, p in zip([*clo, *chi], [*lo, *hi])):
+            # zeros padded where a crop removed input values: not a shorter padding of the input
+            b.problem = "it crops its input and zero-pads the same side"
         if mod.padding_mode != "zeros" and (any(lo) or any(hi)):
             b.problem = f"padding mode {mod.padding_mode!r} (only zero padding merges exactly)"
         if not exclusive:
@@ -494,7 +497,11 @@ class MergeBranches:
                     )
         if chosen is None:
             return None
-        return self._rewrite(gm, ctx, root, terms, adds, chosen)
+        try:
+            return self._rewrite(gm, ctx, root, terms, adds, chosen)
+        except NotRepresentable as exc:
+            ctx.leave(where, f"branches {', '.join(b.label for b in chosen.members)} not merged: {exc}")
+            return None
 
     def _rewrite(self, gm, ctx, root, terms, adds, plan: Plan):
         members = plan.members
@@ -519,11 +526,12 @@ class MergeBranches:
         )
         new.weight = ctx.parameter(kernel, like, "weight")
         new.bias = ctx.parameter(bias, like, "bias")
-        used = {id(m.leaf) for m in members}
+        # a term may appear several times (``y + y``): each merged member consumes one occurrence
+        used = Counter(id(m.leaf) for m in members)
         rest = []
         for t in terms:
-            if isinstance(t, fx.Node) and id(t) in used:
-                used.discard(id(t))
+            if isinstance(t, fx.Node) and used[id(t)] > 0:
+                used[id(t)] -= 1
                 continue
             if isinstance(t, int | float) and not isinstance(t, bool) and t == 0:
                 continue
