@@ -67,9 +67,9 @@ def register_pass(p: Any) -> Any:
 
 def available_passes() -> list[str]:
     """Names of the registered passes in their default order."""
-    from reparam.engine import passes  # noqa: F401  (registers the built-in passes)
+    from reparam.engine.passes import DEFAULT_ORDER  # registers the built-in passes
 
-    return list(_REGISTRY)
+    return [*DEFAULT_ORDER, *(n for n in _REGISTRY if n not in DEFAULT_ORDER)]
 
 
 def get_pass(name: str) -> Pass:
@@ -105,6 +105,7 @@ class PassContext:
     provenance: dict[str, set[str]] = field(default_factory=dict)
     left_alone: list[LeftAlone] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     history: list[FusionEntry] = field(default_factory=list)
     # weak: an intermediate product (a folded branch conv, merged later) must be freed once replaced
     products: dict[str, tuple[FusionEntry, weakref.ref[nn.Module]]] = field(default_factory=dict)

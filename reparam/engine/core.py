@@ -372,6 +372,7 @@ def convert(
         report.fusions.extend(ctx.history)
         report.left_alone.extend(ctx.left_alone)
         report.warnings.extend(w for w in ctx.warnings if w not in report.warnings)
+        report.notes.extend(n for n in ctx.notes if n not in report.notes)
     report.fusions.extend(converter.block_entries)
     deploy_modules = dict(deploy.named_modules())
     for ctx in converter.contexts:
