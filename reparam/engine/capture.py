@@ -9,6 +9,7 @@ pass turns back into modules. Both graphs carry each node's module path in
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -91,15 +92,16 @@ def trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
 def export_capture(module: nn.Module, inputs: tuple) -> tuple[fx.GraphModule | None, str]:
     """``torch.export`` (non-strict, functionalized) as a GraphModule; ``(None, why)`` on failure."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations
             program = torch.export.export(module, tuple(inputs), strict=False)
             program = program.run_decompositions({})
-        unlifted = program.module()
-        # a plain GraphModule: the unlifted export module refuses eval()/train()
-        gm = fx.GraphModule(unlifted, unlifted.graph, type(module).__name__)
-        for spec in ("_in_spec", "_out_spec"):
-            if hasattr(unlifted, spec):
-                setattr(gm, spec, getattr(unlifted, spec))
+            unlifted = program.module()
+            # a plain GraphModule: the unlifted export module refuses eval()/train()
+            gm = fx.GraphModule(unlifted, unlifted.graph, type(module).__name__)
+            for spec in ("_in_spec", "_out_spec"):
+                if hasattr(unlifted, spec):
+                    setattr(gm, spec, getattr(unlifted, spec))
     except Exception as exc:  # export cannot capture this model: the caller converts parts instead
         return None, _first_line(exc)
     for node in list(gm.graph.nodes):
