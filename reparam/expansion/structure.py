@@ -1,0 +1,93 @@
+"""Structural views of a model's fx graph: conv/linear layout and an operator signature."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from torch import fx, nn
+
+from reparam.engine.graph import BN, CONV, CONV_T, module_of
+from reparam.errors import ReparamError
+
+LAYERS = CONV + CONV_T + (nn.Linear,)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``model`` itself when it is already a GraphModule, else its torch.fx trace (ReparamError if untraceable)."""
+    if isinstance(model, fx.GraphModule):
+        return model
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:
+        raise ReparamError(
+            f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            hint="the model's forward must be traceable by torch.fx (no data-dependent control flow)",
+        ) from exc
+
+
+def layer_geometry(module: nn.Module) -> tuple:
+    """Everything that fixes a conv/linear layer's computation except its values (bias presence excluded)."""
+    if isinstance(module, nn.Linear):
+        return ("Linear", module.in_features, module.out_features)
+    return (
+        type(module).__name__,
+        module.in_channels,
+        module.out_channels,
+        tuple(module.kernel_size),
+        tuple(module.stride),
+        module.padding if isinstance(module.padding, str) else tuple(module.padding),
+        tuple(module.dilation),
+        module.groups,
+        module.padding_mode,
+        *((tuple(module.output_padding),) if isinstance(module, CONV_T) else ()),
+    )
+
+
+def layer_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, nn.Module]]:
+    """``call_module`` nodes of convs, transposed convs and linears in dataflow order.
+
+    The order is (layer depth, graph position), the layer depth being the largest number of layers
+    on a path from the inputs: it does not depend on where a rewrite inserted a node among
+    independent branches (a fused conv lands just before the sum it feeds, after the shortcut).
+    """
+    depth: dict[fx.Node, int] = {}
+    out = []
+    for index, node in enumerate(gm.graph.nodes):
+        mod = module_of(gm, node)
+        is_layer = isinstance(mod, LAYERS)
+        depth[node] = max((depth[a] for a in node.all_input_nodes), default=0) + int(is_layer)
+        if is_layer:
+            out.append((depth[node], index, node, mod))
+    return [(node, mod) for _, _, node, mod in sorted(out, key=lambda t: t[:2])]
+
+
+def conv_layout(model: nn.Module) -> list[tuple]:
+    """Geometry of every conv/linear call, in dataflow order (see :func:`layer_nodes`)."""
+    return [layer_geometry(m) for _, m in layer_nodes(trace(model))]
+
+
+def _node_signature(gm: fx.GraphModule, node: fx.Node) -> tuple:
+    if node.op == "call_module":
+        mod = module_of(gm, node)
+        if isinstance(mod, LAYERS):
+            return ("call_module", *layer_geometry(mod), mod.bias is not None)
+        if isinstance(mod, BN):
+            return ("call_module", type(mod).__name__, mod.num_features)
+        return ("call_module", type(mod).__name__)
+    if node.op == "call_function":
+        return ("call_function", getattr(node.target, "__name__", str(node.target)))
+    if node.op == "call_method":
+        return ("call_method", str(node.target))
+    return (node.op,)
+
+
+def graph_signature(model: nn.Module) -> list[tuple]:
+    """One entry per graph node (op, operator, layer attributes), in graph order; names are left out."""
+    gm = trace(model)
+    return [_node_signature(gm, n) for n in gm.graph.nodes]
+
+
+def op_counts(model: nn.Module) -> Counter:
+    """How many times each operator (module type, function, method) occurs in the graph."""
+    return Counter(sig[:2] for sig in graph_signature(model))
