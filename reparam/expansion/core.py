@@ -87,6 +87,13 @@ class Expansion(NamedTuple):
     report: ExpandReport
 
 
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements (lazy, still uninitialised parameters count as 0)."""
+    return sum(
+        p.numel() for p in model.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)
+    )
+
+
 def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, name, module)
@@ -118,7 +125,7 @@ def expand_structure(model: nn.Module, scheme: str, init: str = "preserve") -> E
             f"expected a torch.nn.Module, got {type(model).__name__}",
             hint="pass the model object, e.g. reparam.zoo.create_model('resnet18')",
         )
-    report = ExpandReport(scheme, init, params_before=sum(p.numel() for p in model.parameters()))
+    report = ExpandReport(scheme, init, params_before=count_params(model))
     parts, report.left = traced_parts(model)
     sites: list[Site] = []
     for prefix, gm in parts:
@@ -131,7 +138,7 @@ def expand_structure(model: nn.Module, scheme: str, init: str = "preserve") -> E
             report.left.append(done)
         else:
             report.expanded.append(done)
-    report.params_after = sum(p.numel() for p in model.parameters())
+    report.params_after = count_params(model)
     if not report.expanded:
         reasons = "; ".join(f"{s.where}: {s.reason}" for s in report.left[:3]) or "the model has no conv"
         raise ReparamError(

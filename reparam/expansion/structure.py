@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 from torch import fx, nn
@@ -82,12 +83,28 @@ def _node_signature(gm: fx.GraphModule, node: fx.Node) -> tuple:
     return (node.op,)
 
 
-def graph_signature(model: nn.Module) -> list[tuple]:
-    """One entry per graph node (op, operator, layer attributes), in graph order; names are left out."""
+def _constants(node: fx.Node) -> str:
+    """The node's non-tensor arguments (slices, ints, dims), with tensor inputs as placeholders."""
+    return repr(fx.node.map_arg((node.args, node.kwargs), lambda _: "<in>"))
+
+
+def graph_signature(model: nn.Module) -> list[str]:
+    """A digest per graph node of the operator, its attributes and, recursively, its inputs; sorted.
+
+    Two models get the same list exactly when their graphs are the same DAG of the same operators
+    with the same layer geometry and constant arguments, whatever the node names or the order in
+    which independent nodes were created. Parameter values and module names do not enter.
+    """
     gm = trace(model)
-    return [_node_signature(gm, n) for n in gm.graph.nodes]
+    digest: dict[fx.Node, str] = {}
+    for node in gm.graph.nodes:
+        inputs = ",".join(digest[a] for a in node.all_input_nodes)
+        text = f"{_node_signature(gm, node)}|{_constants(node) if node.op != 'placeholder' else ''}|{inputs}"
+        digest[node] = hashlib.sha1(text.encode()).hexdigest()[:16]
+    return sorted(digest.values())
 
 
 def op_counts(model: nn.Module) -> Counter:
     """How many times each operator (module type, function, method) occurs in the graph."""
-    return Counter(sig[:2] for sig in graph_signature(model))
+    gm = trace(model)
+    return Counter(_node_signature(gm, n)[:2] for n in gm.graph.nodes)
