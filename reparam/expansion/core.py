@@ -119,7 +119,8 @@ def expand_structure(model: nn.Module, scheme: str, init: str = "preserve") -> E
     """Expand ``model`` in place (no checks); the report lists expanded and skipped convs."""
     check_scheme(scheme)
     if init not in INITS:
-        raise ReparamError(f"unknown init {init!r}", hint=f"choose one of: {', '.join(INITS)}")
+        shown = repr(init) if isinstance(init, str) else f"of type {type(init).__name__}"
+        raise ReparamError(f"unknown init {shown}", hint=f"choose one of: {', '.join(INITS)}")
     if not isinstance(model, nn.Module):
         raise ReparamError(
             f"expected a torch.nn.Module, got {type(model).__name__}",
@@ -150,7 +151,8 @@ def expand_structure(model: nn.Module, scheme: str, init: str = "preserve") -> E
 
 
 @torch.no_grad()
-def _eval_outputs(model: nn.Module, inputs: tuple) -> Any:
+def eval_outputs(model: nn.Module, inputs: tuple) -> Any:
+    """``model(*inputs)`` in eval mode, leaving each submodule's train/eval mode as it was."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -175,8 +177,8 @@ def within_fp32_rule(model: nn.Module, inputs: tuple, reference: Any, rel: float
 
 
 def _check_preserved(plain: nn.Module, expanded: nn.Module, inputs: tuple, report: ExpandReport) -> None:
-    reference = _eval_outputs(plain, inputs)
-    _, rel, _ = compare_outputs(reference, _eval_outputs(expanded, inputs))
+    reference = eval_outputs(plain, inputs)
+    _, rel, _ = compare_outputs(reference, eval_outputs(expanded, inputs))
     report.preserve_error = rel
     if not within_fp32_rule(plain, inputs, reference, rel):
         raise MismatchError(
@@ -199,9 +201,9 @@ def _check_roundtrip(plain: nn.Module, expanded: nn.Module, inputs: tuple, repor
 def expand(
     model: nn.Module,
     scheme: str = "acb",
+    *,
     init: str = "preserve",
     example_inputs: Any = None,
-    *,
     input_shape: Sequence[int] | None = None,
     check: bool = True,
     inplace: bool = False,

@@ -38,9 +38,10 @@ class BranchSpec:
 
 def check_scheme(scheme: str) -> None:
     """Raise a ReparamError for an unknown scheme name."""
-    if scheme not in SCHEMES:
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
+        shown = repr(scheme) if isinstance(scheme, str) else f"of type {type(scheme).__name__}"
         raise ReparamError(
-            f"unknown expansion scheme {scheme!r}",
+            f"unknown expansion scheme {shown}",
             hint=f"choose one of: {', '.join(SCHEMES)}",
         )
 

@@ -45,22 +45,27 @@ def layer_geometry(module: nn.Module) -> tuple:
     )
 
 
-def layer_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, nn.Module]]:
-    """``call_module`` nodes of convs, transposed convs and linears in dataflow order.
+def ordered_nodes(gm: fx.GraphModule, wanted) -> list[fx.Node]:
+    """Nodes for which ``wanted(node)`` holds, in dataflow order.
 
-    The order is (layer depth, graph position), the layer depth being the largest number of layers
-    on a path from the inputs: it does not depend on where a rewrite inserted a node among
-    independent branches (a fused conv lands just before the sum it feeds, after the shortcut).
+    The order is (depth, graph position), the depth being the largest number of wanted nodes on a
+    path from the inputs: it does not depend on where a rewrite inserted a node among independent
+    branches (the engine puts a fused conv just before the sum it feeds, after the shortcut).
     """
     depth: dict[fx.Node, int] = {}
     out = []
     for index, node in enumerate(gm.graph.nodes):
-        mod = module_of(gm, node)
-        is_layer = isinstance(mod, LAYERS)
-        depth[node] = max((depth[a] for a in node.all_input_nodes), default=0) + int(is_layer)
-        if is_layer:
-            out.append((depth[node], index, node, mod))
-    return [(node, mod) for _, _, node, mod in sorted(out, key=lambda t: t[:2])]
+        hit = bool(wanted(node))
+        depth[node] = max((depth[a] for a in node.all_input_nodes), default=0) + int(hit)
+        if hit:
+            out.append((depth[node], index, node))
+    return [node for _, _, node in sorted(out, key=lambda t: t[:2])]
+
+
+def layer_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, nn.Module]]:
+    """``call_module`` nodes of convs, transposed convs and linears, in dataflow order."""
+    nodes = ordered_nodes(gm, lambda n: isinstance(module_of(gm, n), LAYERS))
+    return [(n, module_of(gm, n)) for n in nodes]
 
 
 def conv_layout(model: nn.Module) -> list[tuple]:

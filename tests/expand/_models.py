@@ -99,3 +99,48 @@ MODELS = {
     "seq1d": (Seq1d, (2, 4, 33)),
     "vol3d": (Vol3d, (2, 2, 9, 9, 9)),
 }
+
+
+class FanOutRenamed(nn.Module):
+    """FanOut's computation with other names, nesting and registration order (what a user's copy may look like)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tail = nn.ModuleDict({"lin": nn.Linear(6, 4), "k5": nn.Conv2d(12, 6, 5, padding=1)})
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 12, (3, 5), stride=2, padding=(1, 2), bias=False),
+            nn.BatchNorm2d(12),
+            nn.Conv2d(8, 8, 3, stride=2, padding=0, groups=8, bias=False),
+            nn.BatchNorm2d(8),
+            nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2, bias=False),
+            nn.BatchNorm2d(8),
+        )
+        self.entry = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+
+    def forward(self, x):
+        shared = self.entry(x)
+        a = torch.relu(self.body[5](self.body[4](shared)))
+        b = self.body[3](self.body[2](shared))
+        a = nn.functional.max_pool2d(a, 2)
+        y = torch.relu(self.body[1](self.body[0](a[:, :, : b.shape[2], : b.shape[3]] + b)))
+        return self.tail["lin"](self.tail["k5"](y).mean((2, 3)))
+
+
+class FanOutGelu(FanOut):
+    """Same layers as FanOut, another activation: matches by shape, must fail the numeric check."""
+
+    def forward(self, x):
+        shared = self.conv(self.bn(x))
+        a = nn.functional.gelu(self.left_n(self.left(shared)))
+        b = self.right_n(self.right(shared))
+        a = nn.functional.max_pool2d(a, 2)
+        y = torch.relu(self.wide_n(self.wide(a[:, :, : b.shape[2], : b.shape[3]] + b)))
+        return self.fc(self.head(y).mean((2, 3)))
+
+
+class NoBiasHead(FanOut):
+    """FanOut whose last conv has no bias: it cannot hold the fused bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Conv2d(12, 6, 5, padding=1, bias=False)
