@@ -7,12 +7,14 @@ a trained model and writes its weights into the plain architecture, matched by g
 """
 
 from reparam.expansion.block import Branch, ExpandedConv
+from reparam.expansion.checkpoint import EXPANDED_ARCH, expanded_model, save_expanded
 from reparam.expansion.core import INITS, ExpandedLayer, ExpandReport, Expansion, expand, expand_structure
 from reparam.expansion.plain import LayerMatch, PlainWeights, plain_weights
 from reparam.expansion.schemes import SCHEMES
 from reparam.expansion.structure import conv_layout, graph_signature, op_counts
 
 __all__ = [
+    "EXPANDED_ARCH",
     "INITS",
     "SCHEMES",
     "Branch",
@@ -25,7 +27,9 @@ __all__ = [
     "conv_layout",
     "expand",
     "expand_structure",
+    "expanded_model",
     "graph_signature",
     "op_counts",
     "plain_weights",
+    "save_expanded",
 ]

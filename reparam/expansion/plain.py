@@ -10,7 +10,8 @@ LayerNorm...) are matched the same way, by order and type. Names are never used 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,4 +267,21 @@ def plain_weights(
                 hint="the layers matched by shape but the plain class computes something else "
                 "(different activations or connections?)",
             )
+    return result
+
+
+def write_plain_checkpoint(
+    path: str | os.PathLike,
+    trained: nn.Module,
+    deploy: nn.Module,
+    plain: nn.Module,
+    arch: str,
+    arch_kwargs: Mapping[str, Any] | None,
+    example_inputs: Any,
+) -> PlainWeights:
+    """Load ``deploy``'s weights into ``plain`` (built from ``arch``; checked) and save an ``arch`` checkpoint."""
+    from reparam.checkpoint import save_checkpoint
+
+    result = plain_weights(trained, plain, example_inputs, deploy=deploy)
+    save_checkpoint(path, result.model, arch, arch_kwargs)
     return result

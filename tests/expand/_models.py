@@ -144,3 +144,15 @@ class NoBiasHead(FanOut):
     def __init__(self):
         super().__init__()
         self.head = nn.Conv2d(12, 6, 5, padding=1, bias=False)
+
+
+class Pointwise(nn.Module):
+    """Only 1×1 convs: no scheme has anything to add."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1, bias=False)
+        self.b = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.b(self.a(x))
