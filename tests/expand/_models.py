@@ -63,7 +63,7 @@ class Refusals(nn.Module):
 
 
 class Seq1d(nn.Module):
-    """1-D convs: stride 2, a depthwise one, a conv with bias and no BN."""
+    """1-D convs: stride 2, a depthwise one, a conv with bias, no BN and more padding than half its kernel."""
 
     def __init__(self):
         super().__init__()
@@ -71,7 +71,7 @@ class Seq1d(nn.Module):
         self.an = nn.BatchNorm1d(8)
         self.b = nn.Conv1d(8, 8, 3, padding=1, groups=8, bias=False)
         self.bn_ = nn.BatchNorm1d(8)
-        self.c = nn.Conv1d(8, 8, 3, padding=1)
+        self.c = nn.Conv1d(8, 8, 3, padding=2)  # wider than "same": the output grows
 
     def forward(self, x):
         x = torch.relu(self.an(self.a(x)))
