@@ -134,6 +134,10 @@ def test_bad_input_is_one_reparam_error():
         expand("resnet18")
 
 
+def test_top_level_name():
+    assert reparam.expand is expand
+
+
 def test_input_model_is_left_untouched():
     plain, x = _plain("vol3d")
     before = {k: v.clone() for k, v in plain.state_dict().items()}
