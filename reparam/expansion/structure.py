@@ -69,8 +69,15 @@ def layer_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, nn.Module]]:
 
 
 def conv_layout(model: nn.Module) -> list[tuple]:
-    """Geometry of every conv/linear call, in dataflow order (see :func:`layer_nodes`)."""
-    return [layer_geometry(m) for _, m in layer_nodes(trace(model))]
+    """Geometry of every conv/linear call in dataflow order (see :func:`layer_nodes`).
+
+    A model torch.fx cannot trace is listed in module registration order instead.
+    """
+    try:
+        gm = trace(model)
+    except ReparamError:
+        return [layer_geometry(m) for m in model.modules() if isinstance(m, LAYERS)]
+    return [layer_geometry(m) for _, m in layer_nodes(gm)]
 
 
 def _node_signature(gm: fx.GraphModule, node: fx.Node) -> tuple:

@@ -156,3 +156,19 @@ class Pointwise(nn.Module):
 
     def forward(self, x):
         return self.b(self.a(x))
+
+
+class DataDependent(nn.Module):
+    """torch.fx cannot trace the top level (a branch on tensor values); its children trace fine."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.stem_n = nn.BatchNorm2d(8)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+
+    def forward(self, x):
+        x = self.stem_n(self.stem(x))
+        if x.mean() > 0:
+            x = -x
+        return self.block(x)

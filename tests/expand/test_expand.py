@@ -13,7 +13,7 @@ from reparam.errors import ReparamError
 from reparam.expansion import ExpandedConv, conv_layout, expand, graph_signature, op_counts
 from reparam.numerics import FP32_SCALE_REL, randomize_batchnorm, scale_relative_error
 from reparam.zoo import create_model
-from tests.expand._models import MODELS
+from tests.expand._models import MODELS, DataDependent
 
 SCHEMES = ("acb", "repvgg", "dbb")
 
@@ -177,3 +177,13 @@ def test_expanding_resnet18_with_acb_matches_the_zoo_acb_resnet18():
     assert shapes(expanded) == shapes(zoo)
     assert conv_layout(expanded) == conv_layout(zoo)
     assert len(conv_layout(zoo)) == 3 * 17 + 3 + 1  # 17 ACBs, 3 shortcuts, fc
+
+
+def test_untraceable_model_expands_its_traceable_parts():
+    torch.manual_seed(0)
+    plain = randomize_batchnorm(DataDependent()).eval()
+    x = torch.randn(2, 3, 10, 10)
+    expanded, report = expand(plain, "acb", example_inputs=x)
+    assert [e.path for e in report.expanded] == ["block.0"]
+    assert "cannot be traced" in {s.where: s.reason for s in report.left}["stem"]
+    assert report.preserve_error == 0.0 and report.roundtrip_layout is True
