@@ -67,9 +67,9 @@ def register_pass(p: Any) -> Any:
 
 def available_passes() -> list[str]:
     """Names of the registered passes in their default order."""
-    from reparam.engine import passes  # noqa: F401  (registers the built-in passes)
+    from reparam.engine.passes import DEFAULT_ORDER  # registers the built-in passes
 
-    return list(_REGISTRY)
+    return [*DEFAULT_ORDER, *(n for n in _REGISTRY if n not in DEFAULT_ORDER)]
 
 
 def get_pass(name: str) -> Pass:
@@ -105,6 +105,7 @@ class PassContext:
     provenance: dict[str, set[str]] = field(default_factory=dict)
     left_alone: list[LeftAlone] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     history: list[FusionEntry] = field(default_factory=list)
     # weak: an intermediate product (a folded branch conv, merged later) must be freed once replaced
     products: dict[str, tuple[FusionEntry, weakref.ref[nn.Module]]] = field(default_factory=dict)
@@ -131,6 +132,13 @@ class PassContext:
         from reparam.engine.graph import common_parent
 
         return self.local(common_parent(sorted(sources)))
+
+    def adopt_aliases(self, gm: fx.GraphModule) -> None:
+        """Report modules that tracing re-registered under safe names by their original paths."""
+        from reparam.engine.graph import ALIASES
+
+        for alias, original in getattr(gm, ALIASES, {}).items():
+            self.provenance[alias] = {self.full(original)}
 
     def sources(self, name: str) -> set[str]:
         return set(self.provenance.get(name, {self.full(name)}))
@@ -166,7 +174,18 @@ class PassContext:
 
     @torch.no_grad()
     def parameter(self, value: Tensor, like: Tensor, what: str) -> nn.Parameter:
-        """Cast a float64 result to ``like``'s dtype/device as a Parameter; warn on float16 overflow."""
+        """Cast a float64 result to ``like``'s dtype/device as a Parameter; warn on float16 overflow.
+
+        Raises NotRepresentable when the value is not finite in ``like``'s dtype (a fold that
+        overflows): the pass then leaves the pattern alone.
+        """
+        cast = value.to(dtype=like.dtype)
+        if not bool(torch.isfinite(cast).all()):
+            raise NotRepresentable(
+                f"the fused {what} is not finite in {str(like.dtype).removeprefix('torch.')} "
+                f"(largest magnitude {float(value.abs().nan_to_num(nan=float('inf')).max()):.3g}); "
+                "the original layers stay"
+            )
         peak = float(value.abs().max()) if value.numel() else 0.0
         if peak > FP16_MAX:
             where = self.current_block or what
@@ -179,6 +198,10 @@ class PassContext:
                 )
             self.warn(msg)
         return nn.Parameter(value.to(dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)
+
+
+class NotRepresentable(ValueError):
+    """A fused value overflows the model's dtype; the pass must leave the pattern alone."""
 
 
 class PassError(ReparamError):

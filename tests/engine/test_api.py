@@ -34,7 +34,13 @@ def _acb_chain() -> nn.Module:
 
 
 def test_default_passes_and_selection_by_name():
-    assert available_passes() == ["remove_identity", "fold_bn", "merge_1x1_kxk", "merge_branches"]
+    assert available_passes() == [
+        "canonicalize",
+        "remove_identity",
+        "fold_bn",
+        "merge_1x1_kxk",
+        "merge_branches",
+    ]
     model = _acb_chain()
     x = torch.randn(2, 4, 9, 9)
     only_fold = convert(model, x, passes=["fold_bn"])

@@ -1,3 +1,7 @@
-"""Built-in rewrite passes, registered in their default order."""
+"""Built-in rewrite passes and their default order."""
 
-from reparam.engine.passes import identity, fold_bn, sequential, branches  # noqa: F401,I001  (order matters)
+from reparam.engine.passes import branches, canonical, fold_bn, identity, sequential  # noqa: F401
+
+# The order passes run in each round: graphs are first put into module form, identities dropped,
+# BatchNorms folded, sequential chains merged, then summed branches merged.
+DEFAULT_ORDER = ["canonicalize", "remove_identity", "fold_bn", "merge_1x1_kxk", "merge_branches"]

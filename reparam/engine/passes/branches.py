@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from functools import reduce
 
 import torch
 from torch import fx, nn
 
-from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.base import NotRepresentable, PassContext, PassResult, register_pass
 from reparam.engine.graph import (
     BN,
     CONV,
@@ -65,6 +65,7 @@ class Branch:
     module_name: str | None = None
     nodes: list[fx.Node] = field(default_factory=list)
     problem: str | None = None
+    bn: nn.Module | None = None  # a BatchNorm applied after a pool branch
 
     @property
     def label(self) -> str:
@@ -137,6 +138,44 @@ def _channels(node: fx.Node) -> tuple[int, int] | None:
     return shape[1], len(shape) - 2
 
 
+def _pool_branch(leaf: fx.Node, mod: nn.Module, exclusive: bool) -> Branch | None:
+    info = _channels(leaf.args[0])
+    if info is None:
+        return None
+    c, ndim = info
+    k = _tuple(mod.kernel_size, ndim)
+    s = _tuple(mod.stride if mod.stride is not None else mod.kernel_size, ndim)
+    p = _tuple(mod.padding, ndim)
+    b = Branch(
+        leaf, leaf.args[0], "pool", ndim, c, c, k, s, (1,) * ndim, p, p, None, mod, str(leaf.target), [leaf]
+    )
+    if mod.ceil_mode or getattr(mod, "divisor_override", None) or (any(p) and not mod.count_include_pad):
+        b.problem = "average pool with ceil_mode, divisor_override or count_include_pad=False"
+    elif not exclusive:
+        b.problem = "its output is also used outside the sum"
+    return b
+
+
+def _pool_then_bn(gm: fx.GraphModule, leaf: fx.Node, bn: nn.Module, exclusive: bool) -> Branch | None:
+    """``bn(avg_pool(x))`` with the pool feeding only the BatchNorm: a pool branch scaled by the BN."""
+    src = leaf.args[0]
+    pool = module_of(gm, src)
+    if not isinstance(pool, _POOL) or len(src.users) != 1 or len(src.args) != 1:
+        return None
+    if not isinstance(src.args[0], fx.Node):
+        return None
+    b = _pool_branch(src, pool, True)
+    if b is None:
+        return None
+    b.leaf, b.bn, b.module_name = leaf, bn, str(leaf.target)
+    b.nodes = [leaf, src]
+    if b.problem is None and (not bn.track_running_stats or bn.running_mean is None):
+        b.problem = "BatchNorm uses batch statistics (track_running_stats=False)"
+    elif b.problem is None and not exclusive:
+        b.problem = "its output is also used outside the sum"
+    return b
+
+
 def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch | None:
     """Read a summed term as a linear map of one input (None when it is not even a tensor term)."""
     mod = module_of(gm, leaf)
@@ -170,12 +209,18 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
         )
         if crop is not None and src is not leaf.args[0]:
             b.nodes.append(leaf.args[0])
+        if any(c > 0 and p > 0 for c, p in zip([*clo, *chi], [*lo, *hi])):
+            # zeros padded where a crop removed input values: not a shorter padding of the input
+            b.problem = "it crops its input and zero-pads the same side"
         if mod.padding_mode != "zeros" and (any(lo) or any(hi)):
             b.problem = f"padding mode {mod.padding_mode!r} (only zero padding merges exactly)"
         if not exclusive:
             b.problem = f"its output is also used outside the sum ({', '.join(u.name for u in leaf.users if u not in tree)})"
         return b
     if isinstance(mod, BN) and len(leaf.args) == 1 and isinstance(leaf.args[0], fx.Node):
+        pooled = _pool_then_bn(gm, leaf, mod, exclusive)
+        if pooled is not None:
+            return pooled
         info = _channels(leaf.args[0])
         dims = {nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}.get(type(mod))
         ndim = info[1] if info else dims
@@ -206,35 +251,7 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
             b.problem = "its output is also used outside the sum"
         return b
     if isinstance(mod, _POOL) and len(leaf.args) == 1 and isinstance(leaf.args[0], fx.Node):
-        info = _channels(leaf.args[0])
-        if info is None:
-            return None
-        c, ndim = info
-        k = _tuple(mod.kernel_size, ndim)
-        s = _tuple(mod.stride if mod.stride is not None else mod.kernel_size, ndim)
-        p = _tuple(mod.padding, ndim)
-        b = Branch(
-            leaf,
-            leaf.args[0],
-            "pool",
-            ndim,
-            c,
-            c,
-            k,
-            s,
-            (1,) * ndim,
-            p,
-            p,
-            None,
-            mod,
-            str(leaf.target),
-            [leaf],
-        )
-        if mod.ceil_mode or getattr(mod, "divisor_override", None) or (any(p) and not mod.count_include_pad):
-            b.problem = "average pool with ceil_mode, divisor_override or count_include_pad=False"
-        elif not exclusive:
-            b.problem = "its output is also used outside the sum"
-        return b
+        return _pool_branch(leaf, mod, exclusive)
     info = _channels(leaf)
     if info is None:
         return None
@@ -372,16 +389,17 @@ def _kernel_bias(b: Plan, m: Branch, off: tuple[int, ...]) -> tuple[torch.Tensor
     else:
         k = identity_kernel(m.out_ch, b.groups, (1,) * nd, dtype=torch.float64, device=device)
         bias = k.new_zeros(m.out_ch)
-        if m.kind == "bn":
-            bn = m.module
-
-            def d(t):
-                return None if t is None else t.detach().double()
-
-            k, bias = fold_bn(
-                k, None, d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias), bn.eps
-            )
+    bn = m.module if m.kind == "bn" else m.bn
+    if bn is not None:
+        k, bias = fold_bn(k, None, *_bn64(bn), bn.eps)
     return pad_kernel(k, b.kernel, off), bias
+
+
+def _bn64(bn: nn.Module) -> tuple:
+    def d(t):
+        return None if t is None else t.detach().double()
+
+    return d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias)
 
 
 def _nonlinear_path(leaf: fx.Node, targets: set[fx.Node], depth: int = 2) -> list[fx.Node] | None:
@@ -494,7 +512,11 @@ class MergeBranches:
                     )
         if chosen is None:
             return None
-        return self._rewrite(gm, ctx, root, terms, adds, chosen)
+        try:
+            return self._rewrite(gm, ctx, root, terms, adds, chosen)
+        except NotRepresentable as exc:
+            ctx.leave(where, f"branches {', '.join(b.label for b in chosen.members)} not merged: {exc}")
+            return None
 
     def _rewrite(self, gm, ctx, root, terms, adds, plan: Plan):
         members = plan.members
@@ -519,11 +541,12 @@ class MergeBranches:
         )
         new.weight = ctx.parameter(kernel, like, "weight")
         new.bias = ctx.parameter(bias, like, "bias")
-        used = {id(m.leaf) for m in members}
+        # a term may appear several times (``y + y``): each merged member consumes one occurrence
+        used = Counter(id(m.leaf) for m in members)
         rest = []
         for t in terms:
-            if isinstance(t, fx.Node) and id(t) in used:
-                used.discard(id(t))
+            if isinstance(t, fx.Node) and used[id(t)] > 0:
+                used[id(t)] -= 1
                 continue
             if isinstance(t, int | float) and not isinstance(t, bool) and t == 0:
                 continue

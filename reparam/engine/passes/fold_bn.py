@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import fx, nn
 
-from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.base import NotRepresentable, PassContext, PassResult, register_pass
 from reparam.engine.graph import (
     BN,
     CONV,
@@ -20,7 +20,6 @@ from reparam.engine.graph import (
     propagate_shapes,
     shape_of,
 )
-from reparam.errors import ReparamError
 from reparam.kernel_math import fold_bn, fold_bn_transposed
 
 _LAYERS = CONV + CONV_T + (nn.Linear,)
@@ -33,15 +32,10 @@ def _bn_tensors(bn: BN) -> tuple:
     return d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias)
 
 
-def check_running_stats(bn: BN, where: str) -> None:
-    """Refuse a BatchNorm that normalises with batch statistics at inference."""
-    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
-        raise ReparamError(
-            f"BatchNorm {where!r} has track_running_stats=False: it normalises with the statistics of "
-            "each batch even in eval mode, so it is not a fixed affine map and cannot be folded",
-            hint="train the model with track_running_stats=True (or compute running statistics and "
-            "load them), or skip this pass with --skip fold_bn",
-        )
+BATCH_STATISTICS = (
+    "BatchNorm has track_running_stats=False: it normalises with the statistics of each batch even "
+    "in eval mode, so it is not a fixed affine map and stays unfused"
+)
 
 
 @register_pass
@@ -68,7 +62,9 @@ class FoldBN:
                 continue
             where = str(node.target)
             ctx.current_block = ctx.full(block_path(node) or where)
-            check_running_stats(bn, ctx.full(where))
+            if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+                ctx.leave(where, BATCH_STATISTICS)
+                continue
             if len(prod.users) != 1:
                 others = ", ".join(sorted(u.name for u in prod.users if u is not node))
                 ctx.leave(
@@ -103,9 +99,14 @@ class FoldBN:
                 w, b = fold_bn_transposed(weight, bias, mean, var, gamma, beta, bn.eps, groups=layer.groups)
             else:
                 w, b = fold_bn(weight, bias, mean, var, gamma, beta, bn.eps)
+            try:
+                weight_param = ctx.parameter(w, layer.weight, "weight")
+                bias_param = ctx.parameter(b, layer.weight, "bias")
+            except NotRepresentable as exc:
+                ctx.leave(where, f"{where} not folded into {prod.target}: {exc}")
+                continue
             new = copy.deepcopy(layer)
-            new.weight = ctx.parameter(w, layer.weight, "weight")
-            new.bias = ctx.parameter(b, layer.weight, "bias")
+            new.weight, new.bias = weight_param, bias_param
             calls = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == prod.target)
             leaving = {node, prod}
             name = choose_name(

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import fx
 
-from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.base import NotRepresentable, PassContext, PassResult, register_pass
 from reparam.engine.graph import (
     CONV,
     CONV_BY_DIM,
@@ -105,8 +105,12 @@ class Merge1x1Kxk:
                 device=w.device,
                 dtype=w.dtype,
             )
-            new.weight = ctx.parameter(kernel, w, "weight")
-            new.bias = ctx.parameter(bias, w, "bias")
+            try:
+                new.weight = ctx.parameter(kernel, w, "weight")
+                new.bias = ctx.parameter(bias, w, "bias")
+            except NotRepresentable as exc:
+                ctx.leave(where, f"{first.target} -> {where} not merged: {exc}")
+                continue
             leaving = {node, first}
             name = choose_name(gm, [ctx.parent_of_sources([str(first.target), where]), where], leaving)
             install(gm, name, new, node, first.args, leaving)
