@@ -280,8 +280,8 @@ def write_plain_checkpoint(
     example_inputs: Any,
 ) -> PlainWeights:
     """Load ``deploy``'s weights into ``plain`` (built from ``arch``; checked) and save an ``arch`` checkpoint."""
-    from reparam.checkpoint import save_checkpoint
+    from reparam.expansion.checkpoint import save_model
 
     result = plain_weights(trained, plain, example_inputs, deploy=deploy)
-    save_checkpoint(path, result.model, arch, arch_kwargs)
+    save_model(path, result.model, arch, arch_kwargs)
     return result

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from reparam.cli.common import load_model_from_args, parse_json_kwargs, parse_shape
     from reparam.errors import ReparamError
-    from reparam.expansion.checkpoint import resolve_arch, save_expanded
+    from reparam.expansion.checkpoint import load_hint, resolve_arch, save_expanded
     from reparam.expansion.core import INITS, expand
     from reparam.expansion.schemes import check_scheme
     from reparam.io import atomic_write_text
@@ -69,4 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         atomic_write_text(args.report, json.dumps(report.to_dict(), indent=2))
     sys.stdout.write(f"wrote {out}\n")
+    hint = load_hint(arch, arch_kwargs, args.scheme)
+    if hint:
+        sys.stdout.write(f"note: {arch} is your own code, which a checkpoint never names to import; {hint}\n")
     return 0
