@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -150,16 +151,24 @@ def expand_structure(model: nn.Module, scheme: str, init: str = "preserve") -> E
     return report
 
 
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Put ``models`` in eval mode for the block, then give each submodule its own mode back."""
+    modes = {m: m.training for model in models for m in model.modules()}
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
 @torch.no_grad()
 def eval_outputs(model: nn.Module, inputs: tuple) -> Any:
     """``model(*inputs)`` in eval mode, leaving each submodule's train/eval mode as it was."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         return model(*inputs)
-    finally:
-        for m, mode in modes.items():
-            m.train(mode)
 
 
 def within_fp32_rule(model: nn.Module, inputs: tuple, reference: Any, rel: float) -> bool:
@@ -190,9 +199,10 @@ def _check_preserved(plain: nn.Module, expanded: nn.Module, inputs: tuple, repor
 def _check_roundtrip(plain: nn.Module, expanded: nn.Module, inputs: tuple, report: ExpandReport) -> None:
     from reparam.engine import convert
 
-    fused = convert(expanded, inputs)  # raises MismatchError when the fusion is not exact
+    with eval_mode(plain, expanded):
+        fused = convert(expanded, inputs)  # raises MismatchError when the fusion is not exact
+        plain_deploy = convert(plain, inputs, check=False).model
     report.roundtrip_error = fused.report.check.relative_error if fused.report.check else None
-    plain_deploy = convert(plain, inputs, check=False).model
     report.roundtrip_layout = conv_layout(fused.model) == conv_layout(plain_deploy)
     if not report.roundtrip_layout:
         raise InternalError("the fused expanded model does not have the plain model's conv layout")

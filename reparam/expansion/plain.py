@@ -21,7 +21,7 @@ from torch import Tensor, fx, nn
 from reparam.engine.check import compare_outputs, make_inputs
 from reparam.engine.graph import BN, module_of
 from reparam.errors import MismatchError, ReparamError
-from reparam.expansion.core import eval_outputs, within_fp32_rule
+from reparam.expansion.core import eval_mode, eval_outputs, within_fp32_rule
 from reparam.expansion.structure import LAYERS, layer_geometry, layer_nodes, ordered_nodes, trace
 
 
@@ -237,7 +237,8 @@ def plain_weights(
     if deploy is None:
         from reparam.engine import reparameterize
 
-        deploy = reparameterize(trained, inputs)
+        with eval_mode(trained):  # the fused model is what eval mode computes
+            deploy = reparameterize(trained, inputs)
     gp, gd = trace(plain), trace(deploy)
     writer = _Writer(plain)
     matches, absorbed = _match_layers(gp, gd, writer, getattr(deploy, "reparam_record", None))
