@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 
 class Branch(nn.Module):
-    """``bn(conv(first(crop(x))))``; ``first``/``conv`` may be absent (an identity-BN branch is ``bn(x)``).
+    """``bn(pool(conv(first(crop(x)))))``; all but ``bn`` may be absent (an identity-BN branch is ``bn(x)``).
 
     ``crop`` removes that many elements from both ends of each spatial dim: a branch whose kernel
     is smaller than the main one needs a negative padding to keep its window centred, and a
@@ -24,11 +24,13 @@ class Branch(nn.Module):
         conv: nn.Module | None = None,
         first: nn.Module | None = None,
         crop: tuple[int, ...] = (),
+        pool: nn.Module | None = None,
     ):
         super().__init__()
         self.crop = tuple(crop)
         self.first = first
         self.conv = conv
+        self.pool = pool
         self.bn = bn
 
     def forward(self, x: Tensor) -> Tensor:
@@ -38,6 +40,8 @@ class Branch(nn.Module):
             x = self.first(x)
         if self.conv is not None:
             x = self.conv(x)
+        if self.pool is not None:
+            x = self.pool(x)
         return self.bn(x)
 
     def extra_repr(self) -> str:

@@ -20,20 +20,22 @@ from reparam.kernel_math import identity_kernel
 SCHEMES: dict[str, str] = {
     "acb": "ACNet: k×k + 1×k + k×1 (one axis-aligned 1-D kernel per spatial dim), each with BN",
     "repvgg": "RepVGG: k×k + 1×1, plus an identity BN where channels, stride and padding allow",
-    "dbb": "DBB-like: k×k + 1×1 + a 1×1→k×k chain, each with BN",
+    "dbb": "DBB-like: k×k + 1×1 + a 1×1→k×k chain + a k×k average pool where channels allow, each with BN",
 }
 
 CONV_BY_DIM = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 BN_BY_DIM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+POOL_BY_DIM = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 
 
 @dataclass(frozen=True)
 class BranchSpec:
-    """One extra branch: a kernel size, an identity BN (``kernel is None``) or a 1×1→k×k chain."""
+    """One extra branch: a conv kernel, an identity BN (``kernel is None``), a 1×1→k×k chain or a pool."""
 
     name: str
     kernel: tuple[int, ...] | None
     sequential: bool = False
+    pool: bool = False
 
 
 def check_scheme(scheme: str) -> None:
@@ -98,6 +100,10 @@ def branch_specs(scheme: str, conv: nn.Module) -> list[BranchSpec] | str:
         return specs
     if scheme == "dbb":
         specs.append(BranchSpec("1x1_" + _dims(k).replace("×", "x"), k, sequential=True))
+        # An average pool is channel-wise: it needs as many outputs as inputs, and has no dilation.
+        poolable = all(p <= ki // 2 for p, ki in zip(pad, k)) and all(d == 1 for d in conv.dilation)
+        if conv.in_channels == conv.out_channels and poolable:
+            specs.append(BranchSpec("avg", k, pool=True))
         return specs
     check_scheme(scheme)
     raise AssertionError("unreachable")
@@ -136,6 +142,9 @@ def build_branch(spec: BranchSpec, conv: nn.Module, bn: nn.Module | None, init: 
     if spec.kernel is None:
         return Branch(new_bn)
     pad = numeric_padding(conv)
+    if spec.pool:
+        pool = POOL_BY_DIM[nd](k, stride=conv.stride, padding=pad, count_include_pad=True)
+        return Branch(new_bn, pool=pool)
     common = {"stride": conv.stride, "dilation": conv.dilation, "groups": conv.groups, "bias": False}
     conv_cls = CONV_BY_DIM[nd]
     if spec.sequential:

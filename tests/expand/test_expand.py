@@ -122,6 +122,19 @@ def test_repvgg_identity_branch_only_where_shapes_allow():
     assert branches["head"] == ["1x1"]  # 12->6
 
 
+def test_dbb_average_pool_branch_only_where_channels_and_geometry_allow():
+    plain, x = _plain("fanout")
+    _, report = expand(plain, "dbb", example_inputs=x)
+    branches = {e.path: e.branches for e in report.expanded}
+    assert branches["right"] == ["1x1", "1x1_3x3", "avg"]  # 8->8 depthwise, stride 2, padding 0
+    assert branches["left"] == ["1x1", "1x1_3x3"]  # dilated: a pool has no dilation
+    assert branches["wide"] == ["1x1", "1x1_3x5"]  # 8->12
+    plain, x = _plain("seq1d")
+    _, report = expand(plain, "dbb", example_inputs=x)
+    branches = {e.path: e.branches for e in report.expanded}
+    assert branches["b"] == ["1", "1x1_3", "avg"] and branches["c"] == ["1", "1x1_3"]  # c: padding 2 > 3 // 2
+
+
 def test_bad_input_is_one_reparam_error():
     plain, _ = _plain("fanout")
     with pytest.raises(ReparamError, match="unknown expansion scheme 'acnet'"):
