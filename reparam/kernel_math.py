@@ -62,6 +62,36 @@ def fold_bn(
     return fold_scale_shift(kernel, bias, scale, shift)
 
 
+def fold_bn_before(
+    kernel: Tensor,
+    bias: Tensor | None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    eps: float,
+    groups: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm that *precedes* an unpadded conv/linear with kernel ``[out, in/g, ...]``.
+
+    ``conv(s * x + t) = conv_{W * s}(x) + b + sum W * t``: every input channel's scale multiplies its
+    kernel slice, and its shift, summed through the kernel, adds to the bias. Exact only when the
+    conv adds no padding (padded zeros would otherwise stand for ``t``, not 0).
+    """
+    scale, shift = bn_scale_shift(running_mean, running_var, gamma, beta, eps)
+    out_ch, in_per_group = kernel.shape[0], kernel.shape[1]
+    # input channel read by kernel[o, j]: group of o times in/g, plus j
+    group_of_out = torch.arange(out_ch, device=kernel.device) // (out_ch // groups)
+    in_index = (
+        group_of_out[:, None] * in_per_group + torch.arange(in_per_group, device=kernel.device)[None, :]
+    )
+    view = (out_ch, in_per_group) + (1,) * (kernel.dim() - 2)
+    new_kernel = kernel * scale[in_index].reshape(view)
+    added = (kernel * shift[in_index].reshape(view)).flatten(1).sum(1)
+    new_bias = added if bias is None else bias + added
+    return new_kernel, new_bias
+
+
 def fold_bn_transposed(
     kernel: Tensor,
     bias: Tensor | None,

@@ -41,9 +41,49 @@ class ConversionResult:
     record: RewriteRecord
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer with a constant-time lookup of the parameter or buffer behind an attribute.
+
+    The stock tracer scans ``named_parameters()`` on every parameter access, which is quadratic in
+    the model size for code that reads parameters in ``forward`` (``F.batch_norm(x, self.weight...)``).
+    """
+
+    def _name_of(self, t: torch.Tensor) -> str | None:
+        if not hasattr(self, "_tensor_names"):
+            names: dict[int, str] = {}
+            for n, v in [*self.root.named_parameters(), *self.root.named_buffers()]:
+                names.setdefault(id(v), n)
+            self._tensor_names = names
+        return self._tensor_names.get(id(t))
+
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            name = self._name_of(a)
+            if name is not None:
+                return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if not isinstance(attr_val, torch.Tensor):
+            return attr_val
+        name = self._name_of(attr_val)
+        if name is None or not (isinstance(attr_val, nn.Parameter) or self.proxy_buffer_attributes):
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+
+def symbolic_trace(module: nn.Module) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with the faster parameter lookup."""
+    tracer = _Tracer()
+    graph = tracer.trace(module)
+    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+
+
 def _trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
     try:
-        gm = fx.symbolic_trace(module)
+        gm = symbolic_trace(module)
         alias_unsafe_names(gm)
         functionalize_inplace(gm)
         return gm, ""
@@ -186,16 +226,21 @@ class _Converter:
 
 def refuse_nonfinite_weights(model: nn.Module) -> None:
     """Raise a ReparamError naming the parameters and BatchNorm statistics that hold NaN or Inf."""
-    bad = []
-    tensors = dict(model.named_parameters())
+    tensors = {n: t for n, t in model.named_parameters() if t.is_floating_point() and t.numel()}
     for name, m in model.named_modules():
         if isinstance(m, BN):
             for stat in ("running_mean", "running_var"):
-                if isinstance(getattr(m, stat, None), torch.Tensor):
-                    tensors[f"{name}.{stat}" if name else stat] = getattr(m, stat)
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad.append(f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()})")
+                t = getattr(m, stat, None)
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+                    tensors[f"{name}.{stat}" if name else stat] = t
+    with torch.no_grad():
+        # one fused reduction over every tensor: NaN and Inf both make the max-norm non-finite
+        peaks = torch._foreach_norm([t.detach() for t in tensors.values()], float("inf")) if tensors else []
+    bad = [
+        f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()})"
+        for (name, t), peak in zip(tensors.items(), peaks)
+        if not bool(torch.isfinite(peak))
+    ]
     if bad:
         raise ReparamError(
             f"the model holds NaN/Inf values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} "

@@ -144,6 +144,23 @@ class _ShapeRecorder(fx.Interpreter):
         return out
 
 
+def _record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    """Run the graph on fake tensors (shapes only, no arithmetic); on real copies if that fails."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    try:
+        fakes = tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in example_inputs)
+        with mode, torch.no_grad():
+            _ShapeRecorder(gm).run(*fakes)
+        return
+    except Exception:  # an op without a fake implementation, or one that reads values
+        pass
+    copies = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    with torch.no_grad():
+        _ShapeRecorder(gm).run(*copies)
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
     """Annotate nodes with ``tensor_meta`` by running the graph once; False when not possible."""
     if example_inputs is None:
@@ -155,9 +172,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
     if all(n.meta.get(_SHAPED_FOR) == key for n in gm.graph.nodes):
         return True
     try:
-        copies = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
-        with torch.no_grad():
-            _ShapeRecorder(gm).run(*copies)
+        _record_shapes(gm, example_inputs)
     except Exception:  # shapes are an optional aid; passes stay conservative without them
         for node in gm.graph.nodes:
             node.meta.pop("tensor_meta", None)

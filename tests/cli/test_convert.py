@@ -70,7 +70,7 @@ def test_convert_with_pass_selection(tmp_path, ckpt, capsys):
     assert main(["convert", str(ckpt), "-o", str(out), "--skip", "merge_branches", "--no-check"]) == 0
     report = json.loads((tmp_path / "out" / "m.pt2.report.json").read_text())
     assert (
-        report["passes"] == ["canonicalize", "remove_identity", "fold_bn", "merge_1x1_kxk"]
+        report["passes"] == ["canonicalize", "remove_identity", "fold_bn", "fold_bn_before", "merge_1x1_kxk"]
         and report["check"] is None
     )
     assert report["after"]["modules"]["Conv2d"] == 54

@@ -38,6 +38,7 @@ def test_default_passes_and_selection_by_name():
         "canonicalize",
         "remove_identity",
         "fold_bn",
+        "fold_bn_before",
         "merge_1x1_kxk",
         "merge_branches",
     ]

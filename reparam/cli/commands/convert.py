@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--passes",
         metavar="a,b",
-        help="comma-separated passes to run (default: all: canonicalize, remove_identity, fold_bn, "
+        help="comma-separated passes to run (default: all: canonicalize, remove_identity, fold_bn, fold_bn_before, "
         "merge_1x1_kxk, merge_branches)",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the built-in equivalence check")

@@ -3,5 +3,12 @@
 from reparam.engine.passes import branches, canonical, fold_bn, identity, sequential  # noqa: F401
 
 # The order passes run in each round: graphs are first put into module form, identities dropped,
-# BatchNorms folded, sequential chains merged, then summed branches merged.
-DEFAULT_ORDER = ["canonicalize", "remove_identity", "fold_bn", "merge_1x1_kxk", "merge_branches"]
+# BatchNorms folded (into the layer before, else the unpadded layer after), sequential chains merged, then summed branches merged.
+DEFAULT_ORDER = [
+    "canonicalize",
+    "remove_identity",
+    "fold_bn",
+    "fold_bn_before",
+    "merge_1x1_kxk",
+    "merge_branches",
+]

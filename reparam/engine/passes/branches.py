@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from reparam.engine.base import NotRepresentable, PassContext, PassResult, register_pass
@@ -87,38 +88,88 @@ def _tuple(v, n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, list | tuple) else (int(v),) * n
 
 
-def _crop_of(node: fx.Node, ndim: int) -> tuple[fx.Node, list[int], list[int]] | None:
-    """Follow constant spatial slices ``x[:, :, a:-b, ...]`` back to ``x``; crops per side, or None."""
+@dataclass
+class Window:
+    """What constant spatial crops and zero pads between a tensor and a conv do, per side."""
+
+    source: fx.Node
+    crop_lo: list[int]
+    crop_hi: list[int]
+    pad_lo: list[int]
+    pad_hi: list[int]
+    nodes: list[fx.Node]
+
+
+_PAD_FUNCTIONS = {F.pad, torch.constant_pad_nd}
+
+
+def _zero_pad(node: fx.Node, ndim: int) -> tuple[list[int], list[int]] | None:
+    """Per-side padding of ``F.pad(x, pad)`` with zeros on spatial dims only; None otherwise."""
+    names = ("input", "pad", "mode", "value")
+    if len(node.args) > len(names) or set(node.kwargs) - set(names):
+        return None
+    kw = {**dict(zip(names, node.args)), **node.kwargs}
+    pad, mode, value = kw.get("pad"), kw.get("mode", "constant"), kw.get("value", 0)
+    if mode != "constant" or value not in (0, 0.0, None) or not isinstance(pad, list | tuple):
+        return None
+    if len(pad) % 2 or len(pad) > 2 * ndim or not all(isinstance(p, int) and p >= 0 for p in pad):
+        return None
     lo, hi = [0] * ndim, [0] * ndim
-    while (
-        node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node)
-    ):
-        src, idx = node.args
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        if len(idx) > ndim + 2 or not all(isinstance(s, slice) for s in idx):
+    for i in range(len(pad) // 2):  # F.pad lists the last dim first
+        lo[ndim - 1 - i], hi[ndim - 1 - i] = pad[2 * i], pad[2 * i + 1]
+    return lo, hi
+
+
+def _slice_crop(node: fx.Node, ndim: int) -> tuple[list[int], list[int]] | None:
+    """Per-side crop of ``x[:, :, a:-b, ...]`` with constant bounds on spatial dims; None otherwise."""
+    src, idx = node.args
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if len(idx) > ndim + 2 or not all(isinstance(s, slice) for s in idx):
+        return None
+    lo, hi = [0] * ndim, [0] * ndim
+    for dim, s in enumerate(idx):
+        if s == slice(None):
+            continue
+        if dim < 2 or s.step not in (None, 1):
             return None
-        for dim, s in enumerate(idx):
-            if s == slice(None):
-                continue
-            if dim < 2 or s.step not in (None, 1):
+        start, stop = s.start or 0, s.stop
+        if not isinstance(start, int) or start < 0 or not (stop is None or isinstance(stop, int)):
+            return None
+        end = 0
+        if stop is not None and stop < 0:
+            end = -stop
+        elif stop is not None:
+            shape = shape_of(src)
+            if shape is None:
                 return None
-            start, stop = s.start or 0, s.stop
-            if not isinstance(start, int) or start < 0 or not (stop is None or isinstance(stop, int)):
+            end = shape[dim] - stop
+            if end < 0:
                 return None
-            end = 0
-            if stop is not None and stop < 0:
-                end = -stop
-            elif stop is not None:
-                shape = shape_of(src)
-                if shape is None:
-                    return None
-                end = shape[dim] - stop
-                if end < 0:
-                    return None
-            lo[dim - 2] += start
-            hi[dim - 2] += end
-        node = src
-    return node, lo, hi
+        lo[dim - 2] += start
+        hi[dim - 2] += end
+    return lo, hi
+
+
+def _window_of(node: fx.Node, ndim: int) -> Window:
+    """Follow constant crops and zero pads back from a conv's input to the tensor they start from."""
+    w = Window(node, [0] * ndim, [0] * ndim, [0] * ndim, [0] * ndim, [])
+    while node.op == "call_function" and node.args and isinstance(node.args[0], fx.Node):
+        if node.target is operator.getitem:
+            step, crop = _slice_crop(node, ndim), True
+        elif node.target in _PAD_FUNCTIONS:
+            step, crop = _zero_pad(node, ndim), False
+        else:
+            break
+        if step is None:
+            break
+        lo, hi = (w.crop_lo, w.crop_hi) if crop else (w.pad_lo, w.pad_hi)
+        for d in range(ndim):
+            lo[d] += step[0][d]
+            hi[d] += step[1][d]
+        w.nodes.append(node)
+        node = node.args[0]
+    w.source = node
+    return w
 
 
 def _conv_padding(conv: nn.Module) -> tuple[list[int], list[int]] | None:
@@ -187,12 +238,13 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
         and isinstance(leaf.args[0], fx.Node)
     ):
         n = len(mod.kernel_size)
-        crop = _crop_of(leaf.args[0], n)
-        src, clo, chi = crop if crop is not None else (leaf.args[0], [0] * n, [0] * n)
+        win = _window_of(leaf.args[0], n)
         lo, hi = _conv_padding(mod)
+        pad_lo = [a + b for a, b in zip(lo, win.pad_lo)]
+        pad_hi = [a + b for a, b in zip(hi, win.pad_hi)]
         b = Branch(
             leaf,
-            src,
+            win.source,
             "conv",
             n,
             mod.in_channels,
@@ -200,16 +252,14 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
             tuple(mod.kernel_size),
             tuple(mod.stride),
             tuple(mod.dilation),
-            tuple(a - c for a, c in zip(lo, clo)),
-            tuple(a - c for a, c in zip(hi, chi)),
+            tuple(a - c for a, c in zip(pad_lo, win.crop_lo)),
+            tuple(a - c for a, c in zip(pad_hi, win.crop_hi)),
             mod.groups,
             mod,
             str(leaf.target),
-            [leaf],
+            [leaf, *win.nodes],
         )
-        if crop is not None and src is not leaf.args[0]:
-            b.nodes.append(leaf.args[0])
-        if any(c > 0 and p > 0 for c, p in zip([*clo, *chi], [*lo, *hi])):
+        if any(c > 0 and p > 0 for c, p in zip([*win.crop_lo, *win.crop_hi], [*pad_lo, *pad_hi])):
             # zeros padded where a crop removed input values: not a shorter padding of the input
             b.problem = "it crops its input and zero-pads the same side"
         if mod.padding_mode != "zeros" and (any(lo) or any(hi)):
