@@ -84,6 +84,18 @@ def _bn_after(gm: fx.GraphModule, node: fx.Node, features: int) -> tuple[str, BN
     return str(users[0].target), bn
 
 
+def _bn_before(gm: fx.GraphModule, node: fx.Node) -> tuple[str, BN] | None:
+    """The BatchNorm whose output only ``node`` (a layer) reads, when ``node`` reads nothing else."""
+    src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+    bn = module_of(gm, src) if isinstance(src, fx.Node) else None
+    calls = sum(
+        1 for n in gm.graph.nodes if n.op == "call_module" and n.target == getattr(src, "target", None)
+    )
+    if not isinstance(bn, BN) or len(src.users) != 1 or calls != 1:
+        return None
+    return str(src.target), bn
+
+
 def _out_features(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
@@ -108,6 +120,33 @@ class _Writer:
         self.filled.add(key)
 
 
+def _pass_through_bn(w: _Writer, path: str, bn: BN, bias: Tensor) -> None:
+    """Make the BatchNorm at ``path`` add ``bias`` and otherwise pass values through (eval mode)."""
+    # running_var + eps == 1, so the normalisation divides by one.
+    w.put(f"{path}.running_var", torch.full_like(bias, 1.0 - bn.eps))
+    if bn.affine:
+        w.put(f"{path}.running_mean", torch.zeros_like(bias))
+        w.put(f"{path}.weight", torch.ones_like(bias))
+        w.put(f"{path}.bias", bias)
+    else:
+        w.put(f"{path}.running_mean", -bias)
+    if f"{path}.num_batches_tracked" in w.state:
+        w.filled.add(f"{path}.num_batches_tracked")
+
+
+def _write_bn_before(w: _Writer, gd, d_node: fx.Node, pre: tuple[str, BN], consumed: set[str]) -> None:
+    """A plain BatchNorm feeding a layer: the fused model's own one there, or a pass-through when it was folded."""
+    path, bn = pre
+    src = d_node.args[0] if d_node.args else None
+    kept = module_of(gd, src) if isinstance(src, fx.Node) else None
+    if type(kept) is type(bn) and kept.num_features == bn.num_features:
+        for key, value in kept.state_dict().items():
+            w.put(f"{path}.{key}", value)
+        consumed.add(str(src.target))
+    else:  # the engine folded it into the layer that reads it
+        _pass_through_bn(w, path, bn, torch.zeros(bn.num_features, dtype=torch.float64))
+
+
 @torch.no_grad()
 def _write_layer(
     w: _Writer, p_path: str, p_mod: nn.Module, d_mod: nn.Module, bn: tuple[str, BN] | None
@@ -119,16 +158,7 @@ def _write_layer(
         bn_path, bn_mod = bn
         if p_mod.bias is not None:
             w.put(f"{p_path}.bias", torch.zeros_like(bias))
-        # running_var + eps == 1: the BatchNorm adds the fused bias and otherwise passes values through.
-        w.put(f"{bn_path}.running_var", torch.full_like(bias, 1.0 - bn_mod.eps))
-        if bn_mod.affine:
-            w.put(f"{bn_path}.running_mean", torch.zeros_like(bias))
-            w.put(f"{bn_path}.weight", torch.ones_like(bias))
-            w.put(f"{bn_path}.bias", bias)
-        else:
-            w.put(f"{bn_path}.running_mean", -bias)
-        if f"{bn_path}.num_batches_tracked" in w.state:
-            w.filled.add(f"{bn_path}.num_batches_tracked")
+        _pass_through_bn(w, bn_path, bn_mod, bias)
     elif p_mod.bias is not None:
         w.put(f"{p_path}.bias", bias)
     elif bool(bias.abs().max() > 0):
@@ -143,9 +173,10 @@ def _has_state(m: nn.Module | None) -> bool:
     return m is not None and bool(list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)))
 
 
-def _match_layers(gp, gd, w: _Writer, record) -> tuple[list[LayerMatch], set[str]]:
+def _match_layers(gp, gd, w: _Writer, record) -> tuple[list[LayerMatch], set[str], set[str]]:
+    """Match convs/linears one for one; returns the matches and the plain / fused BatchNorms used up."""
     plain_layers, deploy_layers = layer_nodes(gp), layer_nodes(gd)
-    matches, absorbed = [], set()
+    matches, absorbed, consumed = [], set(), set()
     for i in range(max(len(plain_layers), len(deploy_layers))):
         p = plain_layers[i] if i < len(plain_layers) else None
         d = deploy_layers[i] if i < len(deploy_layers) else None
@@ -157,12 +188,16 @@ def _match_layers(gp, gd, w: _Writer, record) -> tuple[list[LayerMatch], set[str
         _write_layer(w, p_desc[0], p[1], d[1], bn)
         if bn:
             absorbed.add(bn[0])
+        pre = _bn_before(gp, p[0])
+        if pre and pre[0] not in absorbed:
+            _write_bn_before(w, gd, d[0], pre, consumed)
+            absorbed.add(pre[0])
         sources = record.sources_of(d_desc[0]) if record is not None else []
         matches.append(LayerMatch(p_desc[0], d_desc[0], bn[0] if bn else None, sources))
-    return matches, absorbed
+    return matches, absorbed, consumed
 
 
-def _match_other_modules(gp, gd, w: _Writer, absorbed: set[str]) -> None:
+def _match_other_modules(gp, gd, w: _Writer, absorbed: set[str], consumed: set[str]) -> None:
     def stateful(gm, skip):
         return lambda n: (
             not isinstance(module_of(gm, n), LAYERS)
@@ -171,7 +206,7 @@ def _match_other_modules(gp, gd, w: _Writer, absorbed: set[str]) -> None:
         )
 
     plain_nodes = ordered_nodes(gp, stateful(gp, absorbed))
-    deploy_nodes = ordered_nodes(gd, stateful(gd, set()))
+    deploy_nodes = ordered_nodes(gd, stateful(gd, consumed))
     for i in range(max(len(plain_nodes), len(deploy_nodes))):
         p = plain_nodes[i] if i < len(plain_nodes) else None
         d = deploy_nodes[i] if i < len(deploy_nodes) else None
@@ -241,8 +276,8 @@ def plain_weights(
             deploy = reparameterize(trained, inputs)
     gp, gd = trace(plain), trace(deploy)
     writer = _Writer(plain)
-    matches, absorbed = _match_layers(gp, gd, writer, getattr(deploy, "reparam_record", None))
-    _match_other_modules(gp, gd, writer, absorbed)
+    matches, absorbed, consumed = _match_layers(gp, gd, writer, getattr(deploy, "reparam_record", None))
+    _match_other_modules(gp, gd, writer, absorbed, consumed)
     _match_attributes(gp, gd, writer)
     missing = [k for k in writer.state if k not in writer.filled and not k.endswith("num_batches_tracked")]
     if missing:

@@ -172,3 +172,19 @@ class DataDependent(nn.Module):
         if x.mean() > 0:
             x = -x
         return self.block(x)
+
+
+class InputNorm(nn.Module):
+    """BatchNorms *before* a conv and before the linear head (folded forwards unless the conv pads)."""
+
+    def __init__(self, pad: int = 0):
+        super().__init__()
+        self.norm_in = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 8, 3, padding=pad, bias=False)
+        self.conv_n = nn.BatchNorm2d(8)
+        self.norm_head = nn.BatchNorm1d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.conv_n(self.conv(self.norm_in(x))))
+        return self.fc(self.norm_head(y.mean((2, 3))))

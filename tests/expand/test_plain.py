@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from reparam import reparameterize
 from reparam.errors import MismatchError, ReparamError
 from reparam.expansion import expand
 from reparam.expansion.plain import plain_weights
 from reparam.numerics import FP32_SCALE_REL, randomize_batchnorm, scale_relative_error
 from reparam.zoo import create_model
-from tests.expand._models import FanOut, FanOutGelu, FanOutRenamed, NoBiasHead, Seq1d, Vol3d
+from tests.expand._models import FanOut, FanOutGelu, FanOutRenamed, InputNorm, NoBiasHead, Seq1d, Vol3d
 
 
 @torch.no_grad()
@@ -48,6 +49,16 @@ def test_plain_weights_load_strictly_and_compute_the_trained_model(cls, shape, s
     torch.manual_seed(0)
     x = torch.randn(shape)
     _check_loads_and_matches(_trained(cls(), scheme, x), cls, x)
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_batchnorm_before_a_layer_is_taken_over_or_passes_through(pad):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12)
+    trained = _trained(InputNorm(pad), "acb", x)
+    deploy_bns = sum(isinstance(m, nn.BatchNorm2d) for m in reparameterize(trained, x).modules())
+    assert deploy_bns == pad  # the engine folds a BatchNorm into the unpadded conv after it only
+    _check_loads_and_matches(trained, lambda: InputNorm(pad), x)
 
 
 def test_matching_ignores_names_nesting_and_registration_order():
