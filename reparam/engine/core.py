@@ -12,6 +12,7 @@ import torch
 from torch import fx, nn
 
 from reparam.engine.base import LeftAlone, Pass, PassContext, select_passes
+from reparam.engine.capture import export_capture, trace
 from reparam.engine.check import (
     capture,
     compare_outputs,
@@ -22,8 +23,7 @@ from reparam.engine.check import (
     node_values,
     tolerance_for,
 )
-from reparam.engine.graph import BN, CONV, CONV_T, alias_unsafe_names, module_of
-from reparam.engine.inplace import UnsafeMutation, functionalize_inplace
+from reparam.engine.graph import BN, CONV, CONV_T, module_of
 from reparam.engine.manager import run_passes
 from reparam.engine.record import FusionEntry, RewriteRecord
 from reparam.engine.report import CheckSummary, ConversionReport
@@ -39,58 +39,6 @@ class ConversionResult:
     model: nn.Module
     report: ConversionReport
     record: RewriteRecord
-
-
-class _Tracer(fx.Tracer):
-    """fx's tracer with a constant-time lookup of the parameter or buffer behind an attribute.
-
-    The stock tracer scans ``named_parameters()`` on every parameter access, which is quadratic in
-    the model size for code that reads parameters in ``forward`` (``F.batch_norm(x, self.weight...)``).
-    """
-
-    def _name_of(self, t: torch.Tensor) -> str | None:
-        if not hasattr(self, "_tensor_names"):
-            names: dict[int, str] = {}
-            for n, v in [*self.root.named_parameters(), *self.root.named_buffers()]:
-                names.setdefault(id(v), n)
-            self._tensor_names = names
-        return self._tensor_names.get(id(t))
-
-    def create_arg(self, a: Any) -> Any:
-        if isinstance(a, torch.Tensor):
-            name = self._name_of(a)
-            if name is not None:
-                return self.create_node("get_attr", name, (), {})
-        return super().create_arg(a)
-
-    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
-        if not isinstance(attr_val, torch.Tensor):
-            return attr_val
-        name = self._name_of(attr_val)
-        if name is None or not (isinstance(attr_val, nn.Parameter) or self.proxy_buffer_attributes):
-            return attr_val
-        if name not in parameter_proxy_cache:
-            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
-        return parameter_proxy_cache[name]
-
-
-def symbolic_trace(module: nn.Module) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with the faster parameter lookup."""
-    tracer = _Tracer()
-    graph = tracer.trace(module)
-    return fx.GraphModule(tracer.root, graph, type(module).__name__)
-
-
-def _trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
-    try:
-        gm = symbolic_trace(module)
-        alias_unsafe_names(gm)
-        functionalize_inplace(gm)
-        return gm, ""
-    except UnsafeMutation as exc:
-        return None, f"in-place operation: {exc}"
-    except Exception as exc:  # any failure to trace means "convert the parts instead"
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def fresh(inputs: tuple) -> tuple:
@@ -163,7 +111,7 @@ class _Converter:
         self.kept_whole: list[str] = []
 
     def graph(self, module: nn.Module, prefix: str) -> fx.GraphModule | None:
-        gm, why = _trace(module)
+        gm, why = trace(module)
         if gm is None:
             self.untraced.append((prefix, why))
             return None
@@ -336,7 +284,13 @@ def convert(
     nonleaf = [n for n, m in work.named_modules() if n and list(m.children())]
     all_paths = [n for n, _ in work.named_modules() if n]
 
-    gm, why = _trace(work)
+    gm, why = trace(work)
+    if gm is None and inputs is not None:
+        gm, export_why = export_capture(work, fresh(inputs))
+        if gm is not None:
+            report.tracing = f"whole model, by torch.export (torch.fx: {why})"
+        else:
+            why = f"{why}; torch.export: {export_why}"
     # Per-module inputs are only needed when the model is converted submodule by submodule, and the
     # original's block outputs (for naming diverging blocks) only up front when the original is
     # about to be rewritten in place; otherwise they are recomputed on a failure. Cloning them
@@ -399,9 +353,9 @@ def convert(
         record.boundaries = fx_boundaries(deploy, single)
         record.boundary_kind = "fx_node"
     else:
-        report.tracing = "per submodule (the whole model could not be traced by torch.fx)"
+        report.tracing = "per submodule (neither torch.fx nor torch.export captured the whole model)"
         report.notes.append(
-            f"torch.fx could not trace the whole model ({why}); each submodule was converted on its own"
+            f"the whole model could not be captured ({why}); each submodule was converted on its own"
         )
         converter.tree(work, "")
         deploy = work

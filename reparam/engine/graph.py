@@ -117,10 +117,16 @@ def install(
     return new
 
 
+FOLDED_PREFIX = "folded_"
+
+
 def cleanup(gm: fx.GraphModule) -> None:
-    """Dead-code eliminate, drop unused submodules, lint and recompile."""
+    """Dead-code eliminate, drop unused submodules and folded constants, lint and recompile."""
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
+    read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    for name in [b for b in gm._buffers if b.startswith(FOLDED_PREFIX) and b not in read]:
+        del gm._buffers[name]
     gm.graph.lint()
     gm.recompile()
 
@@ -183,7 +189,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
     return True
 
 
-ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
+ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd, torch.ops.aten.add.Tensor}
 
 
 def is_add(node: fx.Node) -> bool:

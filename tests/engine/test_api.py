@@ -39,6 +39,7 @@ def test_default_passes_and_selection_by_name():
         "remove_identity",
         "fold_bn",
         "fold_bn_before",
+        "border_fill",
         "merge_1x1_kxk",
         "merge_branches",
     ]

@@ -10,6 +10,7 @@ SUMMARY_ROWS = 20  # fusions listed one by one in the printed report
 
 def register(subparsers) -> None:
     from reparam.cli.common import add_model_arguments
+    from reparam.engine.passes import DEFAULT_ORDER
 
     parser = subparsers.add_parser(
         "convert",
@@ -37,8 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--passes",
         metavar="a,b",
-        help="comma-separated passes to run (default: all: canonicalize, remove_identity, fold_bn, fold_bn_before, "
-        "merge_1x1_kxk, merge_branches)",
+        help="comma-separated passes to run (default: all, in this order: " + ", ".join(DEFAULT_ORDER) + ")",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the built-in equivalence check")
     parser.add_argument(

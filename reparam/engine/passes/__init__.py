@@ -1,6 +1,6 @@
 """Built-in rewrite passes and their default order."""
 
-from reparam.engine.passes import branches, canonical, fold_bn, identity, sequential  # noqa: F401
+from reparam.engine.passes import border_fill, branches, canonical, fold_bn, identity, sequential  # noqa: F401
 
 # The order passes run in each round: graphs are first put into module form, identities dropped,
 # BatchNorms folded (into the layer before, else the unpadded layer after), sequential chains merged, then summed branches merged.
@@ -9,6 +9,7 @@ DEFAULT_ORDER = [
     "remove_identity",
     "fold_bn",
     "fold_bn_before",
+    "border_fill",
     "merge_1x1_kxk",
     "merge_branches",
 ]

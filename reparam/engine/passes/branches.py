@@ -100,12 +100,14 @@ class Window:
     nodes: list[fx.Node]
 
 
-_PAD_FUNCTIONS = {F.pad, torch.constant_pad_nd}
+_aten = torch.ops.aten
+_PAD_FUNCTIONS = {F.pad, torch.constant_pad_nd, _aten.pad.default, _aten.constant_pad_nd.default}
 
 
 def _zero_pad(node: fx.Node, ndim: int) -> tuple[list[int], list[int]] | None:
     """Per-side padding of ``F.pad(x, pad)`` with zeros on spatial dims only; None otherwise."""
-    names = ("input", "pad", "mode", "value")
+    constant_nd = node.target in (torch.constant_pad_nd, _aten.constant_pad_nd.default)
+    names = ("input", "pad", "value") if constant_nd else ("input", "pad", "mode", "value")
     if len(node.args) > len(names) or set(node.kwargs) - set(names):
         return None
     kw = {**dict(zip(names, node.args)), **node.kwargs}
@@ -150,12 +152,34 @@ def _slice_crop(node: fx.Node, ndim: int) -> tuple[list[int], list[int]] | None:
     return lo, hi
 
 
+def _aten_slice_crop(node: fx.Node, ndim: int) -> tuple[list[int], list[int]] | None:
+    """Per-side crop of ``aten.slice(x, dim, start, end)`` on a spatial dim; None otherwise."""
+    names = ("input", "dim", "start", "end", "step")
+    kw = {**dict(zip(names, node.args)), **node.kwargs}
+    shape = shape_of(kw["input"])
+    dim, start, end = kw.get("dim", 0), kw.get("start") or 0, kw.get("end")
+    if shape is None or kw.get("step", 1) != 1 or not isinstance(dim, int):
+        return None
+    dim = dim % len(shape)
+    if dim < 2 or len(shape) != ndim + 2 or not isinstance(start, int) or start < 0:
+        return None
+    size = shape[dim]
+    stop = size if end is None or end >= size else (end + size if end < 0 else end)
+    if not isinstance(stop, int) or stop < start:
+        return None
+    lo, hi = [0] * ndim, [0] * ndim
+    lo[dim - 2], hi[dim - 2] = start, size - stop
+    return lo, hi
+
+
 def _window_of(node: fx.Node, ndim: int) -> Window:
     """Follow constant crops and zero pads back from a conv's input to the tensor they start from."""
     w = Window(node, [0] * ndim, [0] * ndim, [0] * ndim, [0] * ndim, [])
     while node.op == "call_function" and node.args and isinstance(node.args[0], fx.Node):
         if node.target is operator.getitem:
             step, crop = _slice_crop(node, ndim), True
+        elif node.target is _aten.slice.Tensor:
+            step, crop = _aten_slice_crop(node, ndim), True
         elif node.target in _PAD_FUNCTIONS:
             step, crop = _zero_pad(node, ndim), False
         else:

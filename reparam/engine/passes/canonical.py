@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from reparam.engine.base import PassContext, PassResult, register_pass
-from reparam.engine.graph import ALIASES, propagate_shapes, shape_of
+from reparam.engine.graph import ALIASES, FOLDED_PREFIX, propagate_shapes, shape_of
 
 _RANDOM = {
     torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like, torch.randint_like,
@@ -32,8 +32,21 @@ _RANDOM = {
 }  # fmt: skip
 _RANDOM_METHODS = {"uniform_", "normal_", "bernoulli_", "random_", "exponential_", "cauchy_", "log_normal_"}
 _PURE_SCALAR = {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.not_}
-_CONV = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
-_POOL = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3, torch.avg_pool1d: 1}
+_aten = torch.ops.aten
+_CONV = {
+    F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3,
+    _aten.conv1d.default: 1, _aten.conv2d.default: 2, _aten.conv3d.default: 3,
+}  # fmt: skip
+_POOL = {
+    F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3, torch.avg_pool1d: 1,
+    _aten.avg_pool1d.default: 1, _aten.avg_pool2d.default: 2, _aten.avg_pool3d.default: 3,
+}  # fmt: skip
+_BATCH_NORM = {
+    F.batch_norm: "batch_norm",
+    _aten.batch_norm.default: "aten_batch_norm",
+    _aten._native_batch_norm_legit_no_training.default: "aten_bn_no_training",
+}
+_LINEAR = {F.linear, _aten.linear.default}
 _BN_BY_DIM = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _POOL_BY_DIM = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 _CONV_BY_DIM = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -124,7 +137,7 @@ def _fold_constants(gm: fx.GraphModule, ctx: PassContext) -> list[str]:
             continue
         meta = node.meta.get("tensor_meta")
         dtype = getattr(meta, "dtype", None) or _dtype_of_inputs(gm, node)
-        name = _free_name(gm, f"folded_{node.name}")
+        name = _free_name(gm, f"{FOLDED_PREFIX}{node.name}")
         gm.register_buffer(name, value.to(dtype).detach().clone())
         with gm.graph.inserting_before(node):
             new = gm.graph.get_attr(name)
@@ -182,6 +195,18 @@ def _as_parameter(t: torch.Tensor) -> nn.Parameter:
 _SIGNATURES = {
     "conv": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
     "batch_norm": ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+    "aten_batch_norm": (
+        "input",
+        "weight",
+        "bias",
+        "running_mean",
+        "running_var",
+        "training",
+        "momentum",
+        "eps",
+        "cudnn_enabled",
+    ),
+    "aten_bn_no_training": ("input", "weight", "bias", "running_mean", "running_var", "momentum", "eps"),
     "avg_pool": (
         "input",
         "kernel_size",
@@ -229,8 +254,8 @@ def _lift_conv(gm: fx.GraphModule, node: fx.Node, ndim: int) -> tuple[nn.Module,
     return conv, kw["input"]
 
 
-def _lift_batch_norm(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node] | None:
-    kw = _normalized(node, "batch_norm")
+def _lift_batch_norm(gm: fx.GraphModule, node: fx.Node, signature: str) -> tuple[nn.Module, fx.Node] | None:
+    kw = _normalized(node, signature)
     if kw is None or kw.get("training") or not isinstance(kw.get("input"), fx.Node):
         return None
     stats = [_tensor_attr(gm, kw.get(k)) for k in ("running_mean", "running_var", "weight", "bias")]
@@ -258,7 +283,7 @@ def _lift_pool(node: fx.Node, ndim: int) -> tuple[nn.Module, fx.Node] | None:
     extra = {} if ndim == 1 else {"divisor_override": kw.get("divisor_override")}
     pool = _POOL_BY_DIM[ndim](
         kw["kernel_size"],
-        stride=kw.get("stride") or None,
+        stride=kw.get("stride") or None,  # ATen writes "no stride" as []
         padding=kw.get("padding", 0),
         ceil_mode=bool(kw.get("ceil_mode", False)),
         count_include_pad=bool(kw.get("count_include_pad", True)),
@@ -286,13 +311,27 @@ def _lift(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node] | None
         return None
     if node.target in _CONV:
         return _lift_conv(gm, node, _CONV[node.target])
-    if node.target is F.batch_norm:
-        return _lift_batch_norm(gm, node)
+    if node.target in _BATCH_NORM:
+        return _lift_batch_norm(gm, node, _BATCH_NORM[node.target])
     if node.target in _POOL:
         return _lift_pool(node, _POOL[node.target])
-    if node.target is F.linear:
+    if node.target in _LINEAR:
         return _lift_linear(gm, node)
     return None
+
+
+def _returns_tuple(node: fx.Node) -> bool:
+    return node.target is _aten._native_batch_norm_legit_no_training.default
+
+
+def _only_first_item(node: fx.Node) -> list[fx.Node]:
+    """The ``getitem(node, 0)`` users when they are all the node has; [] otherwise."""
+    users = list(node.users)
+    if users and all(
+        u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0 for u in users
+    ):
+        return users
+    return []
 
 
 def _module_path(gm: fx.GraphModule, node: fx.Node, kind: str) -> str:
@@ -300,7 +339,7 @@ def _module_path(gm: fx.GraphModule, node: fx.Node, kind: str) -> str:
     for arg in node.all_input_nodes:
         if arg.op == "get_attr":
             owner = str(arg.target).rpartition(".")[0]
-            if owner and not str(arg.target).rpartition(".")[2].startswith("folded_"):
+            if owner and not str(arg.target).rpartition(".")[2].startswith(FOLDED_PREFIX):
                 return owner
     stack = list((node.meta.get("nn_module_stack") or {}).keys())
     return f"{stack[-1]}.{kind}" if stack else kind
@@ -314,15 +353,22 @@ def _lift_functional(gm: fx.GraphModule, ctx: PassContext) -> list[str]:
         if found is None:
             continue
         module, src = found
+        # ATen's inference batch norm returns (out, mean, rstd): its users read item 0 only
+        replaced = _only_first_item(node) if _returns_tuple(node) else [node]
+        if not replaced:
+            continue
         kind = type(module).__name__.lower()
         original = _module_path(gm, node, kind)
         name = _free_name(gm, f"{original.replace('.', '_')}_{kind}")
         gm.add_submodule(name, module)
         with gm.graph.inserting_before(node):
             new = gm.graph.call_module(name, (src,))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        new.meta = dict(replaced[0].meta)
+        for old in replaced:
+            old.replace_all_uses_with(new)
+            gm.graph.erase_node(old)
+        if node in gm.graph.nodes and not node.users:
+            gm.graph.erase_node(node)
         aliases[name] = original
         ctx.provenance[name] = {ctx.full(original)}
         lifted.append(name)
