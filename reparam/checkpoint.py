@@ -315,9 +315,8 @@ def load_model(
     obj = _read(path, trust_pickle)
     if isinstance(obj, nn.Module) and arch is None:
         return obj.eval()
-    recorded, recorded_kwargs = _recorded_architecture(obj, path)
-    if arch is None:
-        arch = recorded
+    if arch is None:  # what the file records is read only when the caller did not choose
+        arch, recorded_kwargs = _recorded_architecture(obj, path)
         if arch_kwargs is None and recorded_kwargs is not None:
             arch_kwargs = validate_file_kwargs(recorded_kwargs, repr(str(path)))
     if not arch:
