@@ -232,6 +232,24 @@ def merge_sequential_1x1_kxk(
     return kernel, bias
 
 
+def merge_sequential_kxk_1x1(
+    k1: Tensor, b1: Tensor, k2: Tensor, b2: Tensor, groups: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Merge ``conv_1x1(conv_kxk(x))`` into one kxk conv.
+
+    Exact at every border: the 1x1 conv mixes channels pixel by pixel, after the kxk conv's own
+    padding. ``k1`` is ``[M, C/g, k, k]``, ``k2`` is ``[O, M/g, 1, 1]``; both use ``groups``.
+    """
+    m_g, o_g = k1.shape[0] // groups, k2.shape[0] // groups
+    kernels, biases = [], []
+    for g in range(groups):
+        k1g, b1g = k1[g * m_g : (g + 1) * m_g], b1[g * m_g : (g + 1) * m_g]
+        k2g = k2[g * o_g : (g + 1) * o_g].flatten(1)
+        kernels.append(torch.einsum("om,mc...->oc...", k2g, k1g))
+        biases.append(k2g @ b1g)
+    return torch.cat(kernels, 0), b2 + torch.cat(biases)
+
+
 def dilate_kernel(kernel: Tensor, factor: Sequence[int]) -> Tensor:
     """Insert ``factor - 1`` zeros between taps per spatial dim: ``[O, I, *k]`` -> ``[O, I, *((k-1)*f+1)]``.
 

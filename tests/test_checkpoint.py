@@ -205,5 +205,7 @@ def test_a_model_over_the_memory_limit_is_refused_before_it_is_built(tmp_path, t
 
 def test_an_architecture_given_by_the_caller_overrides_what_the_file_records(tmp_path, trained):
     path = tmp_path / "ckpt.pth"
-    torch.save({"arch": "some.module:Factory", "arch_kwargs": {"x": 1}, "state_dict": trained.state_dict()}, path)
+    torch.save(
+        {"arch": "some.module:Factory", "arch_kwargs": {"x": 1}, "state_dict": trained.state_dict()}, path
+    )
     assert _same(load_model(path, ARCH, KW), trained)

@@ -41,6 +41,7 @@ def test_default_passes_and_selection_by_name():
         "fold_bn_before",
         "border_fill",
         "merge_1x1_kxk",
+        "merge_kxk_1x1",
         "merge_branches",
     ]
     model = _acb_chain()

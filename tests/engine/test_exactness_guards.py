@@ -249,3 +249,20 @@ def test_huge_input_shape_is_refused_before_allocation(monkeypatch):
     # activations count too: this input fits, its conv outputs do not
     with pytest.raises(ReparamError, match="a forward pass on inputs of shape 1x3x8000x8000"):
         convert(nn.Sequential(nn.Conv2d(3, 64, 3)).eval(), input_shape=(1, 3, 8000, 8000))
+
+
+@pytest.mark.parametrize(("mid", "groups", "merged"), [(8, 1, True), (8, 4, True), (4, 1, False)])
+def test_kxk_then_1x1_merges_only_when_not_costlier(mid, groups, merged):
+    model = nn.Sequential(
+        nn.Conv2d(8, mid, 3, 2, 1, groups=groups),
+        nn.BatchNorm2d(mid),
+        nn.Conv2d(mid, 4, 1, groups=groups if mid % groups == 0 else 1),
+        nn.BatchNorm2d(4),
+    )
+    model = _prepared(model)
+    x = torch.randn(2, 8, 7, 7)
+    result = convert(model, x, check=False)
+    assert count(result.model, nn.Conv2d) == (1 if merged else 2) and count(result.model, BN) == 0
+    assert _error(model, result.model, x) <= 1e-5
+    if not merged:
+        assert any("would cost" in a.reason for a in result.report.left_alone)

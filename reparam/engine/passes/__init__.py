@@ -11,5 +11,6 @@ DEFAULT_ORDER = [
     "fold_bn_before",
     "border_fill",
     "merge_1x1_kxk",
+    "merge_kxk_1x1",
     "merge_branches",
 ]
