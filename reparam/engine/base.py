@@ -80,15 +80,30 @@ def get_pass(name: str) -> Pass:
     return _REGISTRY[name]
 
 
-def select_passes(passes: Iterable[str] | str | None, skip: Iterable[str] = ()) -> list[Pass]:
-    """Resolve the ``passes``/``skip`` arguments of the engine into pass objects (validated by name)."""
+def select_passes(passes: Iterable[str | Pass] | str | None, skip: Iterable[str] = ()) -> list[Pass]:
+    """Resolve the ``passes``/``skip`` arguments of the engine into pass objects, in the order given.
+
+    ``passes`` may name registered passes or be pass objects of the caller's own (anything with
+    ``name``, ``description`` and ``run(gm, ctx)``); None means the default order.
+    """
     if isinstance(passes, str):
         passes = [p.strip() for p in passes.split(",") if p.strip()]
-    names = list(passes) if passes is not None else available_passes()
+    chosen = list(passes) if passes is not None else available_passes()
     skip = [skip] if isinstance(skip, str) else list(skip)
-    for name in [*names, *skip]:
+    for name in skip:
         get_pass(name)
-    return [get_pass(n) for n in names if n not in skip]
+    resolved = []
+    for p in chosen:
+        if isinstance(p, str):
+            resolved.append(get_pass(p))
+        elif isinstance(p, Pass):
+            resolved.append(p)
+        else:
+            raise ReparamError(
+                f"{p!r} is not a pass",
+                hint="give pass names or objects with name, description and run(gm, ctx)",
+            )
+    return [p for p in resolved if p.name not in skip]
 
 
 @dataclass
