@@ -174,14 +174,13 @@ def _timed_attr(owner: Any, name: str, totals: dict[str, float], key: str) -> It
 
 def timed_convert(model: Any, example_inputs: tuple) -> tuple[Any, dict[str, float]]:
     """Run ``reparam.engine.convert(check=True)``; return the result and its phase times (seconds)."""
-    from torch import fx
-
     import reparam.engine.core as core
     from reparam.engine import convert
 
     totals: dict[str, float] = {}
     with (
-        _timed_attr(fx, "symbolic_trace", totals, "trace"),
+        _timed_attr(core, "trace", totals, "trace"),
+        _timed_attr(core, "export_capture", totals, "trace"),
         _timed_attr(core, "run_passes", totals, "passes"),
     ):
         start = time.perf_counter()

@@ -96,7 +96,7 @@ class Wrap(nn.Module):
             h = self.block.paths[0](h) * self.block.scale + self.block(h)
         else:
             h = self.block(h)
-        return self.head(h)
+        return self.head(F.relu(h))  # the ReLU keeps the head from merging into the block
 
 
 def _acb(rng: random.Random, k: int = 3, dil: int = 1, stride: int = 1) -> list[nn.Module]:

@@ -610,7 +610,7 @@ class MergeBranches:
             dilation=plan.dilation,
             groups=plan.groups,
             bias=True,
-            device=like.device,
+            device="meta",  # no initialisation: weight and bias are set below
             dtype=like.dtype,
         )
         new.weight = ctx.parameter(kernel, like, "weight")

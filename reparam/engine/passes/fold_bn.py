@@ -25,6 +25,15 @@ from reparam.kernel_math import fold_bn, fold_bn_before, fold_bn_transposed
 _LAYERS = CONV + CONV_T + (nn.Linear,)
 
 
+def shallow_copy(layer: nn.Module) -> nn.Module:
+    """The layer with its own parameter table (its tensors shared until replaced), without copying weights."""
+    new = copy.copy(layer)
+    new._parameters = dict(layer._parameters)
+    new._buffers = dict(layer._buffers)
+    new._modules = dict(layer._modules)
+    return new
+
+
 def _bn_tensors(bn: BN) -> tuple:
     def d(t):
         return None if t is None else t.detach().double()
@@ -105,7 +114,7 @@ class FoldBN:
             except NotRepresentable as exc:
                 ctx.leave(where, f"{where} not folded into {prod.target}: {exc}")
                 continue
-            new = copy.deepcopy(layer)
+            new = shallow_copy(layer)
             new.weight, new.bias = weight_param, bias_param
             calls = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == prod.target)
             leaving = {node, prod}
@@ -181,7 +190,7 @@ class FoldBNBefore:
             except NotRepresentable as exc:
                 ctx.leave(where, f"{where} not folded into {node.target}: {exc}")
                 continue
-            new = copy.deepcopy(layer)
+            new = shallow_copy(layer)
             new.weight, new.bias = weight_param, bias_param
             leaving = {node, src}
             name = choose_name(

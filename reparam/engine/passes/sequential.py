@@ -102,7 +102,7 @@ class Merge1x1Kxk:
                 dilation=c2.dilation,
                 groups=groups,
                 bias=True,
-                device=w.device,
+                device="meta",  # no initialisation: weight and bias are set below
                 dtype=w.dtype,
             )
             try:
@@ -183,7 +183,7 @@ class MergeKxk1x1:
                 groups=groups,
                 bias=True,
                 padding_mode=c1.padding_mode,
-                device=w.device,
+                device="meta",  # no initialisation: weight and bias are set below
                 dtype=w.dtype,
             )
             try:
