@@ -1,10 +1,11 @@
 """Explicitly quantized (Q/DQ) ONNX as TensorRT 10.1+ and 11 build it, made with ONNX Runtime's tools.
 
 Layout: symmetric int8 everywhere (every zero point is 0), per-channel weight scales (axis 0 of
-Conv weights), per-tensor activation scales. Biases stay float (TensorRT folds them itself), and
-the outputs of Conv/Gemm/MatMul are not quantized, so a Conv is followed by its activation in
-float before the next QuantizeLinear: the DQ -> Conv -> ReLU -> Q pattern TensorRT fuses into one
-int8 kernel. ONNX Runtime runs the same file on the CPU, so the int8 numerics are checked here.
+Conv weights), per-tensor activation scales. Only the inputs of weighted layers (Conv, Gemm,
+MatMul) are quantized; biases, their outputs and everything between them stay float, so a Conv is
+followed by its activation in float before the next QuantizeLinear: the DQ -> Conv -> ReLU -> Q
+pattern TensorRT fuses into one int8 kernel. Keeping a layer float (an exclusion) therefore keeps
+both its weights and its input activation float. ONNX Runtime runs the same file on the CPU, so the int8 numerics are checked here.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class QuantizeResult:
     qdq_nodes: int
     metadata: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    repair: Any = None  # a sensitivity.RepairResult when a repair target was given
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,7 @@ class QuantizeResult:
             "float_layers": list(self.excluded),
             "qdq_nodes": self.qdq_nodes,
             "seconds": round(self.seconds, 3),
+            "repair": self.repair.to_dict() if self.repair is not None else None,
         }
 
 
@@ -224,8 +227,6 @@ def quantize_proto(
         "WeightSymmetric": True,
         "QuantizeBias": False,
         "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS),
-        "CalibPercentile": calibrated.percentile,
-        "CalibTensorRangeSymmetric": True,
     }
     with tempfile.TemporaryDirectory(prefix="reparam-int8-") as tmp:
         out = Path(tmp) / "model.int8.onnx"
@@ -239,6 +240,7 @@ def quantize_proto(
                     per_channel=True,
                     activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(WEIGHTED_OPS),
                     nodes_to_quantize=list(only) if only is not None else None,
                     nodes_to_exclude=list(exclude),
                     calibrate_method=_method(calibrated.method),
@@ -277,8 +279,39 @@ def calibrate(
         path = Path(tmp) / "model.onnx"
         onnx.save_model(model, str(path))
         cal = Calibrated(path, method, float(percentile), Path(tmp) / "ranges.json", samples)
-        quantize_proto(cal, make_reader(batches))  # fills the range cache
+        _collect_ranges(cal, make_reader(batches), Path(tmp))
         yield cal
+
+
+def _collect_ranges(cal: Calibrated, reader: Any, workdir: Path) -> None:
+    """Run the calibrator and store its ranges where ``quantize_static`` reads its cache."""
+    from onnxruntime.quantization import create_calibrator
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    # onnxruntime's entropy default (128 bins for 128 quantized bins) leaves a single candidate
+    # threshold, i.e. min-max; 2048 bins is the histogram TensorRT's entropy calibrator uses.
+    options = {
+        "minmax": {"symmetric": True},
+        "entropy": {"symmetric": True, "num_bins": 2048, "num_quantized_bins": 128},
+        "percentile": {"symmetric": True, "num_bins": 2048, "percentile": cal.percentile},
+    }[cal.method]
+    try:
+        with _quiet():
+            calibrator = create_calibrator(
+                cal.model,
+                list(WEIGHTED_OPS),
+                augmented_model_path=str(workdir / "augmented.onnx"),
+                calibrate_method=_method(cal.method),
+                extra_options=options,
+            )
+            calibrator.collect_data(reader)
+            ranges = calibrator.compute_data()
+    except Exception as exc:
+        raise ReparamError(
+            f"calibration failed: {type(exc).__name__}: {str(exc).strip()[:300]}",
+            hint="check that the calibration inputs are what the model expects",
+        ) from exc
+    save_tensors_data(ranges, cal.cache)
 
 
 def _finish(qmodel: Any, source: Any, info: Mapping[str, Any]) -> dict[str, str]:
@@ -304,6 +337,9 @@ def quantize(
     exclude: Sequence[str] = (),
     batch_size: int = 8,
     max_samples: int | None = None,
+    repair_target: float | None = None,
+    repair_data: Sequence[Mapping[str, np.ndarray]] | None = None,
+    max_float: int | None = None,
 ) -> QuantizeResult:
     """Write a Q/DQ int8 copy of the float ONNX at ``model_path`` to ``output`` (atomically).
 
@@ -311,6 +347,10 @@ def quantize(
     entropy or percentile; ``exclude``: node names (or module paths, see ``resolve_layers``) kept
     float. The result passes ``onnx.checker``, keeps the source's ``reparam.*`` metadata and
     records the settings under ``reparam.quantization``. Nothing is written on any error.
+
+    ``repair_target``: top-1 agreement with the float model to reach on ``repair_data`` (default:
+    the calibration batches); the most int8-sensitive layers are then kept float as well, at most
+    ``max_float`` of them (see ``reparam.quantize.sensitivity.repair``).
     """
     from exporters.onnx.save import save_onnx
     from reparam.quantize.calib import load_calibration, onnx_input_specs
@@ -327,7 +367,17 @@ def quantize(
     layers = weighted_layers(model)
     excluded = resolve_layers(layers, exclude)
     batches = load_calibration(calib, onnx_input_specs(model), batch_size=batch_size, max_samples=max_samples)
+    repaired = None
     with calibrate(model, batches, method, percentile) as cal:
+        if repair_target is not None:
+            from reparam.quantize.sensitivity import repair
+
+            rest = {n: w for n, w in layers.items() if n not in excluded}
+            search = batches if repair_data is None else repair_data
+            repaired = repair(
+                cal, model, rest, search, target=repair_target, max_float=max_float, keep=excluded
+            )
+            excluded = [*excluded, *repaired.excluded]
         qmodel = quantize_proto(cal, exclude=excluded)
     summary = check_qdq_layout(qmodel)
     info = {
@@ -350,6 +400,7 @@ def quantize(
         qdq_nodes=summary.quantize + summary.dequantize,
         metadata=meta,
         seconds=time.perf_counter() - start,
+        repair=repaired,
     )
 
 
