@@ -176,3 +176,19 @@ def make_reader(batches: Sequence[Batch]):
             self._it = iter(batches)
 
     return _Reader()
+
+
+def load_labels(path: str | os.PathLike) -> np.ndarray | None:
+    """The integer array ``label`` (or ``labels``) of an ``.npz``, or None when it has none."""
+    arrays = _read_npz(Path(path))
+    for key in ("label", "labels"):
+        if key in arrays:
+            labels = arrays[key]
+            if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+                raise ReparamError(
+                    f"array {key!r} in {Path(path).name} has shape {list(labels.shape)} and dtype "
+                    f"{labels.dtype}; expected one integer class per sample",
+                    hint="store the labels as int64 of shape (N,)",
+                )
+            return labels
+    return None
