@@ -69,7 +69,8 @@ class Int8Verification:
 
     report: VerifyReport
     samples: int
-    accuracy: dict[str, float] = field(default_factory=dict)  # model label -> top-1 accuracy
+    # top-1 accuracy per model: "training model", "float32 ONNX", "int8 Q/DQ ONNX"
+    accuracy: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -136,7 +137,7 @@ def verify_int8(
     )
     result = Int8Verification(report, samples)
     if labels is not None:
-        for c in [ref, *cands]:
+        for label, c in [("training model", ref), *((c.name, c) for c in cands)]:
             if c.runner.outputs:
-                result.accuracy[c.name] = accuracy(c.runner.first_output(), np.asarray(labels))
+                result.accuracy[label] = accuracy(c.runner.first_output(), np.asarray(labels))
     return result

@@ -38,7 +38,7 @@ META_KEY = "reparam.quantization"
 class QuantizeResult:
     """What ``quantize`` wrote."""
 
-    path: Path
+    path: Path | None
     method: str
     calibration_samples: int
     layers: list[str]  # weighted nodes with int8 weights
@@ -50,7 +50,7 @@ class QuantizeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": str(self.path),
+            "path": str(self.path) if self.path else None,
             "method": self.method,
             "calibration_samples": self.calibration_samples,
             "int8_layers": list(self.layers),

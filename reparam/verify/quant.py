@@ -56,14 +56,14 @@ class LayerRisk:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def explain(self) -> str:
-        """One line: the layer, its spread, the branch behind it and the remedies."""
+    def explain(self, remedies: bool = True) -> str:
+        """One line: the layer, its spread, the branch behind it and (optionally) the remedies."""
         text = f"{self.fused}: per-channel range max/median {self.after_ratio:.3g}"
         if self.before_ratio is not None:
             text += f" (the trained {self.source} had {self.before_ratio:.3g})"
         if self.culprit:
             text += f"; widened by {self.culprit}: {self.reason}"
-        if self.remedies:
+        if remedies and self.remedies:
             text += ". Remedies: " + "; ".join(self.remedies)
         return text
 

@@ -113,6 +113,10 @@ def _reference(args: argparse.Namespace):
     return model, held_out, labels, converted.record, converted.model
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _summary(result, verification, risks) -> list[str]:
     lines = [
         f"int8: {len(result.layers)} layers int8, {len(result.excluded)} float, {result.method} "
@@ -124,19 +128,23 @@ def _summary(result, verification, risks) -> list[str]:
         state = "met" if r.met else "NOT met"
         lines.append(
             f"  repair: top-1 target {r.target:g} {state} on the calibration data "
-            f"(agreement {last.top1 if last.top1 is not None else '-'}, cosine {last.cosine:.4f}); {r.cost()}"
+            f"(agreement {_num(last.top1)}, cosine {last.cosine:.4f}); {r.cost()}"
         )
         names = {s.node: s.module for s in r.sensitivity}
         for node in r.excluded:
             lines.append(f"    kept float: {names.get(node, node)} ({node})")
-    for risk in [r for r in risks if r.risk != "low"]:
-        lines.append(f"  risk {risk.risk}: {risk.explain()}")
+    flagged = [r for r in risks if r.risk != "low"]
+    for risk in flagged:
+        lines.append(f"  risk {risk.risk}: {risk.explain(remedies=False)}")
+    remedies = list(dict.fromkeys(x for r in flagged for x in r.remedies))
+    if remedies:
+        lines.append("  remedies: " + "; ".join(remedies))
     if verification is not None:
         top1 = verification.metric("int8 Q/DQ ONNX", "top1")
         cos = verification.metric("int8 Q/DQ ONNX", "cosine")
         lines.append(
             f"  held-out ({verification.samples} samples) vs training model: top-1 agreement "
-            f"{top1 if top1 is not None else '-'}, cosine {cos:.4f} -> {'PASS' if verification.passed else 'FAIL'}"
+            f"{_num(top1)}, cosine {cos:.4f} -> {'PASS' if verification.passed else 'FAIL'}"
         )
         acc = verification.accuracy
         if acc:
@@ -190,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
             verification.report.render()
         sys.stdout.write("\n".join(_summary(result, verification, risks)) + "\n")
         ok = (verification is None or verification.passed) and (result.repair is None or result.repair.met)
+        result.path = out if ok else None
         if args.report:
             _write_report(args.report, result, verification, risks)
         if not ok:
