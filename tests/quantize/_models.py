@@ -70,3 +70,14 @@ def tiny_repvgg(*, wide: bool, seed: int = 0) -> nn.Module:
         _widen_identity_branch(model)
     _fit_head(model, seed)
     return model.eval()
+
+
+def export_deploy(model: nn.Module, path, example: np.ndarray):
+    """Convert ``model`` and export the deploy form to ONNX at ``path``; returns the ConversionResult."""
+    from exporters.onnx import export_onnx
+    from reparam.engine import convert
+
+    x = torch.from_numpy(example)
+    result = convert(model, (x,), check=False)
+    export_onnx(result.model, (x,), path, dynamo=False)
+    return result
