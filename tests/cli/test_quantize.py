@@ -106,3 +106,46 @@ def test_wrong_calibration_file_exits_2(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "does not fit the input input float32[?x3x16x16]" in err and "hint:" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--int8"], "--int8 needs calibration data"),
+        (["--calib", "c.npz"], "--calib only applies with --int8"),
+        (["--int8", "--calib", "missing.npz"], "does not exist"),
+    ],
+)
+def test_deploy_int8_argument_errors(files, tmp_path, capsys, extra, match):
+    assert main(["deploy", str(files / "m.pth"), "-o", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "hint:" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_deploy_int8_writes_and_verifies_the_qdq_model(tmp_path, capsys):
+    x, _ = synthetic_data(128, 1)
+    held, _ = synthetic_data(128, 2)
+    np.savez(tmp_path / "calib.npz", input=x)
+    np.savez(tmp_path / "held.npz", input=held)
+    model = tiny_repvgg(wide=False)
+    ckpt = tmp_path / "m.pth"
+    torch.save({"arch": "repvgg_a0", "arch_kwargs": ARCH, "state_dict": model.state_dict()}, ckpt)
+    argv = [
+        "deploy",
+        str(ckpt),
+        "-o",
+        str(tmp_path / "out"),
+        "--int8",
+        "--calib",
+        str(tmp_path / "calib.npz"),
+    ]
+    assert main([*argv, "--inputs", str(tmp_path / "held.npz"), "--batch-size", "64"]) == 0, (
+        capsys.readouterr()
+    )
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "onnx-int8" in manifest["targets"] and "model.int8.onnx" in {f["name"] for f in manifest["files"]}
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    int8 = next(c for c in report["candidates"] if c["name"] == "model.int8.onnx")
+    assert int8["passed"] and int8["tolerance"] == "int8" and int8["outputs"][0]["top1"] >= 0.99
