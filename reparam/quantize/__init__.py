@@ -5,7 +5,8 @@ held-out set; ``layer_sensitivity`` and ``repair`` find the layers int8 hurts mo
 float until an agreement target is met.
 """
 
-from reparam.quantize.calib import InputSpec, load_calibration, onnx_input_specs
+from reparam.quantize.calib import InputSpec, load_calibration, load_labels, onnx_input_specs
+from reparam.quantize.evaluate import Int8Verification, int8_tolerance, verify_int8
 from reparam.quantize.qdq import (
     METHODS,
     QuantizeResult,
@@ -14,15 +15,24 @@ from reparam.quantize.qdq import (
     quantize,
     weighted_layers,
 )
+from reparam.quantize.sensitivity import LayerSensitivity, RepairResult, layer_sensitivity, repair
 
 __all__ = [
     "METHODS",
     "InputSpec",
+    "Int8Verification",
+    "LayerSensitivity",
     "QuantizeResult",
+    "RepairResult",
     "check_qdq_layout",
+    "int8_tolerance",
     "is_qdq",
+    "layer_sensitivity",
     "load_calibration",
+    "load_labels",
     "onnx_input_specs",
     "quantize",
+    "repair",
+    "verify_int8",
     "weighted_layers",
 ]
