@@ -146,7 +146,7 @@ def _initializer(model: Any, name: str) -> np.ndarray | None:
 
 
 def check_qdq_layout(model: Any) -> QdqSummary:
-    """Check the layout TensorRT expects: int8 and zero point 0 everywhere, per-channel weights on axis 0.
+    """Check the layout TensorRT expects: int8 and zero point 0 everywhere, per-channel scales on weights only.
 
     A violation is a bug in how reparam called the quantizer, hence an InternalError.
     """
@@ -163,9 +163,8 @@ def check_qdq_layout(model: Any) -> QdqSummary:
         if zero is None or scale is None or zero.dtype != np.int8 or np.any(zero != 0):
             raise InternalError(f"{node.name}: zero point is not int8 zero ({zero!r})")
         if scale.size > 1:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            if node.op_type != "DequantizeLinear" or node.input[0] not in inits or axis != 0:
-                raise InternalError(f"{node.name}: per-channel scale on a non-weight or axis {axis}")
+            if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+                raise InternalError(f"{node.name}: a per-channel scale on an activation")
             per_channel += 1
         elif node.op_type == "QuantizeLinear":
             per_tensor += 1
