@@ -206,15 +206,10 @@ class Calibrated:
 
 
 def quantize_proto(
-    calibrated: Calibrated,
-    reader: Any = None,
-    *,
-    exclude: Sequence[str] = (),
-    only: Sequence[str] | None = None,
+    calibrated: Calibrated, *, exclude: Sequence[str] = (), only: Sequence[str] | None = None
 ) -> Any:
-    """Run onnxruntime's ``quantize_static`` (QDQ, symmetric int8) and return the quantized ModelProto.
+    """Run onnxruntime's ``quantize_static`` (QDQ, symmetric int8) on the cached ranges; returns the ModelProto.
 
-    ``reader`` feeds the calibration data on the first call; later calls reuse the cached ranges.
     ``exclude`` keeps those nodes float; ``only`` quantizes just those nodes.
     """
     onnx = require("onnx", "onnx", "int8 quantization")
@@ -234,7 +229,7 @@ def quantize_proto(
                 quantize_static(
                     str(calibrated.model),
                     str(out),
-                    reader,
+                    None,  # the ranges come from the cache written by calibrate()
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
                     activation_type=QuantType.QInt8,
