@@ -43,7 +43,7 @@ class BuildOptions:
             self._validate_qdq()
         elif self.precision == "int8" and self.calib is None:
             raise ReparamError(
-                "int8 from a float ONNX needs calibration data, or an explicitly quantized (Q/DQ) ONNX",
+                "int8 needs calibration data for this float ONNX, or an explicitly quantized (Q/DQ) ONNX",
                 hint="quantize it first: reparam quantize model.onnx --calib DATA.npz -o model.int8.onnx "
                 "(the only int8 route on TensorRT 11); on TensorRT 10 --calib DATA.npz also works",
             )
