@@ -25,6 +25,7 @@ says which one widened it. The culprit and its factor (BN gain or conv weights) 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -144,32 +145,40 @@ def _fused_weight(deploy: nn.Module, fused: str) -> torch.Tensor | None:
 
 
 def _leaf_sources(original: nn.Module, sources: list[str]) -> list[tuple[str, nn.Module]]:
-    """Conv2d / BatchNorm2d modules at or under each source path, in order, without repeats."""
-    modules = dict(original.named_modules())
-    seen: dict[str, nn.Module] = {}
-    for src in sources:
-        root = modules.get(src)
-        if root is None:
-            continue
-        for sub, m in root.named_modules():
-            if isinstance(m, nn.Conv2d | nn.BatchNorm2d):
-                seen.setdefault(f"{src}.{sub}" if sub else src, m)
-    return list(seen.items())
+    """Conv2d / BatchNorm2d modules at or under the source paths, in the model's definition order."""
+    roots = tuple(sources)
+    return [
+        (name, m)
+        for name, m in original.named_modules()
+        if isinstance(m, nn.Conv2d | nn.BatchNorm2d)
+        and any(name == r or name.startswith(r + ".") for r in roots)
+    ]
 
 
 def _parent(name: str) -> str:
-    return name.rsplit(".", 1)[0] if "." in name else name
+    return name.rsplit(".", 1)[0] if "." in name else ""
 
 
 def _branches(leaves: list[tuple[str, nn.Module]]) -> dict[str, dict[str, nn.Module]]:
-    """Group conv/BN leaves into branches: a conv and the BN in the same parent, or a lone BN."""
-    convs = {_parent(n) for n, m in leaves if isinstance(m, nn.Conv2d)}
+    """Group leaves into branches: a BN joins the unpaired conv defined before it in the same parent
+    (``rbr_dense.0`` + ``rbr_dense.1``, ``square_conv`` + ``square_bn``); a BN without one is the
+    identity branch. A branch that is the whole of a numbered container is named by the container."""
     out: dict[str, dict[str, nn.Module]] = {}
+    pending: dict[str, str] = {}
     for name, m in leaves:
-        key = _parent(name) if _parent(name) in convs else name
-        kind = "conv" if isinstance(m, nn.Conv2d) else "bn"
-        out.setdefault(key, {}).setdefault(kind, m)
-    return out
+        if isinstance(m, nn.Conv2d):
+            pending[_parent(name)] = name
+            out[name] = {"conv": m}
+        elif (conv := pending.pop(_parent(name), None)) is not None:
+            out[conv]["bn"] = m
+        else:
+            out[name] = {"bn": m}
+    per_parent = Counter(_parent(n) for n in out)
+    named = {}
+    for name, parts in out.items():
+        numbered = name.rsplit(".", 1)[-1].isdigit() and per_parent[_parent(name)] == 1
+        named[_parent(name) if numbered else name] = parts
+    return named
 
 
 def _bn_gain(bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -306,7 +315,10 @@ def quantization_risk(original: nn.Module, deploy: nn.Module, record) -> list[La
         before_ratio = range_ratio(before) if before is not None else None
         after_ratio = range_ratio(after)
         risk = classify(after_ratio)
-        branches = attribute(original, _fused_module(deploy, entry.fused), list(entry.sources))
+        try:
+            branches = attribute(original, _fused_module(deploy, entry.fused), list(entry.sources))
+        except Exception:  # attribution is a diagnostic: an unusual source layout must not hide the table
+            branches = []
         culprit, reason, remedies = _blame(branches, after_ratio) if risk != "low" else (None, "", [])
         risks.append(
             LayerRisk(

@@ -84,3 +84,19 @@ def test_risk_names_the_branch_and_factor_that_widened_the_fused_kernel():
 
     [benign] = _fused_repvgg(lambda b: None).values()
     assert benign.risk == "low" and benign.culprit is None and benign.remedies == []
+
+
+def test_acb_branch_pairs_are_found_by_definition_order():
+    from reparam.blocks import ACB
+    from reparam.engine import convert
+    from reparam.numerics import randomize_batchnorm
+
+    model = nn.Sequential(ACB(8, 8, 3, padding=1), nn.ReLU()).eval()
+    randomize_batchnorm(model, seed=4)
+    with torch.no_grad():
+        _set_gain(model[0].hor_bn, 2, 50.0)
+    result = convert(model, (torch.randn(2, 8, 6, 6),), check=False)
+    [risk] = quantization_risk(model, result.model, result.record)
+    assert {b.branch for b in risk.branches} == {"0.square_conv", "0.hor_conv", "0.ver_conv"}
+    assert all(b.kind == "conv+bn" and b.ratio_without is not None for b in risk.branches)
+    assert risk.culprit == "0.hor_conv" and "BN gain" in risk.reason and "[2]" in risk.reason
