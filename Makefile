@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Train on scikit-learn's digits, then convert -> export -> verify each checkpoint, then compare
-# test accuracy of the training model and of every shipped artifact.
+# test accuracy of the training model and of every shipped artifact, then quantize each ONNX to int8
+# (Q/DQ) and compare its test accuracy and predictions with the training model.
 demo: $(STAMP)
 	$(BIN)/python examples/digits_demo.py --out demo-output
 	for m in acb se; do \
@@ -29,6 +30,9 @@ demo: $(STAMP)
 	    --inputs demo-output/digits_test.npz --batch-size 64 || exit $$?; \
 	  $(BIN)/python examples/digits_accuracy.py demo-output/$$m.pth demo-output/$$m-deploy \
 	    --data demo-output/digits_test.npz || exit $$?; \
+	  $(BIN)/reparam quantize demo-output/$$m-deploy/model.onnx --calib demo-output/digits_calib.npz \
+	    -o demo-output/$$m.int8.onnx --reference demo-output/$$m.pth --eval demo-output/digits_test.npz \
+	    || exit $$?; \
 	done
 
 # ACNet on your own network: plain resnet56_cifar (depth 8) trained as is vs expanded with ACBs,
