@@ -136,13 +136,22 @@ def pad_kernel(kernel: Tensor, size: Sequence[int], offset: Sequence[int] | None
     if len(offset) != len(spatial) or len(size) != len(spatial):
         raise ValueError("kernel, size and offset must have the same number of spatial dims")
     out = kernel.new_zeros(*kernel.shape[:2], *size)
+    add_kernel_at(out, kernel, offset)
+    return out
+
+
+def add_kernel_at(total: Tensor, kernel: Tensor, offset: Sequence[int]) -> Tensor:
+    """``total += pad_kernel(kernel, total's size, offset)`` in place, without building the padded copy."""
+    spatial, size = tuple(kernel.shape[2:]), tuple(total.shape[2:])
+    if len(offset) != len(spatial) or len(size) != len(spatial):
+        raise ValueError("kernel, size and offset must have the same number of spatial dims")
     index = [slice(None), slice(None)]
     for o, s, big in zip(offset, spatial, size, strict=True):
         if o < 0 or o + s > big:
             raise ValueError(f"a size-{s} kernel at offset {o} does not fit in size {big}")
         index.append(slice(o, o + s))
-    out[tuple(index)] = kernel
-    return out
+    total[tuple(index)] += kernel
+    return total
 
 
 def identity_kernel(

@@ -195,7 +195,8 @@ class PassContext:
         overflows): the pass then leaves the pattern alone.
         """
         # one reduction decides both: NaN makes the peak NaN, and a peak within range casts finite
-        peak = float(value.abs().max()) if value.numel() else 0.0
+        low, high = value.aminmax() if value.numel() else (value.new_zeros(()), value.new_zeros(()))
+        peak = max(-float(low), float(high)) if bool(low == low) and bool(high == high) else float("nan")
         if not peak <= torch.finfo(like.dtype).max:
             raise NotRepresentable(
                 f"the fused {what} is not finite in {str(like.dtype).removeprefix('torch.')} "

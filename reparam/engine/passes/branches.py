@@ -35,11 +35,11 @@ from reparam.engine.graph import (
     shape_of,
 )
 from reparam.kernel_math import (
+    add_kernel_at,
     avgpool_kernel,
     dilate_kernel,
     fold_bn,
     identity_kernel,
-    pad_kernel,
     regroup_kernel,
 )
 
@@ -449,7 +449,8 @@ def _plan(members: list[Branch]) -> Plan | str:
 
 
 @torch.no_grad()
-def _kernel_bias(b: Plan, m: Branch, off: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _kernel_bias(b: Plan, m: Branch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The member's kernel in the plan's groups and dilation (unpadded), and its bias, in float64."""
     device = next((x.module.weight.device for x in b.members if x.kind == "conv"), None)
     nd = m.ndim
     if m.kind == "conv":
@@ -466,7 +467,7 @@ def _kernel_bias(b: Plan, m: Branch, off: tuple[int, ...]) -> tuple[torch.Tensor
     bn = m.module if m.kind == "bn" else m.bn
     if bn is not None:
         k, bias = fold_bn(k, None, *_bn64(bn), bn.eps)
-    return pad_kernel(k, b.kernel, off), bias
+    return k, bias
 
 
 def _bn64(bn: nn.Module) -> tuple:
@@ -596,8 +597,10 @@ class MergeBranches:
         members = plan.members
         kernel = bias = None
         for m, off in zip(members, plan.offsets):
-            k, b = _kernel_bias(plan, m, off)
-            kernel = k if kernel is None else kernel + k
+            k, b = _kernel_bias(plan, m)
+            if kernel is None:
+                kernel = k.new_zeros(*k.shape[:2], *plan.kernel)
+            add_kernel_at(kernel, k, off)
             bias = b if bias is None else bias + b
         like = next(m.module.weight for m in members if m.kind == "conv")
         first = members[0]
