@@ -151,17 +151,7 @@ class _ShapeRecorder(fx.Interpreter):
 
 
 def _record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
-    """Run the graph on fake tensors (shapes only, no arithmetic); on real copies if that fails."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    try:
-        fakes = tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in example_inputs)
-        with mode, torch.no_grad():
-            _ShapeRecorder(gm).run(*fakes)
-        return
-    except Exception:  # an op without a fake implementation, or one that reads values
-        pass
+    """Run the graph once on copies of the inputs (a real run: cheaper than fake tensors on CPU)."""
     copies = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
     with torch.no_grad():
         _ShapeRecorder(gm).run(*copies)
@@ -234,6 +224,12 @@ def alias_unsafe_names(gm: fx.GraphModule) -> dict[str, str]:
                 gm.register_buffer(alias, value)
             aliases[alias] = original
         node.target = alias
+    for original in aliases.values():
+        # the object now lives under its alias only: two names would hide one from unused-module cleanup
+        owner, _, name = original.rpartition(".")
+        parent = gm.get_submodule(owner) if owner else gm
+        if hasattr(parent, name):
+            delattr(parent, name)
     if aliases:
         gm.recompile()
     setattr(gm, ALIASES, aliases)

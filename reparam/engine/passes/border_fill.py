@@ -122,7 +122,7 @@ class BorderFill:
             )
             changed = True
         if changed:
-            cleanup(gm)
+            cleanup(gm)  # the new nodes need shapes before the next pass reads them
             propagate_shapes(gm, ctx.example_inputs)
         return PassResult(gm, changed, [])
 

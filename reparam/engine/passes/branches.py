@@ -27,7 +27,6 @@ from reparam.engine.graph import (
     CONV_BY_DIM,
     block_path,
     choose_name,
-    cleanup,
     is_add,
     module_of,
     propagate_shapes,
@@ -521,8 +520,6 @@ class MergeBranches:
             if entry is not None:
                 fused.append(entry[0])
                 gone |= entry[1]
-        if fused:
-            cleanup(gm)
         return PassResult(gm, bool(fused), fused)
 
     def _merge_tree(self, gm, ctx, root, terms, adds, where):

@@ -14,7 +14,6 @@ from reparam.engine.graph import (
     CONV_T,
     block_path,
     choose_name,
-    cleanup,
     install,
     module_of,
     propagate_shapes,
@@ -129,8 +128,6 @@ class FoldBN:
             install(gm, name, new, node, prod.args, leaving)
             gone |= leaving
             fused.append(ctx.record(name, new, [str(prod.target), where], detail))
-        if fused:
-            cleanup(gm)
         return PassResult(gm, bool(fused), fused)
 
 
@@ -200,8 +197,6 @@ class FoldBNBefore:
             gone |= leaving
             detail = f"{type(bn).__name__}(eps={bn.eps:g}) before {type(layer).__name__} folded into it"
             fused.append(ctx.record(name, new, [where, str(node.target)], detail))
-        if fused:
-            cleanup(gm)
         return PassResult(gm, bool(fused), fused)
 
     @staticmethod

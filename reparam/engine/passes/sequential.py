@@ -13,7 +13,6 @@ from reparam.engine.graph import (
     CONV_BY_DIM,
     block_path,
     choose_name,
-    cleanup,
     install,
     module_of,
 )
@@ -123,8 +122,6 @@ class Merge1x1Kxk:
                     f"1x1 conv {first.target} merged into {tuple(c2.kernel_size)} conv {where}",
                 )
             )
-        if fused:
-            cleanup(gm)
         return PassResult(gm, bool(fused), fused)
 
 
@@ -206,6 +203,4 @@ class MergeKxk1x1:
                     f"{tuple(c1.kernel_size)} conv {first.target} and the 1x1 conv {where} after it merged",
                 )
             )
-        if fused:
-            cleanup(gm)
         return PassResult(gm, bool(fused), fused)
