@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -244,46 +244,20 @@ def _remaining_bn_notes(model: nn.Module, contexts: list[PassContext]) -> list[t
     return notes
 
 
-def convert(
-    model: nn.Module,
-    example_inputs: Any = None,
-    *,
-    passes: Sequence[str | Pass] | str | None = None,
-    skip: Iterable[str] = (),
-    check: bool = True,
-    inplace: bool = False,
-    input_shape: Sequence[int] | None = None,
-    max_bytes: int | str | None = None,
-) -> ConversionResult:
-    """Re-parameterize ``model`` for deployment; returns the deploy model, a report and a record.
+@dataclass
+class _Reference:
+    """What one run of the original model recorded: outputs, first output per block, calls, order."""
 
-    The model is traced with torch.fx and rewritten by the selected passes (all registered ones by
-    default, minus ``skip``) to a fixed point. If the whole model cannot be traced, each child is
-    converted on its own and blocks fall back to their own ``reparameterize()``. With ``check``, the
-    original (eval) and deploy models run on ``example_inputs`` (or random inputs of ``input_shape``,
-    or a guessed shape) and a MismatchError naming the diverging blocks is raised if they differ.
-    The input model is left untouched unless ``inplace``; example inputs are never modified.
-    Random inputs whose estimated memory exceeds ``max_bytes`` (see :mod:`reparam.limits`) are refused.
-    """
-    if not isinstance(model, nn.Module):
-        raise ReparamError(
-            f"expected a torch.nn.Module, got {type(model).__name__}",
-            hint="pass the model object, e.g. reparam.zoo.create_model('repvgg_a0')",
-        )
-    selected = select_passes(passes, skip)
-    refuse_nonfinite_weights(model)
-    report = ConversionReport(passes=[p.name for p in selected])
-    report.converted_from_eval_copy = any(m.training for m in model.modules())
-    warn_training_batchnorms(model, report)
-    work = model if inplace else copy.deepcopy(model)
-    work.eval()
-    inputs, note = make_inputs(work, example_inputs, input_shape, max_bytes=max_bytes)
-    if note:
-        report.notes.append(note)
-    dtype, _ = model_dtype(work)
-    nonleaf = [n for n, m in work.named_modules() if n and list(m.children())]
-    all_paths = [n for n, _ in work.named_modules() if n]
+    output: Any = None
+    first: dict[str, Any] | None = None
+    calls: dict[str, int] | None = None
+    order: list[str] = field(default_factory=list)
+    # inputs of every submodule, only when the model is converted submodule by submodule
+    module_inputs: dict[str, tuple] = field(default_factory=dict)
 
+
+def _capture_graph(work: nn.Module, inputs: tuple | None, report: ConversionReport) -> tuple[Any, str]:
+    """The whole model as one graph (torch.fx, else torch.export), or ``(None, why not)``."""
     gm, why = trace(work)
     if gm is None and inputs is not None:
         gm, export_why = export_capture(work, fresh(inputs))
@@ -291,65 +265,66 @@ def convert(
             report.tracing = f"whole model, by torch.export (torch.fx: {why})"
         else:
             why = f"{why}; torch.export: {export_why}"
-    # Per-module inputs are only needed when the model is converted submodule by submodule, and the
-    # original's block outputs (for naming diverging blocks) only up front when the original is
-    # about to be rewritten in place; otherwise they are recomputed on a failure. Cloning them
-    # all would cost several times the parameter memory.
-    keep_block_outputs = inplace or gm is None
-    captured: dict[str, tuple] = {}
-    reference = calls = first = None
-    order: list[str] = []
-    if inputs is not None:
-        handles = []
+    return gm, why
 
-        def pre_for(path):
-            def pre(_m, args):
-                if path not in captured:
-                    captured[path] = tuple(
-                        a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args
-                    )
 
-            return pre
+def _run_reference(
+    work: nn.Module, inputs: tuple, nonleaf: list[str], *, keep_outputs: bool, per_module: bool
+) -> tuple[_Reference, int]:
+    """Run the original once: its outputs, block outputs (when kept), and its MACs."""
+    ref = _Reference()
 
-        if gm is None:
-            mods = dict(work.named_modules())
-            handles = [mods[p].register_forward_pre_hook(pre_for(p)) for p in all_paths]
-        try:
-            with counting_macs(work) as macs_before:
-                reference, first, calls, order = capture(
-                    work, nonleaf, lambda: work(*fresh(inputs)), keep_outputs=keep_block_outputs
+    def pre_for(path):
+        def pre(_m, args):
+            if path not in ref.module_inputs:
+                ref.module_inputs[path] = tuple(
+                    a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args
                 )
-        except Exception as exc:
-            raise ReparamError(
-                f"the model fails on the example inputs {[tuple(t.shape) for t in inputs if hasattr(t, 'shape')]}: "
-                f"{type(exc).__name__}: {exc}",
-                hint="pass example inputs or an input shape the model accepts (--input-shape NxCxHxW)",
-            ) from exc
-        finally:
-            for h in handles:
-                h.remove()
-        captured[""] = inputs
-        report.before = model_stats(work, macs=macs_before.total)
-    else:
-        report.before = model_stats(work)
 
-    # With inplace the original is about to be rewritten: measure its noise now, in case the check needs it.
-    noise_before = (
-        fp32_noise(work, fresh(inputs), reference)
-        if inplace and check and inputs is not None and dtype == torch.float32
-        else None
+        return pre
+
+    handles = []
+    if per_module:
+        handles = [m.register_forward_pre_hook(pre_for(p)) for p, m in work.named_modules() if p]
+    try:
+        with counting_macs(work) as macs:
+            ref.output, ref.first, ref.calls, ref.order = capture(
+                work, nonleaf, lambda: work(*fresh(inputs)), keep_outputs=keep_outputs
+            )
+    except Exception as exc:
+        raise ReparamError(
+            f"the model fails on the example inputs {[tuple(t.shape) for t in inputs if hasattr(t, 'shape')]}: "
+            f"{type(exc).__name__}: {exc}",
+            hint="pass example inputs or an input shape the model accepts (--input-shape NxCxHxW)",
+        ) from exc
+    finally:
+        for h in handles:
+            h.remove()
+    ref.module_inputs[""] = inputs
+    return ref, macs.total
+
+
+def _rewrite(
+    gm: fx.GraphModule | None,
+    work: nn.Module,
+    selected: list[Pass],
+    inputs: tuple | None,
+    ref: _Reference,
+    nonleaf: list[str],
+    why: str,
+    report: ConversionReport,
+) -> tuple[nn.Module, RewriteRecord, _Converter]:
+    """Run the passes on the captured graph, or submodule by submodule; the deploy model and its record."""
+    converter = _Converter(
+        selected, ref.module_inputs, root=work if gm is None else None, reference=ref.output
     )
-    converter = _Converter(selected, captured, root=work if gm is None else None, reference=reference)
     record = RewriteRecord()
+    single = {p for p in nonleaf if ref.calls is None or ref.calls.get(p, 0) == 1}
     if gm is not None:
-        # From here the graph module holds the only references the passes need: dropping the
-        # copy lets each replaced layer be freed as soon as its fused layer exists.
-        work = None
         ctx = PassContext(example_inputs=inputs)
         ctx.adopt_aliases(gm)
         converter.contexts.append(ctx)
         deploy: nn.Module = run_passes(gm, selected, ctx)
-        single = {p for p in nonleaf if calls is None or calls.get(p, 0) == 1}
         record.boundaries = fx_boundaries(deploy, single)
         record.boundary_kind = "fx_node"
     else:
@@ -359,14 +334,16 @@ def convert(
         )
         converter.tree(work, "")
         deploy = work
-        record.boundaries = {
-            p: p
-            for p in converter.module_boundaries
-            if p in nonleaf and (calls is None or calls.get(p, 0) == 1)
-        }
+        record.boundaries = {p: p for p in converter.module_boundaries if p in single}
         record.boundary_kind = "module"
     deploy.eval()
+    return deploy, record, converter
 
+
+def _collect(
+    report: ConversionReport, record: RewriteRecord, converter: _Converter, deploy: nn.Module
+) -> None:
+    """Fusions, record entries still present in the deploy model, and what was left alone and why."""
     for ctx in converter.contexts:
         report.fusions.extend(ctx.history)
         report.left_alone.extend(ctx.left_alone)
@@ -395,65 +372,144 @@ def convert(
             "(BatchNorm uses its running statistics)"
         )
 
-    if inputs is not None:
-        try:
-            with torch.no_grad(), counting_macs(deploy) as macs_after:
-                out = deploy(*fresh(inputs))
-        except Exception as exc:
-            raise InternalError(
-                f"the converted model fails to run ({type(exc).__name__}: {exc}); "
-                "convert with the responsible pass skipped (--skip PASS) and report the model"
-            ) from exc
-        report.after = model_stats(deploy, macs=macs_after.total)
-    else:
-        out = None
-        report.after = model_stats(deploy)
-    if check:
-        if inputs is None:
-            raise ReparamError(
-                "cannot check the conversion: no example inputs and no input shape could be inferred",
-                hint="pass example_inputs or input_shape (--input-shape), or disable the check",
-            )
-        abs_err, rel, peak = compare_outputs(reference, out)
-        tol = tolerance_for(dtype)
-        noise = None
-        if rel > tol and dtype == torch.float32:
-            # Deep fp32 networks round more than the base tolerance on their own: measure the
-            # original's fp32 noise against float64 and apply the verifier's rule.
-            noise = noise_before if inplace else fp32_noise(model, fresh(inputs), reference)
-            tol = fp32_limit(noise)
-        summary = CheckSummary(
-            rel <= tol,
-            abs_err,
-            rel,
-            tol,
-            peak,
-            [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)],
-            str(dtype),
-            reference_noise=noise,
+
+def _run_deploy(deploy: nn.Module, inputs: tuple) -> tuple[Any, int]:
+    """The deploy model's output and MACs; a failure to run is a bug of the passes."""
+    try:
+        with torch.no_grad(), counting_macs(deploy) as macs:
+            out = deploy(*fresh(inputs))
+    except Exception as exc:
+        raise InternalError(
+            f"the converted model fails to run ({type(exc).__name__}: {exc}); "
+            "convert with the responsible pass skipped (--skip PASS) and report the model"
+        ) from exc
+    return out, macs.total
+
+
+def _check(
+    model: nn.Module,
+    deploy: nn.Module,
+    record: RewriteRecord,
+    ref: _Reference,
+    out: Any,
+    inputs: tuple,
+    nonleaf: list[str],
+    noise_before: float | None,
+    inplace: bool,
+) -> CheckSummary:
+    """Compare deploy and original outputs with the fp32 rule; a MismatchError names the diverging blocks."""
+    dtype, _ = model_dtype(deploy)
+    abs_err, rel, peak = compare_outputs(ref.output, out)
+    tol = tolerance_for(dtype)
+    noise = None
+    if rel > tol and dtype == torch.float32:
+        # Deep fp32 networks round more than the base tolerance on their own: measure the
+        # original's fp32 noise against float64 and apply the verifier's rule.
+        noise = noise_before if inplace else fp32_noise(model, fresh(inputs), ref.output)
+        tol = fp32_limit(noise)
+    summary = CheckSummary(
+        rel <= tol,
+        abs_err,
+        rel,
+        tol,
+        peak,
+        [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)],
+        str(dtype),
+        reference_noise=noise,
+    )
+    if summary.passed:
+        return summary
+    first = ref.first
+    if not first:  # block outputs are recomputed only now, on a failure
+        original = copy.deepcopy(model).eval()
+        _, first, _, _ = capture(original, nonleaf, lambda: original(*fresh(inputs)))
+    summary.diverging_blocks = _locate(deploy, record, first or {}, ref.order, inputs, tol)
+    blocks = ", ".join(summary.diverging_blocks[:5]) or "(no block boundary isolates it)"
+    fused_there = sorted(
+        {
+            e.fused
+            for e in record.entries
+            if any(s.startswith(b + ".") or s == b for b in summary.diverging_blocks for s in e.sources)
+        }
+    )
+    raise MismatchError(
+        f"the converted model differs from the original: max abs error {abs_err:.3g}, relative "
+        f"error {rel:.3g} > tolerance {tol:g}; diverging blocks: {blocks}"
+        + (f"; fused modules there: {', '.join(fused_there[:8])}" if fused_there else ""),
+        hint="convert with the responsible pass skipped (--skip PASS) and report the model",
+    )
+
+
+def convert(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    passes: Sequence[str | Pass] | str | None = None,
+    skip: Iterable[str] = (),
+    check: bool = True,
+    inplace: bool = False,
+    input_shape: Sequence[int] | None = None,
+    max_bytes: int | str | None = None,
+) -> ConversionResult:
+    """Re-parameterize ``model`` for deployment; returns the deploy model, a report and a record.
+
+    Stages: capture the model as one graph (torch.fx, else torch.export; else each submodule on
+    its own, blocks falling back to their own ``reparameterize()``), run the selected passes (the
+    default order, minus ``skip``; names or pass objects) to a fixed point, collect the report, and
+    with ``check`` compare the original (eval) and deploy models on ``example_inputs`` (or random
+    inputs of ``input_shape``, or a guessed shape), raising a MismatchError naming the diverging
+    blocks if they differ. The input model is left untouched unless ``inplace``; example inputs are
+    never modified. Random inputs whose estimated memory exceeds ``max_bytes`` (see
+    :mod:`reparam.limits`) are refused.
+    """
+    if not isinstance(model, nn.Module):
+        raise ReparamError(
+            f"expected a torch.nn.Module, got {type(model).__name__}",
+            hint="pass the model object, e.g. reparam.zoo.create_model('repvgg_a0')",
         )
-        report.check = summary
-        if not summary.passed:
-            if not keep_block_outputs:
-                original = copy.deepcopy(model).eval()
-                _, first, _, _ = capture(original, nonleaf, lambda: original(*fresh(inputs)))
-            summary.diverging_blocks = _locate(deploy, record, first or {}, order, inputs, tol)
-            blocks = ", ".join(summary.diverging_blocks[:5]) or "(no block boundary isolates it)"
-            fused_there = sorted(
-                {
-                    e.fused
-                    for e in record.entries
-                    if any(
-                        s.startswith(b + ".") or s == b for b in summary.diverging_blocks for s in e.sources
-                    )
-                }
-            )
-            raise MismatchError(
-                f"the converted model differs from the original: max abs error {abs_err:.3g}, relative "
-                f"error {rel:.3g} > tolerance {tol:g}; diverging blocks: {blocks}"
-                + (f"; fused modules there: {', '.join(fused_there[:8])}" if fused_there else ""),
-                hint="convert with the responsible pass skipped (--skip PASS) and report the model",
-            )
+    selected = select_passes(passes, skip)
+    refuse_nonfinite_weights(model)
+    report = ConversionReport(passes=[p.name for p in selected])
+    report.converted_from_eval_copy = any(m.training for m in model.modules())
+    warn_training_batchnorms(model, report)
+    work = model if inplace else copy.deepcopy(model)
+    work.eval()
+    inputs, note = make_inputs(work, example_inputs, input_shape, max_bytes=max_bytes)
+    if note:
+        report.notes.append(note)
+    if check and inputs is None:
+        raise ReparamError(
+            "cannot check the conversion: no example inputs and no input shape could be inferred",
+            hint="pass example_inputs or input_shape (--input-shape), or disable the check",
+        )
+    nonleaf = [n for n, m in work.named_modules() if n and list(m.children())]
+
+    gm, why = _capture_graph(work, inputs, report)
+    ref = _Reference()
+    if inputs is not None:
+        # Block outputs are kept up front only when the original is about to be rewritten in place
+        # (or converted part by part); otherwise they are recomputed on a failure: cloning them all
+        # would cost several times the parameter memory.
+        ref, macs = _run_reference(
+            work, inputs, nonleaf, keep_outputs=inplace or gm is None, per_module=gm is None
+        )
+        report.before = model_stats(work, macs=macs)
+    else:
+        report.before = model_stats(work)
+    # With inplace the original is about to be rewritten: measure its noise now, in case the check needs it.
+    fp32 = model_dtype(work)[0] == torch.float32
+    noise_before = fp32_noise(work, fresh(inputs), ref.output) if inplace and check and fp32 else None
+    if gm is not None:
+        work = None  # the graph holds the only references: each replaced layer is freed once fused
+    deploy, record, converter = _rewrite(gm, work, selected, inputs, ref, nonleaf, why, report)
+    _collect(report, record, converter, deploy)
+    if inputs is not None:
+        out, macs = _run_deploy(deploy, inputs)
+        report.after = model_stats(deploy, macs=macs)
+        if check:
+            report.check = _check(model, deploy, record, ref, out, inputs, nonleaf, noise_before, inplace)
+    else:
+        report.after = model_stats(deploy)
     deploy.reparam_record = record
     deploy.reparam_report = report
     return ConversionResult(deploy, report, record)
