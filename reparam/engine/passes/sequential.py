@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from reparam.engine.base import NotRepresentable, PassContext, PassResult, register_pass
 from reparam.engine.graph import (
@@ -16,6 +16,7 @@ from reparam.engine.graph import (
     install,
     module_of,
 )
+from reparam.engine.record import FusionEntry
 from reparam.kernel_math import merge_sequential_1x1_kxk, merge_sequential_kxk_1x1, regroup_kernel
 
 
@@ -27,6 +28,50 @@ def _padding(conv) -> tuple[int, ...] | None:
             return (0,) * len(conv.kernel_size)
         return None
     return tuple(conv.padding)
+
+
+def _install_pair(
+    gm: fx.GraphModule,
+    ctx: PassContext,
+    first: fx.Node,
+    node: fx.Node,
+    shaped_like: nn.Module,
+    layout: tuple[int, int, int, dict],
+    values: tuple[torch.Tensor, torch.Tensor],
+    detail: str,
+) -> FusionEntry | None:
+    """Replace ``node(first(x))`` by one conv with ``shaped_like``'s kernel size; None if left alone."""
+    cin, cout, groups, geometry = layout
+    where = str(node.target)
+    like = shaped_like.weight
+    new = CONV_BY_DIM[len(shaped_like.kernel_size)](
+        cin,
+        cout,
+        shaped_like.kernel_size,
+        groups=groups,
+        bias=True,
+        device="meta",
+        dtype=like.dtype,
+        **geometry,
+    )  # on meta: no initialisation, weight and bias are set below
+    try:
+        new.weight = ctx.parameter(values[0], like, "weight")
+        new.bias = ctx.parameter(values[1], like, "bias")
+    except NotRepresentable as exc:
+        ctx.leave(where, f"{first.target} -> {where} not merged: {exc}")
+        return None
+    leaving = {node, first}
+    sources = [str(first.target), where]
+    name = choose_name(
+        gm, [ctx.parent_of_sources(sources), str(shaped_like_target(first, node, shaped_like, gm))], leaving
+    )
+    install(gm, name, new, node, first.args, leaving)
+    return ctx.record(name, new, sources, detail)
+
+
+def shaped_like_target(first: fx.Node, node: fx.Node, shaped_like: nn.Module, gm: fx.GraphModule) -> str:
+    """The graph name of the layer whose kernel size the merged conv keeps (its fallback name)."""
+    return str(first.target) if module_of(gm, first) is shaped_like else str(node.target)
 
 
 @register_pass
@@ -91,37 +136,14 @@ class Merge1x1Kxk:
             b1 = b1 if b1 is not None else k1.new_zeros(mid)
             b2 = c2.bias.detach().double() if c2.bias is not None else k2.new_zeros(cout)
             kernel, bias = merge_sequential_1x1_kxk(k1, b1, k2, b2, groups=groups)
-            w = c2.weight
-            new = CONV_BY_DIM[len(c2.kernel_size)](
-                cin,
-                cout,
-                c2.kernel_size,
-                stride=c2.stride,
-                padding=p2,
-                dilation=c2.dilation,
-                groups=groups,
-                bias=True,
-                device="meta",  # no initialisation: weight and bias are set below
-                dtype=w.dtype,
+            geometry = {"stride": c2.stride, "padding": p2, "dilation": c2.dilation}
+            detail = f"1x1 conv {first.target} merged into {tuple(c2.kernel_size)} conv {where}"
+            entry = _install_pair(
+                gm, ctx, first, node, c2, (cin, cout, groups, geometry), (kernel, bias), detail
             )
-            try:
-                new.weight = ctx.parameter(kernel, w, "weight")
-                new.bias = ctx.parameter(bias, w, "bias")
-            except NotRepresentable as exc:
-                ctx.leave(where, f"{first.target} -> {where} not merged: {exc}")
-                continue
-            leaving = {node, first}
-            name = choose_name(gm, [ctx.parent_of_sources([str(first.target), where]), where], leaving)
-            install(gm, name, new, node, first.args, leaving)
-            gone |= leaving
-            fused.append(
-                ctx.record(
-                    name,
-                    new,
-                    [str(first.target), where],
-                    f"1x1 conv {first.target} merged into {tuple(c2.kernel_size)} conv {where}",
-                )
-            )
+            if entry is not None:
+                gone |= {node, first}
+                fused.append(entry)
         return PassResult(gm, bool(fused), fused)
 
 
@@ -169,38 +191,17 @@ class MergeKxk1x1:
             b1 = c1.bias.detach().double() if c1.bias is not None else k1.new_zeros(mid)
             b2 = c2.bias.detach().double() if c2.bias is not None else k2.new_zeros(cout)
             kernel, bias = merge_sequential_kxk_1x1(k1, b1, k2, b2, groups=groups)
-            w = c1.weight
-            new = CONV_BY_DIM[len(c1.kernel_size)](
-                cin,
-                cout,
-                c1.kernel_size,
-                stride=c1.stride,
-                padding=c1.padding,
-                dilation=c1.dilation,
-                groups=groups,
-                bias=True,
-                padding_mode=c1.padding_mode,
-                device="meta",  # no initialisation: weight and bias are set below
-                dtype=w.dtype,
+            geometry = {
+                "stride": c1.stride,
+                "padding": c1.padding,
+                "dilation": c1.dilation,
+                "padding_mode": c1.padding_mode,
+            }
+            detail = f"{tuple(c1.kernel_size)} conv {first.target} and the 1x1 conv {where} after it merged"
+            entry = _install_pair(
+                gm, ctx, first, node, c1, (cin, cout, groups, geometry), (kernel, bias), detail
             )
-            try:
-                new.weight = ctx.parameter(kernel, w, "weight")
-                new.bias = ctx.parameter(bias, w, "bias")
-            except NotRepresentable as exc:
-                ctx.leave(where, f"{first.target} -> {where} not merged: {exc}")
-                continue
-            leaving = {node, first}
-            name = choose_name(
-                gm, [ctx.parent_of_sources([str(first.target), where]), str(first.target)], leaving
-            )
-            install(gm, name, new, node, first.args, leaving)
-            gone |= leaving
-            fused.append(
-                ctx.record(
-                    name,
-                    new,
-                    [str(first.target), where],
-                    f"{tuple(c1.kernel_size)} conv {first.target} and the 1x1 conv {where} after it merged",
-                )
-            )
+            if entry is not None:
+                gone |= {node, first}
+                fused.append(entry)
         return PassResult(gm, bool(fused), fused)
