@@ -535,8 +535,16 @@ def reparameterize(
     check: bool = True,
     inplace: bool = False,
     input_shape: Sequence[int] | None = None,
+    max_bytes: int | str | None = None,
 ) -> nn.Module:
     """The deploy model of ``model`` (see :func:`convert`); it carries ``reparam_record``/``reparam_report``."""
     return convert(
-        model, example_inputs, passes=passes, skip=skip, check=check, inplace=inplace, input_shape=input_shape
+        model,
+        example_inputs,
+        passes=passes,
+        skip=skip,
+        check=check,
+        inplace=inplace,
+        input_shape=input_shape,
+        max_bytes=max_bytes,
     ).model

@@ -62,16 +62,10 @@ def _install_pair(
         return None
     leaving = {node, first}
     sources = [str(first.target), where]
-    name = choose_name(
-        gm, [ctx.parent_of_sources(sources), str(shaped_like_target(first, node, shaped_like, gm))], leaving
-    )
+    fallback = str(first.target) if module_of(gm, first) is shaped_like else where
+    name = choose_name(gm, [ctx.parent_of_sources(sources), fallback], leaving)
     install(gm, name, new, node, first.args, leaving)
     return ctx.record(name, new, sources, detail)
-
-
-def shaped_like_target(first: fx.Node, node: fx.Node, shaped_like: nn.Module, gm: fx.GraphModule) -> str:
-    """The graph name of the layer whose kernel size the merged conv keeps (its fallback name)."""
-    return str(first.target) if module_of(gm, first) is shaped_like else str(node.target)
 
 
 @register_pass
