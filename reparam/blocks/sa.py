@@ -5,9 +5,14 @@ nearest upsampling back to the scale-1 output size; the per-scale results are co
 channels. The per-scale channel counts are an argument so that an allocation learned from BN γ
 importance (ScaleNet's data-driven neuron allocation) can be plugged in.
 
-Stride: a stride of 2 is applied by the 3×3 conv of every scale (as in ScaleNet's reference code),
-so scale s convolves a map downsampled by s·stride and is upsampled to the strided size. Max-pooling
-uses ``ceil_mode=True`` so a map smaller than s still gives one pixel instead of an empty tensor.
+Stride: a stride of 2 is applied by the 3×3 conv of every scale, so scale s convolves a map
+downsampled by s·stride and is upsampled to the strided size. Max-pooling uses ``ceil_mode=True`` so
+a map smaller than s still gives one pixel instead of an empty tensor.
+
+The published ScaleNets (``reparam.zoo.scalenet``) need a few per-scale knobs, all static so the block
+stays traceable: the pooling factor (scale 4 pools by 7), floor-mode pooling, 1×1 kernels on tiny
+maps and bilinear upsampling where the factor is not an integer. ``side`` only records the feature-map
+side the layout was chosen for.
 """
 
 from __future__ import annotations
@@ -27,6 +32,16 @@ def equal_split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < rest else 0) for i in range(parts)]
 
 
+def _per_scale(values: Sequence | None, default, scales: Sequence[int], name: str) -> list:
+    if values is None:
+        return [default] * len(scales)
+    if len(values) != len(scales):
+        raise ReparamError(
+            f"{name} has {len(values)} entries for {len(scales)} scales", hint="give one entry per scale"
+        )
+    return list(values)
+
+
 class SABlock(nn.Module):
     """Scale Aggregation block with ``sum(channels_per_scale)`` output channels.
 
@@ -41,6 +56,11 @@ class SABlock(nn.Module):
         scales: Sequence[int] = (1, 2, 4, 8),
         channels_per_scale: Sequence[int] | None = None,
         stride: int = 1,
+        *,
+        kernel_sizes: Sequence[int] | None = None,
+        pool_ceil: bool = True,
+        upsample_modes: Sequence[str] | None = None,
+        side: int | None = None,
     ):
         super().__init__()
         scales = tuple(int(s) for s in scales)
@@ -66,30 +86,53 @@ class SABlock(nn.Module):
                 f"channels_per_scale sums to {sum(channels_per_scale)}, not out_channels={out_channels}",
                 hint="make the per-scale counts add up to out_channels, or omit out_channels",
             )
-        self.in_channels, self.stride = in_channels, stride
+        kernel_sizes = _per_scale(kernel_sizes, 3, scales, "kernel_sizes")
+        upsample_modes = _per_scale(upsample_modes, "nearest", scales, "upsample_modes")
+        if any(k not in (1, 3) for k in kernel_sizes) or any(
+            m not in ("nearest", "bilinear") for m in upsample_modes
+        ):
+            raise ReparamError(
+                f"unsupported kernel_sizes {kernel_sizes} or upsample_modes {upsample_modes}",
+                hint="kernel sizes are 1 or 3, upsampling 'nearest' or 'bilinear'",
+            )
+        self.in_channels, self.stride, self.pool_ceil, self.side = in_channels, stride, pool_ceil, side
         self.out_channels = sum(channels_per_scale)
-        self.scales = tuple(s for s, c in zip(scales, channels_per_scale) if c > 0)
-        self.channels_per_scale = tuple(c for c in channels_per_scale if c > 0)
+        # The full per-scale allocation, zeros included (a structure file records dropped scales).
+        self.all_scales, self.allocation = scales, tuple(channels_per_scale)
+        kept = [i for i, c in enumerate(channels_per_scale) if c > 0]
+        self.scales = tuple(scales[i] for i in kept)
+        self.channels_per_scale = tuple(channels_per_scale[i] for i in kept)
+        self.kernel_sizes = tuple(kernel_sizes[i] for i in kept)
+        self.upsample_modes = tuple(upsample_modes[i] for i in kept)
         self.branches = nn.ModuleList(
-            self._branch(s, c) for s, c in zip(self.scales, self.channels_per_scale)
+            self._branch(s, c, k, m == "nearest")
+            for s, c, k, m in zip(
+                self.scales, self.channels_per_scale, self.kernel_sizes, self.upsample_modes
+            )
         )
 
-    def _branch(self, scale: int, channels: int) -> nn.Sequential:
-        layers = [nn.MaxPool2d(scale, stride=scale, ceil_mode=True)] if scale > 1 else []
+    def _branch(self, scale: int, channels: int, kernel: int, relu: bool) -> nn.Sequential:
+        layers = [nn.MaxPool2d(scale, stride=scale, ceil_mode=self.pool_ceil)] if scale > 1 else []
         layers += [
-            nn.Conv2d(self.in_channels, channels, 3, stride=self.stride, padding=1, bias=False),
+            nn.Conv2d(
+                self.in_channels, channels, kernel, stride=self.stride, padding=kernel // 2, bias=False
+            ),
             nn.BatchNorm2d(channels),
-            nn.ReLU(),
         ]
-        return nn.Sequential(*layers)
+        return nn.Sequential(*layers, *([nn.ReLU()] if relu else []))
 
     def forward(self, x: Tensor) -> Tensor:
         # Output size of an unpooled 3×3 conv with padding 1 and this stride.
         size = [(x.shape[2] - 1) // self.stride + 1, (x.shape[3] - 1) // self.stride + 1]
         outs = []
-        for s, branch in zip(self.scales, self.branches):
+        for s, mode, branch in zip(self.scales, self.upsample_modes, self.branches):
             y = branch(x)
             if s > 1:
-                y = F.interpolate(y, size=size, mode="nearest")
+                # BN sits before the upsampling (the same in eval mode; BN then folds into the conv).
+                # ReLU commutes with nearest upsampling only, so a bilinear branch applies it after.
+                if mode == "bilinear":
+                    y = F.relu(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
+                else:
+                    y = F.interpolate(y, size=size, mode="nearest")
             outs.append(y)
         return torch.cat(outs, dim=1)
