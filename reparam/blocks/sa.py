@@ -100,6 +100,7 @@ class SABlock(nn.Module):
         # The full per-scale allocation, zeros included (a structure file records dropped scales).
         self.all_scales, self.allocation = scales, tuple(channels_per_scale)
         kept = [i for i, c in enumerate(channels_per_scale) if c > 0]
+        self.scale_positions = tuple(kept)  # index into all_scales of each branch
         self.scales = tuple(scales[i] for i in kept)
         self.channels_per_scale = tuple(channels_per_scale[i] for i in kept)
         self.kernel_sizes = tuple(kernel_sizes[i] for i in kept)
