@@ -22,7 +22,7 @@ def parse_budget(budget: float | str, seed_macs: int) -> int:
                     f"MAC budget {budget} ({macs:.4g}) is not in (0, {seed_macs:.4g}], the seed's MACs",
                     hint=_HINT,
                 )
-            return int(macs)
+            return round(macs)
         try:
             budget = float(budget)
         except ValueError as exc:

@@ -36,7 +36,12 @@ from reparam.zoo.registry import register_model
 SCALENET_PAPER = "Li et al., Data-Driven Neuron Allocation for Scale Aggregation Networks (CVPR 2019)"
 PUBLISHED_SCALES = (1, 2, 4, 7)
 PUBLISHED = ("scalenet50", "scalenet50_light", "scalenet101", "scalenet152")
-LAYERS = {"scalenet50": (3, 4, 6, 3), "scalenet101": (3, 4, 23, 3), "scalenet152": (3, 8, 36, 3)}
+LAYERS = {
+    "scalenet26": (2, 2, 2, 2),
+    "scalenet50": (3, 4, 6, 3),
+    "scalenet101": (3, 4, 23, 3),
+    "scalenet152": (3, 8, 36, 3),
+}
 
 Structure = list[list[int]]
 StructureSpec = str | os.PathLike | Sequence[Sequence[int]]
@@ -98,6 +103,30 @@ def dump_structure(structure: Sequence[Sequence[int]]) -> str:
     return json.dumps([[int(v) for v in entry] for entry in validate_structure(list(structure))])
 
 
+def block_sides(layers: Sequence[int], input_size: int = 224) -> list[int]:
+    """Feature-map side of every SA block for a square input (stem /4, then /2 per later stage)."""
+    side = ((input_size - 1) // 2 + 1 - 1) // 2 + 1  # 7×7 stride-2 conv, 3×3 stride-2 max-pool
+    sides = []
+    for i, n in enumerate(layers):
+        side = (side + 1) // 2 if i > 0 else side
+        sides += [side] * n
+    return sides
+
+
+def uniform_structure(
+    name: str, width: float = 1.0, multiplier: float = 1.0, input_size: int = 224
+) -> Structure:
+    """Every scale of every block gets ``multiplier / 4`` of the block's ResNet 3×3 channels.
+
+    ``multiplier=1`` is the equal split at ResNet cost; a larger one gives an over-provisioned seed
+    for slim.
+    """
+    layers = LAYERS[name]
+    mids = [scale_channels(64 * 2**i, width) for i, n in enumerate(layers) for _ in range(n)]
+    sides = block_sides(layers, input_size)
+    return [[max(1, round(m * multiplier / 4))] * 4 + [s] for m, s in zip(mids, sides)]
+
+
 def branch_layout(side: int, scales: Sequence[int] = PUBLISHED_SCALES) -> dict[str, list]:
     """The published block's per-scale pooling, kernel sizes and upsampling modes for a map of ``side``."""
     pools = [min(s, side) for s in scales]  # a map smaller than the factor pools to one pixel
@@ -150,7 +179,8 @@ class PublishedSABottleneck(nn.Module):
 
     def __init__(self, in_ch: int, mid_ch: int, out_ch: int, stride: int, entry: Sequence[int]):
         super().__init__()
-        self.pool = nn.MaxPool2d(stride, stride) if stride > 1 else nn.Identity()
+        # ceil_mode: the same on the even maps of a 224 input; keeps a 1-pixel map from vanishing.
+        self.pool = nn.MaxPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
         self.conv1 = conv_bn(in_ch, mid_ch, 1)
         self.relu = nn.ReLU()
         self.sa = published_sa(mid_ch, entry)
@@ -235,6 +265,15 @@ def scalenet50(
 
     stem_ch, stages, features = _stages(layers, width, block)
     return StagedNet(imagenet_stem(in_chans, stem_ch, conv_bn), stages, features, num_classes)
+
+
+@register_model(paper=SCALENET_PAPER)
+def scalenet26(
+    num_classes: int = 1000, in_chans: int = 3, width: float = 1.0, structure: StructureSpec | None = None
+) -> nn.Module:
+    """ScaleNet-26 (published block, bottlenecks [2, 2, 2, 2]): a small seed; default: equal split at 224."""
+    structure = structure if structure is not None else uniform_structure("scalenet26", width)
+    return build_scalenet("scalenet26", structure, num_classes, in_chans, width)
 
 
 @register_model(paper=SCALENET_PAPER)

@@ -20,6 +20,7 @@ from reparam.zoo.scalenet import (
     load_structure,
     packaged_structure_path,
     published_sa,
+    uniform_structure,
 )
 
 X224 = torch.randn(1, 3, 224, 224)
@@ -127,3 +128,17 @@ def test_bad_structures_are_one_error(structure):
 def test_structure_excludes_channels_per_scale():
     with pytest.raises(ReparamError, match="either structure"):
         create_model("scalenet50", structure="scalenet50", channels_per_scale=[[1, 1, 1, 1]] * 16)
+
+
+def test_uniform_structure_sides_match_the_published_ones():
+    published = load_structure("scalenet50")
+    uniform = uniform_structure("scalenet50")
+    assert [e[4] for e in uniform] == [e[4] for e in published]
+    assert uniform[0][:4] == [16, 16, 16, 16] and uniform[-1][:4] == [128] * 4
+    assert [e[4] for e in uniform_structure("scalenet26", input_size=32)] == [8, 8, 4, 4, 2, 2, 1, 1]
+
+
+def test_scalenet26_runs_on_small_inputs_with_a_structure_for_them():
+    structure = uniform_structure("scalenet26", 0.125, input_size=16)
+    model = create_model("scalenet26", width=0.125, num_classes=10, in_chans=1, structure=structure).eval()
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)  # 1-pixel maps keep one pixel
