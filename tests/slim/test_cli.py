@@ -110,3 +110,16 @@ def test_scalenet50_full_size_meets_0_6(tmp_path):
     assert report["input_shape"] == [1, 3, 224, 224]
     assert report["macs"] <= report["budget_macs"] and report["within_2_percent"]
     assert _written(out) == sorted(OUTPUTS)
+
+
+@pytest.mark.slow
+def test_slim_checkpoint_deploys(seed_ckpt, tmp_path):
+    """The slim checkpoint records its architecture, so `reparam deploy` needs nothing else."""
+    out = tmp_path / "out"
+    assert _run(seed_ckpt, out, "--macs", "0.6") == 0
+    rc = main(
+        ["deploy", str(out / "slim.pth"), "-o", str(tmp_path / "deploy"), "--to", "onnx"]
+        + ["--input-shape", "2x3x32x32"]
+    )
+    assert rc == 0
+    assert json.loads((tmp_path / "deploy" / "report.json").read_text())["passed"] is True
