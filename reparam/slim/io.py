@@ -64,6 +64,11 @@ def load_seed(
 ) -> tuple[torch.nn.Module, str, dict[str, Any]]:
     """The seed model with the arch and kwargs that rebuild it; a checkpoint without BN statistics is refused."""
     rec_arch, rec_kwargs = _recorded_arch(Path(checkpoint))
+    if arch is None and rec_arch and ":" in rec_arch:
+        raise ReparamError(
+            f"checkpoint {str(checkpoint)!r} names the architecture {rec_arch!r}, code outside the zoo",
+            hint="pass --arch yourself if you trust that code; slim does not import a module a file names",
+        )
     arch = arch or rec_arch
     if not arch:
         raise ReparamError(

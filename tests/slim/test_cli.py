@@ -66,6 +66,12 @@ def _no_bn_stats(tmp_path):
     return path
 
 
+def _foreign_arch(tmp_path):
+    path = tmp_path / "foreign.pth"
+    torch.save({"arch": "os:getcwd", "arch_kwargs": {}, "state_dict": {"w": torch.zeros(1)}}, path)
+    return path
+
+
 def _resnet(tmp_path):
     path = tmp_path / "resnet.pth"
     save_checkpoint(
@@ -83,6 +89,7 @@ def _resnet(tmp_path):
         (None, "5G", "seed's MACs"),
         (_resnet, "0.5", "no SA"),
         (_no_bn_stats, "0.5", "no BatchNorm statistics"),
+        (_foreign_arch, "0.5", "code outside the zoo"),
     ],
 )
 def test_bad_input_is_one_error_and_writes_nothing(seed_ckpt, tmp_path, capsys, make, macs, match):
