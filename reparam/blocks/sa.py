@@ -10,7 +10,7 @@ downsampled by s·stride and is upsampled to the strided size. Max-pooling uses 
 a map smaller than s still gives one pixel instead of an empty tensor.
 
 The published ScaleNets (``reparam.zoo.scalenet``) need a few per-scale knobs, all static so the block
-stays traceable: the pooling factor (scale 4 pools by 7), floor-mode pooling, 1×1 kernels on tiny
+stays traceable: the pooling factors (the fourth scale pools by 7), floor-mode pooling, 1×1 kernels on tiny
 maps and bilinear upsampling where the factor is not an integer. ``side`` only records the feature-map
 side the layout was chosen for.
 """
@@ -106,7 +106,7 @@ class SABlock(nn.Module):
         self.kernel_sizes = tuple(kernel_sizes[i] for i in kept)
         self.upsample_modes = tuple(upsample_modes[i] for i in kept)
         self.branches = nn.ModuleList(
-            self._branch(s, c, k, m == "nearest")
+            self._branch(s, c, k, m == "nearest" or s == 1)
             for s, c, k, m in zip(
                 self.scales, self.channels_per_scale, self.kernel_sizes, self.upsample_modes
             )
