@@ -10,8 +10,9 @@ downsampled by s·stride and is upsampled to the strided size. Max-pooling uses 
 a map smaller than s still gives one pixel instead of an empty tensor.
 
 The published ScaleNets (``reparam.zoo.scalenet``) need a few per-scale knobs, all static so the block
-stays traceable: the pooling factors (the fourth scale pools by 7), floor-mode pooling, 1×1 kernels on tiny
-maps and bilinear upsampling where the factor is not an integer. ``side`` only records the feature-map
+stays traceable: the pooling factors (the fourth scale pools by 7), floor-mode pooling (a map smaller
+than the factor pools to one pixel), 1×1 kernels on tiny maps and bilinear upsampling where the
+factor is not an integer. ``side`` only records the feature-map
 side the layout was chosen for.
 """
 
@@ -30,6 +31,30 @@ def equal_split(total: int, parts: int) -> list[int]:
     """Split ``total`` channels into ``parts`` near-equal counts (the remainder goes to the first ones)."""
     base, rest = divmod(total, parts)
     return [base + (1 if i < rest else 0) for i in range(parts)]
+
+
+def scale_pool(x: Tensor, factor: int) -> Tensor:
+    """Floor-mode max-pool by ``factor``; a map smaller than ``factor`` pools to one pixel."""
+    kh, kw = min(factor, x.shape[2]), min(factor, x.shape[3])
+    return F.max_pool2d(x, (kh, kw), (kh, kw))
+
+
+# A leaf for torch.fx: its shape test runs on real shapes, not on symbolic ones.
+torch.fx.wrap("scale_pool")
+
+
+class ScalePool(nn.Module):
+    """:func:`scale_pool` as a module (the published ScaleNet's floor-mode scale pooling)."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return scale_pool(x, self.factor)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
 
 
 def _per_scale(values: Sequence | None, default, scales: Sequence[int], name: str) -> list:
@@ -113,7 +138,8 @@ class SABlock(nn.Module):
         )
 
     def _branch(self, scale: int, channels: int, kernel: int, relu: bool) -> nn.Sequential:
-        layers = [nn.MaxPool2d(scale, stride=scale, ceil_mode=self.pool_ceil)] if scale > 1 else []
+        pool = nn.MaxPool2d(scale, stride=scale, ceil_mode=True) if self.pool_ceil else ScalePool(scale)
+        layers = [pool] if scale > 1 else []
         layers += [
             nn.Conv2d(
                 self.in_channels, channels, kernel, stride=self.stride, padding=kernel // 2, bias=False

@@ -129,10 +129,10 @@ def uniform_structure(
 
 def branch_layout(side: int, scales: Sequence[int] = PUBLISHED_SCALES) -> dict[str, list]:
     """The published block's per-scale pooling, kernel sizes and upsampling modes for a map of ``side``."""
-    pools = [min(s, side) for s in scales]  # a map smaller than the factor pools to one pixel
     kernels = [3 if side / 2**i > 1 else 1 for i in range(len(scales))]
-    modes = ["nearest" if side % max(side // p, 1) == 0 else "bilinear" for p in pools]
-    return {"scales": pools, "kernel_sizes": kernels, "upsample_modes": modes}
+    # The pooled side as scale_pool gives it (a map smaller than the factor pools to one pixel).
+    modes = ["nearest" if side % max(side // s, 1) == 0 else "bilinear" for s in scales]
+    return {"scales": list(scales), "kernel_sizes": kernels, "upsample_modes": modes}
 
 
 def published_sa(in_ch: int, entry: Sequence[int]) -> SABlock:
