@@ -18,6 +18,7 @@ side the layout was chosen for.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -35,7 +36,11 @@ def equal_split(total: int, parts: int) -> list[int]:
 
 def scale_pool(x: Tensor, factor: int) -> Tensor:
     """Floor-mode max-pool by ``factor``; a map smaller than ``factor`` pools to one pixel."""
-    kh, kw = min(factor, x.shape[2]), min(factor, x.shape[3])
+    with warnings.catch_warnings():
+        # The TorchScript tracer (ONNX export) sees traced sizes; the kernel must be a constant, so
+        # the export is specialised to the example's spatial size, as every other pooling is.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        kh, kw = min(factor, int(x.shape[2])), min(factor, int(x.shape[3]))
     return F.max_pool2d(x, (kh, kw), (kh, kw))
 
 
