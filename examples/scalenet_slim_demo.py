@@ -88,10 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("slim-demo-output"), help="output directory")
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--over", type=float, default=2.0, help="seed over-provisioning (× the equal split)")
-    parser.add_argument("--size", type=int, default=32, help="digits are upsampled to size×size")
+    parser.add_argument("--size", type=int, default=24, help="digits are upsampled to size×size")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     return parser.parse_args(argv)
 
