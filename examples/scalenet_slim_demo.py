@@ -23,7 +23,7 @@ import torch
 
 from reparam.errors import ReparamError
 from reparam.io import atomic_write_text
-from reparam.profile import count_macs
+from reparam.profile import count_macs, count_params
 from reparam.slim import slim_model, write_outputs
 from reparam.slim.io import output_paths
 from reparam.zoo import create_model
@@ -54,10 +54,13 @@ def learn_allocation(args: argparse.Namespace, data):
     shape = (1, 1, args.size, args.size)
     uniform_kw = kwargs_for(uniform_structure(ARCH, args.width, 1.0, args.size), args.width)
     seed_kw = kwargs_for(uniform_structure(ARCH, args.width, args.over, args.size), args.width)
-    budget_macs = count_macs(create_model(ARCH, **uniform_kw).eval(), (torch.zeros(shape),))
+    uniform = create_model(ARCH, **uniform_kw).eval()
+    budget_macs = count_macs(uniform, (torch.zeros(shape),))
+
     seed_model, seed_acc = train_new(seed_kw, data, args.epochs, args.seeds[0])
     result = slim_model(seed_model, ARCH, seed_kw, f"{budget_macs / 1e3}K", input_shape=shape, reinit=True)
     result.report["seed_test_accuracy"] = seed_acc
+    result.report["uniform_params"] = count_params(uniform)
     return result, uniform_kw, budget_macs
 
 
@@ -80,7 +83,7 @@ def table(rows: list[dict], report: dict, uniform_macs: int) -> str:
         ]
         lines.append("| mean ± sd | " + " | ".join(f"{m:.2%} ± {s:.2%}" for m, s in stats) + " |")
     lines.append(f"| MACs | {report['macs']:,} | {uniform_macs:,} |")
-    lines.append(f"| parameters | {report['params']:,} | — |")
+    lines.append(f"| parameters | {report['params']:,} | {report['uniform_params']:,} |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = {k: v for k, v in vars(args).items() if k != "out"}
     payload = {"setup": setup, "seed_accuracy": r["seed_test_accuracy"], "rows": rows, "elapsed_s": elapsed}
     payload |= {"slim_macs": r["macs"], "uniform_macs": uniform_macs, "slim_structure": result.structure}
+    payload |= {"slim_params": r["params"], "uniform_params": r["uniform_params"]}
     atomic_write_text(args.out / "results.json", json.dumps(payload, indent=2) + "\n")
     atomic_write_text(args.out / "results.md", text)
     return 0
