@@ -6,19 +6,23 @@ STAMP := $(VENV)/.installed
 # torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv demo slim-demo test test-fast lint bench clean
+.PHONY: venv demo expand-demo slim-demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -e ".[onnx,dev]"
+	# timm's models are tested as model code this project did not write; without its dependencies
+	# (torchvision does not load beside the pinned CPU torch; tests/_stubs stands in for the names it imports).
+	$(BIN)/pip install -q --no-deps timm
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 # Train on scikit-learn's digits, then convert -> export -> verify each checkpoint, then compare
-# test accuracy of the training model and of every shipped artifact.
+# test accuracy of the training model and of every shipped artifact, then quantize each ONNX to int8
+# (Q/DQ) and compare its test accuracy and predictions with the training model.
 demo: $(STAMP)
 	$(BIN)/python examples/digits_demo.py --out demo-output
 	for m in acb se; do \
@@ -26,7 +30,15 @@ demo: $(STAMP)
 	    --inputs demo-output/digits_test.npz --batch-size 64 || exit $$?; \
 	  $(BIN)/python examples/digits_accuracy.py demo-output/$$m.pth demo-output/$$m-deploy \
 	    --data demo-output/digits_test.npz || exit $$?; \
+	  $(BIN)/reparam quantize demo-output/$$m-deploy/model.onnx --calib demo-output/digits_calib.npz \
+	    -o demo-output/$$m.int8.onnx --reference demo-output/$$m.pth --eval demo-output/digits_test.npz \
+	    || exit $$?; \
 	done
+
+# ACNet on your own network: plain resnet56_cifar (depth 8) trained as is vs expanded with ACBs,
+# trained the same way and fused back into the plain class; test accuracy over three seeds.
+expand-demo: $(STAMP)
+	$(BIN)/python examples/acnet_expand_demo.py --out demo-output/expand_demo.json
 
 # ScaleNet's neuron allocation on the digits: train a seed, `reparam slim` it, retrain, compare
 # with the equally split ScaleNet of the same MACs (docs/scalenet.md).

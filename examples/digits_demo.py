@@ -8,7 +8,9 @@ seed, and writes to ``--out``:
 
 - ``acb.pth``, ``se.pth``: ``{"arch", "arch_kwargs", "state_dict"}`` checkpoints (``torch.save``,
   loadable with ``weights_only=True``);
-- ``digits_test.npz``: the test split, ``input`` (float32 NCHW) and ``label`` (int64).
+- ``digits_test.npz``: the test split, ``input`` (float32 NCHW) and ``label`` (int64);
+- ``digits_calib.npz``: the first 256 training images (``input``), int8 calibration data that is
+  not the test split.
 
 The digits ship with scikit-learn, so nothing is downloaded.
 """
@@ -30,6 +32,7 @@ from reparam.io import atomic_path
 from reparam.zoo import create_model
 
 IMAGE_SIZE = 16
+CALIBRATION_SAMPLES = 256
 
 # name -> (zoo architecture, its keyword arguments, epochs)
 MODELS: dict[str, tuple[str, dict, int]] = {
@@ -114,6 +117,12 @@ def save_test_split(x: torch.Tensor, y: torch.Tensor, path: Path) -> None:
         np.savez(f, input=x.numpy().astype(np.float32), label=y.numpy().astype(np.int64))
 
 
+def save_calibration_split(x: torch.Tensor, path: Path, count: int = CALIBRATION_SAMPLES) -> None:
+    """Write the first ``count`` training images as ``.npz`` (``input``), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, input=x[:count].numpy().astype(np.float32))
+
+
 def train_and_save(
     name: str, data, out: Path, seed: int = 0, epochs: int | None = None
 ) -> tuple[Path, float]:
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     save_test_split(data[2], data[3], args.out / "digits_test.npz")
+    save_calibration_split(data[0], args.out / "digits_calib.npz")
     print(f"digits: {len(data[1])} train / {len(data[3])} test images, {IMAGE_SIZE}x{IMAGE_SIZE}")
     for name in names:
         start = time.perf_counter()

@@ -6,7 +6,7 @@ from reparam.errors import InternalError, MismatchError, ReparamError
 
 __version__ = "0.1.0"
 
-__all__ = ["InternalError", "MismatchError", "ReparamError", "__version__", "reparameterize"]
+__all__ = ["InternalError", "MismatchError", "ReparamError", "__version__", "expand", "reparameterize"]
 
 
 def __getattr__(name: str):
@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from reparam.engine import reparameterize
 
         return reparameterize
+    if name == "expand":
+        from reparam.expansion import expand
+
+        return expand
     raise AttributeError(f"module 'reparam' has no attribute {name!r}")

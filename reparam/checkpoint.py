@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import importlib
 import json
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -22,10 +23,12 @@ from torch import nn
 
 from reparam.errors import ReparamError
 from reparam.io import atomic_path
+from reparam.limits import memory_limit, parameter_bytes_of, refuse_over_limit
 
 CONTAINER_KEYS = ("state_dict", "model", "ema", "model_ema", "net")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 _SHOW = 5
+_MAX_KWARG_ITEMS, _MAX_KWARG_DEPTH, _MAX_KWARG_STRING, _MAX_KWARG_NUMBER = 1000, 4, 4096, 10**6
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -37,42 +40,106 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def build_model(arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
-    """Build an architecture by zoo name or ``package.module:factory`` with keyword arguments."""
+def _import_factory(arch: str) -> Any:
+    module_name, _, attr = arch.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ReparamError(
+            f"cannot import {module_name!r} for --arch {arch!r}: {exc}",
+            hint="make the package importable (PYTHONPATH) or use a zoo model name",
+        ) from exc
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ReparamError(
+                f"{module_name!r} has no attribute {attr!r}", hint="write --arch as 'package.module:factory'"
+            )
+    return factory
+
+
+def _call_factory(arch: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise ReparamError(
+            f"calling {arch} with {kwargs} failed: {exc}",
+            hint="check --arch-kwargs against the factory's signature",
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ReparamError(
+            f"{arch} returned {type(model).__name__}, not a torch.nn.Module",
+            hint="point --arch at a function or class that builds the model",
+        )
+    return model
+
+
+def build_model(
+    arch: str, arch_kwargs: Mapping[str, Any] | None = None, *, max_bytes: int | str | None = None
+) -> nn.Module:
+    """Build an architecture by zoo name or ``package.module:factory`` with keyword arguments.
+
+    The parameters are counted on the ``meta`` device first: a model over the memory limit
+    (:func:`reparam.limits.memory_limit`) is refused before anything is allocated.
+    """
     kwargs = dict(arch_kwargs or {})
     if ":" in arch:
-        module_name, _, attr = arch.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ReparamError(
-                f"cannot import {module_name!r} for --arch {arch!r}: {exc}",
-                hint="make the package importable (PYTHONPATH) or use a zoo model name",
-            ) from exc
-        factory = module
-        for part in attr.split("."):
-            factory = getattr(factory, part, None)
-            if factory is None:
-                raise ReparamError(
-                    f"{module_name!r} has no attribute {attr!r}",
-                    hint="write --arch as 'package.module:factory'",
-                )
-        try:
-            model = factory(**kwargs)
-        except TypeError as exc:
-            raise ReparamError(
-                f"calling {arch} with {kwargs} failed: {exc}",
-                hint="check --arch-kwargs against the factory's signature",
-            ) from exc
-        if not isinstance(model, nn.Module):
-            raise ReparamError(
-                f"{arch} returned {type(model).__name__}, not a torch.nn.Module",
-                hint="point --arch at a function or class that builds the model",
-            )
-        return model
-    from reparam.zoo import create_model
+        factory = _import_factory(arch)
 
-    return create_model(arch, **kwargs)
+        def make() -> nn.Module:
+            return _call_factory(arch, factory, kwargs)
+    else:
+        from reparam.zoo import create_model
+
+        def make() -> nn.Module:
+            return create_model(arch, **kwargs)
+
+    needed = parameter_bytes_of(make)
+    if needed is not None:
+        refuse_over_limit(f"the parameters of {arch} {kwargs}", needed, memory_limit(max_bytes))
+    return make()
+
+
+def validate_file_kwargs(kwargs: Any, source: str) -> dict[str, Any]:
+    """Architecture kwargs read from a file: JSON-like values of bounded size only."""
+    budget = [_MAX_KWARG_ITEMS]
+
+    def check(value: Any, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > _MAX_KWARG_DEPTH:
+            raise _bad_kwargs(source, "nested too deeply or too many values")
+        if value is None or isinstance(value, bool | int):
+            if isinstance(value, int) and abs(value) > _MAX_KWARG_NUMBER:
+                raise _bad_kwargs(source, f"the number {value} is out of range")
+        elif isinstance(value, float):
+            if not math.isfinite(value) or abs(value) > _MAX_KWARG_NUMBER:
+                raise _bad_kwargs(source, f"the number {value} is out of range")
+        elif isinstance(value, str):
+            if len(value) > _MAX_KWARG_STRING:
+                raise _bad_kwargs(source, "a string is too long")
+        elif isinstance(value, list | tuple):
+            for v in value:
+                check(v, depth + 1)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise _bad_kwargs(source, f"key {k!r} is not a string")
+                check(v, depth + 1)
+        else:
+            raise _bad_kwargs(source, f"a value of type {type(value).__name__} is not plain data")
+
+    if not isinstance(kwargs, Mapping):
+        raise _bad_kwargs(source, f"it is a {type(kwargs).__name__}, not a mapping")
+    check(kwargs, 0)
+    return dict(kwargs)
+
+
+def _bad_kwargs(source: str, why: str) -> ReparamError:
+    return ReparamError(
+        f"the architecture keyword arguments recorded in {source} are refused: {why}",
+        hint="pass --arch and --arch-kwargs yourself to ignore what the file records",
+    )
 
 
 def save_checkpoint(
@@ -210,33 +277,54 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     model.load_state_dict(state_dict, strict=True)
 
 
+def _recorded_architecture(obj: Any, path: Path) -> tuple[str | None, Any]:
+    """The zoo name and kwargs a checkpoint records; a file never chooses code to import."""
+    if not isinstance(obj, Mapping):
+        return None, None
+    arch = obj.get("arch")
+    if arch is not None and not isinstance(arch, str):
+        raise ReparamError(
+            f"checkpoint {str(path)!r} records an architecture of type {type(arch).__name__}",
+            hint="pass --arch (a zoo name, see `reparam zoo`, or 'package.module:factory')",
+        )
+    if arch and ":" in arch:
+        raise ReparamError(
+            f"checkpoint {str(path)!r} names code to import as its architecture ({arch[:80]!r}); "
+            "reparam builds only zoo models from what a file records",
+            hint="if you trust that code, pass it yourself: --arch 'package.module:factory'",
+        )
+    return arch or None, obj.get("arch_kwargs")
+
+
 def load_model(
     path: str | os.PathLike,
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     *,
     trust_pickle: bool = False,
+    max_bytes: int | str | None = None,
 ) -> nn.Module:
     """Build the training-form model and load a checkpoint's weights into it (eval mode).
 
     The architecture and its kwargs come from the arguments, or else from the checkpoint's
-    ``arch``/``arch_kwargs`` entries. A checkpoint that is a pickled module (``trust_pickle=True``
-    only) is used as is unless ``arch`` is given.
+    ``arch``/``arch_kwargs`` entries; from a file only a zoo name is accepted, with plain-data
+    kwargs of bounded size. A checkpoint that is a pickled module (``trust_pickle=True`` only) is
+    used as is unless ``arch`` is given. Models over the memory limit are refused before they are built.
     """
     path = Path(path)
     obj = _read(path, trust_pickle)
     if isinstance(obj, nn.Module) and arch is None:
         return obj.eval()
-    if isinstance(obj, Mapping):
-        arch = arch or (obj.get("arch") if isinstance(obj.get("arch"), str) else None)
-        if arch_kwargs is None and isinstance(obj.get("arch_kwargs"), Mapping):
-            arch_kwargs = dict(obj["arch_kwargs"])
+    if arch is None:  # what the file records is read only when the caller did not choose
+        arch, recorded_kwargs = _recorded_architecture(obj, path)
+        if arch_kwargs is None and recorded_kwargs is not None:
+            arch_kwargs = validate_file_kwargs(recorded_kwargs, repr(str(path)))
     if not arch:
         raise ReparamError(
             f"checkpoint {str(path)!r} does not record its architecture",
             hint="pass --arch (a zoo name, see `reparam zoo`, or 'package.module:factory')",
         )
     state_dict = extract_state_dict(obj)
-    model = build_model(arch, arch_kwargs)
+    model = build_model(arch, arch_kwargs, max_bytes=max_bytes)
     load_state_dict_strict(model, state_dict, arch)
     return model.eval()

@@ -62,6 +62,36 @@ def fold_bn(
     return fold_scale_shift(kernel, bias, scale, shift)
 
 
+def fold_bn_before(
+    kernel: Tensor,
+    bias: Tensor | None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    eps: float,
+    groups: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm that *precedes* an unpadded conv/linear with kernel ``[out, in/g, ...]``.
+
+    ``conv(s * x + t) = conv_{W * s}(x) + b + sum W * t``: every input channel's scale multiplies its
+    kernel slice, and its shift, summed through the kernel, adds to the bias. Exact only when the
+    conv adds no padding (padded zeros would otherwise stand for ``t``, not 0).
+    """
+    scale, shift = bn_scale_shift(running_mean, running_var, gamma, beta, eps)
+    out_ch, in_per_group = kernel.shape[0], kernel.shape[1]
+    # input channel read by kernel[o, j]: group of o times in/g, plus j
+    group_of_out = torch.arange(out_ch, device=kernel.device) // (out_ch // groups)
+    in_index = (
+        group_of_out[:, None] * in_per_group + torch.arange(in_per_group, device=kernel.device)[None, :]
+    )
+    view = (out_ch, in_per_group) + (1,) * (kernel.dim() - 2)
+    new_kernel = kernel * scale[in_index].reshape(view)
+    added = (kernel * shift[in_index].reshape(view)).flatten(1).sum(1)
+    new_bias = added if bias is None else bias + added
+    return new_kernel, new_bias
+
+
 def fold_bn_transposed(
     kernel: Tensor,
     bias: Tensor | None,
@@ -106,13 +136,22 @@ def pad_kernel(kernel: Tensor, size: Sequence[int], offset: Sequence[int] | None
     if len(offset) != len(spatial) or len(size) != len(spatial):
         raise ValueError("kernel, size and offset must have the same number of spatial dims")
     out = kernel.new_zeros(*kernel.shape[:2], *size)
+    add_kernel_at(out, kernel, offset)
+    return out
+
+
+def add_kernel_at(total: Tensor, kernel: Tensor, offset: Sequence[int]) -> Tensor:
+    """``total += pad_kernel(kernel, total's size, offset)`` in place, without building the padded copy."""
+    spatial, size = tuple(kernel.shape[2:]), tuple(total.shape[2:])
+    if len(offset) != len(spatial) or len(size) != len(spatial):
+        raise ValueError("kernel, size and offset must have the same number of spatial dims")
     index = [slice(None), slice(None)]
     for o, s, big in zip(offset, spatial, size, strict=True):
         if o < 0 or o + s > big:
             raise ValueError(f"a size-{s} kernel at offset {o} does not fit in size {big}")
         index.append(slice(o, o + s))
-    out[tuple(index)] = kernel
-    return out
+    total[tuple(index)] += kernel
+    return total
 
 
 def identity_kernel(
@@ -200,6 +239,24 @@ def merge_sequential_1x1_kxk(
         ]
         bias = b2 + torch.cat(pieces)
     return kernel, bias
+
+
+def merge_sequential_kxk_1x1(
+    k1: Tensor, b1: Tensor, k2: Tensor, b2: Tensor, groups: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Merge ``conv_1x1(conv_kxk(x))`` into one kxk conv.
+
+    Exact at every border: the 1x1 conv mixes channels pixel by pixel, after the kxk conv's own
+    padding. ``k1`` is ``[M, C/g, k, k]``, ``k2`` is ``[O, M/g, 1, 1]``; both use ``groups``.
+    """
+    m_g, o_g = k1.shape[0] // groups, k2.shape[0] // groups
+    kernels, biases = [], []
+    for g in range(groups):
+        k1g, b1g = k1[g * m_g : (g + 1) * m_g], b1[g * m_g : (g + 1) * m_g]
+        k2g = k2[g * o_g : (g + 1) * o_g].flatten(1)
+        kernels.append(torch.einsum("om,mc...->oc...", k2g, k1g))
+        biases.append(k2g @ b1g)
+    return torch.cat(kernels, 0), b2 + torch.cat(biases)
 
 
 def dilate_kernel(kernel: Tensor, factor: Sequence[int]) -> Tensor:

@@ -22,15 +22,29 @@ def fp32_limit(noise: float | None) -> float:
 
 
 def scale_relative_error(reference, candidate) -> float:
-    """``max|ref - cand| / max(max|ref|, tiny)``: an error measure that does not depend on output scale."""
+    """``max|ref - cand| / max(max|ref|, tiny)``: an error measure that does not depend on output scale.
+
+    Non-finite values never pass: ``inf`` when the candidate is non-finite where the reference is
+    finite, or differs from a non-finite reference (NaN must meet NaN, ±inf the same inf). The
+    scale is the reference's largest finite magnitude, never the candidate's.
+    """
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.shape != cand.shape:
         raise ValueError(f"shape mismatch: reference {ref.shape} vs candidate {cand.shape}")
     if ref.size == 0:
         return 0.0
-    denom = max(float(np.max(np.abs(ref))), np.finfo(np.float64).tiny)
-    return float(np.max(np.abs(ref - cand)) / denom)
+    ref_finite, cand_finite = np.isfinite(ref), np.isfinite(cand)
+    if np.any(ref_finite != cand_finite):
+        return float("inf")
+    odd = ~ref_finite
+    if np.any(odd) and not np.array_equal(ref[odd], cand[odd], equal_nan=True):
+        return float("inf")
+    if not np.any(ref_finite):
+        return 0.0
+    r, c = ref[ref_finite], cand[ref_finite]
+    denom = max(float(np.max(np.abs(r))), np.finfo(np.float64).tiny)
+    return float(np.max(np.abs(r - c)) / denom)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 
 import pytest
@@ -154,3 +155,57 @@ def test_build_model_by_factory_path():
         build_model("reparam.zoo:list_models")
     with pytest.raises(ReparamError, match="unknown model"):
         build_model("resnet19")
+
+
+@pytest.mark.parametrize("container", ["pth", "safetensors"])
+def test_a_file_never_chooses_code_to_import(tmp_path, trained, container):
+    marker = tmp_path / "ran"
+    kwargs = {"args": ["touch", str(marker)]}
+    path = tmp_path / f"evil.{container}"
+    if container == "pth":
+        torch.save({"arch": "subprocess:check_call", "arch_kwargs": kwargs, "state_dict": {}}, path)
+    else:
+        sd = {k: v.contiguous() for k, v in trained.state_dict().items()}
+        save_file(
+            sd, str(path), metadata={"arch": "subprocess:check_call", "arch_kwargs": json.dumps(kwargs)}
+        )
+    with pytest.raises(ReparamError, match="names code to import") as info:
+        load_model(path)
+    assert "--arch" in info.value.hint
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "why"),
+    [
+        ({"num_classes": 5, "width": 1e300}, "out of range"),
+        ({"num_classes": 10**12}, "out of range"),
+        ({"num_classes": [[[[[[5]]]]]]}, "nested too deeply"),
+        ({"num_classes": 5, "note": "x" * 100_000}, "too long"),
+        ({"num_classes": 5, "many": list(range(5000))}, "too many values"),
+        (["num_classes", 5], "not a mapping"),
+    ],
+)
+def test_kwargs_recorded_in_a_file_are_validated_before_building(tmp_path, trained, kwargs, why):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"arch": ARCH, "arch_kwargs": kwargs, "state_dict": trained.state_dict()}, path)
+    with pytest.raises(ReparamError, match=why):
+        load_model(path)
+
+
+def test_a_model_over_the_memory_limit_is_refused_before_it_is_built(tmp_path, trained, monkeypatch):
+    monkeypatch.setenv("REPARAM_MAX_MEMORY", "2G")
+    path = tmp_path / "ckpt.pth"
+    torch.save({"arch": ARCH, "arch_kwargs": {"width": 2000}, "state_dict": trained.state_dict()}, path)
+    with pytest.raises(ReparamError, match=r"the parameters of acb_resnet18 .* more than the memory limit"):
+        load_model(path)
+    with pytest.raises(ReparamError, match="more than the memory limit of 0.5 GiB"):
+        build_model(ARCH, {"width": 300}, max_bytes="512M")
+
+
+def test_an_architecture_given_by_the_caller_overrides_what_the_file_records(tmp_path, trained):
+    path = tmp_path / "ckpt.pth"
+    torch.save(
+        {"arch": "some.module:Factory", "arch_kwargs": {"x": 1}, "state_dict": trained.state_dict()}, path
+    )
+    assert _same(load_model(path, ARCH, KW), trained)

@@ -4,7 +4,7 @@ The GPU-free parts (capabilities, build plan, profiles, plan header, timing-cach
 data) are pure functions; ``build_engine`` wires them to the TensorRT API.
 """
 
-from exporters.tensorrt.build import EngineBuildResult, build_engine, onnx_is_fp16, parser_errors
+from exporters.tensorrt.build import EngineBuildResult, build_engine, onnx_is_fp16, onnx_is_qdq, parser_errors
 from exporters.tensorrt.capabilities import INSTALL_HINT, Capabilities, capabilities_of, import_tensorrt
 from exporters.tensorrt.header import (
     PlanHeader,
@@ -35,6 +35,7 @@ __all__ = [
     "make_build_plan",
     "onnx_input_dims",
     "onnx_is_fp16",
+    "onnx_is_qdq",
     "pack_timing_cache",
     "parse_plan_header",
     "parser_errors",

@@ -53,6 +53,13 @@ def onnx_is_fp16(path: str | os.PathLike) -> bool:
     return any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
 
 
+def onnx_is_qdq(path: str | os.PathLike) -> bool:
+    """True when the ONNX file is explicitly quantized (QuantizeLinear/DequantizeLinear nodes)."""
+    onnx = require("onnx", "onnx", "Reading an ONNX file")
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
 def gpu_info() -> dict[str, Any]:
     """Name and compute capability of the current CUDA device (via torch)."""
     import torch
@@ -112,10 +119,11 @@ def build_engine(
 ) -> EngineBuildResult:
     """Build ``engine_path`` from ``onnx_path`` and write ``<engine>.json`` next to it (both atomically).
 
-    ``precision``: "fp32", "fp16" or "int8" (None: fp16 when the ONNX already is, else fp32). On
-    TensorRT 10 fp16/int8 are builder flags (int8 calibrated from the ``calib`` .npz); on TensorRT 11
-    the network is strongly typed, so fp16 converts the ONNX to float16 first and int8 needs an
-    explicitly quantized ONNX. Profiles come from the shapes given or the ONNX's dynamic batch.
+    ``precision``: "fp32", "fp16" or "int8" (None: int8 for a Q/DQ ONNX, fp16 when the ONNX already
+    is, else fp32). A Q/DQ ONNX (``reparam quantize``) is built strongly typed on TensorRT 10 and 11.
+    From a float ONNX, on TensorRT 10 fp16/int8 are builder flags (int8 calibrated from the ``calib``
+    .npz); on TensorRT 11 the network is strongly typed, so fp16 converts the ONNX to float16 first
+    and int8 needs the explicitly quantized ONNX. Profiles come from the shapes given or the ONNX's dynamic batch.
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -129,6 +137,7 @@ def build_engine(
         calib=calib,
         timing_cache=timing_cache,
         onnx_is_fp16=onnx_is_fp16(onnx_path),
+        onnx_is_qdq=onnx_is_qdq(onnx_path),
     )
     options.validate()
     dims = onnx_input_dims(onnx_path)
@@ -214,6 +223,7 @@ def build_engine(
         "builder_flags": plan.builder_flags,
         "network_flags": plan.network_flags,
         "fp16_onnx_prepared": plan.prepare_fp16_onnx,
+        "explicit_quantization": options.onnx_is_qdq,
         "workspace_bytes": plan.workspace_bytes,
         "profiles": {k: v.to_dict() for k, v in profiles.items()},
         "build_seconds": round(seconds, 3),

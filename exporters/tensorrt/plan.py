@@ -11,8 +11,9 @@ from reparam.errors import ReparamError
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_OPTIMIZER_HINT = (
     "TensorRT 11 builds int8 only from explicitly quantized ONNX (Q/DQ nodes): quantize "
-    "the model with NVIDIA Model Optimizer (pip install nvidia-modelopt; "
-    "modelopt.onnx.quantization) and build that ONNX, or use TensorRT 10 with --calib"
+    "the model with `reparam quantize model.onnx --calib DATA.npz -o model.int8.onnx` (or NVIDIA Model "
+    "Optimizer: pip install nvidia-modelopt; modelopt.onnx.quantization) and build that ONNX, "
+    "or use TensorRT 10 with --calib"
 )
 
 
@@ -25,6 +26,7 @@ class BuildOptions:
     calib: str | Path | None = None
     timing_cache: str | Path | None = None
     onnx_is_fp16: bool = False
+    onnx_is_qdq: bool = False  # explicitly quantized: QuantizeLinear/DequantizeLinear nodes
 
     def validate(self) -> None:
         """Raise a ReparamError for an impossible combination (before any GPU work)."""
@@ -37,19 +39,34 @@ class BuildOptions:
                 f"workspace must be a positive number of MiB, not {self.workspace_mb}",
                 hint="e.g. --workspace 2048, or leave it unset for TensorRT's default",
             )
-        if self.precision == "int8" and self.calib is None:
+        if self.onnx_is_qdq:
+            self._validate_qdq()
+        elif self.precision == "int8" and self.calib is None:
             raise ReparamError(
-                "int8 needs calibration data",
-                hint="pass --calib DATA.npz (arrays named like the ONNX inputs, first axis = samples)",
+                "int8 needs calibration data for this float ONNX, or an explicitly quantized (Q/DQ) ONNX",
+                hint="quantize it first: reparam quantize model.onnx --calib DATA.npz -o model.int8.onnx "
+                "(the only int8 route on TensorRT 11); on TensorRT 10 --calib DATA.npz also works",
             )
         if self.calib is not None and self.precision != "int8":
             raise ReparamError("--calib only applies to int8 builds", hint="add --int8 or drop --calib")
         if self.calib is not None and not Path(self.calib).is_file():
             raise ReparamError(f"calibration file {str(self.calib)!r} does not exist", hint="check the path")
-        if self.onnx_is_fp16 and self.precision in ("fp32", "int8"):
+        if self.onnx_is_fp16 and self.precision in ("fp32", "int8") and not self.onnx_is_qdq:
             raise ReparamError(
                 f"the ONNX already has float16 weights; a {self.precision} engine cannot be built from it",
                 hint="build from the float32 ONNX export instead",
+            )
+
+    def _validate_qdq(self) -> None:
+        if self.precision in ("fp32", "fp16"):
+            raise ReparamError(
+                f"the ONNX is explicitly quantized (Q/DQ nodes); a {self.precision} engine cannot be built from it",
+                hint="build it without a precision option (int8 from its Q/DQ nodes), or build the float ONNX",
+            )
+        if self.calib is not None:
+            raise ReparamError(
+                "the ONNX is already quantized (Q/DQ nodes carry its int8 scales); --calib does not apply",
+                hint="drop --calib; to recalibrate, run reparam quantize on the float ONNX",
             )
 
 
@@ -73,7 +90,8 @@ class BuildPlan:
 def make_build_plan(options: BuildOptions, caps: Capabilities) -> BuildPlan:
     """Decide flags and steps for ``options`` on the TensorRT described by ``caps`` (pure)."""
     options.validate()
-    precision = options.precision or ("fp16" if options.onnx_is_fp16 else "fp32")
+    default = "int8" if options.onnx_is_qdq else "fp16" if options.onnx_is_fp16 else "fp32"
+    precision = options.precision or default
     plan = BuildPlan(precision=precision, tensorrt=caps.version)
     if options.workspace_mb is not None:
         if not caps.has_memory_pool_limit:
@@ -101,6 +119,8 @@ def make_build_plan(options: BuildOptions, caps: Capabilities) -> BuildPlan:
                 f"TensorRT {caps.version} offers neither an FP16 flag nor strongly typed networks",
                 hint="install TensorRT 10 or newer",
             )
+    elif precision == "int8" and options.onnx_is_qdq:
+        _plan_explicit_int8(plan, caps)
     elif precision == "int8":
         if not (caps.has_int8_flag and caps.has_int8_calibrator):
             raise ReparamError(
@@ -115,3 +135,22 @@ def make_build_plan(options: BuildOptions, caps: Capabilities) -> BuildPlan:
             f"{MODEL_OPTIMIZER_HINT.split(': ', 1)[1]}"
         )
     return plan
+
+
+def _plan_explicit_int8(plan: BuildPlan, caps: Capabilities) -> None:
+    """Q/DQ ONNX: the precision is in the graph; build it as typed where TensorRT can."""
+    if caps.has_strongly_typed:
+        plan.network_flags.append("STRONGLY_TYPED")
+        plan.notes.append(
+            "explicit quantization: the Q/DQ ONNX is built strongly typed (int8 where it says so)"
+        )
+    elif caps.always_strongly_typed and caps.major >= 11:
+        plan.notes.append("explicit quantization: TensorRT 11 builds the Q/DQ ONNX strongly typed")
+    elif caps.has_int8_flag:
+        plan.builder_flags.append("INT8")  # weakly typed TensorRT: Q/DQ layers need the INT8 flag
+        plan.notes.append("no strongly typed networks in this TensorRT: Q/DQ ONNX built with the INT8 flag")
+    else:
+        raise ReparamError(
+            f"TensorRT {caps.version} can build neither strongly typed nor INT8 networks",
+            hint="install TensorRT 10 or newer",
+        )

@@ -34,7 +34,7 @@ from reparam.bench.machine import OtherLoad
 from reparam.errors import MismatchError, ReparamError
 
 DEFAULT_CONVERSION_MODELS = ("acb_resnet50", "sknet50", "se_resnet50", "scalenet50")
-TIMM_MODEL = "repvgg_a0"
+TIMM_MODELS = ("repvgg_a0", "mobileone_s0")
 _KIB = 1024
 
 
@@ -58,7 +58,9 @@ class ConversionCost:
     # export + simplify with torch.onnx's legacy (TorchScript) exporter, measured after the default
     # one in the same process (onnx and onnxsim are imported by then)
     legacy_export_s: float | None = None
-    reference_s: float | None = None  # timm's own reparameterize, for the timm row
+    reference_s: float | None = None  # timm's own reparameterize (median), for the timm rows
+    # per round: reparam's conversion incl. check / timm's own reparameterize, timed back to back
+    paired_ratios: list[float] = field(default_factory=list)
     check_passed: bool | None = None
     notes: list[str] = field(default_factory=list)
     run_totals_s: list[float] = field(default_factory=list)  # every conversion's total, in run order
@@ -172,14 +174,13 @@ def _timed_attr(owner: Any, name: str, totals: dict[str, float], key: str) -> It
 
 def timed_convert(model: Any, example_inputs: tuple) -> tuple[Any, dict[str, float]]:
     """Run ``reparam.engine.convert(check=True)``; return the result and its phase times (seconds)."""
-    from torch import fx
-
     import reparam.engine.core as core
     from reparam.engine import convert
 
     totals: dict[str, float] = {}
     with (
-        _timed_attr(fx, "symbolic_trace", totals, "trace"),
+        _timed_attr(core, "trace", totals, "trace"),
+        _timed_attr(core, "export_capture", totals, "trace"),
         _timed_attr(core, "run_passes", totals, "passes"),
     ):
         start = time.perf_counter()
@@ -297,37 +298,57 @@ def measure_zoo_model(
     return cost
 
 
-def measure_timm(width: float, input_shape: list[int], seed: int, runs: int = 3) -> ConversionCost | None:
-    """reparam's conversion of timm's RepVGG-A0 next to timm's own ``reparameterize_model``."""
+def _import_timm() -> tuple[Any, Any] | str:
+    """(timm, reparameterize_model), or why timm cannot be used."""
+    try:
+        import timm
+
+        try:
+            from timm.utils.model import reparameterize_model
+        except ImportError:
+            from timm.utils import reparameterize_model  # type: ignore[no-redef]
+    except Exception as exc:  # installed but broken (e.g. torchvision missing): say so, measure the rest
+        return f"timm is installed but cannot be imported ({type(exc).__name__}: {exc})"
+    return timm, reparameterize_model
+
+
+def measure_timm(name: str, input_shape: list[int], seed: int, runs: int = 3) -> ConversionCost | str | None:
+    """reparam's conversion of a timm model next to timm's own ``reparameterize_model``, paired per round.
+
+    Returns None when timm is not installed, and the reason as a string when it cannot be imported.
+    """
     if importlib.util.find_spec("timm") is None:
         return None
+    found = _import_timm()
+    if isinstance(found, str):
+        return found
+    timm, reparameterize_model = found
     import copy
+    import statistics
 
-    import timm
     import torch
-
-    try:
-        from timm.utils.model import reparameterize_model
-    except ImportError:
-        from timm.utils import reparameterize_model  # type: ignore[no-redef]
 
     from reparam.numerics import randomize_batchnorm, scale_relative_error
 
     torch.manual_seed(seed)
-    model = randomize_batchnorm(timm.create_model(TIMM_MODEL, pretrained=False).eval(), seed)
+    model = randomize_batchnorm(timm.create_model(name, pretrained=False).eval(), seed)
     example = (torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed)),)
-    notes = [f"timm {timm.__version__}, timm.create_model({TIMM_MODEL!r}) at full width"]
-    if width != 1.0:
-        notes.append("timm models are measured at full width regardless of --width")
-    result, phases = repeated_convert(model, example, runs)
-    start = time.perf_counter()
-    theirs = reparameterize_model(copy.deepcopy(model))
-    reference_s = time.perf_counter() - start
+    notes = [f"timm {timm.__version__}, timm.create_model({name!r}) at full width"]
+    rounds = []
+    for _ in range(max(1, runs)):
+        result, phases = repeated_convert(model, example, 1)
+        candidate = copy.deepcopy(model)
+        start = time.perf_counter()
+        theirs = reparameterize_model(candidate)
+        rounds.append((phases, time.perf_counter() - start))
+    ratios = [p["total"] / t for p, t in rounds]
+    phases = dict(sorted(rounds, key=lambda r: r[0]["total"])[(len(rounds) - 1) // 2][0])
     with torch.no_grad():
         err = scale_relative_error(theirs(*example).numpy(), result.model(*example).numpy())
     notes.append(f"reparam deploy vs timm reparameterized output: scale-relative error {err:.2e}")
+    notes.append("paired rounds: reparam's conversion incl. check, then timm's reparameterize, same process")
     return ConversionCost(
-        model=f"timm/{TIMM_MODEL}",
+        model=f"timm/{name}",
         source="timm",
         input_shape=list(input_shape),
         width=1.0,
@@ -338,8 +359,9 @@ def measure_timm(width: float, input_shape: list[int], seed: int, runs: int = 3)
         check_s=phases["check"],
         peak_rss_delta_bytes=phases["peak_bytes"],
         memory_method=phases["memory_method"],
-        run_totals_s=phases["totals"],
-        reference_s=reference_s,
+        run_totals_s=[p["total"] for p, _ in rounds],
+        reference_s=statistics.median(t for _, t in rounds),
+        paired_ratios=ratios,
         check_passed=result.report.check.passed if result.report.check else None,
         notes=notes,
     )
@@ -355,11 +377,14 @@ def _worker_main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(spec["threads"]))
     shape = [int(d) for d in spec["input_shape"]]
     try:
-        if spec["model"] == "timm":
+        if spec["model"].startswith("timm/"):
             cost = measure_timm(
-                float(spec["width"]), shape, int(spec.get("seed", 0)), int(spec.get("runs", 3))
+                spec["model"].removeprefix("timm/"), shape, int(spec.get("seed", 0)), int(spec.get("runs", 3))
             )
-            payload = {"skipped": True} if cost is None else cost.to_dict()
+            if cost is None or isinstance(cost, str):
+                payload = {"skipped": cost or "timm is not installed"}
+            else:
+                payload = cost.to_dict()
         else:
             cost = measure_zoo_model(
                 spec["model"],
@@ -440,27 +465,27 @@ def bench_conversion(
         rows.append(cost)
     if timm:
         if importlib.util.find_spec("timm") is None:
-            notes.append(
-                "timm is not importable: the comparison with timm's own RepVGG reparameterize was skipped"
-            )
-        else:
+            notes.append("timm is not installed: the comparison with timm's own reparameterize was skipped")
+            return rows, notes
+        for name in TIMM_MODELS:
             if progress:
-                progress(f"conversion cost: timm {TIMM_MODEL}")
+                progress(f"conversion cost: timm {name}")
             spec = {
-                "model": "timm",
+                "model": f"timm/{name}",
                 "width": width,
                 "input_shape": input_shape,
                 "seed": seed,
                 "threads": threads,
+                "runs": runs,
             }
             with OtherLoad() as load:
                 payload = run_worker(spec)
             if payload.get("skipped"):
-                notes.append("timm could not be imported in the worker process: comparison skipped")
-            else:
-                cost = ConversionCost.from_dict(payload)
-                cost.other_load = load.fraction
-                rows.append(cost)
+                notes.append(f"timm comparison skipped: {payload['skipped']}")
+                break
+            cost = ConversionCost.from_dict(payload)
+            cost.other_load = load.fraction
+            rows.append(cost)
     return rows, notes
 
 

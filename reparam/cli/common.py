@@ -62,6 +62,12 @@ def add_arch_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow loading a checkpoint that holds a pickled module (executes code from the file)",
     )
+    parser.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="refuse models and inputs estimated to need more memory than this, e.g. 32G "
+        "(default: $REPARAM_MAX_MEMORY, else half the physical memory)",
+    )
 
 
 def load_model_from_args(args: argparse.Namespace, checkpoint: str | None = None):
@@ -73,4 +79,5 @@ def load_model_from_args(args: argparse.Namespace, checkpoint: str | None = None
         arch=args.arch,
         arch_kwargs=parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
         trust_pickle=args.trust_pickle,
+        max_bytes=args.max_memory,
     )

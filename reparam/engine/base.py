@@ -67,9 +67,9 @@ def register_pass(p: Any) -> Any:
 
 def available_passes() -> list[str]:
     """Names of the registered passes in their default order."""
-    from reparam.engine import passes  # noqa: F401  (registers the built-in passes)
+    from reparam.engine.passes import DEFAULT_ORDER  # registers the built-in passes
 
-    return list(_REGISTRY)
+    return [*DEFAULT_ORDER, *(n for n in _REGISTRY if n not in DEFAULT_ORDER)]
 
 
 def get_pass(name: str) -> Pass:
@@ -80,15 +80,30 @@ def get_pass(name: str) -> Pass:
     return _REGISTRY[name]
 
 
-def select_passes(passes: Iterable[str] | str | None, skip: Iterable[str] = ()) -> list[Pass]:
-    """Resolve the ``passes``/``skip`` arguments of the engine into pass objects (validated by name)."""
+def select_passes(passes: Iterable[str | Pass] | str | None, skip: Iterable[str] = ()) -> list[Pass]:
+    """Resolve the ``passes``/``skip`` arguments of the engine into pass objects, in the order given.
+
+    ``passes`` may name registered passes or be pass objects of the caller's own (anything with
+    ``name``, ``description`` and ``run(gm, ctx)``); None means the default order.
+    """
     if isinstance(passes, str):
         passes = [p.strip() for p in passes.split(",") if p.strip()]
-    names = list(passes) if passes is not None else available_passes()
+    chosen = list(passes) if passes is not None else available_passes()
     skip = [skip] if isinstance(skip, str) else list(skip)
-    for name in [*names, *skip]:
+    for name in skip:
         get_pass(name)
-    return [get_pass(n) for n in names if n not in skip]
+    resolved = []
+    for p in chosen:
+        if isinstance(p, str):
+            resolved.append(get_pass(p))
+        elif isinstance(p, Pass):
+            resolved.append(p)
+        else:
+            raise ReparamError(
+                f"{p!r} is not a pass",
+                hint="give pass names or objects with name, description and run(gm, ctx)",
+            )
+    return [p for p in resolved if p.name not in skip]
 
 
 @dataclass
@@ -105,6 +120,7 @@ class PassContext:
     provenance: dict[str, set[str]] = field(default_factory=dict)
     left_alone: list[LeftAlone] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     history: list[FusionEntry] = field(default_factory=list)
     # weak: an intermediate product (a folded branch conv, merged later) must be freed once replaced
     products: dict[str, tuple[FusionEntry, weakref.ref[nn.Module]]] = field(default_factory=dict)
@@ -131,6 +147,13 @@ class PassContext:
         from reparam.engine.graph import common_parent
 
         return self.local(common_parent(sorted(sources)))
+
+    def adopt_aliases(self, gm: fx.GraphModule) -> None:
+        """Report modules that tracing re-registered under safe names by their original paths."""
+        from reparam.engine.graph import ALIASES
+
+        for alias, original in getattr(gm, ALIASES, {}).items():
+            self.provenance[alias] = {self.full(original)}
 
     def sources(self, name: str) -> set[str]:
         return set(self.provenance.get(name, {self.full(name)}))
@@ -166,8 +189,19 @@ class PassContext:
 
     @torch.no_grad()
     def parameter(self, value: Tensor, like: Tensor, what: str) -> nn.Parameter:
-        """Cast a float64 result to ``like``'s dtype/device as a Parameter; warn on float16 overflow."""
-        peak = float(value.abs().max()) if value.numel() else 0.0
+        """Cast a float64 result to ``like``'s dtype/device as a Parameter; warn on float16 overflow.
+
+        Raises NotRepresentable when the value is not finite in ``like``'s dtype (a fold that
+        overflows): the pass then leaves the pattern alone.
+        """
+        # one reduction decides both: NaN makes the peak NaN, and a peak within range casts finite
+        low, high = value.aminmax() if value.numel() else (value.new_zeros(()), value.new_zeros(()))
+        peak = max(-float(low), float(high)) if bool(low == low) and bool(high == high) else float("nan")
+        if not peak <= torch.finfo(like.dtype).max:
+            raise NotRepresentable(
+                f"the fused {what} is not finite in {str(like.dtype).removeprefix('torch.')} "
+                f"(largest magnitude {peak:.3g}); the original layers stay"
+            )
         if peak > FP16_MAX:
             where = self.current_block or what
             if like.dtype == torch.float16:
@@ -179,6 +213,10 @@ class PassContext:
                 )
             self.warn(msg)
         return nn.Parameter(value.to(dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)
+
+
+class NotRepresentable(ValueError):
+    """A fused value overflows the model's dtype; the pass must leave the pattern alone."""
 
 
 class PassError(ReparamError):

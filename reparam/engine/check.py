@@ -12,6 +12,7 @@ from torch.utils._pytree import tree_flatten
 
 from reparam.engine.graph import CONV, CONV_T
 from reparam.errors import ReparamError
+from reparam.limits import check_input_budget
 from reparam.numerics import scale_relative_error
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -46,7 +47,11 @@ def fp32_noise(original: nn.Module, inputs: tuple, reference_out: Any) -> float 
 
 
 def make_inputs(
-    model: nn.Module, example_inputs: Any = None, input_shape: Sequence[int] | None = None
+    model: nn.Module,
+    example_inputs: Any = None,
+    input_shape: Sequence[int] | None = None,
+    *,
+    max_bytes: int | str | None = None,
 ) -> tuple[tuple | None, str | None]:
     """Example inputs as a tuple, plus a note when their shape had to be guessed.
 
@@ -79,6 +84,7 @@ def make_inputs(
     shape = tuple(int(d) for d in input_shape)
     if not shape or any(d <= 0 for d in shape):
         raise ReparamError(f"invalid input shape {shape}", hint="give positive dims, e.g. 1x3x224x224")
+    check_input_budget(model, [shape], dtype, max_bytes)
     x = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype=dtype, device=device)
     return (x,), note
 
@@ -102,9 +108,12 @@ def compare_outputs(ref: Any, new: Any) -> tuple[float, float, float]:
             return float("inf"), float("inf"), float("nan")
         x64, y64 = x.detach().double().cpu(), y.detach().double().cpu()
         if x64.numel():
-            abs_err = max(abs_err, float((x64 - y64).abs().max()))
-            peak = max(peak, float(x64.abs().max()))
-            rel = max(rel, scale_relative_error(x64.numpy(), y64.numpy()))
+            this_rel = scale_relative_error(x64.numpy(), y64.numpy())
+            diff = float((x64 - y64).abs().nan_to_num(nan=float("inf")).max())
+            abs_err = max(abs_err, float("inf") if this_rel == float("inf") else diff)
+            finite = x64[torch.isfinite(x64)]
+            peak = max(peak, float(finite.abs().max()) if finite.numel() else 0.0)
+            rel = max(rel, this_rel)
     return abs_err, rel, peak
 
 

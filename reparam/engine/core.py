@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from torch import fx, nn
 
 from reparam.engine.base import LeftAlone, Pass, PassContext, select_passes
+from reparam.engine.capture import export_capture, trace
 from reparam.engine.check import (
     capture,
     compare_outputs,
@@ -25,7 +27,7 @@ from reparam.engine.graph import BN, CONV, CONV_T, module_of
 from reparam.engine.manager import run_passes
 from reparam.engine.record import FusionEntry, RewriteRecord
 from reparam.engine.report import CheckSummary, ConversionReport
-from reparam.errors import MismatchError, ReparamError
+from reparam.errors import InternalError, MismatchError, ReparamError
 from reparam.numerics import fp32_limit
 from reparam.profile import counting_macs, model_stats
 
@@ -39,11 +41,9 @@ class ConversionResult:
     record: RewriteRecord
 
 
-def _trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
-    try:
-        return fx.symbolic_trace(module), ""
-    except Exception as exc:  # any failure to trace means "convert the parts instead"
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+def fresh(inputs: tuple) -> tuple:
+    """Copies of the example inputs: a model that writes into its input must not change them."""
+    return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
 def fx_boundaries(gm: fx.GraphModule, paths: Iterable[str]) -> dict[str, str]:
@@ -76,23 +76,65 @@ def _leaf_param_modules(module: nn.Module, prefix: str) -> dict[str, nn.Module]:
     }
 
 
+_PLAIN = (int, float, bool, str, tuple, type(None))
+# A swapped child that moves the whole model's output by more than this is a broken interface, not
+# rounding: the final check judges the result with the real tolerance.
+SWAP_TOLERANCE = 1e-3
+KEPT_WHOLE = (
+    "converted on its own, its untraceable parent reads a part of it (an attribute or submodule) that the "
+    "converted form lacks or holds fused: left as it was, its children converted instead"
+)
+
+
+def _keep_plain_attributes(child: nn.Module, gm: fx.GraphModule) -> None:
+    """Give the converted child the plain attributes (``self.blk.width``) its parent may read."""
+    for key, value in vars(child).items():
+        if not key.startswith("_") and isinstance(value, _PLAIN) and not hasattr(gm, key):
+            setattr(gm, key, value)
+
+
 class _Converter:
-    def __init__(self, passes: list[Pass], inputs_by_module: dict[str, tuple]):
+    def __init__(
+        self,
+        passes: list[Pass],
+        inputs_by_module: dict[str, tuple],
+        root: nn.Module | None = None,
+        reference: Any = None,
+    ):
         self.passes = passes
         self.inputs_by_module = inputs_by_module
+        self.root, self.reference = root, reference
         self.contexts: list[PassContext] = []
         self.block_entries: list[FusionEntry] = []
         self.module_boundaries: list[str] = []
         self.untraced: list[tuple[str, str]] = []
+        self.kept_whole: list[str] = []
 
     def graph(self, module: nn.Module, prefix: str) -> fx.GraphModule | None:
-        gm, why = _trace(module)
+        gm, why = trace(module)
         if gm is None:
             self.untraced.append((prefix, why))
             return None
         ctx = PassContext(example_inputs=self.inputs_by_module.get(prefix), prefix=prefix)
+        ctx.adopt_aliases(gm)
         self.contexts.append(ctx)
         return run_passes(gm, self.passes, ctx)
+
+    def _root_still_runs(self) -> bool:
+        """Whether the whole model still computes its output after a child was swapped for its graph.
+
+        An untraceable parent may read attributes or call submodules of the child that the
+        converted graph lacks or holds fused; such a child is left as it was.
+        """
+        inputs = self.inputs_by_module.get("")
+        if self.root is None or inputs is None:
+            return True
+        try:
+            with torch.no_grad():
+                out = self.root(*fresh(inputs))
+            return compare_outputs(self.reference, out)[1] <= SWAP_TOLERANCE
+        except Exception:  # the untraceable parent uses something of the child the graph lacks
+            return False
 
     def tree(self, module: nn.Module, prefix: str) -> None:
         """Convert each child on its own (recursively) when ``module`` itself cannot be traced."""
@@ -102,9 +144,14 @@ class _Converter:
                 continue
             gm = self.graph(child, path)
             if gm is not None:
+                _keep_plain_attributes(child, gm)
                 setattr(module, name, gm)
-                self.module_boundaries.append(path)
-                continue
+                if self._root_still_runs():
+                    self.module_boundaries.append(path)
+                    continue
+                setattr(module, name, child)
+                self.contexts.pop()
+                self.kept_whole.append(path)
             if callable(getattr(child, "reparameterize", None)) and hasattr(
                 child, "get_equivalent_kernel_bias"
             ):
@@ -123,6 +170,45 @@ class _Converter:
                 self.untraced[-1] = (where, f"{why}; converted with its own reparameterize()")
             self.module_boundaries.append(path)
             self.tree(child, path)
+
+
+def refuse_nonfinite_weights(model: nn.Module) -> None:
+    """Raise a ReparamError naming the parameters and BatchNorm statistics that hold NaN or Inf."""
+    tensors = {n: t for n, t in model.named_parameters() if t.is_floating_point() and t.numel()}
+    for name, m in model.named_modules():
+        if isinstance(m, BN):
+            for stat in ("running_mean", "running_var"):
+                t = getattr(m, stat, None)
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+                    tensors[f"{name}.{stat}" if name else stat] = t
+    with torch.no_grad():
+        # one fused reduction over every tensor: NaN and Inf both make the max-norm non-finite
+        peaks = torch._foreach_norm([t.detach() for t in tensors.values()], float("inf")) if tensors else []
+    bad = [
+        f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()})"
+        for (name, t), peak in zip(tensors.items(), peaks)
+        if not bool(torch.isfinite(peak))
+    ]
+    if bad:
+        raise ReparamError(
+            f"the model holds NaN/Inf values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} "
+            f"({len(bad)} tensors in all)",
+            hint="the checkpoint is damaged or training diverged; nothing computed from it would be meaningful",
+        )
+
+
+def warn_training_batchnorms(model: nn.Module, report: ConversionReport) -> None:
+    """Warn (Python warning and report) that BatchNorms in training mode are converted in eval mode."""
+    names = [n or type(model).__name__ for n, m in model.named_modules() if isinstance(m, BN) and m.training]
+    if not names:
+        return
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    message = (
+        f"{len(names)} BatchNorm layer(s) are in training mode ({shown}): the conversion uses their running "
+        "statistics (eval mode), not the statistics of each batch; call model.eval() first if that is intended"
+    )
+    report.warnings.append(message)
+    warnings.warn(message, stacklevel=3)
 
 
 def _remaining_bn_notes(model: nn.Module, contexts: list[PassContext]) -> list[tuple[str, str]]:
@@ -162,11 +248,12 @@ def convert(
     model: nn.Module,
     example_inputs: Any = None,
     *,
-    passes: Sequence[str] | str | None = None,
+    passes: Sequence[str | Pass] | str | None = None,
     skip: Iterable[str] = (),
     check: bool = True,
     inplace: bool = False,
     input_shape: Sequence[int] | None = None,
+    max_bytes: int | str | None = None,
 ) -> ConversionResult:
     """Re-parameterize ``model`` for deployment; returns the deploy model, a report and a record.
 
@@ -175,7 +262,8 @@ def convert(
     converted on its own and blocks fall back to their own ``reparameterize()``. With ``check``, the
     original (eval) and deploy models run on ``example_inputs`` (or random inputs of ``input_shape``,
     or a guessed shape) and a MismatchError naming the diverging blocks is raised if they differ.
-    The input model is left untouched unless ``inplace``.
+    The input model is left untouched unless ``inplace``; example inputs are never modified.
+    Random inputs whose estimated memory exceeds ``max_bytes`` (see :mod:`reparam.limits`) are refused.
     """
     if not isinstance(model, nn.Module):
         raise ReparamError(
@@ -183,18 +271,26 @@ def convert(
             hint="pass the model object, e.g. reparam.zoo.create_model('repvgg_a0')",
         )
     selected = select_passes(passes, skip)
+    refuse_nonfinite_weights(model)
     report = ConversionReport(passes=[p.name for p in selected])
     report.converted_from_eval_copy = any(m.training for m in model.modules())
+    warn_training_batchnorms(model, report)
     work = model if inplace else copy.deepcopy(model)
     work.eval()
-    inputs, note = make_inputs(work, example_inputs, input_shape)
+    inputs, note = make_inputs(work, example_inputs, input_shape, max_bytes=max_bytes)
     if note:
         report.notes.append(note)
     dtype, _ = model_dtype(work)
     nonleaf = [n for n, m in work.named_modules() if n and list(m.children())]
     all_paths = [n for n, _ in work.named_modules() if n]
 
-    gm, why = _trace(work)
+    gm, why = trace(work)
+    if gm is None and inputs is not None:
+        gm, export_why = export_capture(work, fresh(inputs))
+        if gm is not None:
+            report.tracing = f"whole model, by torch.export (torch.fx: {why})"
+        else:
+            why = f"{why}; torch.export: {export_why}"
     # Per-module inputs are only needed when the model is converted submodule by submodule, and the
     # original's block outputs (for naming diverging blocks) only up front when the original is
     # about to be rewritten in place; otherwise they are recomputed on a failure. Cloning them
@@ -221,7 +317,7 @@ def convert(
         try:
             with counting_macs(work) as macs_before:
                 reference, first, calls, order = capture(
-                    work, nonleaf, lambda: work(*inputs), keep_outputs=keep_block_outputs
+                    work, nonleaf, lambda: work(*fresh(inputs)), keep_outputs=keep_block_outputs
                 )
         except Exception as exc:
             raise ReparamError(
@@ -239,26 +335,27 @@ def convert(
 
     # With inplace the original is about to be rewritten: measure its noise now, in case the check needs it.
     noise_before = (
-        fp32_noise(work, inputs, reference)
+        fp32_noise(work, fresh(inputs), reference)
         if inplace and check and inputs is not None and dtype == torch.float32
         else None
     )
-    converter = _Converter(selected, captured)
+    converter = _Converter(selected, captured, root=work if gm is None else None, reference=reference)
     record = RewriteRecord()
     if gm is not None:
         # From here the graph module holds the only references the passes need: dropping the
         # copy lets each replaced layer be freed as soon as its fused layer exists.
         work = None
         ctx = PassContext(example_inputs=inputs)
+        ctx.adopt_aliases(gm)
         converter.contexts.append(ctx)
         deploy: nn.Module = run_passes(gm, selected, ctx)
         single = {p for p in nonleaf if calls is None or calls.get(p, 0) == 1}
         record.boundaries = fx_boundaries(deploy, single)
         record.boundary_kind = "fx_node"
     else:
-        report.tracing = "per submodule (the whole model could not be traced by torch.fx)"
+        report.tracing = "per submodule (neither torch.fx nor torch.export captured the whole model)"
         report.notes.append(
-            f"torch.fx could not trace the whole model ({why}); each submodule was converted on its own"
+            f"the whole model could not be captured ({why}); each submodule was converted on its own"
         )
         converter.tree(work, "")
         deploy = work
@@ -274,6 +371,7 @@ def convert(
         report.fusions.extend(ctx.history)
         report.left_alone.extend(ctx.left_alone)
         report.warnings.extend(w for w in ctx.warnings if w not in report.warnings)
+        report.notes.extend(n for n in ctx.notes if n not in report.notes)
     report.fusions.extend(converter.block_entries)
     deploy_modules = dict(deploy.named_modules())
     for ctx in converter.contexts:
@@ -285,6 +383,8 @@ def convert(
     for path, reason in converter.untraced:
         if path:
             report.left_alone.append(LeftAlone("trace", path, f"not traceable by torch.fx ({reason})"))
+    for path in converter.kept_whole:
+        report.left_alone.append(LeftAlone("trace", path, KEPT_WHOLE))
     for path, reason in _remaining_bn_notes(deploy, converter.contexts):
         item = LeftAlone("fold_bn", path, f"BatchNorm stays: {reason}")
         if not any(x.where == path for x in report.left_alone):
@@ -296,8 +396,14 @@ def convert(
         )
 
     if inputs is not None:
-        with torch.no_grad(), counting_macs(deploy) as macs_after:
-            out = deploy(*inputs)
+        try:
+            with torch.no_grad(), counting_macs(deploy) as macs_after:
+                out = deploy(*fresh(inputs))
+        except Exception as exc:
+            raise InternalError(
+                f"the converted model fails to run ({type(exc).__name__}: {exc}); "
+                "convert with the responsible pass skipped (--skip PASS) and report the model"
+            ) from exc
         report.after = model_stats(deploy, macs=macs_after.total)
     else:
         out = None
@@ -314,7 +420,7 @@ def convert(
         if rel > tol and dtype == torch.float32:
             # Deep fp32 networks round more than the base tolerance on their own: measure the
             # original's fp32 noise against float64 and apply the verifier's rule.
-            noise = noise_before if inplace else fp32_noise(model, inputs, reference)
+            noise = noise_before if inplace else fp32_noise(model, fresh(inputs), reference)
             tol = fp32_limit(noise)
         summary = CheckSummary(
             rel <= tol,
@@ -330,7 +436,7 @@ def convert(
         if not summary.passed:
             if not keep_block_outputs:
                 original = copy.deepcopy(model).eval()
-                _, first, _, _ = capture(original, nonleaf, lambda: original(*inputs))
+                _, first, _, _ = capture(original, nonleaf, lambda: original(*fresh(inputs)))
             summary.diverging_blocks = _locate(deploy, record, first or {}, order, inputs, tol)
             blocks = ", ".join(summary.diverging_blocks[:5]) or "(no block boundary isolates it)"
             fused_there = sorted(
@@ -357,9 +463,9 @@ def _locate(
     deploy: nn.Module, record: RewriteRecord, first: dict, order: list[str], inputs: tuple, tol: float
 ) -> list[str]:
     if record.boundary_kind == "fx_node" and isinstance(deploy, fx.GraphModule):
-        values = node_values(deploy, set(record.boundaries.values()), inputs)
+        values = node_values(deploy, set(record.boundaries.values()), fresh(inputs))
         return diverging_blocks(first, order, values, record.boundaries, tol)
-    _, got, _, _ = capture(deploy, list(record.boundaries.values()), lambda: deploy(*inputs))
+    _, got, _, _ = capture(deploy, list(record.boundaries.values()), lambda: deploy(*fresh(inputs)))
     by_path = {p: got[m] for p, m in record.boundaries.items() if got.get(m) is not None}
     return diverging_blocks(first, order, by_path, {p: p for p in by_path}, tol)
 
@@ -368,7 +474,7 @@ def reparameterize(
     model: nn.Module,
     example_inputs: Any = None,
     *,
-    passes: Sequence[str] | str | None = None,
+    passes: Sequence[str | Pass] | str | None = None,
     skip: Iterable[str] = (),
     check: bool = True,
     inplace: bool = False,

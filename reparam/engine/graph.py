@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import operator
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -79,9 +81,11 @@ def is_free(gm: fx.GraphModule, path: str, leaving: set[fx.Node]) -> bool:
 def choose_name(gm: fx.GraphModule, candidates: Sequence[str], leaving: set[fx.Node]) -> str:
     """First free candidate; otherwise the last candidate with a numeric suffix."""
     for c in candidates:
-        if c and is_free(gm, c, leaving):
+        if c and all(_safe(p) for p in c.split(".")) and is_free(gm, c, leaving):
             return c
     base = candidates[-1] if candidates and candidates[-1] else "fused"
+    if not all(_safe(p) for p in base.split(".")):
+        base = "fused"
     i = 1
     while not is_free(gm, f"{base}_{i}", leaving):
         i += 1
@@ -113,10 +117,16 @@ def install(
     return new
 
 
+FOLDED_PREFIX = "folded_"
+
+
 def cleanup(gm: fx.GraphModule) -> None:
-    """Dead-code eliminate, drop unused submodules, lint and recompile."""
+    """Dead-code eliminate, drop unused submodules and folded constants, lint and recompile."""
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
+    read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    for name in [b for b in gm._buffers if b.startswith(FOLDED_PREFIX) and b not in read]:
+        del gm._buffers[name]
     gm.graph.lint()
     gm.recompile()
 
@@ -140,6 +150,13 @@ class _ShapeRecorder(fx.Interpreter):
         return out
 
 
+def _record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    """Run the graph once on copies of the inputs (a real run: cheaper than fake tensors on CPU)."""
+    copies = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    with torch.no_grad():
+        _ShapeRecorder(gm).run(*copies)
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
     """Annotate nodes with ``tensor_meta`` by running the graph once; False when not possible."""
     if example_inputs is None:
@@ -151,8 +168,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
     if all(n.meta.get(_SHAPED_FOR) == key for n in gm.graph.nodes):
         return True
     try:
-        with torch.no_grad():
-            _ShapeRecorder(gm).run(*example_inputs)
+        _record_shapes(gm, example_inputs)
     except Exception:  # shapes are an optional aid; passes stay conservative without them
         for node in gm.graph.nodes:
             node.meta.pop("tensor_meta", None)
@@ -163,7 +179,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
     return True
 
 
-ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
+ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd, torch.ops.aten.add.Tensor}
 
 
 def is_add(node: fx.Node) -> bool:
@@ -173,3 +189,53 @@ def is_add(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target in ADD_FUNCTIONS:
         return True
     return node.op == "call_method" and node.target in ("add", "__add__")
+
+
+ALIASES = "reparam_aliases"
+
+
+def _safe(part: str) -> bool:
+    # fx writes other odd names (Sequential's "0") as getattr calls; only NFKC changes break its code
+    return unicodedata.normalize("NFKC", part) == part
+
+
+def alias_unsafe_names(gm: fx.GraphModule) -> dict[str, str]:
+    """Re-register modules/attributes whose path Python would normalize (``µ`` → ``μ``) under safe names.
+
+    fx generates ``self.<path>`` code, and Python applies NFKC to identifiers, so a module named
+    ``µ_k`` would be looked up as ``μ_k`` and not found. Returns (and keeps on the graph module) a map
+    alias -> original path, so reports keep naming the original module.
+    """
+    aliases: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "get_attr") or all(_safe(p) for p in str(node.target).split(".")):
+            continue
+        original = str(node.target)
+        alias = "alias_" + re.sub(
+            r"[^0-9A-Za-z_]", lambda m: f"_u{ord(m.group()):x}_", original.replace(".", "__")
+        )
+        if alias not in aliases:
+            value = gm.get_submodule(original) if node.op == "call_module" else _get_attr(gm, original)
+            if isinstance(value, nn.Module):
+                gm.add_submodule(alias, value)
+            elif isinstance(value, nn.Parameter):
+                gm.register_parameter(alias, value)
+            else:
+                gm.register_buffer(alias, value)
+            aliases[alias] = original
+        node.target = alias
+    for original in aliases.values():
+        # the object now lives under its alias only: two names would hide one from unused-module cleanup
+        owner, _, name = original.rpartition(".")
+        parent = gm.get_submodule(owner) if owner else gm
+        if hasattr(parent, name):
+            delattr(parent, name)
+    if aliases:
+        gm.recompile()
+    setattr(gm, ALIASES, aliases)
+    return aliases
+
+
+def _get_attr(gm: fx.GraphModule, path: str) -> Any:
+    owner, _, name = path.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name)

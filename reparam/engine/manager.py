@@ -18,7 +18,7 @@ def run_passes(
 ) -> fx.GraphModule:
     """Apply ``passes`` in order, repeatedly, until none changes the graph (at most ``max_iterations``).
 
-    After every pass the graph is dead-code eliminated, unused submodules are deleted and the module
+    After every pass that changed it, the graph is dead-code eliminated, unused submodules are deleted and the module
     is recompiled. Any exception becomes a PassError naming the pass and the block it worked on.
     Only the last round's "left alone" notes are kept: they describe the final graph.
     """
@@ -33,7 +33,8 @@ def run_passes(
             try:
                 result = p.run(gm, ctx)
                 gm = result.module
-                cleanup(gm)
+                if result.changed:
+                    cleanup(gm)
             except PassError:
                 raise
             except ReparamError as exc:

@@ -169,14 +169,17 @@ class VerifyReport:
                 "",
                 "### Quantization risk (per-channel weight range, max/median)",
                 "",
-                "| fused layer | channels | ratio before | ratio after | max abs after | risk |",
-                "|---|---|---|---|---|---|",
+                "| fused layer | channels | ratio before | ratio after | max abs after | risk | widened by |",
+                "|---|---|---|---|---|---|---|",
             ]
             lines += [
                 f"| `{r.fused}` | {r.channels} | {_fmt(r.before_ratio)} | {_fmt(r.after_ratio)} | "
-                f"{_fmt(r.after_max)} | {r.risk} |"
+                f"{_fmt(r.after_max)} | {r.risk} | {f'`{r.culprit}`: {r.reason}' if r.culprit else '-'} |"
                 for r in self.quant_risk
             ]
+            remedies = list(dict.fromkeys(x for r in self.quant_risk for x in r.remedies))
+            if remedies:
+                lines += ["", "Remedies: " + "; ".join(remedies) + "."]
         if self.notes:
             lines += ["", "### Notes", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
@@ -206,10 +209,10 @@ class VerifyReport:
         flagged = [r for r in self.quant_risk if r.risk != "low"]
         if flagged:
             qt = Table(title="int8 quantization risk (per-channel weight range max/median)")
-            for h in ("fused layer", "ratio before", "ratio after", "risk"):
+            for h in ("fused layer", "ratio before", "ratio after", "risk", "widened by"):
                 qt.add_column(h)
             for r in flagged:
-                qt.add_row(r.fused, _fmt(r.before_ratio), _fmt(r.after_ratio), r.risk)
+                qt.add_row(r.fused, _fmt(r.before_ratio), _fmt(r.after_ratio), r.risk, r.culprit or "-")
             console.print(qt)
         elif self.quant_risk:
             console.print(f"int8 quantization risk: low for all {len(self.quant_risk)} fused layers")

@@ -99,9 +99,10 @@ def test_timm_comparison_runs_against_a_timm_like_package(tmp_path, monkeypatch)
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("timm", "timm.utils", "timm.utils.model"):
         monkeypatch.delitem(__import__("sys").modules, name, raising=False)
-    cost = measure_timm(1.0, [1, 3, 32, 32], seed=0)
+    cost = measure_timm("repvgg_a0", [1, 3, 32, 32], seed=0, runs=2)
     assert cost is not None and cost.source == "timm" and cost.model == "timm/repvgg_a0"
     assert cost.check_passed is True and cost.reference_s is not None and cost.reference_s > 0
+    assert len(cost.paired_ratios) == 2 and all(r > 0 for r in cost.paired_ratios)
     err = next(n for n in cost.notes if "scale-relative error" in n)
     assert float(err.rsplit(" ", 1)[1]) < 1e-5  # reparam and the block's own reparameterize agree
 
@@ -115,9 +116,20 @@ def test_timm_comparison_is_skipped_without_timm(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "timm" else real(name, *a)
     )
-    assert conversion.measure_timm(1.0, [1, 3, 32, 32], seed=0) is None
+    assert conversion.measure_timm("repvgg_a0", [1, 3, 32, 32], seed=0) is None
     rows, notes = conversion.bench_conversion([], width=1.0, input_shape=[1, 3, 32, 32])
-    assert rows == [] and any("timm is not importable" in n for n in notes)
+    assert rows == [] and any("timm is not installed" in n for n in notes)
+
+
+def test_timm_that_cannot_be_imported_is_a_note_not_a_crash(tmp_path, monkeypatch):
+    from reparam.bench.conversion import measure_timm
+
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "__init__.py").write_text("import torchvision_that_is_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "timm", raising=False)
+    why = measure_timm("repvgg_a0", [1, 3, 32, 32], seed=0)
+    assert isinstance(why, str) and "cannot be imported" in why and "torchvision_that_is_missing" in why
 
 
 def test_other_load_subtracts_this_process_and_its_children(monkeypatch):

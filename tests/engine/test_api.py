@@ -34,7 +34,16 @@ def _acb_chain() -> nn.Module:
 
 
 def test_default_passes_and_selection_by_name():
-    assert available_passes() == ["remove_identity", "fold_bn", "merge_1x1_kxk", "merge_branches"]
+    assert available_passes() == [
+        "canonicalize",
+        "remove_identity",
+        "fold_bn",
+        "fold_bn_before",
+        "border_fill",
+        "merge_1x1_kxk",
+        "merge_kxk_1x1",
+        "merge_branches",
+    ]
     model = _acb_chain()
     x = torch.randn(2, 4, 9, 9)
     only_fold = convert(model, x, passes=["fold_bn"])
@@ -308,3 +317,34 @@ def test_branch_geometry(a, b, convs, reason):
     if reason:
         assert any(reason in x.reason for x in result.report.left_alone)
     assert error(model, result.model, x) <= 1e-5
+
+
+def test_a_pass_object_of_the_callers_own_runs_in_the_given_order():
+    from reparam.engine.base import PassResult
+
+    seen: list[str] = []
+
+    class CountConvs:
+        name = "count_convs"
+        description = "records how many conv modules the graph calls"
+
+        def run(self, gm, ctx):
+            seen.append(
+                str(
+                    sum(
+                        isinstance(gm.get_submodule(n.target), nn.Conv2d)
+                        for n in gm.graph.nodes
+                        if n.op == "call_module"
+                    )
+                )
+            )
+            return PassResult(gm, False, [])
+
+    model = _acb_chain()
+    x = torch.randn(2, 4, 9, 9)
+    result = convert(model, x, passes=[CountConvs(), "fold_bn", "merge_branches", CountConvs()])
+    assert result.report.passes == ["count_convs", "fold_bn", "merge_branches", "count_convs"]
+    assert seen[:2] == ["6", "2"]  # before fold/merge, after them (first round)
+    assert count(result.model, nn.Conv2d) == 2 and error(model, result.model, x) <= 1e-5
+    with pytest.raises(ReparamError, match="is not a pass"):
+        convert(model, x, passes=[object()])

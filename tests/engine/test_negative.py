@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from reparam.engine import PassError, convert
+from reparam.engine import convert
 from tests.engine._models import count, error, prepared
 
 BN = nn.modules.batchnorm._BatchNorm
@@ -146,24 +146,26 @@ def test_bn_not_folded_when_conv_output_has_other_users():
     assert error(model, result.model, x) <= 1e-5
 
 
-def test_bn_without_running_stats_is_refused_with_hint():
+def test_bn_without_running_stats_stays_unfused_with_a_reason():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)).eval()
-    with pytest.raises(PassError) as info:
-        convert(model, torch.randn(2, 3, 8, 8))
-    assert info.value.pass_name == "fold_bn"
-    assert "track_running_stats" in info.value.message and info.value.hint
-    # without fold_bn the model converts (and nothing is folded)
-    result = convert(model, torch.randn(2, 3, 8, 8), skip=["fold_bn"])
-    assert count(result.model, BN) == 1
+    x = torch.randn(2, 3, 8, 8)
+    result = convert(model, x)
+    assert count(result.model, BN) == 1 and count(result.model, nn.Conv2d) == 1
+    assert any(
+        x.pass_name == "fold_bn" and "track_running_stats=False" in x.reason for x in result.report.left_alone
+    )
+    assert error(model, result.model, x) <= 1e-5
 
 
 def test_model_in_training_mode_is_converted_from_an_eval_copy():
     model = prepared(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
     model.train()
     x = torch.randn(2, 3, 8, 8)
-    result = convert(model, x)
+    with pytest.warns(UserWarning, match=r"1 BatchNorm layer\(s\) are in training mode \(1\)"):
+        result = convert(model, x)
     assert result.report.converted_from_eval_copy
     assert any("training mode" in n for n in result.report.notes)
+    assert any("training mode (1)" in w for w in result.report.warnings)
     assert model.training and model[1].training  # input left as it was
     assert not result.model.training
     model.eval()

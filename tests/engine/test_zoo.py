@@ -14,7 +14,7 @@ from reparam.zoo import create_model, list_models
 from tests.engine._models import count, error, prepared
 
 BN = nn.modules.batchnorm._BatchNorm
-REPARAM = {"acb_resnet18", "acb_resnet50", "acb_resnet56_cifar", "repvgg_a0"}
+REPARAM = {"acb_resnet18", "acb_resnet50", "acb_resnet56_cifar", "expanded", "repvgg_a0"}
 
 
 def _tiny(name: str, seed: int = 0) -> nn.Module:

@@ -85,3 +85,11 @@ def test_demo_reaches_90_percent_and_deploys_without_losing_accuracy(tmp_path, c
     rows = [line for line in capsys.readouterr().out.splitlines() if "(" in line and "images" not in line]
     assert len(rows) == 3  # training model, model.pt2, model.onnx
     assert all(f"{accuracies['acb']:.4f}" in row for row in rows), rows
+    # the int8 step of `make demo`: Q/DQ model calibrated on training images, checked on the test split
+    int8 = tmp_path / "acb.int8.onnx"
+    argv = ["quantize", str(deploy_dir / "model.onnx"), "--calib", str(tmp_path / "digits_calib.npz")]
+    argv += ["-o", str(int8), "--reference", str(tmp_path / "acb.pth"), "--eval", data]
+    assert reparam_main(argv) == 0 and int8.is_file()
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("accuracy:"))
+    int8_accuracy = float(line.split("int8 Q/DQ ONNX ")[1].split()[0])
+    assert abs(int8_accuracy - accuracies["acb"]) <= 0.01, line

@@ -75,3 +75,24 @@ def test_engine_rejects_shapes_outside_the_profile(onnx_file, tmp_path):
     build_engine(onnx_file, engine, input_shape=(1, 3, 16, 16), max_batch=2, progress=False)
     with pytest.raises(ReparamError, match="outside the engine's profile"):
         TensorRTRunner(engine).run({"input": np.zeros((4, 3, 16, 16), np.float32)})
+
+
+def test_qdq_int8_engine_matches_onnxruntime(tmp_path):
+    """A Q/DQ ONNX from reparam quantize builds (strongly typed) and computes what ONNX Runtime computes."""
+    from reparam.quantize import quantize
+    from reparam.verify.metrics import compute_metrics
+
+    model = tiny_net()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, torch.randn(1, 3, 16, 16), path, dynamo=False)
+    rng = np.random.default_rng(0)
+    quantize(
+        path, tmp_path / "m.int8.onnx", [{"input": rng.standard_normal((32, 3, 16, 16)).astype(np.float32)}]
+    )
+    engine = tmp_path / "m.int8.engine"
+    result = build_engine(tmp_path / "m.int8.onnx", engine, input_shape=(4, 3, 16, 16), progress=False)
+    assert result.plan.precision == "int8" and read_engine_sidecar(engine)["explicit_quantization"] is True
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    ref = OnnxRuntimeRunner(tmp_path / "m.int8.onnx").run({"input": x})["output"]
+    out = TensorRTRunner(engine).run({"input": x})["output"]
+    assert compute_metrics(ref, out).cosine >= 0.999

@@ -260,3 +260,65 @@ def test_capabilities_dataclass_defaults():
         make_build_plan(
             BuildOptions(precision="fp16"), Capabilities(version="9.0", builder_flags=frozenset({"INT8"}))
         )
+
+
+def test_qdq_onnx_builds_strongly_typed_int8_on_10_and_11():
+    p10 = make_build_plan(BuildOptions(onnx_is_qdq=True), TRT10)
+    assert p10.precision == "int8" and p10.network_flags == ["STRONGLY_TYPED"] and p10.builder_flags == []
+    assert not p10.int8_calibrator and "strongly typed" in p10.notes[0]
+    p11 = make_build_plan(BuildOptions(precision="int8", onnx_is_qdq=True), TRT11)
+    assert p11.precision == "int8" and p11.network_flags == [] and p11.builder_flags == []
+    assert not p11.int8_calibrator and "TensorRT 11" in p11.notes[0]
+    weak = Capabilities(version="9.0", builder_flags=frozenset({"INT8", "FP16"}))
+    assert make_build_plan(BuildOptions(onnx_is_qdq=True), weak).builder_flags == ["INT8"]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (BuildOptions(precision="fp16", onnx_is_qdq=True), "explicitly quantized"),
+        (BuildOptions(precision="fp32", onnx_is_qdq=True), "explicitly quantized"),
+        (BuildOptions(precision="int8", calib="c.npz", onnx_is_qdq=True), "already quantized"),
+    ],
+)
+def test_qdq_onnx_option_errors(options, match):
+    with pytest.raises(ReparamError, match=match):
+        options.validate()
+
+
+def test_float_onnx_for_int8_points_to_reparam_quantize(tmp_path):
+    with pytest.raises(ReparamError) as err:
+        BuildOptions(precision="int8").validate()
+    assert "reparam quantize" in err.value.hint
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.zeros((4, 3, 8, 8), np.float32))
+    with pytest.raises(ReparamError) as err:
+        make_build_plan(BuildOptions(precision="int8", calib=calib), TRT11)
+    assert "reparam quantize" in err.value.hint
+
+
+def test_qdq_file_is_detected_and_cli_rejects_calib_before_tensorrt(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from exporters.onnx import export_onnx
+    from exporters.tensorrt import onnx_is_qdq
+    from reparam.cli.main import main
+    from reparam.quantize import quantize
+    from tests.exporters._models import tiny_net
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    export_onnx(tiny_net(), torch.randn(1, 3, 8, 8), tmp_path / "m.onnx", dynamo=False, simplify=False)
+    np.savez(
+        tmp_path / "c.npz", input=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    )
+    quantize(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", tmp_path / "c.npz")
+    assert onnx_is_qdq(tmp_path / "m.int8.onnx") and not onnx_is_qdq(tmp_path / "m.onnx")
+    args = ["export", "trt", str(tmp_path / "m.int8.onnx"), "-o", str(tmp_path / "m.engine")]
+    assert main([*args, "--int8", "--calib", str(tmp_path / "c.npz")]) == 2
+    assert "already quantized" in capsys.readouterr().err
+    assert main(["export", "trt", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "f.engine"), "--int8"]) == 2
+    assert "reparam quantize" in capsys.readouterr().err
+    assert main(args) == 2  # passes validation, then needs TensorRT
+    assert "TensorRT is not installed" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.engine"))

@@ -47,3 +47,56 @@ def test_fused_layer_with_one_blown_up_channel_is_flagged():
     with torch.no_grad():
         deploy[0].weight.copy_(original[0].square.weight * 1.1)
     assert quantization_risk(original, deploy, record)[0].risk == "low"
+
+
+def _fused_repvgg(widen):
+    from reparam.blocks import RepVGGBlock
+    from reparam.engine import convert
+    from reparam.numerics import randomize_batchnorm
+
+    model = nn.Sequential(RepVGGBlock(8, 8), nn.ReLU()).eval()
+    randomize_batchnorm(model, seed=3)
+    with torch.no_grad():
+        widen(model[0])
+    result = convert(model, (torch.randn(2, 8, 6, 6),), check=False)
+    return {r.fused: r for r in quantization_risk(model, result.model, result.record)}
+
+
+def _set_gain(bn, channel, gain):
+    bn.weight[channel] = gain * torch.sqrt(bn.running_var[channel] + bn.eps)
+
+
+def test_risk_names_the_branch_and_factor_that_widened_the_fused_kernel():
+    risks = _fused_repvgg(lambda b: _set_gain(b.rbr_identity, 3, 60.0))
+    [risk] = risks.values()
+    assert risk.risk == "high" and risk.culprit == "0.rbr_identity"
+    assert "BN gain" in risk.reason and "[3]" in risk.reason and "without this branch" in risk.reason
+    by_name = {b.branch: b for b in risk.branches}
+    assert set(by_name) == {"0.rbr_dense", "0.rbr_1x1", "0.rbr_identity"}
+    assert by_name["0.rbr_identity"].kind == "identity bn" and by_name["0.rbr_identity"].gain_max >= 60.0
+    assert by_name["0.rbr_identity"].ratio_without < 4.0 < risk.after_ratio  # decomposition was exact
+    assert by_name["0.rbr_dense"].ratio_without > 10.0
+
+    risks = _fused_repvgg(lambda b: b.rbr_1x1[0].weight[5].mul_(80.0))
+    [risk] = risks.values()
+    assert risk.culprit == "0.rbr_1x1" and risk.reason.startswith("conv weights")
+    assert any("per-channel" in r for r in risk.remedies)
+
+    [benign] = _fused_repvgg(lambda b: None).values()
+    assert benign.risk == "low" and benign.culprit is None and benign.remedies == []
+
+
+def test_acb_branch_pairs_are_found_by_definition_order():
+    from reparam.blocks import ACB
+    from reparam.engine import convert
+    from reparam.numerics import randomize_batchnorm
+
+    model = nn.Sequential(ACB(8, 8, 3, padding=1), nn.ReLU()).eval()
+    randomize_batchnorm(model, seed=4)
+    with torch.no_grad():
+        _set_gain(model[0].hor_bn, 2, 50.0)
+    result = convert(model, (torch.randn(2, 8, 6, 6),), check=False)
+    [risk] = quantization_risk(model, result.model, result.record)
+    assert {b.branch for b in risk.branches} == {"0.square_conv", "0.hor_conv", "0.ver_conv"}
+    assert all(b.kind == "conv+bn" and b.ratio_without is not None for b in risk.branches)
+    assert risk.culprit == "0.hor_conv" and "BN gain" in risk.reason and "[2]" in risk.reason

@@ -10,6 +10,7 @@ SUMMARY_ROWS = 20  # fusions listed one by one in the printed report
 
 def register(subparsers) -> None:
     from reparam.cli.common import add_model_arguments
+    from reparam.engine.passes import DEFAULT_ORDER
 
     parser = subparsers.add_parser(
         "convert",
@@ -37,10 +38,17 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--passes",
         metavar="a,b",
-        help="comma-separated passes to run (default: all: remove_identity, fold_bn, "
-        "merge_1x1_kxk, merge_branches)",
+        help="comma-separated passes to run (default: all, in this order: " + ", ".join(DEFAULT_ORDER) + ")",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the built-in equivalence check")
+    parser.add_argument(
+        "--as-arch",
+        metavar="ARCH",
+        help="instead of a .pt2, write OUT as a checkpoint of this plain architecture (zoo name or "
+        "'package.module:Class'): the fused weights, matched to its layers by graph structure, "
+        "loadable with strict=True and checked numerically",
+    )
+    parser.add_argument("--as-arch-kwargs", metavar="JSON", help="keyword arguments for --as-arch")
     parser.add_argument(
         "-v",
         "--verbose",
@@ -66,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
         raise ReparamError(f"output {str(out)!r} is a directory", hint="give a file path, e.g. -o model.pt2")
     shape = parse_shape(args.input_shape) if args.input_shape else None
     select_passes(args.passes, args.skip)  # validate names before the (slower) model loading
+    if args.as_arch:
+        from reparam.checkpoint import build_model
+        from reparam.cli.common import parse_json_kwargs
+        from reparam.expansion.plain import write_plain_checkpoint
+
+        as_kwargs = parse_json_kwargs(args.as_arch_kwargs)
+        plain = build_model(args.as_arch, as_kwargs)  # a bad --as-arch fails before the conversion
     model = load_model_from_args(args)
     result = convert(model, passes=args.passes, skip=args.skip, check=not args.no_check, input_shape=shape)
     from reparam.engine.check import make_inputs
@@ -82,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
     }
     max_rows = None if args.verbose else SUMMARY_ROWS
     sys.stdout.write(result.report.render(max_fusions=max_rows) + "\n")
+    if args.as_arch:
+        weights = write_plain_checkpoint(out, model, result.model, plain, args.as_arch, as_kwargs, example)
+        sys.stdout.write(weights.render() + "\n")
+        if args.report:
+            atomic_write_text(args.report, result.report.to_json())
+        sys.stdout.write(f"wrote {out} (a {args.as_arch} checkpoint)\n")
+        return 0
     save_artifact(result.model, example, out, report=result.report, metadata=metadata)
     if args.report:
         atomic_write_text(args.report, result.report.to_json())

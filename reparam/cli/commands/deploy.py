@@ -56,6 +56,15 @@ def register(subparsers) -> None:
         help="also write model.fp16.onnx (fp16 weights, fp32 I/O), verified with the fp16 profile; "
         "the TensorRT engine is built from it",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write model.int8.onnx (Q/DQ, see `reparam quantize`) calibrated on --calib, verified "
+        "with the int8 profile; the TensorRT engine is built from it",
+    )
+    p.add_argument(
+        "--calib", metavar="DATA.npz", help="calibration inputs for --int8 (not the --inputs data)"
+    )
     p.add_argument("--force", action="store_true", help="replace OUTDIR if it exists and is not empty")
     add_input_arguments(p)
     add_tolerance_arguments(p)
@@ -80,6 +89,20 @@ def _check_output(out: Path, force: bool) -> None:
             f"output directory {out} exists and is not empty",
             hint="choose a new -o OUTDIR, or pass --force to replace it",
         )
+
+
+def _check_int8(args: argparse.Namespace, targets: list[str]) -> None:
+    if args.calib and not args.int8:
+        raise ReparamError("--calib only applies with --int8", hint="add --int8 or drop --calib")
+    if args.int8 and not args.calib:
+        raise ReparamError(
+            "--int8 needs calibration data",
+            hint="pass --calib DATA.npz (representative inputs, not the test set)",
+        )
+    if args.int8 and "onnx" not in targets:
+        raise ReparamError("--int8 quantizes the ONNX export", hint="use --to onnx (or onnx,trt)")
+    if args.int8 and args.calib and not Path(args.calib).is_file():
+        raise ReparamError(f"calibration file {args.calib!r} does not exist", hint="check the --calib path")
 
 
 def _require_tensorrt() -> None:
@@ -167,13 +190,21 @@ def build_artifacts(args: argparse.Namespace, workdir: Path, model, batches, tar
             c.tolerance = make_tolerance_from_args(args, "fp16")
             candidates.append(c)
             onnx_for_trt = workdir / "model.fp16.onnx"
+        if args.int8:
+            from reparam.quantize import quantize
+
+            quantize(workdir / "model.onnx", workdir / "model.int8.onnx", args.calib)
+            c = make_candidate(workdir / "model.int8.onnx", record=result.record)
+            c.tolerance = make_tolerance_from_args(args, "int8")
+            candidates.append(c)
+            onnx_for_trt = workdir / "model.int8.onnx"
         if "trt" in targets:
             from exporters.tensorrt import build_engine
 
             build_engine(onnx_for_trt, workdir / "model.engine", input_shape=tuple(example[0].shape))
             c = make_candidate(workdir / "model.engine")
-            if args.fp16:
-                c.tolerance = make_tolerance_from_args(args, "fp16")
+            if args.fp16 or args.int8:
+                c.tolerance = make_tolerance_from_args(args, "int8" if args.int8 else "fp16")
             candidates.append(c)
     return candidates
 
@@ -185,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output).resolve()
     targets = parse_targets(args.to)
+    _check_int8(args, targets)
     _check_output(out, args.force)
     if "trt" in targets:
         _require_tensorrt()
@@ -219,7 +251,9 @@ def run(args: argparse.Namespace) -> int:
             "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "arch_kwargs": parse_json_kwargs(args.arch_kwargs),
             "input_shape": info.get("shape"),
-            "targets": ["pt2", *targets] + (["onnx-fp16"] if args.fp16 and "onnx" in targets else []),
+            "targets": ["pt2", *targets]
+            + (["onnx-fp16"] if args.fp16 and "onnx" in targets else [])
+            + (["onnx-int8"] if args.int8 else []),
             "verification": {
                 "passed": report.passed,
                 "tolerance": tol.to_dict(),

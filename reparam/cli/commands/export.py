@@ -81,7 +81,10 @@ def register(subparsers) -> None:
         help="fp16 (TensorRT 10: builder flag; TensorRT 11: the ONNX is converted to float16)",
     )
     prec.add_argument(
-        "--int8", action="store_true", help="int8 with entropy calibration (TensorRT 10; needs --calib)"
+        "--int8",
+        action="store_true",
+        help="int8: implied for a Q/DQ ONNX from `reparam quantize` (TensorRT 10 and 11); from a float "
+        "ONNX, entropy calibration with --calib (TensorRT 10 only, deprecated)",
     )
     trt.add_argument(
         "--calib", metavar="DATA.npz", help="calibration inputs for --int8, arrays named like the inputs"
@@ -214,7 +217,14 @@ def run_onnx(args: argparse.Namespace) -> int:
 
 
 def run_trt(args: argparse.Namespace) -> int:
-    from exporters.tensorrt import BuildOptions, build_engine, derive_profiles, onnx_input_dims, onnx_is_fp16
+    from exporters.tensorrt import (
+        BuildOptions,
+        build_engine,
+        derive_profiles,
+        onnx_input_dims,
+        onnx_is_fp16,
+        onnx_is_qdq,
+    )
     from reparam.cli.common import parse_shape
     from reparam.errors import ReparamError
 
@@ -230,7 +240,11 @@ def run_trt(args: argparse.Namespace) -> int:
     precision = "fp16" if args.fp16 else "int8" if args.int8 else None
     # Validate everything that needs no GPU before importing TensorRT.
     BuildOptions(
-        precision=precision, workspace_mb=args.workspace, calib=args.calib, onnx_is_fp16=onnx_is_fp16(src)
+        precision=precision,
+        workspace_mb=args.workspace,
+        calib=args.calib,
+        onnx_is_fp16=onnx_is_fp16(src),
+        onnx_is_qdq=onnx_is_qdq(src),
     ).validate()
     derive_profiles(onnx_input_dims(src), max_batch=args.max_batch, **shapes)
     result = build_engine(

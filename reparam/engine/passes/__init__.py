@@ -1,3 +1,16 @@
-"""Built-in rewrite passes, registered in their default order."""
+"""Built-in rewrite passes and their default order."""
 
-from reparam.engine.passes import identity, fold_bn, sequential, branches  # noqa: F401,I001  (order matters)
+from reparam.engine.passes import border_fill, branches, canonical, fold_bn, identity, sequential  # noqa: F401
+
+# The order passes run in each round: graphs are first put into module form, identities dropped,
+# BatchNorms folded (into the layer before, else the unpadded layer after), sequential chains merged, then summed branches merged.
+DEFAULT_ORDER = [
+    "canonicalize",
+    "remove_identity",
+    "fold_bn",
+    "fold_bn_before",
+    "border_fill",
+    "merge_1x1_kxk",
+    "merge_kxk_1x1",
+    "merge_branches",
+]

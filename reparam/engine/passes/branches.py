@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from functools import reduce
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
-from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.base import NotRepresentable, PassContext, PassResult, register_pass
 from reparam.engine.graph import (
     BN,
     CONV,
     CONV_BY_DIM,
     block_path,
     choose_name,
-    cleanup,
     is_add,
     module_of,
     propagate_shapes,
@@ -34,11 +34,11 @@ from reparam.engine.graph import (
     shape_of,
 )
 from reparam.kernel_math import (
+    add_kernel_at,
     avgpool_kernel,
     dilate_kernel,
     fold_bn,
     identity_kernel,
-    pad_kernel,
     regroup_kernel,
 )
 
@@ -65,6 +65,7 @@ class Branch:
     module_name: str | None = None
     nodes: list[fx.Node] = field(default_factory=list)
     problem: str | None = None
+    bn: nn.Module | None = None  # a BatchNorm applied after a pool branch
 
     @property
     def label(self) -> str:
@@ -86,38 +87,112 @@ def _tuple(v, n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, list | tuple) else (int(v),) * n
 
 
-def _crop_of(node: fx.Node, ndim: int) -> tuple[fx.Node, list[int], list[int]] | None:
-    """Follow constant spatial slices ``x[:, :, a:-b, ...]`` back to ``x``; crops per side, or None."""
+@dataclass
+class Window:
+    """What constant spatial crops and zero pads between a tensor and a conv do, per side."""
+
+    source: fx.Node
+    crop_lo: list[int]
+    crop_hi: list[int]
+    pad_lo: list[int]
+    pad_hi: list[int]
+    nodes: list[fx.Node]
+
+
+_aten = torch.ops.aten
+_PAD_FUNCTIONS = {F.pad, torch.constant_pad_nd, _aten.pad.default, _aten.constant_pad_nd.default}
+
+
+def _zero_pad(node: fx.Node, ndim: int) -> tuple[list[int], list[int]] | None:
+    """Per-side padding of ``F.pad(x, pad)`` with zeros on spatial dims only; None otherwise."""
+    constant_nd = node.target in (torch.constant_pad_nd, _aten.constant_pad_nd.default)
+    names = ("input", "pad", "value") if constant_nd else ("input", "pad", "mode", "value")
+    if len(node.args) > len(names) or set(node.kwargs) - set(names):
+        return None
+    kw = {**dict(zip(names, node.args)), **node.kwargs}
+    pad, mode, value = kw.get("pad"), kw.get("mode", "constant"), kw.get("value", 0)
+    if mode != "constant" or value not in (0, 0.0, None) or not isinstance(pad, list | tuple):
+        return None
+    if len(pad) % 2 or len(pad) > 2 * ndim or not all(isinstance(p, int) and p >= 0 for p in pad):
+        return None
     lo, hi = [0] * ndim, [0] * ndim
-    while (
-        node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node)
-    ):
-        src, idx = node.args
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        if len(idx) > ndim + 2 or not all(isinstance(s, slice) for s in idx):
+    for i in range(len(pad) // 2):  # F.pad lists the last dim first
+        lo[ndim - 1 - i], hi[ndim - 1 - i] = pad[2 * i], pad[2 * i + 1]
+    return lo, hi
+
+
+def _slice_crop(node: fx.Node, ndim: int) -> tuple[list[int], list[int]] | None:
+    """Per-side crop of ``x[:, :, a:-b, ...]`` with constant bounds on spatial dims; None otherwise."""
+    src, idx = node.args
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if len(idx) > ndim + 2 or not all(isinstance(s, slice) for s in idx):
+        return None
+    lo, hi = [0] * ndim, [0] * ndim
+    for dim, s in enumerate(idx):
+        if s == slice(None):
+            continue
+        if dim < 2 or s.step not in (None, 1):
             return None
-        for dim, s in enumerate(idx):
-            if s == slice(None):
-                continue
-            if dim < 2 or s.step not in (None, 1):
+        start, stop = s.start or 0, s.stop
+        if not isinstance(start, int) or start < 0 or not (stop is None or isinstance(stop, int)):
+            return None
+        end = 0
+        if stop is not None and stop < 0:
+            end = -stop
+        elif stop is not None:
+            shape = shape_of(src)
+            if shape is None:
                 return None
-            start, stop = s.start or 0, s.stop
-            if not isinstance(start, int) or start < 0 or not (stop is None or isinstance(stop, int)):
+            end = shape[dim] - stop
+            if end < 0:
                 return None
-            end = 0
-            if stop is not None and stop < 0:
-                end = -stop
-            elif stop is not None:
-                shape = shape_of(src)
-                if shape is None:
-                    return None
-                end = shape[dim] - stop
-                if end < 0:
-                    return None
-            lo[dim - 2] += start
-            hi[dim - 2] += end
-        node = src
-    return node, lo, hi
+        lo[dim - 2] += start
+        hi[dim - 2] += end
+    return lo, hi
+
+
+def _aten_slice_crop(node: fx.Node, ndim: int) -> tuple[list[int], list[int]] | None:
+    """Per-side crop of ``aten.slice(x, dim, start, end)`` on a spatial dim; None otherwise."""
+    names = ("input", "dim", "start", "end", "step")
+    kw = {**dict(zip(names, node.args)), **node.kwargs}
+    shape = shape_of(kw["input"])
+    dim, start, end = kw.get("dim", 0), kw.get("start") or 0, kw.get("end")
+    if shape is None or kw.get("step", 1) != 1 or not isinstance(dim, int):
+        return None
+    dim = dim % len(shape)
+    if dim < 2 or len(shape) != ndim + 2 or not isinstance(start, int) or start < 0:
+        return None
+    size = shape[dim]
+    stop = size if end is None or end >= size else (end + size if end < 0 else end)
+    if not isinstance(stop, int) or stop < start:
+        return None
+    lo, hi = [0] * ndim, [0] * ndim
+    lo[dim - 2], hi[dim - 2] = start, size - stop
+    return lo, hi
+
+
+def _window_of(node: fx.Node, ndim: int) -> Window:
+    """Follow constant crops and zero pads back from a conv's input to the tensor they start from."""
+    w = Window(node, [0] * ndim, [0] * ndim, [0] * ndim, [0] * ndim, [])
+    while node.op == "call_function" and node.args and isinstance(node.args[0], fx.Node):
+        if node.target is operator.getitem:
+            step, crop = _slice_crop(node, ndim), True
+        elif node.target is _aten.slice.Tensor:
+            step, crop = _aten_slice_crop(node, ndim), True
+        elif node.target in _PAD_FUNCTIONS:
+            step, crop = _zero_pad(node, ndim), False
+        else:
+            break
+        if step is None:
+            break
+        lo, hi = (w.crop_lo, w.crop_hi) if crop else (w.pad_lo, w.pad_hi)
+        for d in range(ndim):
+            lo[d] += step[0][d]
+            hi[d] += step[1][d]
+        w.nodes.append(node)
+        node = node.args[0]
+    w.source = node
+    return w
 
 
 def _conv_padding(conv: nn.Module) -> tuple[list[int], list[int]] | None:
@@ -137,6 +212,44 @@ def _channels(node: fx.Node) -> tuple[int, int] | None:
     return shape[1], len(shape) - 2
 
 
+def _pool_branch(leaf: fx.Node, mod: nn.Module, exclusive: bool) -> Branch | None:
+    info = _channels(leaf.args[0])
+    if info is None:
+        return None
+    c, ndim = info
+    k = _tuple(mod.kernel_size, ndim)
+    s = _tuple(mod.stride if mod.stride is not None else mod.kernel_size, ndim)
+    p = _tuple(mod.padding, ndim)
+    b = Branch(
+        leaf, leaf.args[0], "pool", ndim, c, c, k, s, (1,) * ndim, p, p, None, mod, str(leaf.target), [leaf]
+    )
+    if mod.ceil_mode or getattr(mod, "divisor_override", None) or (any(p) and not mod.count_include_pad):
+        b.problem = "average pool with ceil_mode, divisor_override or count_include_pad=False"
+    elif not exclusive:
+        b.problem = "its output is also used outside the sum"
+    return b
+
+
+def _pool_then_bn(gm: fx.GraphModule, leaf: fx.Node, bn: nn.Module, exclusive: bool) -> Branch | None:
+    """``bn(avg_pool(x))`` with the pool feeding only the BatchNorm: a pool branch scaled by the BN."""
+    src = leaf.args[0]
+    pool = module_of(gm, src)
+    if not isinstance(pool, _POOL) or len(src.users) != 1 or len(src.args) != 1:
+        return None
+    if not isinstance(src.args[0], fx.Node):
+        return None
+    b = _pool_branch(src, pool, True)
+    if b is None:
+        return None
+    b.leaf, b.bn, b.module_name = leaf, bn, str(leaf.target)
+    b.nodes = [leaf, src]
+    if b.problem is None and (not bn.track_running_stats or bn.running_mean is None):
+        b.problem = "BatchNorm uses batch statistics (track_running_stats=False)"
+    elif b.problem is None and not exclusive:
+        b.problem = "its output is also used outside the sum"
+    return b
+
+
 def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch | None:
     """Read a summed term as a linear map of one input (None when it is not even a tensor term)."""
     mod = module_of(gm, leaf)
@@ -148,12 +261,13 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
         and isinstance(leaf.args[0], fx.Node)
     ):
         n = len(mod.kernel_size)
-        crop = _crop_of(leaf.args[0], n)
-        src, clo, chi = crop if crop is not None else (leaf.args[0], [0] * n, [0] * n)
+        win = _window_of(leaf.args[0], n)
         lo, hi = _conv_padding(mod)
+        pad_lo = [a + b for a, b in zip(lo, win.pad_lo)]
+        pad_hi = [a + b for a, b in zip(hi, win.pad_hi)]
         b = Branch(
             leaf,
-            src,
+            win.source,
             "conv",
             n,
             mod.in_channels,
@@ -161,21 +275,25 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
             tuple(mod.kernel_size),
             tuple(mod.stride),
             tuple(mod.dilation),
-            tuple(a - c for a, c in zip(lo, clo)),
-            tuple(a - c for a, c in zip(hi, chi)),
+            tuple(a - c for a, c in zip(pad_lo, win.crop_lo)),
+            tuple(a - c for a, c in zip(pad_hi, win.crop_hi)),
             mod.groups,
             mod,
             str(leaf.target),
-            [leaf],
+            [leaf, *win.nodes],
         )
-        if crop is not None and src is not leaf.args[0]:
-            b.nodes.append(leaf.args[0])
+        if any(c > 0 and p > 0 for c, p in zip([*win.crop_lo, *win.crop_hi], [*pad_lo, *pad_hi])):
+            # zeros padded where a crop removed input values: not a shorter padding of the input
+            b.problem = "it crops its input and zero-pads the same side"
         if mod.padding_mode != "zeros" and (any(lo) or any(hi)):
             b.problem = f"padding mode {mod.padding_mode!r} (only zero padding merges exactly)"
         if not exclusive:
             b.problem = f"its output is also used outside the sum ({', '.join(u.name for u in leaf.users if u not in tree)})"
         return b
     if isinstance(mod, BN) and len(leaf.args) == 1 and isinstance(leaf.args[0], fx.Node):
+        pooled = _pool_then_bn(gm, leaf, mod, exclusive)
+        if pooled is not None:
+            return pooled
         info = _channels(leaf.args[0])
         dims = {nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}.get(type(mod))
         ndim = info[1] if info else dims
@@ -206,35 +324,7 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
             b.problem = "its output is also used outside the sum"
         return b
     if isinstance(mod, _POOL) and len(leaf.args) == 1 and isinstance(leaf.args[0], fx.Node):
-        info = _channels(leaf.args[0])
-        if info is None:
-            return None
-        c, ndim = info
-        k = _tuple(mod.kernel_size, ndim)
-        s = _tuple(mod.stride if mod.stride is not None else mod.kernel_size, ndim)
-        p = _tuple(mod.padding, ndim)
-        b = Branch(
-            leaf,
-            leaf.args[0],
-            "pool",
-            ndim,
-            c,
-            c,
-            k,
-            s,
-            (1,) * ndim,
-            p,
-            p,
-            None,
-            mod,
-            str(leaf.target),
-            [leaf],
-        )
-        if mod.ceil_mode or getattr(mod, "divisor_override", None) or (any(p) and not mod.count_include_pad):
-            b.problem = "average pool with ceil_mode, divisor_override or count_include_pad=False"
-        elif not exclusive:
-            b.problem = "its output is also used outside the sum"
-        return b
+        return _pool_branch(leaf, mod, exclusive)
     info = _channels(leaf)
     if info is None:
         return None
@@ -358,7 +448,8 @@ def _plan(members: list[Branch]) -> Plan | str:
 
 
 @torch.no_grad()
-def _kernel_bias(b: Plan, m: Branch, off: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _kernel_bias(b: Plan, m: Branch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The member's kernel in the plan's groups and dilation (unpadded), and its bias, in float64."""
     device = next((x.module.weight.device for x in b.members if x.kind == "conv"), None)
     nd = m.ndim
     if m.kind == "conv":
@@ -372,16 +463,17 @@ def _kernel_bias(b: Plan, m: Branch, off: tuple[int, ...]) -> tuple[torch.Tensor
     else:
         k = identity_kernel(m.out_ch, b.groups, (1,) * nd, dtype=torch.float64, device=device)
         bias = k.new_zeros(m.out_ch)
-        if m.kind == "bn":
-            bn = m.module
+    bn = m.module if m.kind == "bn" else m.bn
+    if bn is not None:
+        k, bias = fold_bn(k, None, *_bn64(bn), bn.eps)
+    return k, bias
 
-            def d(t):
-                return None if t is None else t.detach().double()
 
-            k, bias = fold_bn(
-                k, None, d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias), bn.eps
-            )
-    return pad_kernel(k, b.kernel, off), bias
+def _bn64(bn: nn.Module) -> tuple:
+    def d(t):
+        return None if t is None else t.detach().double()
+
+    return d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias)
 
 
 def _nonlinear_path(leaf: fx.Node, targets: set[fx.Node], depth: int = 2) -> list[fx.Node] | None:
@@ -428,8 +520,6 @@ class MergeBranches:
             if entry is not None:
                 fused.append(entry[0])
                 gone |= entry[1]
-        if fused:
-            cleanup(gm)
         return PassResult(gm, bool(fused), fused)
 
     def _merge_tree(self, gm, ctx, root, terms, adds, where):
@@ -494,14 +584,20 @@ class MergeBranches:
                     )
         if chosen is None:
             return None
-        return self._rewrite(gm, ctx, root, terms, adds, chosen)
+        try:
+            return self._rewrite(gm, ctx, root, terms, adds, chosen)
+        except NotRepresentable as exc:
+            ctx.leave(where, f"branches {', '.join(b.label for b in chosen.members)} not merged: {exc}")
+            return None
 
     def _rewrite(self, gm, ctx, root, terms, adds, plan: Plan):
         members = plan.members
         kernel = bias = None
         for m, off in zip(members, plan.offsets):
-            k, b = _kernel_bias(plan, m, off)
-            kernel = k if kernel is None else kernel + k
+            k, b = _kernel_bias(plan, m)
+            if kernel is None:
+                kernel = k.new_zeros(*k.shape[:2], *plan.kernel)
+            add_kernel_at(kernel, k, off)
             bias = b if bias is None else bias + b
         like = next(m.module.weight for m in members if m.kind == "conv")
         first = members[0]
@@ -514,16 +610,17 @@ class MergeBranches:
             dilation=plan.dilation,
             groups=plan.groups,
             bias=True,
-            device=like.device,
+            device="meta",  # no initialisation: weight and bias are set below
             dtype=like.dtype,
         )
         new.weight = ctx.parameter(kernel, like, "weight")
         new.bias = ctx.parameter(bias, like, "bias")
-        used = {id(m.leaf) for m in members}
+        # a term may appear several times (``y + y``): each merged member consumes one occurrence
+        used = Counter(id(m.leaf) for m in members)
         rest = []
         for t in terms:
-            if isinstance(t, fx.Node) and id(t) in used:
-                used.discard(id(t))
+            if isinstance(t, fx.Node) and used[id(t)] > 0:
+                used[id(t)] -= 1
                 continue
             if isinstance(t, int | float) and not isinstance(t, bool) and t == 0:
                 continue

@@ -7,23 +7,30 @@ import copy
 import torch
 from torch import fx, nn
 
-from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.base import NotRepresentable, PassContext, PassResult, register_pass
 from reparam.engine.graph import (
     BN,
     CONV,
     CONV_T,
     block_path,
     choose_name,
-    cleanup,
     install,
     module_of,
     propagate_shapes,
     shape_of,
 )
-from reparam.errors import ReparamError
-from reparam.kernel_math import fold_bn, fold_bn_transposed
+from reparam.kernel_math import fold_bn, fold_bn_before, fold_bn_transposed
 
 _LAYERS = CONV + CONV_T + (nn.Linear,)
+
+
+def shallow_copy(layer: nn.Module) -> nn.Module:
+    """The layer with its own parameter table (its tensors shared until replaced), without copying weights."""
+    new = copy.copy(layer)
+    new._parameters = dict(layer._parameters)
+    new._buffers = dict(layer._buffers)
+    new._modules = dict(layer._modules)
+    return new
 
 
 def _bn_tensors(bn: BN) -> tuple:
@@ -33,15 +40,10 @@ def _bn_tensors(bn: BN) -> tuple:
     return d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias)
 
 
-def check_running_stats(bn: BN, where: str) -> None:
-    """Refuse a BatchNorm that normalises with batch statistics at inference."""
-    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
-        raise ReparamError(
-            f"BatchNorm {where!r} has track_running_stats=False: it normalises with the statistics of "
-            "each batch even in eval mode, so it is not a fixed affine map and cannot be folded",
-            hint="train the model with track_running_stats=True (or compute running statistics and "
-            "load them), or skip this pass with --skip fold_bn",
-        )
+BATCH_STATISTICS = (
+    "BatchNorm has track_running_stats=False: it normalises with the statistics of each batch even "
+    "in eval mode, so it is not a fixed affine map and stays unfused"
+)
 
 
 @register_pass
@@ -68,7 +70,9 @@ class FoldBN:
                 continue
             where = str(node.target)
             ctx.current_block = ctx.full(block_path(node) or where)
-            check_running_stats(bn, ctx.full(where))
+            if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+                ctx.leave(where, BATCH_STATISTICS)
+                continue
             if len(prod.users) != 1:
                 others = ", ".join(sorted(u.name for u in prod.users if u is not node))
                 ctx.leave(
@@ -103,9 +107,14 @@ class FoldBN:
                 w, b = fold_bn_transposed(weight, bias, mean, var, gamma, beta, bn.eps, groups=layer.groups)
             else:
                 w, b = fold_bn(weight, bias, mean, var, gamma, beta, bn.eps)
-            new = copy.deepcopy(layer)
-            new.weight = ctx.parameter(w, layer.weight, "weight")
-            new.bias = ctx.parameter(b, layer.weight, "bias")
+            try:
+                weight_param = ctx.parameter(w, layer.weight, "weight")
+                bias_param = ctx.parameter(b, layer.weight, "bias")
+            except NotRepresentable as exc:
+                ctx.leave(where, f"{where} not folded into {prod.target}: {exc}")
+                continue
+            new = shallow_copy(layer)
+            new.weight, new.bias = weight_param, bias_param
             calls = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == prod.target)
             leaving = {node, prod}
             name = choose_name(
@@ -119,6 +128,93 @@ class FoldBN:
             install(gm, name, new, node, prod.args, leaving)
             gone |= leaving
             fused.append(ctx.record(name, new, [str(prod.target), where], detail))
-        if fused:
-            cleanup(gm)
         return PassResult(gm, bool(fused), fused)
+
+
+def _unpadded(layer: nn.Module) -> bool:
+    if isinstance(layer, nn.Linear):
+        return True
+    if isinstance(layer.padding, str):
+        return layer.padding == "valid" or all(k == 1 for k in layer.kernel_size)
+    return not any(layer.padding)
+
+
+@register_pass
+class FoldBNBefore:
+    """``layer(bn(x))`` → ``layer'(x)`` for an unpadded conv or a linear layer (pre-norm 1×1 convs)."""
+
+    name = "fold_bn_before"
+    description = "fold a BatchNorm into the unpadded Conv1d/2d/3d or Linear layer that follows it"
+
+    @torch.no_grad()
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        propagate_shapes(gm, ctx.example_inputs)
+        fused = []
+        gone: set[fx.Node] = set()
+        for node in list(gm.graph.nodes):
+            layer = module_of(gm, node)
+            if (
+                node in gone
+                or not isinstance(layer, CONV + (nn.Linear,))
+                or len(node.args) != 1
+                or node.kwargs
+            ):
+                continue
+            src = node.args[0]
+            bn = module_of(gm, src) if isinstance(src, fx.Node) else None
+            if (
+                not isinstance(bn, BN)
+                or len(src.args) != 1
+                or src.kwargs
+                or not isinstance(src.args[0], fx.Node)
+            ):
+                continue
+            where = str(src.target)
+            ctx.current_block = ctx.full(block_path(node) or where)
+            reason = self._refusal(gm, node, src, layer, bn)
+            if reason:
+                ctx.leave(where, f"{where} not folded into the following {node.target}: {reason}")
+                continue
+            mean, var, gamma, beta = _bn_tensors(bn)
+            groups = 1 if isinstance(layer, nn.Linear) else layer.groups
+            bias = None if layer.bias is None else layer.bias.detach().double()
+            w, b = fold_bn_before(
+                layer.weight.detach().double(), bias, mean, var, gamma, beta, bn.eps, groups
+            )
+            try:
+                weight_param = ctx.parameter(w, layer.weight, "weight")
+                bias_param = ctx.parameter(b, layer.weight, "bias")
+            except NotRepresentable as exc:
+                ctx.leave(where, f"{where} not folded into {node.target}: {exc}")
+                continue
+            new = shallow_copy(layer)
+            new.weight, new.bias = weight_param, bias_param
+            leaving = {node, src}
+            name = choose_name(
+                gm, [ctx.parent_of_sources([where, str(node.target)]), str(node.target)], leaving
+            )
+            install(gm, name, new, node, src.args, leaving)
+            gone |= leaving
+            detail = f"{type(bn).__name__}(eps={bn.eps:g}) before {type(layer).__name__} folded into it"
+            fused.append(ctx.record(name, new, [where, str(node.target)], detail))
+        return PassResult(gm, bool(fused), fused)
+
+    @staticmethod
+    def _refusal(gm: fx.GraphModule, node: fx.Node, src: fx.Node, layer: nn.Module, bn: BN) -> str | None:
+        if len(src.users) != 1:
+            return "the BatchNorm's output also feeds other nodes"
+        if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+            return BATCH_STATISTICS
+        in_features = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+        if bn.num_features != in_features:
+            return f"BatchNorm has {bn.num_features} features, the layer reads {in_features}"
+        if isinstance(layer, nn.Linear):
+            shape = shape_of(src)
+            if shape is None or len(shape) != 2:
+                return "a Linear layer folds a preceding BatchNorm only on 2-D [batch, features] inputs"
+        elif not _unpadded(layer):
+            return (
+                f"the conv zero-pads (padding {layer.padding}): padded zeros would stand for the "
+                "BatchNorm's output at zero, not zero"
+            )
+        return None

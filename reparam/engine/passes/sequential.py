@@ -7,17 +7,16 @@ import math
 import torch
 from torch import fx
 
-from reparam.engine.base import PassContext, PassResult, register_pass
+from reparam.engine.base import NotRepresentable, PassContext, PassResult, register_pass
 from reparam.engine.graph import (
     CONV,
     CONV_BY_DIM,
     block_path,
     choose_name,
-    cleanup,
     install,
     module_of,
 )
-from reparam.kernel_math import merge_sequential_1x1_kxk, regroup_kernel
+from reparam.kernel_math import merge_sequential_1x1_kxk, merge_sequential_kxk_1x1, regroup_kernel
 
 
 def _padding(conv) -> tuple[int, ...] | None:
@@ -102,11 +101,15 @@ class Merge1x1Kxk:
                 dilation=c2.dilation,
                 groups=groups,
                 bias=True,
-                device=w.device,
+                device="meta",  # no initialisation: weight and bias are set below
                 dtype=w.dtype,
             )
-            new.weight = ctx.parameter(kernel, w, "weight")
-            new.bias = ctx.parameter(bias, w, "bias")
+            try:
+                new.weight = ctx.parameter(kernel, w, "weight")
+                new.bias = ctx.parameter(bias, w, "bias")
+            except NotRepresentable as exc:
+                ctx.leave(where, f"{first.target} -> {where} not merged: {exc}")
+                continue
             leaving = {node, first}
             name = choose_name(gm, [ctx.parent_of_sources([str(first.target), where]), where], leaving)
             install(gm, name, new, node, first.args, leaving)
@@ -119,6 +122,85 @@ class Merge1x1Kxk:
                     f"1x1 conv {first.target} merged into {tuple(c2.kernel_size)} conv {where}",
                 )
             )
-        if fused:
-            cleanup(gm)
+        return PassResult(gm, bool(fused), fused)
+
+
+@register_pass
+class MergeKxk1x1:
+    """``conv_1x1(conv_kxk(x))`` → ``conv_kxk'(x)``: exact at the borders, merged when not costlier."""
+
+    name = "merge_kxk_1x1"
+    description = "merge a kxk conv followed by an unpadded 1x1 conv into one kxk conv where not costlier"
+
+    @torch.no_grad()
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        fused = []
+        gone: set[fx.Node] = set()
+        for node in list(gm.graph.nodes):
+            c2 = module_of(gm, node)
+            if node in gone or not isinstance(c2, CONV) or len(node.args) != 1 or node.kwargs:
+                continue
+            first = node.args[0]
+            c1 = module_of(gm, first) if isinstance(first, fx.Node) else None
+            if type(c1) is not type(c2) or len(first.args) != 1 or first.kwargs or len(first.users) != 1:
+                continue
+            p2 = _padding(c2)
+            if any(k != 1 for k in c2.kernel_size) or any(s != 1 for s in c2.stride) or p2 is None or any(p2):
+                continue
+            if any(k == 1 for k in c1.kernel_size) and all(k == 1 for k in c1.kernel_size):
+                continue  # 1x1 -> 1x1 is merge_1x1_kxk's
+            where = str(node.target)
+            ctx.current_block = ctx.full(block_path(node) or where)
+            g1, g2 = c1.groups, c2.groups
+            groups = g1 if g1 == g2 else 1
+            mid, cin, cout = c1.out_channels, c1.in_channels, c2.out_channels
+            area = math.prod(c1.kernel_size)
+            before = mid * (cin // g1) * area + cout * (mid // g2)
+            after = cout * (cin // groups) * area
+            if after > before:
+                ctx.leave(
+                    where,
+                    f"merging {first.target} -> {where} would cost {after} instead of {before} "
+                    "multiply-adds per output position",
+                )
+                continue
+            k1 = regroup_kernel(c1.weight.detach().double(), g1, groups)
+            k2 = regroup_kernel(c2.weight.detach().double(), g2, groups)
+            b1 = c1.bias.detach().double() if c1.bias is not None else k1.new_zeros(mid)
+            b2 = c2.bias.detach().double() if c2.bias is not None else k2.new_zeros(cout)
+            kernel, bias = merge_sequential_kxk_1x1(k1, b1, k2, b2, groups=groups)
+            w = c1.weight
+            new = CONV_BY_DIM[len(c1.kernel_size)](
+                cin,
+                cout,
+                c1.kernel_size,
+                stride=c1.stride,
+                padding=c1.padding,
+                dilation=c1.dilation,
+                groups=groups,
+                bias=True,
+                padding_mode=c1.padding_mode,
+                device="meta",  # no initialisation: weight and bias are set below
+                dtype=w.dtype,
+            )
+            try:
+                new.weight = ctx.parameter(kernel, w, "weight")
+                new.bias = ctx.parameter(bias, w, "bias")
+            except NotRepresentable as exc:
+                ctx.leave(where, f"{first.target} -> {where} not merged: {exc}")
+                continue
+            leaving = {node, first}
+            name = choose_name(
+                gm, [ctx.parent_of_sources([str(first.target), where]), str(first.target)], leaving
+            )
+            install(gm, name, new, node, first.args, leaving)
+            gone |= leaving
+            fused.append(
+                ctx.record(
+                    name,
+                    new,
+                    [str(first.target), where],
+                    f"{tuple(c1.kernel_size)} conv {first.target} and the 1x1 conv {where} after it merged",
+                )
+            )
         return PassResult(gm, bool(fused), fused)

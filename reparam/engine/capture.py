@@ -1,0 +1,116 @@
+"""Capture a model as an operator graph: torch.fx symbolic tracing, else torch.export.
+
+Symbolic tracing is cheap and keeps module calls as nodes; it fails on data-dependent control
+flow, in-place slice writes and ``int()`` of traced sizes. ``torch.export`` (non-strict, static
+example shapes, functionalized) captures those too, as ATen operators that the ``canonicalize``
+pass turns back into modules. Both graphs carry each node's module path in
+``meta["nn_module_stack"]`` as ``{path: type}``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from reparam.engine.graph import alias_unsafe_names
+from reparam.engine.inplace import UnsafeMutation, functionalize_inplace
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer with a constant-time lookup of the parameter or buffer behind an attribute.
+
+    The stock tracer scans ``named_parameters()`` on every parameter access, which is quadratic in
+    the model size for code that reads parameters in ``forward`` (``F.batch_norm(x, self.weight...)``).
+    """
+
+    def _name_of(self, t: torch.Tensor) -> str | None:
+        if not hasattr(self, "_tensor_names"):
+            names: dict[int, str] = {}
+            for n, v in [*self.root.named_parameters(), *self.root.named_buffers()]:
+                names.setdefault(id(v), n)
+            self._tensor_names = names
+        return self._tensor_names.get(id(t))
+
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            name = self._name_of(a)
+            if name is not None:
+                return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if not isinstance(attr_val, torch.Tensor):
+            return attr_val
+        name = self._name_of(attr_val)
+        if name is None or not (isinstance(attr_val, nn.Parameter) or self.proxy_buffer_attributes):
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+
+def symbolic_trace(module: nn.Module) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with the faster parameter lookup."""
+    tracer = _Tracer()
+    graph = tracer.trace(module)
+    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+
+
+def _trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
+    try:
+        gm = symbolic_trace(module)
+        alias_unsafe_names(gm)
+        functionalize_inplace(gm)
+        return gm, ""
+    except UnsafeMutation as exc:
+        return None, f"in-place operation: {exc}"
+    except Exception as exc:  # any failure to trace means "convert the parts instead"
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
+    """Symbolic trace with in-place ops made explicit; ``(None, why)`` when that is not possible."""
+    try:
+        gm = symbolic_trace(module)
+        alias_unsafe_names(gm)
+        functionalize_inplace(gm)
+        return gm, ""
+    except UnsafeMutation as exc:
+        return None, f"in-place operation: {exc}"
+    except Exception as exc:  # any failure to trace means "capture another way"
+        return None, _first_line(exc)
+
+
+def export_capture(module: nn.Module, inputs: tuple) -> tuple[fx.GraphModule | None, str]:
+    """``torch.export`` (non-strict, functionalized) as a GraphModule; ``(None, why)`` on failure."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations
+            program = torch.export.export(module, tuple(inputs), strict=False)
+            program = program.run_decompositions({})
+            unlifted = program.module()
+            # a plain GraphModule: the unlifted export module refuses eval()/train()
+            gm = fx.GraphModule(unlifted, unlifted.graph, type(module).__name__)
+            for spec in ("_in_spec", "_out_spec"):
+                if hasattr(unlifted, spec):
+                    setattr(gm, spec, getattr(unlifted, spec))
+    except Exception as exc:  # export cannot capture this model: the caller converts parts instead
+        return None, _first_line(exc)
+    for node in list(gm.graph.nodes):
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            node.meta["nn_module_stack"] = {v[0]: v[1] for v in stack.values() if v[0]}
+        if node.op == "call_module" and str(node.target) == "_guards_fn":
+            gm.graph.erase_node(node)  # shape guards of the example; the deploy model keeps none
+    gm.graph.eliminate_dead_code()
+    alias_unsafe_names(gm)
+    gm.recompile()
+    return gm, ""

@@ -1,0 +1,94 @@
+"""The engine fuses published block designs whatever code computes them.
+
+Each model is checked numerically (fp32 rule, BN statistics randomized) and structurally: no batch
+norm left (module or functional call), no operation left that reads only parameters, and the conv
+count of the plain deploy architecture.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+from torch import fx, nn
+
+from reparam.engine import convert
+from reparam.numerics import randomize_batchnorm, scale_relative_error
+from tests.engine import _published as pub
+
+_BATCH_NORM_CALLS = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit"}
+_CONV_CALLS = {"conv1d", "conv2d", "conv3d", "convolution"}
+
+
+def _name(target) -> str:
+    return getattr(target, "__name__", str(target)).split(".")[0]
+
+
+def structure(deploy: nn.Module) -> dict[str, int]:
+    """Conv and batch-norm operations (modules or calls) and operations that read only parameters."""
+    convs = sum(isinstance(m, nn.modules.conv._ConvNd) for m in deploy.modules())
+    norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in deploy.modules())
+    param_only = 0
+    for gm in (m for m in deploy.modules() if isinstance(m, fx.GraphModule)):
+        for node in gm.graph.nodes:
+            if node.op not in ("call_function", "call_method"):
+                continue
+            name = _name(node.target) if node.op == "call_function" else str(node.target)
+            convs += name in _CONV_CALLS
+            norms += name in _BATCH_NORM_CALLS
+            inputs = node.all_input_nodes
+            if inputs and all(n.op == "get_attr" for n in inputs) and node.target is not operator.getitem:
+                param_only += 1
+    return {"convs": convs, "norms": norms, "param_only": param_only}
+
+
+def _check(model: nn.Module, x: torch.Tensor, convs: int):
+    torch.manual_seed(1)
+    randomize_batchnorm(model, 3)
+    model.eval()
+    result = convert(model, x)  # the built-in check runs too
+    with torch.no_grad():
+        ref, got = model(x.clone()), result.model(x.clone())
+    assert scale_relative_error(ref.numpy(), got.numpy()) <= 1e-5
+    assert structure(result.model) == {"convs": convs, "norms": 0, "param_only": 0}, result.report.render()
+    return result
+
+
+def test_functional_conv_and_batch_norm():
+    _check(pub.FunctionalConvBN(3, 4), torch.randn(2, 3, 8, 8), convs=1)
+
+
+def test_batch_norm_subclass_with_its_own_forward_and_an_assert():
+    result = _check(pub.RepStyleWithNormAct(4), torch.randn(2, 4, 8, 8), convs=1)
+    assert result.report.tracing == "whole model"
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_weight_built_in_forward_with_einsum_and_conv_of_parameters(groups):
+    result = _check(pub.OnlineReparam(4, 4, groups), torch.randn(2, 4, 7, 7), convs=1)
+    assert any("evaluated once in float64" in n for n in result.report.notes)
+
+
+def test_in_place_border_fill_one_by_one_then_k_by_k_and_pool_branch_merge_into_one_conv():
+    result = _check(pub.DiverseBranches(4), torch.randn(2, 4, 9, 9), convs=1)
+    assert "by torch.export" in result.report.tracing
+    conv = next(m for m in result.model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+
+
+def test_five_by_five_diverse_branches_merge_into_one_conv():
+    _check(pub.DiverseBranches(4, k=5), torch.randn(1, 4, 11, 11), convs=1)
+
+
+def test_batch_norm_before_an_unpadded_pointwise_conv_folds():
+    _check(pub.PreNormPointwise(4), torch.randn(2, 4, 9, 9), convs=2)
+
+
+def test_shape_if_at_the_top_level_still_fuses_everything():
+    result = _check(pub.ShapeCheckTop(4), torch.randn(2, 3, 9, 9), convs=3)
+    assert result.report.tracing.startswith("whole model, by torch.export")
+
+
+def test_sync_batch_norm():
+    _check(pub.SyncNormNet(4), torch.randn(2, 3, 8, 8), convs=1)
