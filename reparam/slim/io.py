@@ -64,6 +64,8 @@ def load_seed(
 ) -> tuple[torch.nn.Module, str, dict[str, Any]]:
     """The seed model with the arch and kwargs that rebuild it; a checkpoint without BN statistics is refused."""
     rec_arch, rec_kwargs = _recorded_arch(Path(checkpoint))
+    # As in load_model: an architecture the caller names does not take the file's kwargs.
+    recorded = rec_kwargs if arch is None else None
     if arch is None and rec_arch and ":" in rec_arch:
         raise ReparamError(
             f"checkpoint {str(checkpoint)!r} names the architecture {rec_arch!r}, code outside the zoo",
@@ -75,7 +77,7 @@ def load_seed(
             f"checkpoint {str(checkpoint)!r} does not record its architecture",
             hint="pass --arch (a zoo model name such as scalenet50)",
         )
-    kwargs = dict(arch_kwargs) if arch_kwargs is not None else dict(rec_kwargs or {})
+    kwargs = dict(arch_kwargs) if arch_kwargs is not None else dict(recorded or {})
     try:
         model = load_model(checkpoint, arch, kwargs, trust_pickle=trust_pickle)
     except ReparamError as exc:
