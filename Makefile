@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv demo expand-demo test test-fast lint bench clean
+.PHONY: venv demo expand-demo slim-demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ demo: $(STAMP)
 expand-demo: $(STAMP)
 	$(BIN)/python examples/acnet_expand_demo.py --out demo-output/expand_demo.json
 
+# ScaleNet's neuron allocation on the digits: train a seed, `reparam slim` it, retrain, compare
+# with the equally split ScaleNet of the same MACs (docs/scalenet.md).
+slim-demo: $(STAMP)
+	$(BIN)/python examples/scalenet_slim_demo.py --out slim-demo-output
+
 test: $(STAMP)
 	$(BIN)/ruff check reparam exporters tests examples benchmarks
 	$(BIN)/python -m pytest -n 2 -q
@@ -55,4 +60,4 @@ bench: $(STAMP)
 	$(BIN)/reparam bench --out benchmarks/results.md --json benchmarks/results.json
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-output slim-demo-output .pytest_cache .hypothesis

@@ -16,7 +16,18 @@ from reparam import __version__
 from reparam.errors import ReparamError
 
 # Order in `reparam --help`; modules not listed here are appended alphabetically.
-_COMMAND_ORDER = ["zoo", "expand", "convert", "export", "inspect", "verify", "deploy", "quantize", "bench"]
+_COMMAND_ORDER = [
+    "zoo",
+    "expand",
+    "convert",
+    "export",
+    "inspect",
+    "verify",
+    "deploy",
+    "quantize",
+    "slim",
+    "bench",
+]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -5,7 +5,7 @@
 are rounded to multiples of 8, at least 8, and group counts are clamped to divide them).
 """
 
-from reparam.zoo import expanded, repvgg, resnet, sknet  # noqa: F401  (registers the models)
+from reparam.zoo import expanded, repvgg, resnet, scalenet, sknet  # noqa: F401  (registers the models)
 from reparam.zoo.registry import ModelEntry, create_model, list_models, model_info, register_model
 
 __all__ = ["ModelEntry", "create_model", "list_models", "model_info", "register_model"]

@@ -1,12 +1,12 @@
-"""ResNets and their ACB, SE and ScaleNet variants."""
+"""ResNets and their ACB and SE variants (ScaleNets are in ``reparam.zoo.scalenet``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
-from reparam.blocks import SABlock, SEBasicBlock, SEBottleneck
+from reparam.blocks import SEBasicBlock, SEBottleneck
 from reparam.errors import ReparamError
 from reparam.zoo._layers import (
     BasicBlock,
@@ -24,7 +24,6 @@ from reparam.zoo.registry import register_model
 RESNET_PAPER = "He et al., Deep Residual Learning for Image Recognition (CVPR 2016)"
 ACNET_PAPER = "Ding et al., ACNet: Strengthening the Kernel Skeletons for Powerful CNN via Asymmetric Convolution Blocks (ICCV 2019)"
 SENET_PAPER = "Hu et al., Squeeze-and-Excitation Networks (CVPR 2018)"
-SCALENET_PAPER = "Li et al., Data-Driven Neuron Allocation for Scale Aggregation Networks (CVPR 2019)"
 
 
 def _basic_resnet(
@@ -152,59 +151,3 @@ def se_resnet50(
 ) -> nn.Module:
     """SE-ResNet-50: ResNet-50 with a squeeze-and-excitation gate on every residual (r = 16)."""
     return _se_resnet(SEBottleneck, [3, 4, 6, 3], num_classes, in_chans, width, reduction)
-
-
-class SABottleneck(nn.Module):
-    """ResNet bottleneck whose 3×3 conv-BN-ReLU is an SA block (which has BN and ReLU per scale)."""
-
-    def __init__(
-        self,
-        in_ch: int,
-        mid_ch: int,
-        out_ch: int,
-        stride: int,
-        scales: Sequence[int],
-        channels_per_scale: Sequence[int] | None,
-    ):
-        super().__init__()
-        self.conv1 = conv_bn(in_ch, mid_ch, 1)
-        self.relu = nn.ReLU()
-        self.sa = SABlock(mid_ch, None if channels_per_scale else mid_ch, scales, channels_per_scale, stride)
-        self.conv3 = conv_bn(self.sa.out_channels, out_ch, 1)
-        self.shortcut = conv_bn(in_ch, out_ch, 1, stride) if stride != 1 or in_ch != out_ch else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.conv3(self.sa(self.relu(self.conv1(x))))
-        return self.relu(out + self.shortcut(x))
-
-
-@register_model(paper=SCALENET_PAPER)
-def scalenet50(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    width: float = 1.0,
-    scales: Sequence[int] = (1, 2, 4, 8),
-    channels_per_scale: Sequence[Sequence[int]] | None = None,
-) -> nn.Module:
-    """ScaleNet-50: ResNet-50 with each bottleneck's 3×3 conv replaced by a scale aggregation block.
-
-    ``channels_per_scale`` gives one allocation per SA block (16 of them, in order); the default
-    splits each block's channels equally over the scales.
-    """
-    layers = [3, 4, 6, 3]
-    if channels_per_scale is not None and len(channels_per_scale) != sum(layers):
-        raise ReparamError(
-            f"scalenet50 has {sum(layers)} SA blocks but channels_per_scale has {len(channels_per_scale)} entries",
-            hint="give one per-scale channel list per SA block, or omit channels_per_scale",
-        )
-    stem_ch = scale_channels(64, width)
-    in_ch, stages, k = stem_ch, [], 0
-    for i, n in enumerate(layers):
-        mid_ch, out_ch = scale_channels(64 * 2**i, width), scale_channels(256 * 2**i, width)
-        blocks = []
-        for j in range(n):
-            alloc = channels_per_scale[k] if channels_per_scale is not None else None
-            blocks.append(SABottleneck(in_ch, mid_ch, out_ch, 2 if (j == 0 and i > 0) else 1, scales, alloc))
-            in_ch, k = out_ch, k + 1
-        stages.append(nn.Sequential(*blocks))
-    return StagedNet(imagenet_stem(in_chans, stem_ch, conv_bn), stages, in_ch, num_classes)

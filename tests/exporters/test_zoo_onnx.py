@@ -18,6 +18,7 @@ from exporters.onnx import export_onnx  # noqa: E402
 
 # Paper-depth models take longer to trace and export even at tiny width.
 DEEP = {"acb_resnet50", "resnet50", "se_resnet50", "scalenet50", "sknet50", "sknet26"}
+DEEP |= {"scalenet101", "scalenet152"}
 
 
 @torch.no_grad()
