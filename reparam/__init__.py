@@ -6,7 +6,15 @@ from reparam.errors import InternalError, MismatchError, ReparamError
 
 __version__ = "0.1.0"
 
-__all__ = ["InternalError", "MismatchError", "ReparamError", "__version__", "expand", "reparameterize"]
+__all__ = [
+    "InternalError",
+    "MismatchError",
+    "ReparamError",
+    "__version__",
+    "deploy",
+    "expand",
+    "reparameterize",
+]
 
 
 def __getattr__(name: str):
@@ -15,6 +23,10 @@ def __getattr__(name: str):
         from reparam.engine import reparameterize
 
         return reparameterize
+    if name == "deploy":
+        from reparam.pipeline import deploy
+
+        return deploy
     if name == "expand":
         from reparam.expansion import expand
 

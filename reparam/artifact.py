@@ -8,10 +8,13 @@ as ``<path>.report.json``. All files are written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import torch
 from torch import nn
 
 from reparam.errors import ReparamError
-from reparam.io import atomic_write_bytes, atomic_write_text
+from reparam.io import FileTransaction, atomic_files, check_input_file
 
 METADATA_FILE = "reparam.json"
 
@@ -66,19 +69,14 @@ def export_program(model: nn.Module, example_inputs: Any) -> tuple[torch.export.
         ) from exc
 
 
-def save_artifact(
+def serialize_artifact(
     model: nn.Module,
     example_inputs: Any,
-    path: str | os.PathLike,
     *,
     report: Any = None,
     metadata: dict[str, Any] | None = None,
-) -> Path:
-    """Export ``model`` to ``path`` (``.pt2``) and write ``<path>.report.json``; returns the path.
-
-    ``report`` is a ConversionReport (or anything with ``to_dict()``, or a dict). The program embeds
-    ``{"metadata", "report", "record", "dynamic_batch"}`` as ``reparam.json``.
-    """
+) -> tuple[bytes, dict[str, Any] | None]:
+    """The ``.pt2`` bytes of ``model`` and the report as a dict (see `save_artifact`)."""
     from reparam import __version__
 
     program, dynamic = export_program(model, example_inputs)
@@ -91,22 +89,59 @@ def save_artifact(
         "report": report_dict,
         "record": record.to_dict() if hasattr(record, "to_dict") else None,
     }
-    target = Path(path)
-    text = json.dumps(embedded, default=str)
     buf = io.BytesIO()
-    torch.export.save(program, buf, extra_files={METADATA_FILE: text})
-    atomic_write_bytes(target, buf.getvalue())
+    torch.export.save(program, buf, extra_files={METADATA_FILE: json.dumps(embedded, default=str)})
+    return buf.getvalue(), report_dict
+
+
+def stage_artifact(
+    tx: FileTransaction,
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    report: Any = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Stage ``path`` and ``<path>.report.json`` in the transaction ``tx``; returns the path."""
+    target = Path(path)
+    data, report_dict = serialize_artifact(model, example_inputs, report=report, metadata=metadata)
+    tx.write_bytes(target, data)
     if report_dict is not None:
-        atomic_write_text(report_path(target), json.dumps(report_dict, indent=2, default=str))
+        tx.write_text(report_path(target), json.dumps(report_dict, indent=2, default=str))
     return target
 
 
-def _refuse_pickled_payloads(path: Path) -> None:
+def save_artifact(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    report: Any = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export ``model`` to ``path`` (``.pt2``) and write ``<path>.report.json``; returns the path.
+
+    ``report`` is a ConversionReport (or anything with ``to_dict()``, or a dict). The program embeds
+    ``{"metadata", "report", "record", "dynamic_batch"}`` as ``reparam.json``. Both files are
+    published together.
+    """
+    with atomic_files() as tx:
+        return stage_artifact(tx, model, example_inputs, path, report=report, metadata=metadata)
+
+
+def refuse_pickled_payloads(path: Path) -> None:
     """Refuse archives whose payloads would be unpickled (torch.export.load unpickles those)."""
     unsafe = []
     try:
         with zipfile.ZipFile(path) as z:
-            for name in z.namelist():
+            names = z.namelist()
+            if not any(n.endswith("/archive_format") for n in names):
+                raise ReparamError(
+                    f"{str(path)!r} is a zip archive but not a torch.export program (no archive_format entry)",
+                    hint="give a .pt2 written by `reparam convert` / torch.export.save",
+                )
+            for name in names:
                 if name.endswith("_config.json"):
                     config = json.loads(z.read(name)).get("config", {})
                     unsafe += [
@@ -132,19 +167,29 @@ def _refuse_pickled_payloads(path: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_artifact(path: str | os.PathLike) -> nn.Module:
     """Load a ``.pt2`` deploy artifact as a callable module (no training code, no pickled user code).
 
     The module carries ``reparam_metadata`` (the embedded JSON) and, when recorded,
     ``reparam_record`` (a RewriteRecord).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ReparamError(f"deploy artifact {str(p)!r} does not exist", hint="check the path")
-    _refuse_pickled_payloads(p)
+    p = check_input_file(path, "deploy artifact")
+    refuse_pickled_payloads(p)
     extra = {METADATA_FILE: ""}
     try:
-        program = torch.export.load(p, extra_files=extra)
+        with _quiet_logger("torch.export"):  # it logs a traceback before raising; ours is one line
+            program = torch.export.load(p, extra_files=extra)
     except Exception as exc:
         raise ReparamError(
             f"cannot load deploy artifact {str(p)!r}: {type(exc).__name__}: "

@@ -25,7 +25,7 @@ from reparam.errors import ReparamError
 from reparam.io import atomic_path
 from reparam.limits import memory_limit, parameter_bytes_of, refuse_over_limit
 
-CONTAINER_KEYS = ("state_dict", "model", "ema", "model_ema", "net")
+CONTAINER_KEYS = ("state_dict", "model", "ema", "model_ema", "net", "state_dict_ema")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 _SHOW = 5
 _MAX_KWARG_ITEMS, _MAX_KWARG_DEPTH, _MAX_KWARG_STRING, _MAX_KWARG_NUMBER = 1000, 4, 4096, 10**6
@@ -208,20 +208,82 @@ def _tensors_only(d: Mapping) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in d.items() if isinstance(v, torch.Tensor)}
 
 
-def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint: unwraps containers and strips wrapper prefixes."""
-    seen = 0
-    while seen < 4:
-        seen += 1
+EMA_SUFFIXES = ("_ema", "_ema_state")
+
+
+def _candidates(obj: Mapping) -> list[str]:
+    """Keys of ``obj`` that hold a state dict, in order of preference (non-EMA container keys first)."""
+    keys = [k for k in CONTAINER_KEYS if k in obj and isinstance(obj[k], Mapping | nn.Module)]
+    extra = [
+        k
+        for k in obj
+        if isinstance(k, str)
+        and k not in keys
+        and k.endswith(EMA_SUFFIXES)
+        and isinstance(obj[k], Mapping | nn.Module)
+    ]
+    return keys + extra
+
+
+def _select(obj: Any, key: str | None, notes: list[str]) -> Any:
+    """Unwrap containers down to the state dict; ``key`` (dotted) picks one explicitly."""
+    if key is not None:
+        for part in key.split("."):
+            if not isinstance(obj, Mapping) or part not in obj:
+                found = ", ".join(repr(k) for k in obj) if isinstance(obj, Mapping) else type(obj).__name__
+                raise ReparamError(
+                    f"--state-dict-key {key!r}: the checkpoint has no entry {part!r} (it holds {found})",
+                    hint="pick one of the entries listed, e.g. --state-dict-key model_ema",
+                )
+            obj = obj[part]
+        return obj.state_dict() if isinstance(obj, nn.Module) else obj
+    path: list[str] = []
+    for _ in range(4):
         if isinstance(obj, nn.Module):
-            obj = obj.state_dict()
-            break
+            return obj.state_dict()
         if not isinstance(obj, Mapping):
             break
-        key = next((k for k in CONTAINER_KEYS if k in obj and isinstance(obj[k], Mapping | nn.Module)), None)
-        if key is None:
+        options = _candidates(obj)
+        if not options:
             break
-        obj = obj[key]
+        if len(options) > 1:
+            where = ".".join(path) + "." if path else ""
+            listed = ", ".join(where + k for k in options)
+            notes.append(
+                f"the checkpoint holds {len(options)} state dicts ({listed}); using {where + options[0]!r}"
+                f" (choose with --state-dict-key {where + options[1]})"
+            )
+        path.append(options[0])
+        obj = obj[options[0]]
+    return obj
+
+
+def _strip(key: str, strip_prefix: str | None) -> str:
+    if strip_prefix and key.startswith(strip_prefix):
+        key = key[len(strip_prefix) :]
+    changed = True
+    while changed:
+        changed = False
+        for p in STRIP_PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p) :], True
+    return key
+
+
+def extract_state_dict(
+    obj: Any,
+    *,
+    key: str | None = None,
+    strip_prefix: str | None = None,
+    notes: list[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint: unwraps containers and strips wrapper prefixes.
+
+    ``key`` selects a container entry (dotted, e.g. ``model_ema``); without it the non-EMA entry is
+    used and, when several were found, a note saying so is appended to ``notes``. ``strip_prefix``
+    is removed from every key that starts with it (e.g. Lightning's ``model.``).
+    """
+    obj = _select(obj, key, notes if notes is not None else [])
     if not isinstance(obj, Mapping):
         raise ReparamError(
             f"the checkpoint holds a {type(obj).__name__}, not a state dict",
@@ -233,16 +295,22 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
             "no tensors found in the checkpoint",
             hint=f"expected a state dict, optionally under one of {', '.join(CONTAINER_KEYS)}",
         )
-    out = {}
-    for k, v in sd.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in STRIP_PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p) :], True
-        out[k] = v
-    return out
+    if strip_prefix and not any(k.startswith(strip_prefix) for k in sd):
+        raise ReparamError(
+            f"--strip-prefix {strip_prefix!r}: no key of the state dict starts with it",
+            hint=f"the keys look like {_listing(sorted(sd))}",
+        )
+    return {_strip(k, strip_prefix): v for k, v in sd.items()}
+
+
+def _shared_prefix_hint(unexpected: list[str], expected: Mapping[str, Any]) -> str | None:
+    """``--strip-prefix P`` when removing P from the unexpected keys makes them the expected ones."""
+    if not unexpected or "." not in unexpected[0]:
+        return None
+    prefix = unexpected[0].split(".")[0] + "."
+    if all(k.startswith(prefix) and k[len(prefix) :] in expected for k in unexpected):
+        return f"the keys carry a {prefix!r} prefix: pass --strip-prefix {prefix}"
+    return None
 
 
 def _listing(keys: list[str]) -> str:
@@ -271,7 +339,8 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         raise ReparamError(
             f"the checkpoint does not match the architecture{f' {arch!r}' if arch else ''}: "
             + "; ".join(parts),
-            hint="check --arch and --arch-kwargs (e.g. width, num_classes, in_chans) against how the model "
+            hint=_shared_prefix_hint(unexpected, expected)
+            or "check --arch and --arch-kwargs (e.g. width, num_classes, in_chans) against how the model "
             "was trained",
         )
     model.load_state_dict(state_dict, strict=True)
@@ -303,6 +372,9 @@ def load_model(
     *,
     trust_pickle: bool = False,
     max_bytes: int | str | None = None,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
+    described_by: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build the training-form model and load a checkpoint's weights into it (eval mode).
 
@@ -310,6 +382,11 @@ def load_model(
     ``arch``/``arch_kwargs`` entries; from a file only a zoo name is accepted, with plain-data
     kwargs of bounded size. A checkpoint that is a pickled module (``trust_pickle=True`` only) is
     used as is unless ``arch`` is given. Models over the memory limit are refused before they are built.
+
+    ``described_by`` (``{"arch", "arch_kwargs", "source"}``, e.g. a deploy artifact's record) is the
+    last resort for a checkpoint that records no architecture; it gets the same checks as a file's.
+    ``state_dict_key`` / ``strip_prefix``: see `extract_state_dict`. The model carries
+    ``reparam_source``: the architecture used and notes on the state dict chosen.
     """
     path = Path(path)
     obj = _read(path, trust_pickle)
@@ -317,14 +394,20 @@ def load_model(
         return obj.eval()
     if arch is None:  # what the file records is read only when the caller did not choose
         arch, recorded_kwargs = _recorded_architecture(obj, path)
+        source = path
+        if arch is None and described_by is not None:
+            source = Path(str(described_by.get("source", path)))
+            arch, recorded_kwargs = _recorded_architecture(described_by, source)
         if arch_kwargs is None and recorded_kwargs is not None:
-            arch_kwargs = validate_file_kwargs(recorded_kwargs, repr(str(path)))
+            arch_kwargs = validate_file_kwargs(recorded_kwargs, repr(str(source)))
     if not arch:
         raise ReparamError(
             f"checkpoint {str(path)!r} does not record its architecture",
             hint="pass --arch (a zoo name, see `reparam zoo`, or 'package.module:factory')",
         )
-    state_dict = extract_state_dict(obj)
+    notes: list[str] = []
+    state_dict = extract_state_dict(obj, key=state_dict_key, strip_prefix=strip_prefix, notes=notes)
     model = build_model(arch, arch_kwargs, max_bytes=max_bytes)
     load_state_dict_strict(model, state_dict, arch)
+    model.reparam_source = {"arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "notes": notes}
     return model.eval()

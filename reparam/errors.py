@@ -46,3 +46,35 @@ def require(module: str, extra: str, purpose: str):
             f"{purpose} needs the Python package '{module}', which is not installed ({exc}).",
             hint=f"pip install 'reparam[{extra}]'",
         ) from exc
+
+
+_OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory", "bad_alloc")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+
+
+def user_error_from(exc: BaseException) -> ReparamError | None:
+    """The user-facing error an environment failure stands for, or None when ``exc`` is a bug.
+
+    Running out of memory and file-system refusals (permissions, full disk, a directory where a
+    file was expected) are problems with the input or the machine, not with reparam.
+    """
+    if isinstance(exc, ReparamError):
+        return exc
+    if _is_out_of_memory(exc):
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return ReparamError(
+            f"not enough memory ({first})",
+            hint="use a smaller --input-shape / --batch-size, or a machine with more memory",
+        )
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = f" {str(exc.filename)!r}" if exc.filename else ""
+        return ReparamError(
+            f"cannot access{where}: {exc.strerror or exc}",
+            hint="check the path, its permissions and the free disk space",
+        )
+    return None

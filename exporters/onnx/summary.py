@@ -48,6 +48,12 @@ def onnx_summary(path: str | os.PathLike) -> dict[str, Any]:
             f"cannot read {p.name} as ONNX: {type(exc).__name__}: {str(exc)[:200]}",
             hint="the file may be truncated or not an ONNX model",
         ) from exc
+    if model.ir_version == 0 or not model.graph.output:
+        # protobuf parses an empty file (and some garbage) as an empty model
+        raise ReparamError(
+            f"{p.name} is not an ONNX model (no IR version or no graph outputs; {p.stat().st_size} bytes)",
+            hint="the file may be empty, truncated or not an ONNX model",
+        )
     initializer_names = {i.name for i in model.graph.initializer}
     params = 0
     for init in model.graph.initializer:

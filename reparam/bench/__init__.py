@@ -89,7 +89,7 @@ class BenchOptions:
                 f"{self.width:g}",
             ]
             if self.input_chw:
-                args += ["--input-shape", "x".join(map(str, self.input_chw))]
+                args += ["--input-shape", "x".join(map(str, (self.batches[0], *self.input_chw)))]
         if not self.latency:
             args.append("--conversion")
         elif not self.conversion:

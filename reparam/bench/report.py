@@ -49,8 +49,9 @@ class Target:
     def met(self) -> bool | None:
         return None if self.value is None else self.value <= self.limit
 
-    def mark(self) -> str:
-        return {True: "met", False: "MISSED", None: "n/a"}[self.met]
+    def mark(self, judged: bool = True) -> str:
+        """met / MISSED / n/a; "not judged" for a run whose sizes the targets do not apply to."""
+        return {True: "met", False: "MISSED", None: "n/a"}[self.met] if judged else "not judged"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,6 +128,7 @@ class BenchResults:
     latency: list[LatencyCell] = field(default_factory=list)
     conversion: list[ConversionCost] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    judged: bool = True  # False for --quick: tiny models and inputs, targets do not apply
 
     def targets(self) -> list[Target]:
         out = [latency_target(c) for c in self.latency]
@@ -146,7 +148,8 @@ class BenchResults:
             "settings": self.settings,
             "latency": [c.to_dict() for c in self.latency],
             "conversion": [c.to_dict() for c in self.conversion],
-            "targets": [t.to_dict() for t in self.targets()],
+            "targets": [t.to_dict() for t in self.targets()] if self.judged else [],
+            "targets_judged": self.judged,
             "notes": list(self.notes),
         }
 
@@ -217,7 +220,7 @@ CONVERSION_HEADER = [
 ]
 
 
-def latency_rows(cells: list[LatencyCell]) -> list[list[str]]:
+def latency_rows(cells: list[LatencyCell], judged: bool = True) -> list[list[str]]:
     """Table rows of the latency cells (strings)."""
     rows = []
     for c in cells:
@@ -229,18 +232,18 @@ def latency_rows(cells: list[LatencyCell]) -> list[list[str]]:
                 *(fmt_ms(c.forms[f]) for f in FORMS),
                 fmt_ratio(c.ratios["train/deploy"]),
                 fmt_ratio(c.ratios["deploy/plain"]),
-                latency_target(c).mark(),
+                latency_target(c).mark(judged),
                 fmt_load(c.other_load),
             ]
         )
     return rows
 
 
-def conversion_rows(costs: list[ConversionCost]) -> list[list[str]]:
+def conversion_rows(costs: list[ConversionCost], judged: bool = True) -> list[list[str]]:
     """Table rows of the conversion costs (strings)."""
     rows = []
     for c in costs:
-        marks = ", ".join(f"{t.label} {t.mark()}" for t in conversion_targets(c))
+        marks = ", ".join(f"{t.label} {t.mark(judged)}" for t in conversion_targets(c))
         total = _fmt_s(c.total_s)
         if len(c.run_totals_s) > 1:
             total += f" (cold {c.cold_s:.2f})"
@@ -284,7 +287,7 @@ def render_markdown(results: BenchResults) -> str:
     out += [f"Settings: {', '.join(f'{k}={v}' for k, v in s.items())}.", ""]
     if results.latency:
         out += ["## Latency", "", METHOD_NOTE + " " + PLAIN_NOTE, ""]
-        out += _md_table(LATENCY_HEADER, latency_rows(results.latency))
+        out += _md_table(LATENCY_HEADER, latency_rows(results.latency, results.judged))
         out.append("")
     if results.conversion:
         out += [
@@ -304,14 +307,22 @@ def render_markdown(results: BenchResults) -> str:
             "`--legacy-exporter`), run next in the same process.",
             "",
         ]
-        out += _md_table(CONVERSION_HEADER, conversion_rows(results.conversion))
+        out += _md_table(CONVERSION_HEADER, conversion_rows(results.conversion, results.judged))
         methods = sorted({c.memory_method for c in results.conversion if c.memory_method})
         out += ["", *(f"Memory measured as {m}." for m in methods)]
         for c in results.conversion:
             out += [f"- {c.model}: {n}" for n in c.notes]
         out.append("")
     targets = results.targets()
-    if targets:
+    if targets and not results.judged:
+        out += [
+            "## Targets",
+            "",
+            "Not judged: this run used tiny models and inputs (--quick); the targets apply to the "
+            "full-size run (`reparam bench`).",
+            "",
+        ]
+    elif targets:
         met = sum(t.met is True for t in targets)
         missed = [t for t in targets if t.met is False]
         busy = results.busy_count()
@@ -347,9 +358,9 @@ def render_console(results: BenchResults, width: int | None = None) -> str:
         (
             "latency: median (IQR) ms; paired ratios median [p10-p90]",
             LATENCY_HEADER,
-            latency_rows(results.latency),
+            latency_rows(results.latency, results.judged),
         ),
-        ("conversion cost", CONVERSION_HEADER, conversion_rows(results.conversion)),
+        ("conversion cost", CONVERSION_HEADER, conversion_rows(results.conversion, results.judged)),
     ):
         if not rows:
             continue

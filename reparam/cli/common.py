@@ -23,6 +23,21 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def input_shape_for(model, text: str | None, description=None) -> tuple[int, ...]:
+    """``--input-shape`` if given, else what an artifact records, else the default 1xCx224x224.
+
+    Every command uses this one rule (`reparam.verify.inputs.resolve_input_shape`) and says so in a
+    note when it had to choose.
+    """
+    from reparam.cli.console import note
+    from reparam.verify.inputs import resolve_input_shape
+
+    shape, text_note = resolve_input_shape(model, parse_shape(text) if text else None, description)
+    if text_note:
+        note(text_note)
+    return shape
+
+
 def parse_json_kwargs(text: str | None) -> dict:
     """Parse ``--arch-kwargs`` JSON into a dict."""
     if not text:
@@ -47,6 +62,7 @@ def add_model_arguments(
     """Add CKPT, --arch, --arch-kwargs and --trust-pickle (shared by convert, export, verify, deploy)."""
     parser.add_argument("checkpoint", metavar="CKPT", help=checkpoint_help)
     add_arch_arguments(parser)
+    add_state_dict_arguments(parser)
 
 
 def add_arch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,14 +86,54 @@ def add_arch_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model_from_args(args: argparse.Namespace, checkpoint: str | None = None):
+def add_state_dict_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --state-dict-key and --strip-prefix (which weights of a checkpoint to use)."""
+    parser.add_argument(
+        "--state-dict-key",
+        metavar="KEY",
+        help="checkpoint entry holding the weights, e.g. model_ema or state_dict_ema (default: the "
+        "non-EMA entry; a note names the choice when there are several)",
+    )
+    parser.add_argument(
+        "--strip-prefix",
+        metavar="PREFIX",
+        help="remove PREFIX from every weight name, e.g. 'model.' for Lightning checkpoints "
+        "('module.' and '_orig_mod.' are always removed)",
+    )
+
+
+def allow_local_imports(arch: str | None) -> None:
+    """Let ``--arch module:factory`` find ``module`` in the current directory, as `python -m` would.
+
+    Only for a module path given on the command line; a file never chooses code to import.
+    """
+    import os
+    import sys
+
+    if arch and ":" in arch and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def load_model_from_args(
+    args: argparse.Namespace, checkpoint: str | None = None, described_by: dict | None = None
+):
     """Build the training-form model from parsed arguments and load its weights (eval mode)."""
     from reparam.checkpoint import load_model
+    from reparam.cli.console import note
+    from reparam.io import check_input_file
 
-    return load_model(
-        checkpoint or args.checkpoint,
+    path = check_input_file(checkpoint or args.checkpoint, "checkpoint")
+    allow_local_imports(args.arch)
+    model = load_model(
+        path,
         arch=args.arch,
         arch_kwargs=parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
         trust_pickle=args.trust_pickle,
         max_bytes=args.max_memory,
+        state_dict_key=getattr(args, "state_dict_key", None),
+        strip_prefix=getattr(args, "strip_prefix", None),
+        described_by=described_by,
     )
+    for text in (getattr(model, "reparam_source", None) or {}).get("notes", []):
+        note(text)
+    return model

@@ -1,8 +1,9 @@
 """Entry point of the `reparam` command.
 
-Subcommands live in ``reparam.cli.commands``; each module registers its own parser. A
-`ReparamError` becomes one message with a hint on stderr and a non-zero exit (2 for usage or input
-errors, 1 for a numeric mismatch); anything else is a bug and keeps its traceback.
+Subcommands live in ``reparam.cli.commands``; each module registers its own parser. Exit codes:
+0 success, 1 a numeric mismatch (`MismatchError`), 2 a usage or input error (`ReparamError`, and
+environment failures such as an unwritable path or exhausted memory), 3 a bug in reparam. Errors
+are one ``error:`` line and at most one ``hint:`` line on stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
+import warnings
 
 from reparam import __version__
-from reparam.errors import ReparamError
+from reparam.cli import console
+from reparam.errors import user_error_from
+
+EXIT_BUG = 3
 
 # Order in `reparam --help`; modules not listed here are appended alphabetically.
 _COMMAND_ORDER = [
@@ -31,8 +37,23 @@ _COMMAND_ORDER = [
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # On every (sub)parser, so `reparam convert ... --debug` works as well as `reparam --debug ...`.
+        self.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show the Python traceback of an error",
+        )
+        self.add_argument(
+            "--quiet",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="no progress lines or notes on stderr (errors and warnings still appear)",
+        )
+
     def error(self, message: str):  # usage errors: one line and a hint, exit 2
-        self.print_usage(sys.stderr)
         sys.stderr.write(f"error: {message}\n  hint: run '{self.prog} --help' for the options\n")
         raise SystemExit(2)
 
@@ -57,22 +78,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def report_error(exc: BaseException, debug: bool) -> int:
+    """Write ``exc`` to stderr as one error line (and a hint line); return the exit code."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    user = user_error_from(exc)
+    if user is None:
+        detail = _one_line(f"{type(exc).__name__}: {exc}")[:300]
+        sys.stderr.write(f"error: internal error ({detail}); this is a bug in reparam\n")
+        sys.stderr.write(
+            "  hint: re-run with --debug for the traceback and report it with the command line\n"
+        )
+        return EXIT_BUG
+    sys.stderr.write(f"error: {_one_line(user.message)}\n")
+    if user.hint:
+        sys.stderr.write(f"  hint: {_one_line(user.hint)}\n")
+    return user.exit_code
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    console.warning(_one_line(str(message)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    console.configure(quiet=getattr(args, "quiet", False))
     try:
-        return int(args.func(args) or 0)
-    except ReparamError as exc:
-        sys.stderr.write(f"error: {exc.message}\n")
-        if exc.hint:
-            sys.stderr.write(f"  hint: {exc.hint}\n")
-        return exc.exit_code
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except Exception as exc:
+        return report_error(exc, getattr(args, "debug", False))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from reparam.errors import ReparamError
+from reparam.io import check_input_file
 
 Batch = dict[str, np.ndarray]
 
@@ -26,6 +27,27 @@ def random_batches(
     return [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(batches)]
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_npz_magic(p: Path) -> None:
+    """Refuse a file that is not a zip archive before numpy guesses it is pickled data."""
+    with open(p, "rb") as f:
+        head = f.read(6)
+    if head.startswith(_ZIP_MAGIC):
+        return
+    if head.startswith(_NPY_MAGIC):
+        raise ReparamError(
+            f"{p.name} is a single .npy array; --inputs takes an .npz archive",
+            hint=f"convert it: python -c \"import numpy as n; n.savez('{p.stem}.npz', input=n.load('{p.name}'))\"",
+        )
+    what = "an empty file" if not head else "not a zip archive"
+    raise ReparamError(
+        f"{p.name} is not an .npz file ({what})", hint="write it with numpy.savez(path, input=array)"
+    )
+
+
 def load_npz_batches(
     path: str | os.PathLike,
     *,
@@ -37,11 +59,8 @@ def load_npz_batches(
 
     ``batches`` caps the number of batches taken (None = all). The last batch may be smaller.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ReparamError(
-            f"input file {str(p)!r} does not exist", hint="pass an .npz file with an array 'input'"
-        )
+    p = check_input_file(path, "input file", hint="pass an .npz file with an array 'input'")
+    _check_npz_magic(p)
     try:
         with np.load(p, allow_pickle=False) as data:
             keys = list(data.keys())
@@ -93,3 +112,54 @@ def default_input_shape(model: nn.Module, batch: int = 1, size: int = DEFAULT_IM
     raise ReparamError(
         "cannot infer the input shape: the model has no Conv2d", hint="pass --input-shape NxCxHxW"
     )
+
+
+def resolve_input_shape(
+    model: nn.Module | None, shape: tuple[int, ...] | None, description=None
+) -> tuple[tuple[int, ...], str | None]:
+    """The input shape every command uses, and a note when it was not given explicitly.
+
+    ``shape`` if given; else what an artifact's description records; else 1xCx224x224 from the
+    model's first convolution.
+    """
+    if shape:
+        return tuple(shape), None
+    recorded = description.example_shape() if description is not None else None
+    if recorded:
+        return (
+            recorded,
+            f"input shape {'x'.join(map(str, recorded))} as recorded in {Path(description.path).name}",
+        )
+    if model is None:
+        raise ReparamError("cannot tell the input shape", hint="pass --input-shape NxCxHxW")
+    default = default_input_shape(model)
+    return (
+        default,
+        f"no --input-shape given: using {'x'.join(map(str, default))}, the default of every command",
+    )
+
+
+def make_batches(
+    model: nn.Module | None,
+    *,
+    inputs: str | os.PathLike | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    batches: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    description=None,
+) -> tuple[list[Batch], dict, str | None]:
+    """Batches from an ``.npz`` (``inputs``) or seeded random ones; a description of them; a note."""
+    if inputs:
+        out = load_npz_batches(inputs, batch_size=batch_size, batches=batches)
+        info = {
+            "source": str(inputs),
+            "samples": sum(b["input"].shape[0] for b in out),
+            "batches": len(out),
+            "shape": "x".join(map(str, out[0]["input"].shape)),
+        }
+        return out, info, None
+    shape, note = resolve_input_shape(model, input_shape, description)
+    count = 2 if batches is None else batches
+    info = {"source": "random normal", "seed": seed, "batches": count, "shape": "x".join(map(str, shape))}
+    return random_batches(shape, count, seed), info, note

@@ -224,6 +224,7 @@ def locate_divergence(
     """
     tol = make_tolerance(make_tolerance(tolerance).profile)
     div = Divergence()
+    first_reasons: list[str] = []
     for path in order:
         if path not in reference or path not in candidate:
             continue
@@ -233,17 +234,21 @@ def locate_divergence(
             div.blocks.append(BlockError(path, float("nan"), float("nan"), float("nan"), False))
         else:
             m.ref_noise = (noise or {}).get(path)
-            ok = not judge(m, tol, path, use_top1=False)
-            div.blocks.append(BlockError(path, m.scale_rel, m.cosine, m.max_abs, ok, m.ref_noise))
+            reasons = judge(m, tol, path, use_top1=False)
+            div.blocks.append(BlockError(path, m.scale_rel, m.cosine, m.max_abs, not reasons, m.ref_noise))
+            if reasons and div.first_diverging is None:
+                first_reasons = reasons
         if not div.blocks[-1].passed and div.first_diverging is None:
             div.first_diverging = path
     if not div.blocks:
         div.note = "no block boundary could be matched between the reference and this candidate"
     elif div.first_diverging is not None and not output_failed:
         block = next(b for b in div.blocks if b.name == div.first_diverging)
+        why = "; ".join(first_reasons) or f"scale-relative {block.scale_rel:.3g}"
         div.note = (
-            f"warning: the outputs are within tolerance, but block {block.name} differs beyond its own "
-            f"limit (scale-relative {block.scale_rel:.3g}): a difference there is damped before the output"
+            f"warning: the outputs are within the {tol.profile.name} tolerance, but block {block.name} "
+            f"exceeds the {tol.profile.name} limit for its own output ({why}): a difference there is "
+            "damped before the output"
         )
     elif div.first_diverging is None and output_failed:
         worst = max(div.blocks, key=lambda b: b.scale_rel if np.isfinite(b.scale_rel) else np.inf)

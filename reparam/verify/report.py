@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,13 +248,14 @@ class VerifyReport:
             return "matplotlib is not installed; no plot written (pip install 'reparam[plot]')"
         fig, ax = plt.subplots(figsize=(10, 4.5))
         plotted = False
-        names: list[str] = []
+        names = merged_order(
+            [b.name for b in c.divergence.blocks]
+            for c in self.candidates
+            if c.divergence and c.divergence.blocks
+        )
         for c in self.candidates:
             if not (c.divergence and c.divergence.blocks):
                 continue
-            for b in c.divergence.blocks:
-                if b.name not in names:
-                    names.append(b.name)
             xs = [names.index(b.name) for b in c.divergence.blocks]
             # Exact zeros cannot be drawn on a log axis; show them at the float64 floor.
             ys = [
@@ -286,6 +288,24 @@ class VerifyReport:
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
         return None
+
+
+def merged_order(sequences: Iterable[Sequence[str]]) -> list[str]:
+    """One order holding every name, each sequence's relative order kept (each is in execution order).
+
+    A name only some candidates report (a stage output) goes right after its predecessor in the
+    sequence that has it, not at the end, so plotted lines run forward.
+    """
+    names: list[str] = []
+    for seq in sequences:
+        at = -1
+        for name in seq:
+            if name in names:
+                at = names.index(name)
+            else:
+                at += 1
+                names.insert(at, name)
+    return names
 
 
 def _json_safe(obj: Any) -> Any:

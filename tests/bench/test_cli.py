@@ -13,7 +13,7 @@ from reparam.cli.main import build_parser, main
     [
         (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
         (["--batch", "0,8"], "invalid batch '0,8'"),
-        (["--input-shape", "1x3x32x32"], "must be CxHxW or HxW"),
+        (["--input-shape", "3x32x32"], "must be NxCxHxW"),
         (["resnet18"], "'resnet18' has no plain counterpart"),
         (["acb_resnet19"], "unknown model 'acb_resnet19'"),
         (["--repeats", "0"], "--repeats must be at least 1"),
@@ -43,7 +43,7 @@ def test_quick_defaults_and_explicit_flags_win():
 
 
 @pytest.mark.parametrize(
-    "argv", [["bench", "--quick"], ["bench", "repvgg_a0", "--latency", "--input-shape", "64x64"]]
+    "argv", [["bench", "--quick"], ["bench", "repvgg_a0", "--latency", "--input-shape", "2x3x64x64"]]
 )
 def test_recorded_command_reproduces_the_options(argv):
     opts = _options(build_parser().parse_args(argv))
@@ -62,7 +62,7 @@ def test_torch_latency_run_writes_markdown_and_json(tmp_path, capsys):
         "--width",
         "0.25",
         "--input-shape",
-        "3x16x16",
+        "1x3x16x16",
         "--batch",
         "1,2",
         "--repeats",
@@ -107,3 +107,5 @@ def test_quick_run_of_everything(tmp_path):
     assert conv["check_passed"] is True and conv["export_s"] is not None and conv["peak_rss_delta_bytes"] > 0
     text = md.read_text()
     assert "## Targets" in text and "timm" in text
+    # quick sizes: targets are labelled, never met or missed
+    assert data["targets_judged"] is False and "Not judged" in text and "MISSED" not in text

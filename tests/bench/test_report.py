@@ -135,6 +135,11 @@ def test_markdown_has_machine_command_tables_and_targets():
     assert "5 of 7 targets met" in md
     assert "- MISSED deploy/plain acb_resnet18 ort-all b1: 1.050x > 1.02x" in md
     assert "- timm is not importable" in md
+    # the same numbers from a --quick run: every target is labelled "not judged"
+    results.judged = False
+    quick = render_markdown(results)
+    assert "MISSED" not in quick and "met |" not in quick and "Not judged" in quick
+    assert "mem<=3x not judged" in quick and results.to_dict()["targets"] == []
 
 
 def test_markdown_escapes_pipes_in_cells():

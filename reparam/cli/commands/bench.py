@@ -8,7 +8,7 @@ import sys
 # --quick: tiny widths and inputs, few repeats; proves the command works, says nothing about speed.
 QUICK = {
     "width": 0.25,
-    "input_shape": "3x32x32",
+    "input_shape": "1x3x32x32",
     "batch": "1",
     "repeats": 3,
     "warmup": 1,
@@ -56,7 +56,10 @@ def register(subparsers) -> None:
         "--threads", type=int, help="torch and ONNX Runtime intra-op threads (default: usable CPUs)"
     )
     parser.add_argument(
-        "--input-shape", help="CxHxW (or HxW) for every model (default: 3x224x224, 3x32x32 for CIFAR)"
+        "--input-shape",
+        metavar="NxCxHxW",
+        help="input for every model; N is the batch unless --batch is given "
+        "(default: 1x3x224x224, 1x3x32x32 for CIFAR models, with --batch 1,8)",
     )
     parser.add_argument("--repeats", type=int, help="timed rounds per cell (default 30)")
     parser.add_argument("--warmup", type=int, help="untimed warm-up rounds per cell (default 5)")
@@ -114,19 +117,18 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def _chw(text: str) -> tuple[int, int, int]:
+def _nchw(text: str) -> tuple[int, tuple[int, int, int]]:
+    """``--input-shape NxCxHxW`` as (N, (C, H, W)); N is the batch unless --batch is given."""
     from reparam.cli.common import parse_shape
     from reparam.errors import ReparamError
 
     dims = parse_shape(text)
-    if len(dims) == 2:
-        return (3, *dims)
-    if len(dims) == 3:
-        return dims  # type: ignore[return-value]
-    raise ReparamError(
-        f"--input-shape {text!r} must be CxHxW or HxW",
-        hint="the batch comes from --batch, e.g. --input-shape 3x224x224 --batch 1,8",
-    )
+    if len(dims) != 4:
+        raise ReparamError(
+            f"--input-shape {text!r} must be NxCxHxW, like every command's",
+            hint="e.g. --input-shape 1x3x224x224 (N is the batch; --batch 1,8 measures several)",
+        )
+    return dims[0], dims[1:]  # type: ignore[return-value]
 
 
 def _options(args: argparse.Namespace):
@@ -178,12 +180,14 @@ def _options(args: argparse.Namespace):
             hint="e.g. --conversion-input-shape 1x3x224x224",
         )
     shape = pick("input_shape")
+    batch, chw = _nchw(shape) if shape else (None, None)
+    batches = pick("batch") if args.batch is not None or batch is None else str(batch)
     return BenchOptions(
         models=models,
         backends=parse_backends(args.backend),
-        batches=_int_list(pick("batch"), "batch"),
+        batches=_int_list(batches, "batch"),
         threads=args.threads or usable_cpus(),
-        input_chw=_chw(shape) if shape else None,
+        input_chw=chw,
         repeats=pick("repeats"),
         warmup=pick("warmup"),
         width=pick("width"),
@@ -211,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = run_bench(options, progress=progress)
     if args.quick:
+        results.judged = False
         results.notes.append(
             "--quick: tiny widths and inputs, few repeats; the numbers say nothing about speed"
         )

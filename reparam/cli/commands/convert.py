@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 SUMMARY_ROWS = 20  # fusions listed one by one in the printed report
 
@@ -58,54 +59,88 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from reparam.artifact import save_artifact
+def artifact_metadata(model, args: argparse.Namespace, shape: tuple[int, ...]) -> dict:
+    """What a deploy artifact records about itself (read back by `reparam.describe`)."""
     from reparam.checkpoint import file_sha256
-    from reparam.cli.common import load_model_from_args, parse_shape
+
+    source = getattr(model, "reparam_source", None) or {}
+    return {
+        "arch": source.get("arch", args.arch),
+        "arch_kwargs": source.get("arch_kwargs"),
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_sha256": file_sha256(args.checkpoint),
+        "input_names": ["input"],
+        "input_shape": list(shape),
+        "precision": "fp32",
+    }
+
+
+def _check_output(out: Path, as_arch: str | None) -> None:
+    from reparam.errors import ReparamError
+
+    if out.is_dir():
+        raise ReparamError(f"output {str(out)!r} is a directory", hint="give a file path, e.g. -o model.pt2")
+    if as_arch:
+        if out.suffix.lower() in (".pt2", ".onnx"):
+            raise ReparamError(
+                f"with --as-arch the output is a {as_arch} checkpoint, not a {out.suffix} file",
+                hint=f"name it {out.with_suffix('.pth')}",
+            )
+        return
+    if out.suffix.lower() != ".pt2":
+        hint = (
+            f"convert writes a .pt2; for ONNX run `reparam export onnx {out.with_suffix('.pt2')} -o {out}` "
+            "afterwards (or `reparam deploy`)"
+            if out.suffix.lower() == ".onnx"
+            else f"name the output {out.with_suffix('.pt2')}, or pass --as-arch to write a checkpoint"
+        )
+        raise ReparamError(
+            f"output {str(out)!r} must end in .pt2 (a torch.export deploy artifact)", hint=hint
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from reparam.artifact import report_path, stage_artifact
+    from reparam.cli.common import input_shape_for, load_model_from_args, parse_json_kwargs
+    from reparam.cli.console import progress
     from reparam.engine import convert
     from reparam.engine.base import select_passes
-    from reparam.errors import ReparamError
-    from reparam.io import atomic_write_text
+    from reparam.engine.check import make_inputs
+    from reparam.io import atomic_files, check_writable
 
     out = Path(args.output)
-    if out.exists() and out.is_dir():
-        raise ReparamError(f"output {str(out)!r} is a directory", hint="give a file path, e.g. -o model.pt2")
-    shape = parse_shape(args.input_shape) if args.input_shape else None
+    _check_output(out, args.as_arch)
+    check_writable(out, None if args.as_arch else report_path(out), args.report)
     select_passes(args.passes, args.skip)  # validate names before the (slower) model loading
     if args.as_arch:
         from reparam.checkpoint import build_model
-        from reparam.cli.common import parse_json_kwargs
         from reparam.expansion.plain import write_plain_checkpoint
 
         as_kwargs = parse_json_kwargs(args.as_arch_kwargs)
         plain = build_model(args.as_arch, as_kwargs)  # a bad --as-arch fails before the conversion
+    progress(f"loading {args.checkpoint}")
     model = load_model_from_args(args)
+    shape = input_shape_for(model, args.input_shape)
+    progress("converting")
     result = convert(model, passes=args.passes, skip=args.skip, check=not args.no_check, input_shape=shape)
-    from reparam.engine.check import make_inputs
-
     example, _ = make_inputs(model, None, shape)
-    if example is None:
-        raise ReparamError("cannot export without an example input", hint="pass --input-shape NxCxHxW")
-    metadata = {
-        "arch": args.arch,
-        "arch_kwargs": args.arch_kwargs,
-        "checkpoint": str(args.checkpoint),
-        "checkpoint_sha256": file_sha256(args.checkpoint),
-        "input_shape": list(example[0].shape),
-    }
     max_rows = None if args.verbose else SUMMARY_ROWS
     sys.stdout.write(result.report.render(max_fusions=max_rows) + "\n")
-    if args.as_arch:
-        weights = write_plain_checkpoint(out, model, result.model, plain, args.as_arch, as_kwargs, example)
-        sys.stdout.write(weights.render() + "\n")
+    progress(f"writing {out}")
+    # One transaction: the output, its report and --report appear together or not at all.
+    with atomic_files() as tx:
+        if args.as_arch:
+            weights = write_plain_checkpoint(
+                tx.path(out), model, result.model, plain, args.as_arch, as_kwargs, example
+            )
+        else:
+            metadata = artifact_metadata(model, args, shape)
+            stage_artifact(tx, result.model, example, out, report=result.report, metadata=metadata)
         if args.report:
-            atomic_write_text(args.report, result.report.to_json())
+            tx.write_text(args.report, result.report.to_json())
+    if args.as_arch:
+        sys.stdout.write(weights.render() + "\n")
         sys.stdout.write(f"wrote {out} (a {args.as_arch} checkpoint)\n")
-        return 0
-    save_artifact(result.model, example, out, report=result.report, metadata=metadata)
-    if args.report:
-        atomic_write_text(args.report, result.report.to_json())
-    sys.stdout.write(f"wrote {out} and {out.name}.report.json\n")
+    else:
+        sys.stdout.write(f"wrote {out} and {report_path(out).name}\n")
     return 0

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from reparam.io import check_input_file
+
 
 def register(subparsers) -> None:
     from reparam.cli.common import add_arch_arguments
@@ -32,18 +34,18 @@ def register(subparsers) -> None:
     onnx.add_argument(
         "--input-shape",
         metavar="NxCxHxW",
-        help="example input shape (default: the artifact's recorded shape, or 1xCx32x32 from the "
-        "first layer of a checkpoint's model)",
+        help="example input shape (default: the shape a .pt2 records, else 1xCx224x224 with C "
+        "from the first conv)",
     )
     batch = onnx.add_mutually_exclusive_group()
     batch.add_argument(
-        "--dynamic-batch",
-        dest="dynamic_batch",
-        action="store_true",
-        default=True,
-        help="make the batch axis dynamic, named 'batch' (default)",
+        "--dynamic",
+        metavar="AXES",
+        help="comma list of input axes left dynamic: batch, height, width (or axis numbers); default: batch",
     )
-    batch.add_argument("--static", dest="dynamic_batch", action="store_false", help="fix every input dim")
+    batch.add_argument("--static", action="store_true", help="fix every input dim")
+    # Kept so old command lines still run: the batch axis is dynamic by default.
+    batch.add_argument("--dynamic-batch", action="store_true", help=argparse.SUPPRESS)
     onnx.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     onnx.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     onnx.add_argument(
@@ -109,19 +111,18 @@ def _missing_target(parser: argparse.ArgumentParser) -> int:
 
 def _load(args: argparse.Namespace):
     """(model, example inputs, metadata) from a .pt2 artifact or a checkpoint."""
+    import torch
+
     from reparam.checkpoint import file_sha256
-    from reparam.cli.common import load_model_from_args, parse_shape
+    from reparam.cli.common import input_shape_for, load_model_from_args
+    from reparam.cli.console import progress
     from reparam.errors import ReparamError
 
-    src = Path(args.checkpoint)
-    if not src.is_file():
-        raise ReparamError(
-            f"model file {str(src)!r} does not exist", hint="give a .pt2 artifact or a checkpoint"
-        )
-    shape = parse_shape(args.input_shape) if args.input_shape else None
+    src = check_input_file(args.checkpoint, "model file", hint="give a .pt2 artifact or a checkpoint")
     meta = {"source": src.name, "source_sha256": file_sha256(src)}
     if src.suffix.lower() == ".pt2":
         from reparam.artifact import load_artifact
+        from reparam.describe import describe
 
         if args.training_form:
             raise ReparamError(
@@ -133,46 +134,75 @@ def _load(args: argparse.Namespace):
                 "--arch/--arch-kwargs/--trust-pickle apply to checkpoints, not .pt2 artifacts",
                 hint="drop them; the artifact carries its own graph",
             )
+        desc = describe(src)
         model = load_artifact(src)
-        recorded = (getattr(model, "reparam_metadata", {}) or {}).get("metadata", {}).get("input_shape")
-        if shape is None and recorded:
-            shape = tuple(int(d) for d in recorded)
-        if shape is None:
+        if args.input_shape is None and desc.example_shape() is None:
             raise ReparamError(f"{src.name} records no input shape", hint="pass --input-shape NxCxHxW")
-        import torch
-
-        return model, (torch.randn(shape),), meta | {"form": "deploy"}
+        shape = input_shape_for(model, args.input_shape, desc)
+        described = {"arch": desc.arch, "arch_kwargs": desc.arch_kwargs, "input_names": desc.input_names}
+        return model, (torch.randn(shape),), meta | described | {"form": "deploy"}
     from reparam.engine.check import make_inputs
 
+    progress(f"loading {src}")
     model = load_model_from_args(args)
-    example, note = make_inputs(model, None, shape)
-    if example is None:
-        raise ReparamError("cannot export without an example input", hint="pass --input-shape NxCxHxW")
-    if note:
-        sys.stderr.write(f"note: {note}\n")
+    shape = input_shape_for(model, args.input_shape)
+    example, _ = make_inputs(model, None, shape)
+    source = getattr(model, "reparam_source", None) or {}
+    meta |= {"arch": source.get("arch"), "arch_kwargs": source.get("arch_kwargs"), "input_names": ["input"]}
     if args.training_form:
         return model, example, meta | {"form": "training"}
     from reparam.engine import convert
 
+    progress("converting")
     result = convert(model, example, check=True)
     return result.model, example, meta | {"form": "deploy", "checked": result.report.check is not None}
 
 
+DIM_NAMES = {"batch": 0, "channels": 1, "height": 2, "width": 3}
+
+
+def parse_dynamic(text: str | None, static: bool) -> dict[int, str]:
+    """``--dynamic batch,height,width`` (names or axis numbers) as ``{axis: dim name}``."""
+    from reparam.errors import ReparamError
+
+    if static:
+        return {}
+    axes: dict[int, str] = {}
+    for item in (text or "batch").split(","):
+        item = item.strip().lower()
+        if item in DIM_NAMES:
+            axes[DIM_NAMES[item]] = item
+        elif item.isdigit():
+            axes[int(item)] = next((n for n, a in DIM_NAMES.items() if a == int(item)), f"dim{item}")
+        elif item:
+            raise ReparamError(
+                f"--dynamic: unknown axis {item!r}",
+                hint="name axes of the NxCxHxW input: --dynamic batch,height,width (or axis numbers)",
+            )
+    return axes
+
+
 def run_onnx(args: argparse.Namespace) -> int:
     from exporters.onnx import convert_onnx_to_fp16, export_onnx
+    from reparam.cli.console import progress
     from reparam.errors import ReparamError
 
     out = Path(args.output)
     if out.is_dir():
         raise ReparamError(f"output {str(out)!r} is a directory", hint="give a file path, e.g. -o model.onnx")
+    axes = parse_dynamic(args.dynamic, args.static)
     model, example, meta = _load(args)
     meta.pop("checked", None)
+    progress(f"exporting {out}")
     result = export_onnx(
         model,
         example,
         out,
         opset=args.opset,
-        dynamic_batch=args.dynamic_batch,
+        dynamic_batch=0 in axes,
+        dynamic_axes={"input": {a: n for a, n in axes.items() if a != 0}}
+        if len(axes) > (0 in axes)
+        else None,
         simplify=not args.no_simplify,
         dynamo=not args.legacy_exporter,
         metadata=meta,
@@ -226,13 +256,8 @@ def run_trt(args: argparse.Namespace) -> int:
         onnx_is_qdq,
     )
     from reparam.cli.common import parse_shape
-    from reparam.errors import ReparamError
 
-    src = Path(args.onnx)
-    if not src.is_file():
-        raise ReparamError(
-            f"ONNX file {str(src)!r} does not exist", hint="export one with `reparam export onnx`"
-        )
+    src = check_input_file(args.onnx, "ONNX file", hint="export one with `reparam export onnx`")
     shapes = {
         k: parse_shape(getattr(args, k)) if getattr(args, k) else None
         for k in ("input_shape", "min_shape", "opt_shape", "max_shape")

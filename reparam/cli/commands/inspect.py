@@ -94,10 +94,10 @@ def engine_summary(path: Path) -> dict[str, Any]:
 def summarize(path: Path) -> dict[str, Any]:
     """The summary for any supported file kind."""
     from reparam.errors import ReparamError
+    from reparam.io import check_input_file
     from reparam.runners import ENGINE_SUFFIXES
 
-    if not path.is_file():
-        raise ReparamError(f"{str(path)!r} does not exist", hint="check the path")
+    check_input_file(path, "file")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         from exporters.onnx import onnx_summary

@@ -6,11 +6,14 @@ Exit codes: 0 every candidate passes, 1 a mismatch, 2 a usage or input error.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
 
-from reparam.errors import ReparamError
+from reparam.cli.options import (
+    add_input_arguments,
+    add_report_arguments,
+    add_tolerance_arguments,
+    write_reports,
+)
 
 DESCRIPTION = """\
 Run the training-form reference (eval mode) and each candidate -- a .pt2 deploy artifact, ONNX
@@ -20,59 +23,6 @@ candidate fails, the first block whose output diverges is named (through the rew
 """
 
 
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """--inputs / --input-shape / --batches / --batch-size / --seed (shared with `reparam deploy`)."""
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument(
-        "--inputs",
-        metavar="DATA.npz",
-        help="real inputs: array 'input' (or the only array) of an .npz, split into batches",
-    )
-    src.add_argument(
-        "--input-shape",
-        metavar="NxCxHxW",
-        help="shape of each seeded random batch (default 1xCx224x224, C from the first conv)",
-    )
-    parser.add_argument(
-        "--batches", type=int, default=None, help="number of batches (random: default 2; .npz: default all)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=8, help="batch size when splitting --inputs (default 8)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-
-
-def add_tolerance_arguments(parser: argparse.ArgumentParser, default: str | None = "fp32") -> None:
-    """--tolerance / --atol / --rtol."""
-    parser.add_argument(
-        "--tolerance",
-        choices=["fp32", "fp16", "int8"],
-        default=default,
-        help="tolerance profile (default fp32; see docs/verify.md)",
-    )
-    parser.add_argument(
-        "--atol",
-        action="append",
-        metavar="[OUTPUT=]VALUE",
-        help="elementwise absolute tolerance, Polygraphy-style (an element fails only when it "
-        "exceeds both atol and rtol); repeatable, per output with OUTPUT=VALUE",
-    )
-    parser.add_argument(
-        "--rtol",
-        action="append",
-        metavar="[OUTPUT=]VALUE",
-        help="elementwise relative tolerance (see --atol)",
-    )
-
-
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--report", metavar="REPORT.json", help="write the full report as JSON")
-    parser.add_argument(
-        "--markdown", metavar="REPORT.md", help="write the report as markdown (CI job summaries)"
-    )
-    parser.add_argument("--plot", metavar="ERRORS.png", help="plot per-block error (needs matplotlib)")
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "verify",
@@ -80,107 +30,95 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--reference", required=True, metavar="CKPT", help="training checkpoint (the reference)")
-    from reparam.cli.common import add_arch_arguments
+    p.add_argument(
+        "reference",
+        nargs="?",
+        metavar="REFERENCE",
+        help="the reference: a training checkpoint (usual), or a .pt2 / .onnx to compare against",
+    )
+    p.add_argument("--reference", dest="reference_flag", metavar="REFERENCE", help=argparse.SUPPRESS)
+    from reparam.cli.common import add_arch_arguments, add_state_dict_arguments
 
     add_arch_arguments(p)
+    add_state_dict_arguments(p)
     p.add_argument("--deploy", action="append", default=[], metavar="ARTIFACT.pt2", help="deploy artifact")
     p.add_argument("--onnx", action="append", default=[], metavar="FILE", help="ONNX file (repeatable)")
     p.add_argument(
         "--engine", action="append", default=[], metavar="FILE", help="TensorRT engine (needs a GPU)"
     )
+    golden = p.add_mutually_exclusive_group()
+    golden.add_argument(
+        "--save-golden",
+        metavar="DIR",
+        help="save the reference's inputs, outputs and per-block outputs (npz + JSON manifest with "
+        "checksums) to check artifacts later with --golden, without the checkpoint or training code",
+    )
+    golden.add_argument(
+        "--golden",
+        metavar="DIR",
+        help="compare the candidates with golden results saved by --save-golden (no REFERENCE)",
+    )
     add_input_arguments(p)
-    add_tolerance_arguments(p)
+    add_tolerance_arguments(p, default=None)
     add_report_arguments(p)
     p.set_defaults(func=run)
 
 
-def make_batches(args: argparse.Namespace, model) -> tuple[list[dict], dict[str, Any]]:
-    """Input batches from --inputs or --input-shape / the model's default, and a description of them."""
-    from reparam.cli.common import parse_shape
-    from reparam.verify.inputs import default_input_shape, load_npz_batches, random_batches
-
-    if args.inputs:
-        batches = load_npz_batches(args.inputs, batch_size=args.batch_size, batches=args.batches)
-        n = sum(b["input"].shape[0] for b in batches)
-        info = {
-            "source": str(args.inputs),
-            "samples": n,
-            "batches": len(batches),
-            "shape": "x".join(map(str, batches[0]["input"].shape)),
-        }
-        return batches, info
-    shape = parse_shape(args.input_shape) if args.input_shape else default_input_shape(model)
-    count = 2 if args.batches is None else args.batches
-    batches = random_batches(shape, count, args.seed)
-    return batches, {
-        "source": "random normal",
-        "seed": args.seed,
-        "batches": count,
-        "shape": "x".join(map(str, shape)),
-    }
-
-
-def make_tolerance_from_args(args: argparse.Namespace, profile: str | None = None):
-    from reparam.verify.tolerance import make_tolerance, parse_tolerance_overrides
-
-    return make_tolerance(
-        profile or args.tolerance,
-        parse_tolerance_overrides(args.atol, "--atol"),
-        parse_tolerance_overrides(args.rtol, "--rtol"),
-    )
-
-
-def write_reports(report, args: argparse.Namespace, console=None) -> None:
-    """Print the terminal table and write the files asked for."""
-    report.render(console)
-    if getattr(args, "report", None):
-        report.write_json(args.report)
-    if getattr(args, "markdown", None):
-        report.write_markdown(args.markdown)
-    if getattr(args, "plot", None):
-        note = report.write_plot(args.plot)
-        if note:
-            sys.stderr.write(f"note: {note}\n")
-
-
 def _check_files(paths: list[str], option: str) -> None:
+    from reparam.io import check_input_file
+
     for p in paths:
-        if not Path(p).is_file():
-            raise ReparamError(
-                f"{option} file {p!r} does not exist", hint=f"check the path given to {option}"
-            )
+        check_input_file(p, f"{option} file", hint=f"check the path given to {option}")
+
+
+def _reference(args: argparse.Namespace) -> str | None:
+    from reparam.errors import ReparamError
+
+    if args.reference and args.reference_flag and args.reference != args.reference_flag:
+        raise ReparamError("two references given", hint="give the reference once, as the first argument")
+    return args.reference or args.reference_flag
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from reparam.checkpoint import load_model
-    from reparam.cli.common import parse_json_kwargs
-    from reparam.verify.core import verify
+    from reparam.cli.common import allow_local_imports, parse_json_kwargs, parse_shape
+    from reparam.cli.console import note, progress
+    from reparam.io import check_writable
+    from reparam.pipeline import verify_files
+    from reparam.verify.tolerance import parse_tolerance_overrides
 
     _check_files(args.deploy, "--deploy")
     _check_files(args.onnx, "--onnx")
     _check_files(args.engine, "--engine")
-    tol = make_tolerance_from_args(args)
-    model = load_model(
-        args.reference,
+    golden_files = (
+        [Path(args.save_golden) / f for f in ("golden.json", "arrays.npz")] if args.save_golden else []
+    )
+    check_writable(args.report, args.markdown, args.plot, *golden_files)
+    allow_local_imports(args.arch)
+    outcome = verify_files(
+        _reference(args),
+        [*args.deploy, *args.onnx, *args.engine],
+        golden=args.golden,
+        save_golden=args.save_golden,
         arch=args.arch,
         arch_kwargs=parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
         trust_pickle=args.trust_pickle,
+        max_memory=args.max_memory,
+        state_dict_key=args.state_dict_key,
+        strip_prefix=args.strip_prefix,
+        inputs=args.inputs,
+        input_shape=parse_shape(args.input_shape) if args.input_shape else None,
+        batches=args.batches,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        tolerance=args.tolerance,
+        atol=parse_tolerance_overrides(args.atol, "--atol"),
+        rtol=parse_tolerance_overrides(args.rtol, "--rtol"),
+        progress=progress,
     )
-    model.eval()
-    batches, info = make_batches(args, model)
-    candidates: list[Any] = [*args.deploy, *args.onnx, *args.engine]
-    if not candidates:
-        from reparam.engine import convert
-
-        example = (torch.from_numpy(batches[0]["input"]),)
-        result = convert(model, example, check=False)
-        candidates = [result.model]
-        info["candidate"] = "converted on the fly (no --deploy/--onnx/--engine given)"
-    report = verify(
-        model, candidates, batches, tolerance=tol, reference_name=str(args.reference), inputs_info=info
-    )
-    write_reports(report, args)
-    return 0 if report.passed else 1
+    for text in outcome.notes:
+        note(text)
+    if outcome.golden is not None:
+        print(f"wrote golden results to {args.save_golden}")
+    if outcome.report is not None:
+        write_reports(outcome.report, args)
+    return 0 if outcome.passed else 1

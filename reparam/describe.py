@@ -1,0 +1,167 @@
+"""What an artifact says about itself: architecture, inputs, dynamic axes, precision.
+
+A ``.pt2`` carries it in its embedded ``reparam.json``, an ONNX file in ``reparam.*`` metadata
+properties, a deploy directory in ``manifest.json``. Commands read it so that a user never repeats
+what the artifact knows. Nothing read here is executed: an architecture named by a file is only a
+zoo name (checked by `reparam.checkpoint.load_model`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reparam.errors import ReparamError
+
+PT2_METADATA = "reparam.json"
+
+
+@dataclass
+class Description:
+    """The self-description of one artifact; None where the artifact does not say."""
+
+    path: str
+    kind: str  # "pt2", "onnx", "tensorrt", "deploy-dir"
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] | None = None
+    input_names: list[str] = field(default_factory=lambda: ["input"])
+    input_shape: list[int | str] | None = None  # symbolic dims as names, e.g. ["batch", 3, 32, 32]
+    precision: str | None = None
+
+    def architecture(self) -> dict[str, Any] | None:
+        """``{"arch", "arch_kwargs", "source"}`` for `load_model(described_by=...)`, if recorded."""
+        if not self.arch:
+            return None
+        return {"arch": self.arch, "arch_kwargs": self.arch_kwargs, "source": self.path}
+
+    def example_shape(self, batch: int = 1) -> tuple[int, ...] | None:
+        """A concrete input shape: symbolic dims become ``batch`` (axis 0) or the recorded size."""
+        if not self.input_shape:
+            return None
+        if any(isinstance(d, str) for d in self.input_shape[1:]):
+            return None
+        first = self.input_shape[0]
+        return (batch if isinstance(first, str) else int(first), *(int(d) for d in self.input_shape[1:]))
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether an input of ``shape`` is accepted (symbolic dims accept any size)."""
+        if not self.input_shape:
+            return True
+        if len(shape) != len(self.input_shape):
+            return False
+        return all(isinstance(d, str) or int(d) == s for d, s in zip(self.input_shape, shape))
+
+    def shape_text(self) -> str:
+        return "x".join(str(d) for d in self.input_shape or []) or "?"
+
+
+def _pt2(path: Path) -> Description:
+    from reparam.artifact import refuse_pickled_payloads
+
+    refuse_pickled_payloads(path)  # also refuses zips that are not torch.export programs
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("/extra/" + PT2_METADATA)), None)
+            embedded = json.loads(z.read(name)) if name else {}
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise ReparamError(
+            f"cannot read deploy artifact {str(path)!r}: {type(exc).__name__}: {exc}",
+            hint="the file must be a .pt2 written by `reparam convert`; it may be truncated",
+        ) from exc
+    meta = embedded.get("metadata") or {}
+    shape = meta.get("input_shape")
+    if shape and embedded.get("dynamic_batch"):
+        shape = ["batch", *shape[1:]]
+    kwargs = meta.get("arch_kwargs")
+    if isinstance(kwargs, str):  # written as the --arch-kwargs text by older versions
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError:
+            kwargs = None
+    return Description(
+        str(path),
+        "pt2",
+        arch=meta.get("arch") if isinstance(meta.get("arch"), str) else None,
+        arch_kwargs=kwargs if isinstance(kwargs, dict) else None,
+        input_names=list(meta.get("input_names") or ["input"]),
+        input_shape=shape,
+        precision=meta.get("precision", "fp32"),
+    )
+
+
+def _onnx(path: Path) -> Description:
+    from exporters.onnx import onnx_summary
+
+    info = onnx_summary(path)
+    meta = info["metadata"]
+    inputs = info["inputs"]
+    kwargs = meta.get("reparam.arch_kwargs")
+    return Description(
+        str(path),
+        "onnx",
+        arch=meta.get("reparam.arch") if isinstance(meta.get("reparam.arch"), str) else None,
+        arch_kwargs=kwargs if isinstance(kwargs, dict) else None,
+        input_names=[i["name"] for i in inputs],
+        input_shape=inputs[0]["shape"] if len(inputs) == 1 else None,
+        precision=meta.get("reparam.precision"),
+    )
+
+
+def _engine(path: Path) -> Description:
+    from exporters.tensorrt.header import read_engine_sidecar
+
+    build = read_engine_sidecar(path) or {}
+    return Description(str(path), "tensorrt", precision=build.get("precision"))
+
+
+def _deploy_dir(path: Path) -> Description:
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        raise ReparamError(
+            f"{str(path)!r} is a directory without manifest.json",
+            hint="give a file, or a directory written by `reparam deploy`",
+        )
+    desc = (
+        _pt2(path / "model.pt2") if (path / "model.pt2").is_file() else Description(str(path), "deploy-dir")
+    )
+    desc.path, desc.kind = str(path), "deploy-dir"
+    return desc
+
+
+def describe(path: str | os.PathLike) -> Description:
+    """The self-description of a ``.pt2``, ``.onnx``, TensorRT engine or deploy directory."""
+    from reparam.runners import ENGINE_SUFFIXES
+
+    p = Path(path)
+    if p.is_dir():
+        return _deploy_dir(p)
+    suffix = p.suffix.lower()
+    if suffix == ".pt2":
+        return _pt2(p)
+    if suffix == ".onnx":
+        return _onnx(p)
+    if suffix in ENGINE_SUFFIXES:
+        return _engine(p)
+    raise ReparamError(
+        f"cannot tell what kind of artifact {p.name} is from its suffix {suffix!r}",
+        hint="use .pt2 for a deploy artifact, .onnx for ONNX, .engine/.plan for TensorRT",
+    )
+
+
+def check_inputs_fit(descriptions: list[Description], shape: tuple[int, ...], info: dict[str, Any]) -> None:
+    """Refuse, before running anything, inputs an artifact cannot take; name it, its shape and the flag."""
+    for d in descriptions:
+        if d.fits(shape):
+            continue
+        fitting = d.example_shape(batch=shape[0])
+        source = f"--inputs {info['source']}" if "samples" in info else "--input-shape"
+        raise ReparamError(
+            f"{Path(d.path).name} expects input {d.input_names[0]!r} of shape {d.shape_text()}, "
+            f"but the inputs ({source}) are {'x'.join(map(str, shape))}",
+            hint=(f"pass --input-shape {'x'.join(map(str, fitting))}, or " if fitting else "")
+            + "re-export the artifact for this shape (--input-shape; `export onnx --dynamic batch,height,width`)",
+        )

@@ -1,0 +1,229 @@
+"""Golden results: the training model's inputs, outputs and per-block outputs, saved to check later.
+
+`save_golden` runs the unfused training model once and writes a directory::
+
+    G/golden.json   format name and version, provenance, names, block order, fp32 noise, sha256 of
+    G/arrays.npz    inputs/<batch>/<name>, outputs/<batch>/<name>, blocks/<batch>/<block path>
+
+`verify_golden` compares ONNX files, engines or ``.pt2`` artifacts with it on another machine,
+without the checkpoint or the training code. Arrays are read with ``allow_pickle=False``; nothing in
+a golden directory is executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from reparam.errors import ReparamError
+from reparam.io import atomic_files, check_input_file
+
+FORMAT, VERSION = "reparam-golden", 1
+MANIFEST, ARRAYS = "golden.json", "arrays.npz"
+Batch = Mapping[str, np.ndarray]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _block_paths(model: nn.Module, batch: Batch, input_names: Sequence[str]) -> list[str]:
+    """The training blocks a deploy artifact can map back to (the rewrite record's boundaries)."""
+    import torch
+
+    from reparam.engine import convert
+
+    example = tuple(torch.from_numpy(np.asarray(batch[n])) for n in input_names)
+    record = convert(model, example, check=False).record
+    return list(getattr(record, "boundaries", {}) or {})
+
+
+def save_golden(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    path: str | os.PathLike,
+    *,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Run ``model`` (eval mode) on ``batches`` and write the golden directory ``path`` atomically."""
+    import io
+
+    from reparam import __version__
+    from reparam.runners import TorchRunner
+    from reparam.verify.core import _float64_copy, _run_all, reference_noise
+    from reparam.verify.localize import module_block_outputs
+
+    model.eval()
+    runner = TorchRunner(model)
+    input_names = list(runner.input_names)
+    outputs = _run_all(runner, batches)
+    blocks = _block_paths(model, batches[0], input_names)
+    arrays: dict[str, np.ndarray] = {}
+    order: list[str] = []
+    for i, batch in enumerate(batches):
+        values, order_i = module_block_outputs(model, blocks, batch, input_names)
+        order = order or order_i
+        arrays |= {f"inputs/{i}/{n}": np.asarray(batch[n]) for n in input_names}
+        arrays |= {f"outputs/{i}/{n}": v[i] for n, v in outputs.items()}
+        arrays |= {f"blocks/{i}/{p}": v for p, v in values.items()}
+    model64 = _float64_copy(model)
+    noise = reference_noise(model64, batches, input_names, outputs) if model64 is not None else {}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "reparam_version": __version__,
+        "created_unix": int(time.time()),
+        "provenance": dict(provenance or {}),
+        "batches": len(batches),
+        "input_names": input_names,
+        "input_shapes": [list(np.asarray(b[input_names[0]]).shape) for b in batches],
+        "output_names": list(outputs),
+        "blocks": order,
+        "fp32_noise": noise,
+        "files": {ARRAYS: {"bytes": len(data), "sha256": _sha256(data)}},
+    }
+    target = Path(path)
+    with atomic_files() as tx:
+        tx.write_bytes(target / ARRAYS, data)
+        tx.write_text(target / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return target
+
+
+def _bad(path: Path, why: str) -> ReparamError:
+    return ReparamError(
+        f"golden results {str(path)!r} are unusable: {why}",
+        hint="write them again with `reparam verify CKPT --save-golden DIR`",
+    )
+
+
+def load_golden(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The manifest and arrays of a golden directory, checksums and format checked."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ReparamError(
+            f"golden results {str(root)!r} are not a directory", hint="pass the DIR given to --save-golden"
+        )
+    manifest_path = check_input_file(root / MANIFEST, "golden manifest")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _bad(root, f"{MANIFEST} is not JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _bad(root, f"{MANIFEST} is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise _bad(root, f"format version {manifest.get('version')!r}; this reparam reads version {VERSION}")
+    data = check_input_file(root / ARRAYS, "golden arrays").read_bytes()
+    expected = (manifest.get("files") or {}).get(ARRAYS, {}).get("sha256")
+    if _sha256(data) != expected:
+        raise _bad(root, f"{ARRAYS} does not match the checksum in {MANIFEST} (changed or truncated)")
+    import io
+
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise _bad(root, f"{ARRAYS} cannot be read ({exc})") from exc
+    return manifest, arrays
+
+
+def _per_batch(arrays: Mapping[str, np.ndarray], kind: str, batch: int) -> dict[str, np.ndarray]:
+    prefix = f"{kind}/{batch}/"
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _check_names(manifest: Mapping[str, Any], cand: Any, golden: Path) -> None:
+    names = list(cand.runner.input_names)
+    if names != list(manifest["input_names"]):
+        raise ReparamError(
+            f"{cand.name} takes inputs {names}, the golden results hold {manifest['input_names']}",
+            hint=f"compare an artifact exported from the model the golden results {golden} came from",
+        )
+
+
+def _candidate_blocks(cand: Any, batch: Batch) -> tuple[dict[str, np.ndarray], str]:
+    from reparam.verify.core import _candidate_blocks as blocks_of
+
+    try:
+        return blocks_of(cand, batch, list(batch))
+    except ReparamError:
+        raise
+    except Exception as exc:  # localization is a diagnostic; never let it hide the verdict
+        return {}, f"could not localize: {type(exc).__name__}: {exc}"
+
+
+def verify_golden(golden: str | os.PathLike, candidates: Sequence[Any], *, tolerance: Any = "fp32") -> Any:
+    """Compare candidates with golden results; a VerifyReport like `reparam.verify.core.verify`'s.
+
+    A candidate may carry its own tolerance (``Candidate.tolerance``); block outputs are compared
+    in the recorded execution order and the first one beyond the limit is named.
+    """
+    from reparam.verify.compare import CandidateResult, Divergence, compare_outputs
+    from reparam.verify.core import _run_all, _worst_batch, make_candidate
+    from reparam.verify.localize import locate_divergence
+    from reparam.verify.report import VerifyReport
+    from reparam.verify.tolerance import make_tolerance
+
+    root = Path(golden)
+    manifest, arrays = load_golden(root)
+    n = int(manifest["batches"])
+    batches = [_per_batch(arrays, "inputs", i) for i in range(n)]
+    ref_out = {
+        name: [_per_batch(arrays, "outputs", i)[name] for i in range(n)] for name in manifest["output_names"]
+    }
+    tol = make_tolerance(tolerance)
+    info = {
+        "source": f"golden results {root}",
+        "batches": n,
+        "shape": "x".join(map(str, manifest["input_shapes"][0])),
+    }
+    report = VerifyReport(str(manifest.get("provenance", {}).get("reference", root)), tol, info)
+    for cand in (make_candidate(c) for c in candidates):
+        _check_names(manifest, cand, root)
+        cand_tol = cand.tolerance or tol
+        try:
+            cand_out = _run_all(cand.runner, batches)
+        except ReparamError:
+            raise
+        except Exception as exc:
+            report.candidates.append(
+                CandidateResult(
+                    cand.name, cand.kind, problems=[f"failed to run: {type(exc).__name__}: {exc}"]
+                )
+            )
+            continue
+        result = compare_outputs(
+            ref_out,
+            cand_out,
+            cand_tol,
+            name=cand.name,
+            kind=cand.kind,
+            noise=manifest.get("fp32_noise") or {},
+        )
+        idx = _worst_batch(ref_out, cand_out)
+        cand_blocks, reason = _candidate_blocks(cand, batches[idx])
+        if cand_blocks:
+            result.divergence = locate_divergence(
+                _per_batch(arrays, "blocks", idx),
+                cand_blocks,
+                manifest["blocks"],
+                cand_tol,
+                output_failed=not result.passed,
+            )
+        else:
+            result.divergence = Divergence(
+                note=reason or "no block outputs could be read from this candidate"
+            )
+        report.candidates.append(result)
+    return report

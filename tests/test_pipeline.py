@@ -1,0 +1,47 @@
+"""`reparam.deploy`: the pipeline as a library call with explicit parameters (the CLI calls it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import reparam
+from reparam.checkpoint import save_checkpoint
+from reparam.describe import describe
+from reparam.errors import ReparamError
+from reparam.numerics import randomize_batchnorm
+from reparam.zoo import create_model
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_batchnorm(create_model("repvgg_a0", num_classes=3, width=0.25)).eval()
+    path = tmp_path / "r.pth"
+    save_checkpoint(path, model, "repvgg_a0", {"num_classes": 3, "width": 0.25})
+    return path
+
+
+def test_deploy_library_call_writes_a_verified_directory(tmp_path, ckpt):
+    lines: list[str] = []
+    result = reparam.deploy(
+        ckpt, tmp_path / "out", targets=[], input_shape=(1, 3, 32, 32), progress=lines.append
+    )
+    assert result.passed and result.output == (tmp_path / "out").resolve()
+    assert result.summary.startswith("converted:") and any("verifying" in line for line in lines)
+    names = sorted(p.name for p in result.output.iterdir())
+    assert names == sorted(result.files) and "model.pt2" in names and "model.onnx" not in names
+    manifest = json.loads((result.output / "manifest.json").read_text())
+    assert manifest["arch"] == "repvgg_a0" and manifest["arch_kwargs"] == {"num_classes": 3, "width": 0.25}
+    d = describe(result.output / "model.pt2")
+    assert (d.arch, d.input_shape) == ("repvgg_a0", ["batch", 3, 32, 32])
+
+
+def test_deploy_input_error_leaves_nothing(tmp_path, ckpt):
+    with pytest.raises(ReparamError, match="unknown --to target"):
+        reparam.deploy(ckpt, tmp_path / "out", targets=["coreml"])
+    with pytest.raises(ReparamError, match="architecture"):
+        reparam.deploy(ckpt, tmp_path / "out", arch="acb_resnet18", input_shape=(1, 3, 32, 32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.pth"]
