@@ -88,6 +88,22 @@ def reparameterize_model(model, inplace=False):
 """
 
 
+@pytest.fixture
+def own_timm_modules():
+    """Whatever these tests import as ``timm`` is gone afterwards; a real timm imported before comes back."""
+    import sys
+
+    def timm_modules() -> dict:
+        return {k: v for k, v in sys.modules.items() if k == "timm" or k.startswith("timm.")}
+
+    saved = timm_modules()
+    yield
+    for name in timm_modules():
+        del sys.modules[name]
+    sys.modules.update(saved)
+
+
+@pytest.mark.usefixtures("own_timm_modules")
 def test_timm_comparison_runs_against_a_timm_like_package(tmp_path, monkeypatch):
     from reparam.bench.conversion import measure_timm
 
@@ -121,6 +137,7 @@ def test_timm_comparison_is_skipped_without_timm(monkeypatch):
     assert rows == [] and any("timm is not installed" in n for n in notes)
 
 
+@pytest.mark.usefixtures("own_timm_modules")
 def test_timm_that_cannot_be_imported_is_a_note_not_a_crash(tmp_path, monkeypatch):
     from reparam.bench.conversion import measure_timm
 
