@@ -143,9 +143,16 @@ def _bad_kwargs(source: str, why: str) -> ReparamError:
 
 
 def save_checkpoint(
-    path: str | os.PathLike, model: nn.Module, arch: str, arch_kwargs: Mapping[str, Any] | None = None
+    model: nn.Module, path: str | os.PathLike, arch: str, arch_kwargs: Mapping[str, Any] | None = None
 ) -> None:
-    """Write ``{"arch", "arch_kwargs", "state_dict"}`` with ``torch.save``, atomically."""
+    """Write ``{"arch", "arch_kwargs", "state_dict"}`` with ``torch.save``, atomically.
+
+    The order follows ``torch.save(obj, f)``: the model first, then where it goes.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"save_checkpoint(model, path, arch, arch_kwargs) takes the model first, got {type(model).__name__}"
+        )
     payload = {"arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "state_dict": model.state_dict()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

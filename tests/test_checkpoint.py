@@ -31,7 +31,7 @@ def _same(a: nn.Module, b: nn.Module) -> bool:
 
 def test_reparam_checkpoint_records_its_architecture(tmp_path, trained):
     path = tmp_path / "ckpt.pth"
-    save_checkpoint(path, trained, ARCH, KW)
+    save_checkpoint(trained, path, ARCH, KW)
     model = load_model(path)
     assert _same(model, trained) and not model.training
     assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -94,7 +94,7 @@ def test_truncated_or_corrupt_files_give_a_clear_error(tmp_path, trained, damage
         torch.save(trained.state_dict(), path, _use_new_zipfile_serialization=False)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "truncate":
-        save_checkpoint(path, trained, ARCH, KW)
+        save_checkpoint(trained, path, ARCH, KW)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "garbage":
         path.write_bytes(b"this is not a checkpoint")
@@ -120,7 +120,7 @@ def test_missing_file(tmp_path):
 
 def test_wrong_architecture_lists_missing_and_unexpected_keys(tmp_path, trained):
     path = tmp_path / "ckpt.pth"
-    save_checkpoint(path, trained, ARCH, KW)
+    save_checkpoint(trained, path, ARCH, KW)
     with pytest.raises(ReparamError) as info:
         load_model(path, "resnet18", KW)
     msg = info.value.message
@@ -209,3 +209,9 @@ def test_an_architecture_given_by_the_caller_overrides_what_the_file_records(tmp
         {"arch": "some.module:Factory", "arch_kwargs": {"x": 1}, "state_dict": trained.state_dict()}, path
     )
     assert _same(load_model(path, ARCH, KW), trained)
+
+
+def test_save_checkpoint_takes_the_model_first_like_torch_save(tmp_path, trained):
+    with pytest.raises(TypeError, match="takes the model first"):
+        save_checkpoint(tmp_path / "x.pth", trained, ARCH, KW)
+    assert not (tmp_path / "x.pth").exists()

@@ -20,7 +20,7 @@ def ckpt(tmp_path):
     torch.manual_seed(0)
     model = randomize_batchnorm(create_model("repvgg_a0", num_classes=3, width=0.25)).eval()
     path = tmp_path / "r.pth"
-    save_checkpoint(path, model, "repvgg_a0", {"num_classes": 3, "width": 0.25})
+    save_checkpoint(model, path, "repvgg_a0", {"num_classes": 3, "width": 0.25})
     return path
 
 

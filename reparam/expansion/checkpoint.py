@@ -62,7 +62,7 @@ def save_model(
     from reparam.checkpoint import save_checkpoint
 
     if ":" not in arch:
-        save_checkpoint(path, model, arch, arch_kwargs)
+        save_checkpoint(model, path, arch, arch_kwargs)
         return
     payload = {
         "state_dict": model.state_dict(),

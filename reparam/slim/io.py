@@ -101,7 +101,7 @@ def write_outputs(result: SlimResult, paths: Mapping[str, Path]) -> None:
     }
     with contextlib.ExitStack() as stack:
         tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items()}
-        save_checkpoint(tmp["checkpoint"], result.model, result.arch, result.arch_kwargs)
+        save_checkpoint(result.model, tmp["checkpoint"], result.arch, result.arch_kwargs)
         for key, data in payloads.items():
             tmp[key].write_bytes(data)
 

@@ -26,7 +26,7 @@ def model():
 @pytest.fixture
 def ckpt(tmp_path, model):
     path = tmp_path / "in" / "acb.pth"
-    save_checkpoint(path, model, ARCH, KW)
+    save_checkpoint(model, path, ARCH, KW)
     return path
 
 

@@ -23,7 +23,7 @@ def checkpoint(tmp_path_factory):
     kwargs = {"width": 0.125, "num_classes": 10}
     model = calibrate_batchnorm(create_model("acb_resnet18", **kwargs), 0)
     path = tmp_path_factory.mktemp("ckpt") / "acb.pt"
-    save_checkpoint(path, model, "acb_resnet18", kwargs)
+    save_checkpoint(model, path, "acb_resnet18", kwargs)
     return path, model
 
 

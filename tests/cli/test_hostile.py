@@ -68,9 +68,9 @@ def files(tmp_path_factory):
     (root / "in").mkdir()
     torch.manual_seed(0)
     model = randomize_batchnorm(create_model(ARCH, **KW)).eval()
-    save_checkpoint(root / "in" / "ckpt.pth", model, ARCH, KW)
+    save_checkpoint(model, root / "in" / "ckpt.pth", ARCH, KW)
     randomize_batchnorm(model, seed=1)
-    save_checkpoint(root / "in" / "other.pth", model, ARCH, KW)
+    save_checkpoint(model, root / "in" / "other.pth", ARCH, KW)
     pt2, onnx = root / "in" / "model.pt2", root / "in" / "model.onnx"
     shape = ["--input-shape", "1x3x32x32"]
     assert main(["convert", str(root / "in" / "ckpt.pth"), "-o", str(pt2), *shape]) == 0

@@ -27,7 +27,7 @@ def plain_ckpt(tmp_path):
     torch.manual_seed(0)
     model = randomize_batchnorm(create_model("resnet18", **KW)).eval()
     path = tmp_path / "in" / "plain.pth"
-    save_checkpoint(path, model, "resnet18", KW)
+    save_checkpoint(model, path, "resnet18", KW)
     return path, model
 
 
@@ -71,7 +71,7 @@ def test_expand_then_convert_as_arch_round_trip(tmp_path, plain_ckpt, capsys):
         for p in trained.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     randomize_batchnorm(trained, seed=9)
-    save_checkpoint(out / "trained.pth", trained, saved["arch"], saved["arch_kwargs"])
+    save_checkpoint(trained, out / "trained.pth", saved["arch"], saved["arch_kwargs"])
     rc = main(
         [
             "convert",

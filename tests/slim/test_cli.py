@@ -22,7 +22,7 @@ OUTPUTS = ["slim.pth", "slim.structure.json", "r.json", "r.md", "r.png"]
 @pytest.fixture(scope="module")
 def seed_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("seed") / "seed.pth"
-    save_checkpoint(path, make_seed(PUBLISHED_KW), "scalenet50", PUBLISHED_KW)
+    save_checkpoint(make_seed(PUBLISHED_KW), path, "scalenet50", PUBLISHED_KW)
     return path
 
 
@@ -75,7 +75,7 @@ def _foreign_arch(tmp_path):
 def _resnet(tmp_path):
     path = tmp_path / "resnet.pth"
     save_checkpoint(
-        path, randomize_batchnorm(create_model("resnet18", width=0.125)), "resnet18", {"width": 0.125}
+        randomize_batchnorm(create_model("resnet18", width=0.125)), path, "resnet18", {"width": 0.125}
     )
     return path
 
@@ -106,7 +106,7 @@ def test_bad_input_is_one_error_and_writes_nothing(seed_ckpt, tmp_path, capsys, 
 def test_scalenet50_full_size_meets_0_6(tmp_path):
     """The issue's run: scalenet50, width 1, 224×224, random BN γ, --macs 0.6 (speed is measured, not asserted)."""
     ckpt = tmp_path / "seed.pth"
-    save_checkpoint(ckpt, randomize_batchnorm(create_model("scalenet50"), 0), "scalenet50", {})
+    save_checkpoint(randomize_batchnorm(create_model("scalenet50"), 0), ckpt, "scalenet50", {})
     out = tmp_path / "out"
     rc = main(
         ["slim", str(ckpt), "--arch", "scalenet50", "--macs", "0.6", "-o", str(out / "slim.pth")]
