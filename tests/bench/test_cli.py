@@ -71,12 +71,15 @@ def test_torch_latency_run_writes_markdown_and_json(tmp_path, capsys):
         "1",
         "--out",
         str(md),
-        "--json",
+        "--report",
         str(js),
+        "--json",
     ]
     assert main(argv) == 0
-    assert "acb_resnet56_cifar vs resnet56_cifar" in capsys.readouterr().out
+    printed = capsys.readouterr()
     data = json.loads(js.read_text())
+    assert json.loads(printed.out) == data  # --json: stdout is the JSON and nothing else
+    assert f"wrote {js}" in printed.err
     assert [(c["backend"], c["batch"]) for c in data["latency"]] == [("torch", 1), ("torch", 2)]
     for cell in data["latency"]:
         samples = cell["samples"]
@@ -94,7 +97,7 @@ def test_torch_latency_run_writes_markdown_and_json(tmp_path, capsys):
 @pytest.mark.slow
 def test_quick_run_of_everything(tmp_path):
     md, js = tmp_path / "r.md", tmp_path / "r.json"
-    assert main(["bench", "--quick", "--out", str(md), "--json", str(js)]) == 0
+    assert main(["bench", "--quick", "--out", str(md), "--report", str(js)]) == 0
     data = json.loads(js.read_text())
     cells = {(c["model"], c["backend"]) for c in data["latency"]}
     assert cells == {

@@ -98,7 +98,10 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--out", help="write the results as markdown to this file")
     parser.add_argument(
-        "--json", dest="json_out", help="write the results (with every sample) as JSON to this file"
+        "--report", metavar="FILE", help="write the results (with every sample) as JSON to this file"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the results as JSON on stdout instead of the table"
     )
     parser.set_defaults(func=run)
 
@@ -219,11 +222,13 @@ def run(args: argparse.Namespace) -> int:
         results.notes.append(
             "--quick: tiny widths and inputs, few repeats; the numbers say nothing about speed"
         )
-    sys.stdout.write(render_console(results) + "\n")
+    # with --json, stdout carries the JSON only; everything else goes to stderr
+    sys.stdout.write((results.to_json() if args.json else render_console(results)) + "\n")
+    said = sys.stderr if args.json else sys.stdout
     if args.out:
         atomic_write_text(args.out, render_markdown(results) + "\n")
-        sys.stdout.write(f"wrote {args.out}\n")
-    if args.json_out:
-        atomic_write_text(args.json_out, results.to_json() + "\n")
-        sys.stdout.write(f"wrote {args.json_out}\n")
+        said.write(f"wrote {args.out}\n")
+    if args.report:
+        atomic_write_text(args.report, results.to_json() + "\n")
+        said.write(f"wrote {args.report}\n")
     return 0
