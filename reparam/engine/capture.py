@@ -59,18 +59,6 @@ def symbolic_trace(module: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(module).__name__)
 
 
-def _trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
-    try:
-        gm = symbolic_trace(module)
-        alias_unsafe_names(gm)
-        functionalize_inplace(gm)
-        return gm, ""
-    except UnsafeMutation as exc:
-        return None, f"in-place operation: {exc}"
-    except Exception as exc:  # any failure to trace means "convert the parts instead"
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
