@@ -8,7 +8,6 @@ pickled ``nn.Module`` (or any other pickled object) is loaded only with ``trust_
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import math
@@ -22,22 +21,13 @@ import torch
 from torch import nn
 
 from reparam.errors import ReparamError
-from reparam.io import atomic_path
+from reparam.io import atomic_path, file_sha256  # noqa: F401  (file_sha256 is part of this module's API)
 from reparam.limits import memory_limit, parameter_bytes_of, refuse_over_limit
 
 CONTAINER_KEYS = ("state_dict", "model", "ema", "model_ema", "net", "state_dict_ema")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 _SHOW = 5
 _MAX_KWARG_ITEMS, _MAX_KWARG_DEPTH, _MAX_KWARG_STRING, _MAX_KWARG_NUMBER = 1000, 4, 4096, 10**6
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _import_factory(arch: str) -> Any:

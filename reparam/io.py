@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -234,3 +235,12 @@ def check_input_file(path: str | os.PathLike, what: str, hint: str = "check the 
             f"cannot read {what} {str(p)!r}: {exc.strerror or exc}", hint="check the file's permissions"
         ) from exc
     return p
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

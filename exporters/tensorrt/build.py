@@ -6,7 +6,6 @@ calib, header); this module only wires them to the TensorRT API.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -21,7 +20,7 @@ from exporters.tensorrt.header import engine_sidecar_path
 from exporters.tensorrt.plan import BuildOptions, BuildPlan, make_build_plan
 from exporters.tensorrt.profiles import Profile, derive_profiles, onnx_input_dims
 from reparam.errors import ReparamError, require
-from reparam.io import atomic_write_bytes, atomic_write_text
+from reparam.io import atomic_write_bytes, atomic_write_text, file_sha256
 
 Shape = Sequence[int] | Mapping[str, Sequence[int]]
 
@@ -36,14 +35,6 @@ class EngineBuildResult:
     profiles: dict[str, Profile]
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def onnx_is_fp16(path: str | os.PathLike) -> bool:

@@ -25,7 +25,8 @@ _ORT_TYPES = {
 }
 
 
-def _level(ort, optimization: str):
+def optimization_level(ort, optimization: str):
+    """ONNX Runtime's graph optimization level for "all", "extended", "basic" or "disable"."""
     return {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -64,7 +65,7 @@ class OnnxRuntimeRunner(Runner):
         if not Path(path).is_file():
             raise ReparamError(f"ONNX file {self.path!r} does not exist", hint="check the path")
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = _level(ort, optimization)
+        opts.graph_optimization_level = optimization_level(ort, optimization)
         opts.log_severity_level = 3
         if threads is not None:
             opts.intra_op_num_threads = int(threads)

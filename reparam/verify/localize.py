@@ -191,12 +191,9 @@ def onnx_block_outputs(
     for tensor in sorted(set(extra.values()) - existing):
         model.graph.output.append(onnx.ValueInfoProto(name=tensor))
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }.get(optimization, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    from reparam.runners.onnxruntime_runner import optimization_level
+
+    opts.graph_optimization_level = optimization_level(ort, optimization)
     # Sidecar weights (external data) were loaded by onnx.load relative to the file.
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {i.name: np.asarray(batch[i.name]) for i in sess.get_inputs() if i.name in batch}
