@@ -4,7 +4,7 @@ Symbolic tracing is cheap and keeps module calls as nodes; it fails on data-depe
 flow, in-place slice writes and ``int()`` of traced sizes. ``torch.export`` (non-strict, static
 example shapes, functionalized) captures those too, as ATen operators that the ``canonicalize``
 pass turns back into modules. Both graphs carry each node's module path in
-``meta["nn_module_stack"]`` as ``{path: type}``.
+``meta["nn_module_stack"]`` as ``{path: (path, type)}``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from reparam.engine.graph import alias_unsafe_names
@@ -77,6 +78,15 @@ def trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
         return None, _first_line(exc)
 
 
+def _plain_calling_convention(gm: fx.GraphModule, out_spec: Any) -> None:
+    """Drop export's pytree wrapping: placeholders are the flat inputs, the output keeps its structure."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    leaves = output.args[0]
+    gm.graph._codegen = fx.graph.CodeGen()
+    output.args = (pytree.tree_unflatten(list(leaves), out_spec),)
+    gm.recompile()
+
+
 def export_capture(module: nn.Module, inputs: tuple) -> tuple[fx.GraphModule | None, str]:
     """``torch.export`` (non-strict, functionalized) as a GraphModule; ``(None, why)`` on failure."""
     try:
@@ -85,17 +95,16 @@ def export_capture(module: nn.Module, inputs: tuple) -> tuple[fx.GraphModule | N
             program = torch.export.export(module, tuple(inputs), strict=False)
             program = program.run_decompositions({})
             unlifted = program.module()
-            # a plain GraphModule: the unlifted export module refuses eval()/train()
+            # a plain GraphModule (the unlifted export module refuses eval()/train()) called like the
+            # original: flat tensor arguments in, the original output structure out
             gm = fx.GraphModule(unlifted, unlifted.graph, type(module).__name__)
-            for spec in ("_in_spec", "_out_spec"):
-                if hasattr(unlifted, spec):
-                    setattr(gm, spec, getattr(unlifted, spec))
+            _plain_calling_convention(gm, unlifted._out_spec)
     except Exception as exc:  # export cannot capture this model: the caller converts parts instead
         return None, _first_line(exc)
     for node in list(gm.graph.nodes):
         stack = node.meta.get("nn_module_stack")
         if stack:
-            node.meta["nn_module_stack"] = {v[0]: v[1] for v in stack.values() if v[0]}
+            node.meta["nn_module_stack"] = {v[0]: v for v in stack.values() if v[0]}  # as fx writes it
         if node.op == "call_module" and str(node.target) == "_guards_fn":
             gm.graph.erase_node(node)  # shape guards of the example; the deploy model keeps none
     gm.graph.eliminate_dead_code()

@@ -92,3 +92,32 @@ def test_shape_if_at_the_top_level_still_fuses_everything():
 
 def test_sync_batch_norm():
     _check(pub.SyncNormNet(4), torch.randn(2, 3, 8, 8), convs=1)
+
+
+@pytest.mark.slow  # ONNX export of three models
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda: pub.DiverseBranches(4), (2, 4, 9, 9)),
+        (lambda: pub.ShapeCheckTop(4), (2, 3, 9, 9)),
+        (lambda: pub.OnlineReparam(4, 4, 2), (2, 4, 7, 7)),
+    ],
+)
+def test_models_captured_by_torch_export_ship_as_pt2_and_onnx(make, shape, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from exporters.onnx import export_onnx
+    from reparam.artifact import load_artifact, save_artifact
+
+    model = randomize_batchnorm(make(), 1).eval()
+    x = torch.randn(*shape)
+    result = convert(model, x)
+    assert "by torch.export" in result.report.tracing
+    save_artifact(result.model, (x,), tmp_path / "m.pt2", report=result.report, metadata={})
+    export_onnx(result.model, (x,), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    with torch.no_grad():
+        ref = model(x.clone())
+        from_pt2 = load_artifact(tmp_path / "m.pt2")(x.clone())
+    from_onnx = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert scale_relative_error(ref.numpy(), from_pt2.numpy()) <= 1e-5
+    assert scale_relative_error(ref.numpy(), from_onnx) <= 1e-5

@@ -138,7 +138,7 @@ def _fold_constants(gm: fx.GraphModule, ctx: PassContext) -> list[str]:
         meta = node.meta.get("tensor_meta")
         dtype = getattr(meta, "dtype", None) or _dtype_of_inputs(gm, node)
         name = _free_name(gm, f"{FOLDED_PREFIX}{node.name}")
-        gm.register_buffer(name, value.to(dtype).detach().clone())
+        gm.register_buffer(name, value.to(dtype).detach().clone(memory_format=torch.contiguous_format))
         with gm.graph.inserting_before(node):
             new = gm.graph.get_attr(name)
         new.meta = dict(node.meta)
