@@ -114,6 +114,18 @@ def allow_local_imports(arch: str | None) -> None:
         sys.path.insert(0, os.getcwd())
 
 
+def model_source_options(args: argparse.Namespace) -> dict:
+    """The parsed --arch/--arch-kwargs/--trust-pickle/--max-memory/--state-dict-key/--strip-prefix."""
+    return {
+        "arch": args.arch,
+        "arch_kwargs": parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
+        "trust_pickle": args.trust_pickle,
+        "max_memory": args.max_memory,
+        "state_dict_key": getattr(args, "state_dict_key", None),
+        "strip_prefix": getattr(args, "strip_prefix", None),
+    }
+
+
 def load_model_from_args(
     args: argparse.Namespace, checkpoint: str | None = None, described_by: dict | None = None
 ):

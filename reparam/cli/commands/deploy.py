@@ -63,7 +63,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.cli.common import allow_local_imports, parse_json_kwargs, parse_shape
+    from reparam.cli.common import allow_local_imports, model_source_options, parse_shape
     from reparam.cli.console import note, progress
     from reparam.pipeline import deploy
     from reparam.verify.tolerance import parse_tolerance_overrides
@@ -72,12 +72,7 @@ def run(args: argparse.Namespace) -> int:
     result = deploy(
         args.checkpoint,
         args.output,
-        arch=args.arch,
-        arch_kwargs=parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
-        trust_pickle=args.trust_pickle,
-        max_memory=args.max_memory,
-        state_dict_key=args.state_dict_key,
-        strip_prefix=args.strip_prefix,
+        **model_source_options(args),
         targets=args.to.split(","),
         fp16=args.fp16,
         int8=args.int8,

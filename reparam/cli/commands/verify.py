@@ -80,7 +80,7 @@ def _reference(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.cli.common import allow_local_imports, parse_json_kwargs, parse_shape
+    from reparam.cli.common import allow_local_imports, model_source_options, parse_shape
     from reparam.cli.console import note, progress
     from reparam.io import check_writable
     from reparam.pipeline import verify_files
@@ -99,12 +99,7 @@ def run(args: argparse.Namespace) -> int:
         [*args.deploy, *args.onnx, *args.engine],
         golden=args.golden,
         save_golden=args.save_golden,
-        arch=args.arch,
-        arch_kwargs=parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
-        trust_pickle=args.trust_pickle,
-        max_memory=args.max_memory,
-        state_dict_key=args.state_dict_key,
-        strip_prefix=args.strip_prefix,
+        **model_source_options(args),
         inputs=args.inputs,
         input_shape=parse_shape(args.input_shape) if args.input_shape else None,
         batches=args.batches,
