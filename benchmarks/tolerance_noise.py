@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from reparam.engine import reparameterize
-from reparam.engine.check import fp32_noise
+from reparam.equivalence import fp32_noise
 from reparam.numerics import calibrate_batchnorm, fp32_limit, scale_relative_error
 from reparam.zoo import create_model, list_models
 

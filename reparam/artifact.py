@@ -15,14 +15,20 @@ import logging
 import os
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from reparam.engine.record import RewriteRecord
 from reparam.errors import ReparamError
 from reparam.io import FileTransaction, atomic_files, check_input_file
+from reparam.tensors import as_args, batch_of_two
+
+if TYPE_CHECKING:
+    from reparam.engine.core import ConversionResult
 
 METADATA_FILE = "reparam.json"
 
@@ -33,30 +39,16 @@ def report_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".report.json")
 
 
-def _as_tuple(example_inputs: Any) -> tuple:
-    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-
-
-def _batch_two(args: tuple) -> tuple:
-    # torch.export specializes a dim whose example size is 1; export on a batch of two instead.
-    return tuple(
-        a.expand(2, *a.shape[1:]).contiguous()
-        if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == 1
-        else a
-        for a in args
-    )
-
-
 def export_program(model: nn.Module, example_inputs: Any) -> tuple[torch.export.ExportedProgram, bool]:
     """``torch.export`` the model with a dynamic batch dim when possible; returns (program, dynamic)."""
-    args = _as_tuple(example_inputs)
+    args = as_args(example_inputs)
     model = model.eval()
     tensors = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0]
     if tensors:
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         spec = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
         try:
-            return torch.export.export(model, _batch_two(args), dynamic_shapes=spec), True
+            return torch.export.export(model, batch_of_two(args), dynamic_shapes=spec), True
         except Exception:  # e.g. a reshape that bakes the batch size in: fall back to static shapes
             pass
     try:
@@ -69,25 +61,40 @@ def export_program(model: nn.Module, example_inputs: Any) -> tuple[torch.export.
         ) from exc
 
 
+@dataclass
+class DeployArtifact:
+    """A loaded ``.pt2``: the callable module, the rewrite record (None if not recorded), the embedded JSON."""
+
+    module: nn.Module
+    record: RewriteRecord | None
+    metadata: dict[str, Any]
+
+
 def serialize_artifact(
-    model: nn.Module,
+    model: nn.Module | ConversionResult,
     example_inputs: Any,
     *,
     report: Any = None,
+    record: RewriteRecord | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, Any] | None]:
     """The ``.pt2`` bytes of ``model`` and the report as a dict (see `save_artifact`)."""
     from reparam import __version__
+    from reparam.engine.core import ConversionResult
+
+    if isinstance(model, ConversionResult):
+        report = model.report if report is None else report
+        record = model.record if record is None else record
+        model = model.model
 
     program, dynamic = export_program(model, example_inputs)
     report_dict = report.to_dict() if hasattr(report, "to_dict") else report
-    record = getattr(model, "reparam_record", None)
     embedded = {
         "reparam_version": __version__,
         "dynamic_batch": dynamic,
         "metadata": dict(metadata or {}),
         "report": report_dict,
-        "record": record.to_dict() if hasattr(record, "to_dict") else None,
+        "record": record.to_dict() if record is not None else None,
     }
     buf = io.BytesIO()
     torch.export.save(program, buf, extra_files={METADATA_FILE: json.dumps(embedded, default=str)})
@@ -96,16 +103,19 @@ def serialize_artifact(
 
 def stage_artifact(
     tx: FileTransaction,
-    model: nn.Module,
+    model: nn.Module | ConversionResult,
     example_inputs: Any,
     path: str | os.PathLike,
     *,
     report: Any = None,
+    record: RewriteRecord | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Stage ``path`` and ``<path>.report.json`` in the transaction ``tx``; returns the path."""
     target = Path(path)
-    data, report_dict = serialize_artifact(model, example_inputs, report=report, metadata=metadata)
+    data, report_dict = serialize_artifact(
+        model, example_inputs, report=report, record=record, metadata=metadata
+    )
     tx.write_bytes(target, data)
     if report_dict is not None:
         tx.write_text(report_path(target), json.dumps(report_dict, indent=2, default=str))
@@ -113,21 +123,26 @@ def stage_artifact(
 
 
 def save_artifact(
-    model: nn.Module,
+    model: nn.Module | ConversionResult,
     example_inputs: Any,
     path: str | os.PathLike,
     *,
     report: Any = None,
+    record: RewriteRecord | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Export ``model`` to ``path`` (``.pt2``) and write ``<path>.report.json``; returns the path.
 
-    ``report`` is a ConversionReport (or anything with ``to_dict()``, or a dict). The program embeds
-    ``{"metadata", "report", "record", "dynamic_batch"}`` as ``reparam.json``. Both files are
-    published together.
+    ``model`` is a module or the result of ``reparam.convert`` (which brings its report and record).
+    ``report`` is a ConversionReport (or anything with ``to_dict()``, or a dict); ``record`` the
+    rewrite record, whose block boundaries let a divergence in the artifact be localized. The
+    program embeds ``{"metadata", "report", "record", "dynamic_batch"}`` as ``reparam.json``. Both
+    files are published together.
     """
     with atomic_files() as tx:
-        return stage_artifact(tx, model, example_inputs, path, report=report, metadata=metadata)
+        return stage_artifact(
+            tx, model, example_inputs, path, report=report, record=record, metadata=metadata
+        )
 
 
 def refuse_pickled_payloads(path: Path) -> None:
@@ -178,12 +193,8 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def load_artifact(path: str | os.PathLike) -> nn.Module:
-    """Load a ``.pt2`` deploy artifact as a callable module (no training code, no pickled user code).
-
-    The module carries ``reparam_metadata`` (the embedded JSON) and, when recorded,
-    ``reparam_record`` (a RewriteRecord).
-    """
+def read_artifact(path: str | os.PathLike) -> DeployArtifact:
+    """Load a ``.pt2`` deploy artifact: module, rewrite record and metadata (no pickled user code)."""
     p = check_input_file(path, "deploy artifact")
     refuse_pickled_payloads(p)
     extra = {METADATA_FILE: ""}
@@ -197,16 +208,16 @@ def load_artifact(path: str | os.PathLike) -> nn.Module:
             hint="the file must be a .pt2 written by `reparam convert` / torch.export.save; "
             "it may be truncated",
         ) from exc
-    module = program.module()
     meta: dict[str, Any] = {}
     if extra.get(METADATA_FILE):
         try:
             meta = json.loads(extra[METADATA_FILE])
         except json.JSONDecodeError:
             meta = {}
-    module.reparam_metadata = meta
-    if meta.get("record"):
-        from reparam.engine.record import RewriteRecord
+    record = RewriteRecord.from_dict(meta["record"]) if isinstance(meta.get("record"), dict) else None
+    return DeployArtifact(program.module(), record, meta)
 
-        module.reparam_record = RewriteRecord.from_dict(meta["record"])
-    return module
+
+def load_artifact(path: str | os.PathLike) -> nn.Module:
+    """The callable module of a ``.pt2`` deploy artifact (see :func:`read_artifact`)."""
+    return read_artifact(path).module

@@ -175,6 +175,7 @@ def _build(
         example,
         workdir / "model.pt2",
         report=result.report,
+        record=result.record,
         metadata=description | {"checkpoint": str(checkpoint), "precision": "fp32"},
     )
     candidates = [
@@ -185,7 +186,14 @@ def _build(
     if "onnx" not in targets:
         return candidates, summary
     progress("exporting model.onnx")
-    export_onnx(deploy_model, example, workdir / "model.onnx", metadata=description)
+    export_onnx(
+        deploy_model,
+        example,
+        workdir / "model.onnx",
+        metadata=description,
+        boundaries=result.record.boundaries,
+        passes=result.record.pass_names(),
+    )
     candidates.append(make_candidate(workdir / "model.onnx", record=result.record))
     onnx_for_trt = workdir / "model.onnx"
     if fp16:
@@ -282,10 +290,10 @@ def deploy(
     otherwise. Input problems raise `ReparamError`; ``progress`` receives status lines.
     """
     from reparam.checkpoint import load_model
+    from reparam.equivalence.tolerance import make_tolerance
     from reparam.io import check_input_file
     from reparam.verify.core import verify
     from reparam.verify.inputs import make_batches
-    from reparam.verify.tolerance import make_tolerance
 
     say = progress or (lambda _text: None)
     out = Path(output).resolve()
@@ -371,8 +379,8 @@ class VerifyOutcome:
 
 def _file_candidates(descriptions: list, tolerance: str | None, atol: Any, rtol: Any) -> list:
     """Candidates judged by ``tolerance`` if given, else by the profile their own precision calls for."""
+    from reparam.equivalence.tolerance import make_tolerance
     from reparam.verify.core import make_candidate
-    from reparam.verify.tolerance import make_tolerance
 
     out = []
     for d in descriptions:
@@ -430,10 +438,11 @@ def verify_files(
 
     from reparam.checkpoint import load_model
     from reparam.describe import check_inputs_fit, describe
+    from reparam.equivalence.tolerance import make_tolerance
     from reparam.io import check_input_file
-    from reparam.verify.core import PT2_SUFFIXES, verify
+    from reparam.runners import SUFFIX_KINDS
+    from reparam.verify.core import verify
     from reparam.verify.inputs import make_batches
-    from reparam.verify.tolerance import make_tolerance
 
     say = progress or (lambda _text: None)
     descriptions = [describe(p) for p in candidates]
@@ -460,7 +469,7 @@ def verify_files(
         )
     ref_path = check_input_file(reference, "reference")
     notes: list[str] = []
-    if ref_path.suffix.lower() in (*PT2_SUFFIXES, ".onnx"):
+    if SUFFIX_KINDS.get(ref_path.suffix.lower()) in ("pt2", "onnx"):
         if arch or arch_kwargs:
             raise ReparamError(
                 "--arch/--arch-kwargs apply to a checkpoint reference, not a .pt2 or .onnx",

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from reparam.equivalence.tolerance import Tolerance
 from reparam.verify.core import verify
 from reparam.verify.report import VerifyReport
-from reparam.verify.tolerance import Tolerance
 
 __all__ = ["assert_equivalent"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from reparam.artifact import load_artifact, report_path, save_artifact
+from reparam.artifact import load_artifact, read_artifact, report_path, save_artifact
 from reparam.engine import convert
 from reparam.errors import ReparamError
 from reparam.numerics import randomize_batchnorm
@@ -28,14 +28,21 @@ def converted():
 def test_round_trip_with_dynamic_batch_and_report(tmp_path, converted):
     model, result, x = converted
     path = save_artifact(
-        result.model, (x,), tmp_path / "m.pt2", report=result.report, metadata={"arch": "repvgg_a0"}
+        result.model,
+        (x,),
+        tmp_path / "m.pt2",
+        report=result.report,
+        record=result.record,
+        metadata={"arch": "repvgg_a0"},
     )
     report = json.loads(report_path(path).read_text())
     assert report["check"]["passed"] and report["fused"]["merge_branches"]
-    loaded = load_artifact(path)
-    assert loaded.reparam_metadata["metadata"] == {"arch": "repvgg_a0"}
-    assert loaded.reparam_metadata["dynamic_batch"] is True
-    assert loaded.reparam_record.to_dict() == result.record.to_dict()
+    artifact = read_artifact(path)
+    loaded = artifact.module
+    assert artifact.metadata["metadata"] == {"arch": "repvgg_a0"}
+    assert artifact.metadata["dynamic_batch"] is True
+    assert artifact.record.to_dict() == result.record.to_dict()
+    assert artifact.record.boundaries == result.record.boundaries and artifact.record.boundaries
     for batch in (1, 3):
         y = torch.randn(batch, 3, 32, 32)
         with torch.no_grad():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reparam.engine.check import compare_outputs
+from reparam.equivalence import output_error
 from reparam.numerics import FP32_SCALE_REL, fp32_limit, scale_relative_error
 
 
@@ -50,6 +50,6 @@ def test_matching_non_finite_values_compare_on_the_rest():
 
 def test_engine_check_fails_an_all_nan_deploy_output():
     ref = torch.randn(2, 10)
-    abs_err, rel, peak = compare_outputs(ref, torch.full_like(ref, math.nan))
-    assert rel == math.inf and abs_err == math.inf
-    assert peak == float(ref.abs().max())
+    error = output_error(ref, torch.full_like(ref, math.nan))
+    assert error.scale_rel == math.inf and error.max_abs == math.inf
+    assert error.ref_max_abs == float(ref.abs().max())

@@ -14,17 +14,23 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from exporters.onnx.save import save_onnx
+from reparam.equivalence.boundaries import ONNX_METADATA_KEY, Boundaries, BoundaryKind
 from reparam.errors import ReparamError, require
+from reparam.tensors import as_args, batch_of_two, eval_mode, tensor_leaves
+from reparam.tensors import output_names as conventional_output_names
+
+if TYPE_CHECKING:
+    from reparam.engine.core import ConversionResult
 
 BATCH_DIM = "batch"
 META_PREFIX = "reparam."
-BOUNDARY_KEY = "reparam.boundaries"  # same key the verifier reads (reparam.verify.localize)
+BOUNDARY_KEY = ONNX_METADATA_KEY
 _BOUNDARY_OUTPUT = "reparam_boundary_{}"
 
 
@@ -42,30 +48,9 @@ class OnnxExportResult:
     simplified: bool
     op_counts: dict[str, int]
     metadata: dict[str, str]
-    boundaries: dict[str, str] = field(default_factory=dict)
+    boundaries: Boundaries = field(default_factory=lambda: Boundaries(BoundaryKind.ONNX_TENSOR))
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def default_output_names(n: int) -> list[str]:
-    """The naming convention: one output is "output", several are "output0", "output1", ..."""
-    return ["output"] if n == 1 else [f"output{i}" for i in range(n)]
-
-
-def _as_tuple(example_inputs: Any) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, Sequence):
-        return tuple(example_inputs)
-    raise ReparamError(
-        f"example_inputs must be a tensor or a tuple of tensors, not {type(example_inputs).__name__}",
-        hint="pass e.g. (torch.randn(1, 3, 224, 224),)",
-    )
-
-
-def _flat_tensors(out: Any) -> list[torch.Tensor]:
-    leaves, _ = torch.utils._pytree.tree_flatten(out)
-    return [t for t in leaves if isinstance(t, torch.Tensor)]
 
 
 def normalize_dynamic_axes(
@@ -91,28 +76,18 @@ def normalize_dynamic_axes(
     return axes
 
 
-def _batch_two(args: tuple, axes: dict[str, dict[int, str]], input_names: Sequence[str]) -> tuple:
-    # torch.export specializes a dim whose example size is 1; trace a dynamic batch with two rows.
-    out = []
-    for name, a in zip(input_names, args):
-        if isinstance(a, torch.Tensor) and a.dim() and 0 in axes.get(name, {}) and a.shape[0] == 1:
-            a = a.expand(2, *a.shape[1:]).contiguous()
-        out.append(a)
-    return tuple(out)
-
-
-def _boundary_module(model: nn.Module, args: tuple, n_outputs: int) -> tuple[nn.Module, dict[str, str]]:
+def _boundary_module(
+    model: nn.Module, args: tuple, n_outputs: int, boundaries: Boundaries | None
+) -> tuple[nn.Module, dict[str, str]]:
     """A copy of a deploy GraphModule that also returns each block-boundary value as an output.
 
-    Returns ``(module, {block path: output name})``; ``(model, {})`` when the model has no fx-node
+    Returns ``(module, {block path: output name})``; ``(model, {})`` when there are no graph-node
     boundaries. Naming the boundary values as outputs pins their tensor names in the ONNX graph.
     """
-    record = getattr(model, "reparam_record", None)
-    boundaries = dict(getattr(record, "boundaries", {}) or {})
     if (
         not isinstance(model, torch.fx.GraphModule)
         or not boundaries
-        or getattr(record, "boundary_kind", "fx_node") != "fx_node"
+        or boundaries.kind is not BoundaryKind.GRAPH_NODE
     ):
         return model, {}
     graph = torch.fx.Graph()
@@ -126,11 +101,8 @@ def _boundary_module(model: nn.Module, args: tuple, n_outputs: int) -> tuple[nn.
     leaves, _ = torch.utils._pytree.tree_flatten(out_node.args[0])
     if len(leaves) != n_outputs or not all(isinstance(n, torch.fx.Node) for n in leaves):
         return model, {}
-    if getattr(model, "reparam_metadata", None) is not None:
-        # A loaded .pt2: torch.export renamed the nodes; follow their provenance to the deploy graph's.
-        from reparam.verify.localize import exported_node_map
-
-        boundaries = exported_node_map(model, boundaries)
+    # A loaded .pt2 renamed the nodes: in_graph follows their provenance to the deploy graph's.
+    boundaries = boundaries.in_graph(model)
     by_name = {n.name: n for n in model.graph.nodes}
     chosen: dict[str, torch.fx.Node] = {}
     for path, node_name in boundaries.items():
@@ -145,7 +117,7 @@ def _boundary_module(model: nn.Module, args: tuple, n_outputs: int) -> tuple[nn.
     graph.output(tuple(env[n] for n in [*leaves, *unique]))
     wrapper = torch.fx.GraphModule(model, graph)
     with torch.no_grad():
-        values = _flat_tensors(wrapper(*args))
+        values = tensor_leaves(wrapper(*args))
     if len(values) != n_outputs + len(unique):  # a boundary that is not one tensor: keep the plain model
         return model, {}
     index = {node: i for i, node in enumerate(unique)}
@@ -186,7 +158,7 @@ def _run_exporter(
                     specs.append(spec)
                 program = torch.onnx.export(
                     model,
-                    _batch_two(args, axes, input_names),
+                    batch_of_two(args, [0 in axes.get(name, {}) for name in input_names]),
                     None,
                     dynamo=True,
                     opset_version=opset,
@@ -288,13 +260,6 @@ def _strip_boundary_outputs(model: Any, n_outputs: int, mapping: dict[str, str])
     return {path: name for path, name in mapping.items() if name in produced}
 
 
-def _set_mode(model: nn.Module, training: bool) -> None:
-    # Modules of loaded torch.export programs refuse eval()/train(); their mode was fixed at export.
-    if model.training != training:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            model.train(training)
-
-
 def op_counts(model: Any) -> dict[str, int]:
     """``{op_type: count}`` of the top-level graph, most frequent first."""
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
@@ -310,10 +275,10 @@ def _set_metadata(model: Any, meta: Mapping[str, str]) -> None:
 
 
 def provenance(
-    model: nn.Module,
     args: tuple,
     *,
-    form: str | None,
+    form: str,
+    passes: Sequence[str],
     precision: str,
     exporter: str,
     metadata: Mapping[str, Any] | None,
@@ -321,13 +286,10 @@ def provenance(
     """The ``reparam.*`` metadata_props: version, passes, input shapes, precision, form, caller metadata."""
     from reparam import __version__
 
-    record = getattr(model, "reparam_record", None)
-    passes = sorted({e.pass_name for e in getattr(record, "entries", [])})
-    is_deploy = record is not None or getattr(model, "reparam_metadata", None) is not None
     meta = {
         "reparam.version": __version__,
-        "reparam.form": form or ("deploy" if is_deploy else "training"),
-        "reparam.passes": json.dumps(passes),
+        "reparam.form": form,
+        "reparam.passes": json.dumps(sorted(set(passes))),
         "reparam.input_shapes": json.dumps([list(a.shape) for a in args if isinstance(a, torch.Tensor)]),
         "reparam.precision": precision,
         "reparam.exporter": exporter,
@@ -340,7 +302,7 @@ def provenance(
 
 
 def export_onnx(
-    model: nn.Module,
+    model: nn.Module | ConversionResult,
     example_inputs: Any,
     path: str | os.PathLike,
     *,
@@ -352,8 +314,13 @@ def export_onnx(
     simplify: bool = True,
     dynamo: bool = True,
     metadata: Mapping[str, Any] | None = None,
+    boundaries: Boundaries | None = None,
+    passes: Sequence[str] = (),
 ) -> OnnxExportResult:
     """Export ``model`` to ONNX at ``path`` (atomically) and return what was written.
+
+    ``model`` is a module, or the result of ``reparam.convert`` (its deploy model, block
+    boundaries and passes are used).
 
     Inputs are named ``input_names``; outputs "output" (one) or "output0", "output1", ... unless
     given. ``dynamic_batch`` makes axis 0 of every input and output symbolic ("batch");
@@ -361,10 +328,19 @@ def export_onnx(
     simplified with onnxsim (kept only when its check passes and the dynamic axes stay symbolic),
     shape-inferred and validated with ``onnx.checker`` (full check). Provenance goes into
     ``metadata_props`` (``reparam.*``; ``metadata`` keys are added with that prefix, e.g.
-    ``source_sha256``, ``form``); a deploy model's block boundaries go into ``reparam.boundaries``.
+    ``source_sha256``, ``form``; ``passes`` are the engine passes that produced the model).
+    ``boundaries`` (the rewrite record's, for a deploy GraphModule or its loaded ``.pt2``) become
+    named tensors listed in ``reparam.boundaries``, so a divergence in the file can be localized.
+    The form defaults to "deploy" when boundaries or passes are given, else "training".
     """
     onnx = require("onnx", "onnx", "ONNX export")
-    args = _as_tuple(example_inputs)
+    from reparam.engine.core import ConversionResult
+
+    if isinstance(model, ConversionResult):
+        boundaries = model.record.boundaries if boundaries is None else boundaries
+        passes = passes or model.record.pass_names()
+        model = model.model
+    args = as_args(example_inputs)
     input_names = list(input_names)
     if len(input_names) != len(args):
         raise ReparamError(
@@ -375,17 +351,15 @@ def export_onnx(
         raise ReparamError(
             f"opset {opset} is out of range", hint="use an opset between 7 and 25, e.g. 17 or 18"
         )
-    was_training = model.training
-    _set_mode(model, False)
     times: dict[str, float] = {}
-    try:
+    with eval_mode(model):
         with torch.no_grad():
-            n_out = len(_flat_tensors(model(*args)))
+            n_out = len(tensor_leaves(model(*args)))
         if n_out == 0:
             raise ReparamError(
                 "the model returned no tensors", hint="forward() must return a tensor or tuple of tensors"
             )
-        out_names = list(output_names) if output_names is not None else default_output_names(n_out)
+        out_names = list(output_names) if output_names is not None else conventional_output_names(n_out)
         if len(out_names) != n_out:
             raise ReparamError(
                 f"the model returns {n_out} tensor(s) but {len(out_names)} output name(s) were given",
@@ -393,7 +367,7 @@ def export_onnx(
             )
         axes = normalize_dynamic_axes(input_names, out_names, dynamic_batch, dynamic_axes)
         notes: list[str] = []
-        target, mapping = _boundary_module(model, args, n_out)
+        target, mapping = _boundary_module(model, args, n_out, boundaries)
         all_out = out_names + list(dict.fromkeys(mapping.values()))
         all_axes = dict(axes)
         if dynamic_batch:
@@ -439,20 +413,23 @@ def export_onnx(
             if note:
                 notes.append(note)
             times["simplify"] = time.perf_counter() - start
-        boundaries = _strip_boundary_outputs(proto, n_out, mapping) if mapping else {}
+        in_file = Boundaries(
+            BoundaryKind.ONNX_TENSOR, _strip_boundary_outputs(proto, n_out, mapping) if mapping else {}
+        )
         from exporters.onnx.save import needs_external_data
 
         if not needs_external_data(proto):
             proto = onnx.shape_inference.infer_shapes(proto, check_type=True)
-        meta = provenance(model, args, form=None, precision="fp32", exporter=exporter, metadata=metadata)
-        if boundaries:
-            meta[BOUNDARY_KEY] = json.dumps(boundaries, sort_keys=True)
+        form = "deploy" if boundaries or passes else "training"
+        meta = provenance(
+            args, form=form, passes=passes, precision="fp32", exporter=exporter, metadata=metadata
+        )
+        if in_file:
+            meta |= in_file.onnx_metadata()
         _set_metadata(proto, meta)
         start = time.perf_counter()
         sidecar = save_onnx(proto, path)
         times["save"] = time.perf_counter() - start
-    finally:
-        _set_mode(model, was_training)
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     return OnnxExportResult(
         path=Path(path),
@@ -465,7 +442,7 @@ def export_onnx(
         simplified=simplified,
         op_counts=op_counts(proto),
         metadata=meta,
-        boundaries=boundaries,
+        boundaries=in_file,
         notes=notes,
         seconds=times,
     )

@@ -16,7 +16,7 @@ from reparam.engine.base import (
     get_pass,
     register_pass,
 )
-from reparam.engine.core import ConversionResult, convert, fx_boundaries, reparameterize
+from reparam.engine.core import ConversionResult, convert, reparameterize
 from reparam.engine.manager import run_passes
 from reparam.engine.record import FusionEntry, RewriteRecord
 from reparam.engine.report import CheckSummary, ConversionReport
@@ -34,7 +34,6 @@ __all__ = [
     "RewriteRecord",
     "available_passes",
     "convert",
-    "fx_boundaries",
     "get_pass",
     "reparameterize",
     "register_pass",

@@ -13,23 +13,27 @@ from torch import fx, nn
 
 from reparam.engine.base import LeftAlone, Pass, PassContext, select_passes
 from reparam.engine.capture import export_capture, trace
-from reparam.engine.check import (
-    capture,
-    compare_outputs,
-    diverging_blocks,
-    fp32_noise,
-    make_inputs,
-    model_dtype,
-    node_values,
-    tolerance_for,
-)
 from reparam.engine.graph import BN, CONV, CONV_T, module_of
+from reparam.engine.inputs import make_inputs
 from reparam.engine.manager import run_passes
 from reparam.engine.record import FusionEntry, RewriteRecord
 from reparam.engine.report import CheckSummary, ConversionReport
+from reparam.equivalence import (
+    BlockRun,
+    Boundaries,
+    BoundaryKind,
+    ToleranceProfile,
+    block_outputs,
+    fp32_noise,
+    graph_boundaries,
+    judge_error,
+    locate_divergence,
+    output_error,
+    run_with_block_hooks,
+)
 from reparam.errors import InternalError, MismatchError, ReparamError
-from reparam.numerics import fp32_limit
 from reparam.profile import counting_macs, model_stats
+from reparam.tensors import module_dtype
 
 
 @dataclass
@@ -44,28 +48,6 @@ class ConversionResult:
 def fresh(inputs: tuple) -> tuple:
     """Copies of the example inputs: a model that writes into its input must not change them."""
     return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in inputs)
-
-
-def fx_boundaries(gm: fx.GraphModule, paths: Iterable[str]) -> dict[str, str]:
-    """Block path -> the single node traced inside that block whose value leaves the block.
-
-    Passes give every replacement node the metadata of the node whose value it takes over, so the
-    module stack of a node keeps naming the blocks whose output it is.
-    """
-    wanted = set(paths)
-    members: dict[str, set[fx.Node]] = {}
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "output", "get_attr"):
-            continue
-        for path in node.meta.get("nn_module_stack") or {}:
-            if path in wanted:
-                members.setdefault(path, set()).add(node)
-    out = {}
-    for path, nodes in members.items():
-        leaving = [n for n in nodes if any(u not in nodes for u in n.users)]
-        if len(leaving) == 1:
-            out[path] = leaving[0].name
-    return out
 
 
 def _leaf_param_modules(module: nn.Module, prefix: str) -> dict[str, nn.Module]:
@@ -132,7 +114,7 @@ class _Converter:
         try:
             with torch.no_grad():
                 out = self.root(*fresh(inputs))
-            return compare_outputs(self.reference, out)[1] <= SWAP_TOLERANCE
+            return output_error(self.reference, out).scale_rel <= SWAP_TOLERANCE
         except Exception:  # the untraceable parent uses something of the child the graph lacks
             return False
 
@@ -246,14 +228,12 @@ def _remaining_bn_notes(model: nn.Module, contexts: list[PassContext]) -> list[t
 
 @dataclass
 class _Reference:
-    """What one run of the original model recorded: outputs, first output per block, calls, order."""
+    """One run of the original model (output, block values when kept, calls, order), and its inputs."""
 
-    output: Any = None
-    first: dict[str, Any] | None = None
-    calls: dict[str, int] | None = None
-    order: list[str] = field(default_factory=list)
+    run: BlockRun = field(default_factory=BlockRun)
     # inputs of every submodule, only when the model is converted submodule by submodule
     module_inputs: dict[str, tuple] = field(default_factory=dict)
+    called: bool = False
 
 
 def _capture_graph(work: nn.Module, inputs: tuple | None, report: ConversionReport) -> tuple[Any, str]:
@@ -288,9 +268,10 @@ def _run_reference(
         handles = [m.register_forward_pre_hook(pre_for(p)) for p, m in work.named_modules() if p]
     try:
         with counting_macs(work) as macs:
-            ref.output, ref.first, ref.calls, ref.order = capture(
-                work, nonleaf, lambda: work(*fresh(inputs)), keep_outputs=keep_outputs
+            ref.run = run_with_block_hooks(
+                work, nonleaf, lambda: work(*fresh(inputs)), keep_values=keep_outputs
             )
+            ref.called = True
     except Exception as exc:
         raise ReparamError(
             f"the model fails on the example inputs {[tuple(t.shape) for t in inputs if hasattr(t, 'shape')]}: "
@@ -316,17 +297,16 @@ def _rewrite(
 ) -> tuple[nn.Module, RewriteRecord, _Converter]:
     """Run the passes on the captured graph, or submodule by submodule; the deploy model and its record."""
     converter = _Converter(
-        selected, ref.module_inputs, root=work if gm is None else None, reference=ref.output
+        selected, ref.module_inputs, root=work if gm is None else None, reference=ref.run.output
     )
     record = RewriteRecord()
-    single = {p for p in nonleaf if ref.calls is None or ref.calls.get(p, 0) == 1}
+    single = {p for p in nonleaf if not ref.called or ref.run.calls.get(p, 0) == 1}
     if gm is not None:
         ctx = PassContext(example_inputs=inputs)
         ctx.adopt_aliases(gm)
         converter.contexts.append(ctx)
         deploy: nn.Module = run_passes(gm, selected, ctx)
-        record.boundaries = fx_boundaries(deploy, single)
-        record.boundary_kind = "fx_node"
+        record.boundaries = graph_boundaries(deploy, single)
     else:
         report.tracing = "per submodule (neither torch.fx nor torch.export captured the whole model)"
         report.notes.append(
@@ -334,8 +314,9 @@ def _rewrite(
         )
         converter.tree(work, "")
         deploy = work
-        record.boundaries = {p: p for p in converter.module_boundaries if p in single}
-        record.boundary_kind = "module"
+        record.boundaries = Boundaries(
+            BoundaryKind.MODULE, {p: p for p in converter.module_boundaries if p in single}
+        )
     deploy.eval()
     return deploy, record, converter
 
@@ -398,32 +379,28 @@ def _check(
     inplace: bool,
 ) -> CheckSummary:
     """Compare deploy and original outputs with the fp32 rule; a MismatchError names the diverging blocks."""
-    dtype, _ = model_dtype(deploy)
-    abs_err, rel, peak = compare_outputs(ref.output, out)
-    tol = tolerance_for(dtype)
-    noise = None
-    if rel > tol and dtype == torch.float32:
-        # Deep fp32 networks round more than the base tolerance on their own: measure the
-        # original's fp32 noise against float64 and apply the verifier's rule.
-        noise = noise_before if inplace else fp32_noise(model, fresh(inputs), ref.output)
-        tol = fp32_limit(noise)
+    dtype, _ = module_dtype(deploy)
+    error = output_error(ref.run.output, out)
+    # Deep fp32 networks round more than the base tolerance on their own: past it, the original's
+    # fp32 noise against float64 decides (measured before an in-place rewrite, else now).
+    verdict = judge_error(
+        error.scale_rel,
+        dtype,
+        (lambda: noise_before) if inplace else (lambda: fp32_noise(model, fresh(inputs), ref.run.output)),
+    )
     summary = CheckSummary(
-        rel <= tol,
-        abs_err,
-        rel,
-        tol,
-        peak,
+        verdict.passed,
+        error.max_abs,
+        error.scale_rel,
+        verdict.limit,
+        error.ref_max_abs,
         [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)],
         str(dtype),
-        reference_noise=noise,
+        reference_noise=verdict.noise,
     )
     if summary.passed:
         return summary
-    first = ref.first
-    if not first:  # block outputs are recomputed only now, on a failure
-        original = copy.deepcopy(model).eval()
-        _, first, _, _ = capture(original, nonleaf, lambda: original(*fresh(inputs)))
-    summary.diverging_blocks = _locate(deploy, record, first or {}, ref.order, inputs, tol)
+    summary.diverging_blocks = _diverging_blocks(model, deploy, record, ref, inputs, nonleaf, verdict.limit)
     blocks = ", ".join(summary.diverging_blocks[:5]) or "(no block boundary isolates it)"
     fused_there = sorted(
         {
@@ -433,11 +410,30 @@ def _check(
         }
     )
     raise MismatchError(
-        f"the converted model differs from the original: max abs error {abs_err:.3g}, relative "
-        f"error {rel:.3g} > tolerance {tol:g}; diverging blocks: {blocks}"
+        f"the converted model differs from the original: max abs error {error.max_abs:.3g}, relative "
+        f"error {error.scale_rel:.3g} > tolerance {verdict.limit:g}; diverging blocks: {blocks}"
         + (f"; fused modules there: {', '.join(fused_there[:8])}" if fused_there else ""),
         hint="convert with the responsible pass skipped (--skip PASS) and report the model",
     )
+
+
+def _diverging_blocks(
+    model: nn.Module,
+    deploy: nn.Module,
+    record: RewriteRecord,
+    ref: _Reference,
+    inputs: tuple,
+    nonleaf: list[str],
+    limit: float,
+) -> list[str]:
+    """The innermost blocks whose output exceeds ``limit`` (the check's own limit), in execution order."""
+    run = ref.run
+    if not run.values:  # block outputs are recomputed only now, on a failure
+        original = copy.deepcopy(model).eval()
+        run = run_with_block_hooks(original, nonleaf, lambda: original(*fresh(inputs)))
+    candidate = block_outputs(deploy, record.boundaries, fresh(inputs))
+    profile = ToleranceProfile("check", max_scale_rel=limit)
+    return locate_divergence(run.values, candidate, run.order, profile).innermost_failing()
 
 
 def convert(
@@ -497,8 +493,8 @@ def convert(
     else:
         report.before = model_stats(work)
     # With inplace the original is about to be rewritten: measure its noise now, in case the check needs it.
-    fp32 = model_dtype(work)[0] == torch.float32
-    noise_before = fp32_noise(work, fresh(inputs), ref.output) if inplace and check and fp32 else None
+    fp32 = module_dtype(work)[0] == torch.float32
+    noise_before = fp32_noise(work, fresh(inputs), ref.run.output) if inplace and check and fp32 else None
     if gm is not None:
         work = None  # the graph holds the only references: each replaced layer is freed once fused
     deploy, record, converter = _rewrite(gm, work, selected, inputs, ref, nonleaf, why, report)
@@ -513,17 +509,6 @@ def convert(
     deploy.reparam_record = record
     deploy.reparam_report = report
     return ConversionResult(deploy, report, record)
-
-
-def _locate(
-    deploy: nn.Module, record: RewriteRecord, first: dict, order: list[str], inputs: tuple, tol: float
-) -> list[str]:
-    if record.boundary_kind == "fx_node" and isinstance(deploy, fx.GraphModule):
-        values = node_values(deploy, set(record.boundaries.values()), fresh(inputs))
-        return diverging_blocks(first, order, values, record.boundaries, tol)
-    _, got, _, _ = capture(deploy, list(record.boundaries.values()), lambda: deploy(*fresh(inputs)))
-    by_path = {p: got[m] for p, m in record.boundaries.items() if got.get(m) is not None}
-    return diverging_blocks(first, order, by_path, {p: p for p in by_path}, tol)
 
 
 def reparameterize(

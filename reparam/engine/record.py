@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from reparam.equivalence.boundaries import Boundaries
+
 
 @dataclass
 class FusionEntry:
@@ -39,16 +41,10 @@ class FusionEntry:
 
 @dataclass
 class RewriteRecord:
-    """Fusions performed by the engine and where each original block's output lives in the deploy model.
-
-    ``boundaries`` maps an original (non-leaf) module path to the fx node name in the deploy
-    GraphModule whose value equals that module's output (``boundary_kind == "fx_node"``), or to a
-    module path of the deploy model whose output equals it (``boundary_kind == "module"``).
-    """
+    """Fusions performed by the engine, and where each original block's output lives in the deploy model."""
 
     entries: list[FusionEntry] = field(default_factory=list)
-    boundaries: dict[str, str] = field(default_factory=dict)
-    boundary_kind: str = "fx_node"
+    boundaries: Boundaries = field(default_factory=Boundaries)
 
     def sources_of(self, fused: str) -> list[str]:
         """Original module names that went into the deploy module ``fused`` ([] if it was not fused)."""
@@ -57,17 +53,16 @@ class RewriteRecord:
                 return list(entry.sources)
         return []
 
+    def pass_names(self) -> list[str]:
+        """The passes that produced the fused modules, sorted."""
+        return sorted({e.pass_name for e in self.entries})
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "entries": [e.to_dict() for e in self.entries],
-            "boundaries": dict(self.boundaries),
-            "boundary_kind": self.boundary_kind,
-        }
+        return {"entries": [e.to_dict() for e in self.entries], **self.boundaries.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RewriteRecord:
         return cls(
             entries=[FusionEntry.from_dict(e) for e in data.get("entries", [])],
-            boundaries={str(k): str(v) for k, v in (data.get("boundaries") or {}).items()},
-            boundary_kind=str(data.get("boundary_kind", "fx_node")),
+            boundaries=Boundaries.from_dict(data),
         )

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from reparam.engine.check import compare_outputs, fp32_noise, make_inputs, model_dtype, tolerance_for
+from reparam.engine.inputs import make_inputs
+from reparam.equivalence import fp32_noise, judge_error, output_error
 from reparam.errors import InternalError, MismatchError, ReparamError
 from reparam.expansion.block import ExpandedConv
 from reparam.expansion.find import Site, Skipped, find_sites, traced_parts
 from reparam.expansion.schemes import branch_specs, build_branch, check_scheme
 from reparam.expansion.structure import conv_layout
-from reparam.numerics import fp32_limit
+from reparam.tensors import eval_mode, module_dtype
 
 INITS = ("preserve", "fresh")
 
@@ -151,19 +151,6 @@ def expand_structure(model: nn.Module, scheme: str, init: str = "preserve") -> E
     return report
 
 
-@contextlib.contextmanager
-def eval_mode(*models: nn.Module) -> Iterator[None]:
-    """Put ``models`` in eval mode for the block, then give each submodule its own mode back."""
-    modes = {m: m.training for model in models for m in model.modules()}
-    for model in models:
-        model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
 @torch.no_grad()
 def eval_outputs(model: nn.Module, inputs: tuple) -> Any:
     """``model(*inputs)`` in eval mode, leaving each submodule's train/eval mode as it was."""
@@ -172,22 +159,14 @@ def eval_outputs(model: nn.Module, inputs: tuple) -> Any:
 
 
 def within_fp32_rule(model: nn.Module, inputs: tuple, reference: Any, rel: float) -> bool:
-    """Whether a scale-relative error against ``model``'s output ``reference`` passes the fp32 rule.
-
-    NaN fails. The reference's own fp32 noise (a float64 run) is measured only when the base
-    tolerance is exceeded.
-    """
-    dtype, _ = model_dtype(model)
-    if rel <= tolerance_for(dtype):
-        return True
-    if dtype != torch.float32 or rel != rel:
-        return False
-    return rel <= fp32_limit(fp32_noise(model, inputs, reference))
+    """Whether a scale-relative error against ``model``'s output ``reference`` passes the fp32 rule (NaN fails)."""
+    dtype, _ = module_dtype(model)
+    return judge_error(rel, dtype, lambda: fp32_noise(model, inputs, reference)).passed
 
 
 def _check_preserved(plain: nn.Module, expanded: nn.Module, inputs: tuple, report: ExpandReport) -> None:
     reference = eval_outputs(plain, inputs)
-    _, rel, _ = compare_outputs(reference, eval_outputs(expanded, inputs))
+    rel = output_error(reference, eval_outputs(expanded, inputs)).scale_rel
     report.preserve_error = rel
     if not within_fp32_rule(plain, inputs, reference, rel):
         raise MismatchError(

@@ -18,11 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from reparam.engine.check import compare_outputs, make_inputs
+from reparam.engine.core import ConversionResult
 from reparam.engine.graph import BN, module_of
+from reparam.engine.inputs import make_inputs
+from reparam.equivalence import output_error
 from reparam.errors import MismatchError, ReparamError
-from reparam.expansion.core import eval_mode, eval_outputs, within_fp32_rule
+from reparam.expansion.core import eval_outputs, within_fp32_rule
 from reparam.expansion.structure import LAYERS, layer_geometry, layer_nodes, ordered_nodes, trace
+from reparam.tensors import eval_mode
 
 
 @dataclass
@@ -255,10 +258,10 @@ def plain_weights(
     example_inputs: Any = None,
     *,
     input_shape: Sequence[int] | None = None,
-    deploy: nn.Module | None = None,
+    converted: ConversionResult | None = None,
     check: bool = True,
 ) -> PlainWeights:
-    """Fuse ``trained`` (or take its ``deploy`` form) and load the weights into ``plain`` (in place).
+    """Fuse ``trained`` (or take its ``converted`` form) and load the weights into ``plain`` (in place).
 
     ``plain`` is an instance of the plain architecture (e.g. ``reparam.zoo.create_model("resnet18")``
     or the user's own class). The returned state dict loads with ``strict=True``; with ``check``, the
@@ -269,14 +272,15 @@ def plain_weights(
             f"expected a torch.nn.Module, got {type(plain).__name__}", hint="pass a model instance"
         )
     inputs, _ = make_inputs(trained, example_inputs, input_shape)
-    if deploy is None:
-        from reparam.engine import reparameterize
+    if converted is None:
+        from reparam.engine import convert
 
         with eval_mode(trained):  # the fused model is what eval mode computes
-            deploy = reparameterize(trained, inputs)
+            converted = convert(trained, inputs)
+    deploy = converted.model
     gp, gd = trace(plain), trace(deploy)
     writer = _Writer(plain)
-    matches, absorbed, consumed = _match_layers(gp, gd, writer, getattr(deploy, "reparam_record", None))
+    matches, absorbed, consumed = _match_layers(gp, gd, writer, converted.record)
     _match_other_modules(gp, gd, writer, absorbed, consumed)
     _match_attributes(gp, gd, writer)
     missing = [k for k in writer.state if k not in writer.filled and not k.endswith("num_batches_tracked")]
@@ -295,7 +299,7 @@ def plain_weights(
                 "cannot check the plain weights without example inputs", hint="pass example_inputs"
             )
         reference = eval_outputs(deploy, inputs)
-        _, result.error, _ = compare_outputs(reference, eval_outputs(plain, inputs))
+        result.error = output_error(reference, eval_outputs(plain, inputs)).scale_rel
         if not within_fp32_rule(deploy, inputs, reference, result.error):
             raise MismatchError(
                 f"the plain model loaded with the fused weights differs from the fused model "
@@ -309,15 +313,15 @@ def plain_weights(
 def write_plain_checkpoint(
     path: str | os.PathLike,
     trained: nn.Module,
-    deploy: nn.Module,
+    converted: ConversionResult,
     plain: nn.Module,
     arch: str,
     arch_kwargs: Mapping[str, Any] | None,
     example_inputs: Any,
 ) -> PlainWeights:
-    """Load ``deploy``'s weights into ``plain`` (built from ``arch``; checked) and save an ``arch`` checkpoint."""
+    """Load the converted model's weights into ``plain`` (built from ``arch``; checked) and save an ``arch`` checkpoint."""
     from reparam.expansion.checkpoint import save_model
 
-    result = plain_weights(trained, plain, example_inputs, deploy=deploy)
+    result = plain_weights(trained, plain, example_inputs, converted=converted)
     save_model(path, result.model, arch, arch_kwargs)
     return result

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from reparam.equivalence.tolerance import PROFILES, Tolerance
 from reparam.errors import ReparamError
 from reparam.runners.base import Runner
 from reparam.verify.report import VerifyReport
-from reparam.verify.tolerance import PROFILES, Tolerance
 
 Batch = Mapping[str, np.ndarray]
 

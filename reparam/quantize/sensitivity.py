@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from reparam.equivalence.metrics import OutputMetrics, compute_metrics
+from reparam.equivalence.tolerance import judge
 from reparam.quantize.qdq import Calibrated, module_of, quantize_proto
-from reparam.verify.metrics import OutputMetrics, compute_metrics
-from reparam.verify.tolerance import judge
 
 Batch = Mapping[str, np.ndarray]
 Outputs = dict[str, list[np.ndarray]]

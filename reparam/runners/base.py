@@ -28,11 +28,6 @@ class TensorSpec:
         return f"{self.name}: {dtype}[{dims}]"
 
 
-def output_names_for(n: int) -> list[str]:
-    """The naming convention: one output is "output", several are "output0", "output1", ..."""
-    return ["output"] if n == 1 else [f"output{i}" for i in range(n)]
-
-
 class Runner:
     """Runs one model artifact. Subclasses set ``input_names``, ``output_names`` and ``input_specs``."""
 

@@ -12,19 +12,8 @@ import torch
 from torch import nn
 
 from reparam.errors import ReparamError
-from reparam.runners.base import Runner, TensorSpec, output_names_for
-
-
-def _module_dtype(module: nn.Module) -> tuple[torch.dtype, torch.device]:
-    for t in [*module.parameters(), *module.buffers()]:
-        if t.is_floating_point():
-            return t.dtype, t.device
-    return torch.float32, torch.device("cpu")
-
-
-def _flatten(out: Any) -> list[torch.Tensor]:
-    leaves, _ = torch.utils._pytree.tree_flatten(out)
-    return [t for t in leaves if isinstance(t, torch.Tensor)]
+from reparam.runners.base import Runner, TensorSpec
+from reparam.tensors import eval_mode, module_dtype, output_names, tensor_leaves
 
 
 class TorchRunner(Runner):
@@ -58,7 +47,7 @@ class TorchRunner(Runner):
         self.module = model
         self.input_names = list(input_names)
         self._check_names(self.input_names)
-        self.dtype, self.device = _module_dtype(model)
+        self.dtype, self.device = module_dtype(model)
         np_dtype = torch.empty(0, dtype=self.dtype).numpy().dtype
         self.input_specs = [TensorSpec(n, None, np_dtype) for n in self.input_names]
         self.output_names = self._known_outputs()
@@ -71,7 +60,7 @@ class TorchRunner(Runner):
             if out is not None:
                 leaves, _ = torch.utils._pytree.tree_flatten(out.args[0])
                 if leaves:
-                    return output_names_for(len(leaves))
+                    return output_names(len(leaves))
         return []
 
     def label(self) -> str:
@@ -80,29 +69,8 @@ class TorchRunner(Runner):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self.validate(inputs)
         args = [torch.from_numpy(np.ascontiguousarray(arrays[n])).to(self.device) for n in self.input_names]
-        with torch.no_grad(), _eval_if_possible(self.module):
-            out = _flatten(self.module(*args))
-        names = output_names_for(len(out))
+        with torch.no_grad(), eval_mode(self.module):
+            out = tensor_leaves(self.module(*args))
+        names = output_names(len(out))
         self.output_names = names
         return {n: t.detach().cpu().numpy() for n, t in zip(names, out)}
-
-
-class _eval_if_possible:
-    """Eval mode for the call, then the caller's mode again (exported program modules refuse
-    ``.eval()``/``.train()``; their mode was fixed at export)."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-        self.was_training = False
-
-    def __enter__(self) -> None:
-        self.was_training = self.module.training
-        if self.was_training:
-            try:
-                self.module.eval()
-            except (NotImplementedError, RuntimeError):
-                self.was_training = False
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.was_training:
-            self.module.train(True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,29 +9,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import fx, nn
 
-from reparam.errors import ReparamError
-from reparam.verify.compare import CandidateResult, Divergence, compare_outputs
-from reparam.verify.localize import (
-    exported_node_map,
-    graph_block_outputs,
+from reparam.equivalence import (
+    Boundaries,
+    BoundaryKind,
+    CandidateResult,
+    Divergence,
+    Tolerance,
+    block_noise,
+    block_outputs,
+    compare_outputs,
+    compute_metrics,
+    float64_copy,
     locate_divergence,
-    module_block_outputs,
     onnx_block_outputs,
-    read_onnx_boundaries,
+    output_noise,
+    run_with_block_hooks,
 )
-from reparam.verify.metrics import compute_metrics
+from reparam.equivalence.capture import torch_args
+from reparam.equivalence.tolerance import make_tolerance
+from reparam.errors import ReparamError
 from reparam.verify.quant import quantization_risk
 from reparam.verify.report import VerifyReport
-from reparam.verify.tolerance import Tolerance, make_tolerance
 
 Batch = Mapping[str, np.ndarray]
-
-ONNX_SUFFIXES = (".onnx",)
-TRT_SUFFIXES = (".engine", ".plan", ".trt")
-PT2_SUFFIXES = (".pt2",)
 
 
 @dataclass
@@ -48,16 +49,26 @@ class Candidate:
     tolerance: Tolerance | None = None  # overrides the run's tolerance for this candidate
 
 
-def _record_of(module: nn.Module | None, record: Any = None) -> Any:
+def _record_of(module: nn.Module, record: Any = None) -> Any:
+    # A module from reparameterize() carries its record; any other module needs it passed.
     return record if record is not None else getattr(module, "reparam_record", None)
 
 
 def make_candidate(obj: Any, *, name: str | None = None, record: Any = None) -> Candidate:
-    """Wrap a module, a ``.pt2`` / ``.onnx`` / TensorRT engine path, or a Runner as a Candidate."""
+    """Wrap a module, a ConversionResult, a ``.pt2`` / ``.onnx`` / TensorRT engine path, or a Runner.
+
+    ``record`` (a RewriteRecord) lets a module's blocks be localized; a ConversionResult and a
+    ``.pt2`` artifact bring their own.
+    """
     from reparam import runners
+    from reparam.engine.core import ConversionResult
 
     if isinstance(obj, Candidate):
         return obj
+    if isinstance(obj, ConversionResult):
+        return Candidate(
+            name or "deploy model", "torch", runners.TorchRunner(obj.model), obj.model, obj.record
+        )
     if isinstance(obj, nn.Module):
         return Candidate(
             name or "deploy model", "torch", runners.TorchRunner(obj), obj, _record_of(obj, record)
@@ -68,27 +79,20 @@ def make_candidate(obj: Any, *, name: str | None = None, record: Any = None) -> 
         path = Path(obj)
         if not path.is_file():
             raise ReparamError(f"candidate file {str(path)!r} does not exist", hint="check the path")
-        label = name or path.name
-        suffix = path.suffix.lower()
-        if suffix in PT2_SUFFIXES:
-            from reparam.artifact import load_artifact
+        kind = runners.artifact_kind(path)
+        if kind == "pt2":
+            from reparam.artifact import read_artifact
 
-            module = load_artifact(path)
+            artifact = read_artifact(path)
             return Candidate(
-                label, "pt2", runners.TorchRunner(module), module, _record_of(module, record), str(path)
+                name or path.name,
+                "pt2",
+                runners.TorchRunner(artifact.module),
+                artifact.module,
+                record if record is not None else artifact.record,
+                str(path),
             )
-        if suffix in ONNX_SUFFIXES:
-            return Candidate(
-                label, "onnx", runners.OnnxRuntimeRunner(str(path)), record=record, path=str(path)
-            )
-        if suffix in TRT_SUFFIXES:
-            return Candidate(
-                label, "tensorrt", runners.TensorRTRunner(str(path)), record=record, path=str(path)
-            )
-        raise ReparamError(
-            f"cannot tell what kind of artifact {path.name} is from its suffix {suffix!r}",
-            hint="use .pt2 for a deploy artifact, .onnx for ONNX, .engine/.plan for TensorRT",
-        )
+        return Candidate(name or path.name, kind, runners.runner_for(path), record=record, path=str(path))
     raise ReparamError(
         f"cannot verify an object of type {type(obj).__name__}",
         hint="pass an nn.Module, a .pt2/.onnx/.engine path or a reparam Runner",
@@ -121,58 +125,24 @@ def _worst_batch(ref: Mapping[str, list[np.ndarray]], cand: Mapping[str, list[np
 
 def _candidate_blocks(cand: Candidate, batch: Batch, input_names: Sequence[str]) -> tuple[dict, str]:
     """Block outputs of a candidate keyed by original block path, or ({}, reason)."""
-    record = cand.record
-    boundaries = dict(getattr(record, "boundaries", {}) or {})
-    kind = getattr(record, "boundary_kind", "fx_node")
     if cand.kind == "onnx" and cand.path:
-        mapping = _onnx_mapping(cand.path)
-        if not mapping:
+        boundaries = _onnx_boundaries(cand.path)
+        if not boundaries:
             return {}, (
                 "this ONNX file carries no block-boundary metadata (reparam.boundaries); "
                 "export it with reparam to localize divergences"
             )
-        return onnx_block_outputs(cand.path, batch, mapping), ""
+        return onnx_block_outputs(cand.path, batch, boundaries), ""
     if cand.kind == "tensorrt":
         return {}, "TensorRT engines expose only their outputs; localize with the ONNX file it was built from"
+    boundaries: Boundaries | None = getattr(cand.record, "boundaries", None)
     if cand.module is None or not boundaries:
         return {}, "no rewrite record with block boundaries for this candidate"
-    if kind == "module":
-        values, _ = module_block_outputs(cand.module, list(boundaries.values()), batch, input_names)
-        return {p: values[m] for p, m in boundaries.items() if m in values}, ""
-    if not isinstance(cand.module, fx.GraphModule):
+    if boundaries.kind is BoundaryKind.GRAPH_NODE and not isinstance(cand.module, fx.GraphModule):
         return {}, "the rewrite record names fx nodes but the candidate is not an fx GraphModule"
-    names = {n.name for n in cand.module.graph.nodes}
-    node_map = {p: n for p, n in boundaries.items() if n in names}
-    if cand.kind == "pt2" or len(node_map) < len(boundaries):
-        traced = exported_node_map(cand.module, boundaries)
-        if len(traced) > len(node_map):
-            node_map = traced
-    return graph_block_outputs(cand.module, node_map, batch, input_names), ""
+    return block_outputs(cand.module, boundaries, torch_args(batch, input_names)), ""
 
 
-def _float64_copy(module: nn.Module) -> nn.Module | None:
-    """A float64 copy of the reference (None if it cannot be copied or converted)."""
-    try:
-        return copy.deepcopy(module).double().eval()
-    except Exception:
-        return None
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, list | tuple):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
-
-
-def _as_float64(batch: Batch) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, dtype=np.float64) for k, v in batch.items()}
-
-
-@torch.no_grad()
 def reference_noise(
     model64: nn.Module,
     batches: Sequence[Batch],
@@ -180,29 +150,14 @@ def reference_noise(
     ref_out: Mapping[str, list[np.ndarray]],
 ) -> dict[str, float]:
     """Scale-relative error of the fp32 reference outputs against the float64 reference, per output."""
-    names = list(ref_out)
-    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for batch in batches:
-        b64 = _as_float64(batch)
-        tensors = _tensors(model64(*[torch.from_numpy(b64[n]) for n in input_names]))
-        if len(tensors) != len(names):
-            return {}
-        for n, t in zip(names, tensors):
-            outs[n].append(t.numpy())
-    noise = {}
-    for n in names:
-        try:
-            noise[n] = compute_metrics(outs[n], ref_out[n]).scale_rel
-        except ValueError:
-            continue
-    return noise
+    return output_noise(model64, [torch_args(b, input_names) for b in batches], ref_out)
 
 
-def _onnx_mapping(path: str) -> dict[str, str]:
+def _onnx_boundaries(path: str) -> Boundaries:
     from reparam.errors import require
 
     onnx = require("onnx", "onnx", "Reading ONNX metadata")
-    return read_onnx_boundaries(onnx.load(path, load_external_data=False))
+    return Boundaries.read_onnx(onnx.load(path, load_external_data=False))
 
 
 def verify(
@@ -253,7 +208,7 @@ def verify(
     noise: dict[str, float] = {}
     uses_noise = any((c.tolerance or tol).profile.noise_multiple for c in cands)
     if reference is not None and ref_cand.kind == "torch" and uses_noise:
-        model64 = _float64_copy(reference)
+        model64 = float64_copy(reference)
         try:
             noise = reference_noise(model64, batches, input_names, ref_out) if model64 is not None else {}
         except Exception:  # some ops have no float64 kernel: keep the fixed limits
@@ -318,20 +273,9 @@ def _localize(
         return Divergence(note=reason or "no block boundary values could be read from this candidate")
     key = (idx, frozenset(cand_blocks))
     if key not in cache:
-        ref_blocks, order = module_block_outputs(reference, list(cand_blocks), batch, input_names)
-        block_noise: dict[str, float] = {}
-        if model64 is not None:
-            try:
-                blocks64, _ = module_block_outputs(
-                    model64, list(cand_blocks), _as_float64(batch), input_names
-                )
-                block_noise = {
-                    p: compute_metrics(blocks64[p], ref_blocks[p]).scale_rel
-                    for p in ref_blocks
-                    if p in blocks64
-                }
-            except Exception:
-                block_noise = {}
-        cache[key] = (ref_blocks, order, block_noise)
-    ref_blocks, order, block_noise = cache[key]
-    return locate_divergence(ref_blocks, cand_blocks, order, tol, output_failed=failed, noise=block_noise)
+        args = torch_args(batch, input_names)
+        run = run_with_block_hooks(reference, list(cand_blocks), lambda: reference(*args))
+        noise = block_noise(model64, args, run.values) if model64 is not None else {}
+        cache[key] = (run.values, run.order, noise)
+    ref_blocks, order, noise = cache[key]
+    return locate_divergence(ref_blocks, cand_blocks, order, tol, output_failed=failed, noise=noise)

@@ -3,7 +3,8 @@
 `save_golden` runs the unfused training model once and writes a directory::
 
     G/golden.json   format name and version, provenance, names, block order, fp32 noise, sha256 of
-    G/arrays.npz    inputs/<batch>/<name>, outputs/<batch>/<name>, blocks/<batch>/<block path>
+    G/arrays.npz    inputs/<batch>/<name>, outputs/<batch>/<name>, blocks/<batch>/<block path>/<k>
+                    (the k-th output of a block; format version 1 kept one output per block)
 
 `verify_golden` compares ONNX files, engines or ``.pt2`` artifacts with it on another machine,
 without the checkpoint or the training code. Arrays are read with ``allow_pickle=False``; nothing in
@@ -27,7 +28,8 @@ from torch import nn
 from reparam.errors import ReparamError
 from reparam.io import atomic_files, check_input_file
 
-FORMAT, VERSION = "reparam-golden", 1
+FORMAT, VERSION = "reparam-golden", 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST, ARRAYS = "golden.json", "arrays.npz"
 Batch = Mapping[str, np.ndarray]
 
@@ -43,8 +45,7 @@ def _block_paths(model: nn.Module, batch: Batch, input_names: Sequence[str]) -> 
     from reparam.engine import convert
 
     example = tuple(torch.from_numpy(np.asarray(batch[n])) for n in input_names)
-    record = convert(model, example, check=False).record
-    return list(getattr(record, "boundaries", {}) or {})
+    return list(convert(model, example, check=False).record.boundaries)
 
 
 def save_golden(
@@ -58,9 +59,10 @@ def save_golden(
     import io
 
     from reparam import __version__
+    from reparam.equivalence import float64_copy, run_with_block_hooks
+    from reparam.equivalence.capture import torch_args
     from reparam.runners import TorchRunner
-    from reparam.verify.core import _float64_copy, _run_all, reference_noise
-    from reparam.verify.localize import module_block_outputs
+    from reparam.verify.core import _run_all, reference_noise
 
     model.eval()
     runner = TorchRunner(model)
@@ -70,12 +72,13 @@ def save_golden(
     arrays: dict[str, np.ndarray] = {}
     order: list[str] = []
     for i, batch in enumerate(batches):
-        values, order_i = module_block_outputs(model, blocks, batch, input_names)
-        order = order or order_i
+        args = torch_args(batch, input_names)
+        run = run_with_block_hooks(model, blocks, lambda args=args: model(*args))
+        order = order or run.order
         arrays |= {f"inputs/{i}/{n}": np.asarray(batch[n]) for n in input_names}
         arrays |= {f"outputs/{i}/{n}": v[i] for n, v in outputs.items()}
-        arrays |= {f"blocks/{i}/{p}": v for p, v in values.items()}
-    model64 = _float64_copy(model)
+        arrays |= {f"blocks/{i}/{p}/{k}": a for p, value in run.values.items() for k, a in enumerate(value)}
+    model64 = float64_copy(model)
     noise = reference_noise(model64, batches, input_names, outputs) if model64 is not None else {}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -122,8 +125,12 @@ def load_golden(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.n
         raise _bad(root, f"{MANIFEST} is not JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _bad(root, f"{MANIFEST} is not a {FORMAT} manifest")
-    if manifest.get("version") != VERSION:
-        raise _bad(root, f"format version {manifest.get('version')!r}; this reparam reads version {VERSION}")
+    if manifest.get("version") not in READABLE_VERSIONS:
+        raise _bad(
+            root,
+            f"format version {manifest.get('version')!r}; this reparam reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}",
+        )
     data = check_input_file(root / ARRAYS, "golden arrays").read_bytes()
     expected = (manifest.get("files") or {}).get(ARRAYS, {}).get("sha256")
     if _sha256(data) != expected:
@@ -141,6 +148,17 @@ def load_golden(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.n
 def _per_batch(arrays: Mapping[str, np.ndarray], kind: str, batch: int) -> dict[str, np.ndarray]:
     prefix = f"{kind}/{batch}/"
     return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _block_values(arrays: Mapping[str, np.ndarray], batch: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """``{block path: value}`` of one batch: a block's outputs are stored as ``blocks/<batch>/<path>/<k>``."""
+    parts: dict[str, dict[int, np.ndarray]] = {}
+    for key, value in _per_batch(arrays, "blocks", batch).items():
+        path, _, k = key.rpartition("/")
+        if not path:  # format version 1: blocks/<batch>/<block path>
+            path, k = key, "0"
+        parts.setdefault(path, {})[int(k)] = value
+    return {p: tuple(v[k] for k in sorted(v)) for p, v in parts.items()}
 
 
 def _check_names(manifest: Mapping[str, Any], cand: Any, golden: Path) -> None:
@@ -169,11 +187,10 @@ def verify_golden(golden: str | os.PathLike, candidates: Sequence[Any], *, toler
     A candidate may carry its own tolerance (``Candidate.tolerance``); block outputs are compared
     in the recorded execution order and the first one beyond the limit is named.
     """
-    from reparam.verify.compare import CandidateResult, Divergence, compare_outputs
+    from reparam.equivalence import CandidateResult, Divergence, compare_outputs, locate_divergence
+    from reparam.equivalence.tolerance import make_tolerance
     from reparam.verify.core import _run_all, _worst_batch, make_candidate
-    from reparam.verify.localize import locate_divergence
     from reparam.verify.report import VerifyReport
-    from reparam.verify.tolerance import make_tolerance
 
     root = Path(golden)
     manifest, arrays = load_golden(root)
@@ -215,7 +232,7 @@ def verify_golden(golden: str | os.PathLike, candidates: Sequence[Any], *, toler
         cand_blocks, reason = _candidate_blocks(cand, batches[idx])
         if cand_blocks:
             result.divergence = locate_divergence(
-                _per_batch(arrays, "blocks", idx),
+                _block_values(arrays, idx),
                 cand_blocks,
                 manifest["blocks"],
                 cand_tol,

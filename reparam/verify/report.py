@@ -10,10 +10,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reparam.equivalence.compare import CandidateResult
+from reparam.equivalence.tolerance import Tolerance
 from reparam.io import atomic_path, atomic_write_text
-from reparam.verify.compare import CandidateResult
 from reparam.verify.quant import LayerRisk
-from reparam.verify.tolerance import Tolerance
 
 SCHEMA_VERSION = 1
 

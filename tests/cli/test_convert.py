@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from reparam.artifact import load_artifact
+from reparam.artifact import read_artifact
 from reparam.checkpoint import save_checkpoint
 from reparam.cli.main import main
 from reparam.engine.passes import DEFAULT_ORDER
@@ -58,8 +58,9 @@ def test_convert_good_checkpoint(tmp_path, ckpt, model, capsys):
     assert "54 modules" in captured.out and "17 modules" in captured.out
     assert "layer4.1.conv2.ver_conv" not in captured.out
     assert report["after"]["modules"]["Conv2d"] == 20 and "BatchNorm2d" not in report["after"]["modules"]
-    loaded = load_artifact(out)
-    assert loaded.reparam_metadata["metadata"]["checkpoint_sha256"]
+    artifact = read_artifact(out)
+    loaded = artifact.module
+    assert artifact.metadata["metadata"]["checkpoint_sha256"]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref, got = model(x), loaded(x)

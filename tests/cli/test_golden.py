@@ -102,7 +102,7 @@ def golden_setup(tmp_path_factory):
 
 def test_golden_directory_is_versioned_with_checksums(golden_setup):
     manifest = json.loads((golden_setup / "G" / "golden.json").read_text())
-    assert manifest["format"] == "reparam-golden" and manifest["version"] == 1
+    assert manifest["format"] == "reparam-golden" and manifest["version"] == 2
     assert manifest["provenance"]["arch"] == "goldnet:GoldNet" and manifest["provenance"]["reference_sha256"]
     assert {"b1", "b2"} <= set(manifest["blocks"]) and len(manifest["files"]["arrays.npz"]["sha256"]) == 64
     assert sorted(p.name for p in (golden_setup / "G").iterdir()) == ["arrays.npz", "golden.json"]

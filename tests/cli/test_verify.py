@@ -28,7 +28,7 @@ def _perturbed_artifact(ckpt, path):
     entry = result.record.entries[len(result.record.entries) // 2]
     with torch.no_grad():
         result.model.get_submodule(entry.fused).weight.mul_(1.5)
-    save_artifact(result.model, example, path, report=result.report)
+    save_artifact(result, example, path)
     return expected_block(result.record, entry.sources[0])
 
 
@@ -98,7 +98,7 @@ def test_perturbed_onnx_fails_and_names_the_block_clean_onnx_passes(ckpt, tmp_pa
 
     example = (torch.randn(2, 3, 32, 32),)
     result = convert(load_model(ckpt), example, check=False)
-    export_onnx(result.model, example, tmp_path / "good.onnx")
+    export_onnx(result, example, tmp_path / "good.onnx")
     entry = result.record.entries[len(result.record.entries) // 2]
     model = onnx.load(str(tmp_path / "good.onnx"))
     weight = next(i for i in model.graph.initializer if i.name == f"{entry.fused}.weight")

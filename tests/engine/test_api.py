@@ -23,6 +23,7 @@ from reparam.engine import (
 )
 from reparam.engine import base as engine_base
 from reparam.engine.graph import block_path
+from reparam.equivalence import BoundaryKind
 from reparam.errors import MismatchError, ReparamError
 from tests.engine._models import Asym, Chain, Rep, count, error, prepared
 
@@ -161,7 +162,7 @@ def test_record_round_trip():
     record = result.record
     again = RewriteRecord.from_dict(json.loads(json.dumps(record.to_dict())))
     assert again == record
-    assert record.boundary_kind == "fx_node" and record.boundaries["body.0"] in {
+    assert record.boundaries.kind is BoundaryKind.GRAPH_NODE and record.boundaries["body.0"] in {
         n.name for n in result.model.graph.nodes
     }
     assert record.sources_of("body.0") and record.sources_of("nope") == []
@@ -247,7 +248,7 @@ def test_untraceable_model_falls_back_to_children_and_block_reparameterize():
     assert any(
         e.pass_name == "block_reparameterize" and e.fused.startswith("odd.") for e in result.record.entries
     )
-    assert result.record.boundary_kind == "module"
+    assert result.record.boundaries.kind is BoundaryKind.MODULE
     assert {"head", "odd", "tail"} <= set(result.record.boundaries)
     assert error(model, deploy, x) <= 1e-5
 

@@ -112,8 +112,8 @@ def test_models_captured_by_torch_export_ship_as_pt2_and_onnx(make, shape, tmp_p
     x = torch.randn(*shape)
     result = convert(model, x)
     assert "by torch.export" in result.report.tracing
-    save_artifact(result.model, (x,), tmp_path / "m.pt2", report=result.report, metadata={})
-    export_onnx(result.model, (x,), tmp_path / "m.onnx")
+    save_artifact(result.model, (x,), tmp_path / "m.pt2", report=result.report, record=result.record)
+    export_onnx(result, (x,), tmp_path / "m.onnx")
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     with torch.no_grad():
         ref = model(x.clone())

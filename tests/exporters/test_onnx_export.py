@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reparam.engine import reparameterize
+from reparam.engine import convert
 from reparam.errors import ReparamError
 from reparam.numerics import randomize_batchnorm, scale_relative_error
 from tests.exporters._models import TwoOutputs, tiny_net
@@ -33,10 +33,10 @@ def _batch_dim(path) -> str:
 def deploy_onnx(tmp_path_factory):
     train = tiny_net()
     example = torch.randn(1, 3, 16, 16)
-    deploy = reparameterize(train, (example,))
+    converted = convert(train, (example,))
     path = tmp_path_factory.mktemp("onnx") / "deploy.onnx"
-    result = export_onnx(deploy, (example,), path, dynamo=False, metadata={"source_sha256": "ab" * 32})
-    return train, deploy, path, result
+    result = export_onnx(converted, (example,), path, dynamo=False, metadata={"source_sha256": "ab" * 32})
+    return train, converted.model, path, result
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -82,13 +82,13 @@ def test_block_boundaries_are_named_tensors(deploy_onnx):
     model = onnx.load(str(path))
     produced = {o for n in model.graph.node for o in n.output}
     boundaries = json.loads({p.key: p.value for p in model.metadata_props}["reparam.boundaries"])
-    assert boundaries == result.boundaries and boundaries
+    assert boundaries == dict(result.boundaries) and boundaries
     assert set(boundaries.values()) <= produced
     assert [o.name for o in model.graph.output] == ["output"]  # the extra outputs were removed again
-    from reparam.verify.localize import onnx_block_outputs
+    from reparam.equivalence import onnx_block_outputs
 
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
-    values = onnx_block_outputs(path, {"input": x})
+    values = {p: v for p, (v,) in onnx_block_outputs(path, {"input": x}).items()}
     assert set(values) == set(boundaries)
     # The "stem" boundary tensor holds what the training model's stem block computes.
     train = deploy_onnx[0]
@@ -170,18 +170,17 @@ def test_exporter_failure_is_a_reparam_error_with_hint(tmp_path):
 
 
 def test_a_value_ending_a_stage_and_its_last_block_maps_both(tmp_path):
-    from reparam.verify.localize import onnx_block_outputs
+    from reparam.equivalence import onnx_block_outputs
     from reparam.zoo import create_model
 
     torch.manual_seed(0)
     train = randomize_batchnorm(create_model("acb_resnet18", width=0.25, num_classes=5)).eval()
     example = torch.randn(1, 3, 32, 32)
-    deploy = reparameterize(train, (example,))
-    result = export_onnx(deploy, (example,), tmp_path / "m.onnx", dynamo=False)
+    result = export_onnx(convert(train, (example,)), (example,), tmp_path / "m.onnx", dynamo=False)
     b = result.boundaries
     assert "layer1" in b and "layer1.1" in b and b["layer1"] == b["layer1.1"]
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    values = onnx_block_outputs(tmp_path / "m.onnx", {"input": x})
+    values = {p: v for p, (v,) in onnx_block_outputs(tmp_path / "m.onnx", {"input": x}).items()}
     with torch.no_grad():
         t = torch.from_numpy(x)
         ref = train.layer1(train.stem(t))

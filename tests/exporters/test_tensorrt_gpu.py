@@ -79,8 +79,8 @@ def test_engine_rejects_shapes_outside_the_profile(onnx_file, tmp_path):
 
 def test_qdq_int8_engine_matches_onnxruntime(tmp_path):
     """A Q/DQ ONNX from reparam quantize builds (strongly typed) and computes what ONNX Runtime computes."""
+    from reparam.equivalence.metrics import compute_metrics
     from reparam.quantize import quantize
-    from reparam.verify.metrics import compute_metrics
 
     model = tiny_net()
     path = tmp_path / "m.onnx"

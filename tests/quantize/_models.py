@@ -79,5 +79,5 @@ def export_deploy(model: nn.Module, path, example: np.ndarray):
 
     x = torch.from_numpy(example)
     result = convert(model, (x,), check=False)
-    export_onnx(result.model, (x,), path, dynamo=False)
+    export_onnx(result, (x,), path, dynamo=False)
     return result

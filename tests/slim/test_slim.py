@@ -10,7 +10,7 @@ import torch
 
 import reparam
 from reparam.blocks import SABlock
-from reparam.engine.check import fp32_noise
+from reparam.equivalence import fp32_noise
 from reparam.errors import ReparamError
 from reparam.numerics import fp32_limit, scale_relative_error
 from reparam.profile import count_macs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from reparam.equivalence import Boundaries, BoundaryKind
 from reparam.numerics import randomize_batchnorm
 
 BLOCKS = ["stem", "layer1.0", "layer1.1", "layer2"]
@@ -42,22 +43,21 @@ class _BlockLeaves(fx.Tracer):
 class Record:
     """Stand-in with the fields of the engine's RewriteRecord that the verifier reads."""
 
-    def __init__(self, boundaries, entries=(), boundary_kind="fx_node"):
-        self.boundaries = dict(boundaries)
+    def __init__(self, boundaries, entries=()):
+        self.boundaries = Boundaries(BoundaryKind.GRAPH_NODE, dict(boundaries))
         self.entries = list(entries)
-        self.boundary_kind = boundary_kind
 
 
-def tiny_pair(seed: int = 0) -> tuple[nn.Module, fx.GraphModule]:
-    """A training-form TinyNet (BN randomized) and an fx copy whose blocks are call_module nodes."""
+def tiny_pair(seed: int = 0) -> tuple[nn.Module, fx.GraphModule, Boundaries]:
+    """A training-form TinyNet (BN randomized), an fx copy whose blocks are call_module nodes, and
+    the graph-node boundaries of those blocks."""
     torch.manual_seed(seed)
     ref = randomize_batchnorm(TinyNet(), seed=seed).eval()
     copy = TinyNet()
     copy.load_state_dict(ref.state_dict())
     copy.eval()
     gm = fx.GraphModule(copy, _BlockLeaves().trace(copy))
-    gm.reparam_record = Record({p: p.replace(".", "_") for p in BLOCKS})
-    return ref, gm
+    return ref, gm, Boundaries(BoundaryKind.GRAPH_NODE, {p: p.replace(".", "_") for p in BLOCKS})
 
 
 @torch.no_grad()

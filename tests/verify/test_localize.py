@@ -2,14 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from reparam.verify import locate_divergence
-from reparam.verify.localize import (
-    exported_node_map,
-    graph_block_outputs,
-    module_block_outputs,
+from reparam.equivalence import (
+    Boundaries,
+    BoundaryKind,
+    block_outputs,
+    locate_divergence,
     onnx_block_outputs,
-    read_onnx_boundaries,
-    write_onnx_boundaries,
+    run_with_block_hooks,
 )
 
 from ._models import BLOCKS, tiny_pair
@@ -19,38 +18,75 @@ def _batch(seed=0):
     return {"input": np.random.default_rng(seed).standard_normal((2, 3, 16, 16)).astype(np.float32)}
 
 
+def _x(seed=0):
+    return (torch.from_numpy(_batch(seed)["input"]),)
+
+
+def module_block_outputs(model, paths, batch):
+    x = torch.from_numpy(batch["input"])
+    run = run_with_block_hooks(model, paths, lambda: model(x))
+    return run.values, run.order
+
+
 def test_reference_hooks_record_execution_order():
-    ref, _ = tiny_pair()
+    ref, _, _ = tiny_pair()
     values, order = module_block_outputs(ref, list(reversed(BLOCKS)), _batch())
     assert order == BLOCKS
-    assert values["layer2"].shape == (2, 8, 4, 4)
+    assert [v.shape for v in values["layer2"]] == [(2, 8, 4, 4)]
+
+
+class _TwoOutputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.split = _Split()
+
+    def forward(self, x):
+        a, b = self.split(x)
+        return a + b
+
+
+class _Split(torch.nn.Module):
+    def forward(self, x):
+        return x * 2, x - 1
+
+
+def test_a_block_with_several_outputs_is_compared_output_by_output():
+    model = _TwoOutputs()
+    run = run_with_block_hooks(model, ["split"], lambda: model(torch.ones(1, 3)))
+    assert [v.tolist() for v in run.values["split"]] == [[[2.0] * 3], [[0.0] * 3]]
+    good = run.values
+    bad = {"split": (good["split"][0], good["split"][1] + 1)}
+    assert locate_divergence(good, good, ["split"]).first_diverging is None
+    assert locate_divergence(good, bad, ["split"]).first_diverging == "split"  # the second output differs
+    fewer = {"split": good["split"][:1]}
+    assert locate_divergence(good, fewer, ["split"]).first_diverging == "split"
 
 
 def test_perturbed_block_is_the_first_diverging_one():
-    ref, gm = tiny_pair()
-    node_map = gm.reparam_record.boundaries
+    ref, gm, boundaries = tiny_pair()
     ref_vals, order = module_block_outputs(ref, BLOCKS, _batch())
-    clean = locate_divergence(ref_vals, graph_block_outputs(gm, node_map, _batch()), order)
+    clean = locate_divergence(ref_vals, block_outputs(gm, boundaries, _x()), order)
     assert clean.first_diverging is None
     assert [b.name for b in clean.blocks] == BLOCKS and all(b.scale_rel < 1e-6 for b in clean.blocks)
     with torch.no_grad():
         gm.get_submodule("layer1.1").conv.weight[1, 0, 1, 1] += 0.5
-    div = locate_divergence(ref_vals, graph_block_outputs(gm, node_map, _batch()), order)
+    div = locate_divergence(ref_vals, block_outputs(gm, boundaries, _x()), order)
     assert div.first_diverging == "layer1.1"
     assert [b.passed for b in div.blocks] == [True, True, False, False]
 
 
 def test_exported_program_nodes_are_found_through_provenance():
-    ref, gm = tiny_pair()
+    ref, gm, boundaries = tiny_pair()
     with torch.no_grad():
         gm.get_submodule("layer2").conv.weight[0, 0, 0, 0] += 0.5
     ep = torch.export.export(gm, (torch.from_numpy(_batch()["input"]),))
     exported = ep.module()
-    node_map = exported_node_map(exported, gm.reparam_record.boundaries)
-    assert set(node_map) == set(BLOCKS)
+    resolved = boundaries.in_graph(exported)
+    assert set(resolved) == set(BLOCKS) and resolved.kind is BoundaryKind.GRAPH_NODE
+    assert dict(resolved) != dict(boundaries)  # the exported graph named its nodes anew
     ref_vals, order = module_block_outputs(ref, BLOCKS, _batch())
-    values = graph_block_outputs(exported, node_map, _batch())
-    assert values["stem"].shape == ref_vals["stem"].shape
+    values = block_outputs(exported, boundaries, _x())
+    assert values["stem"][0].shape == ref_vals["stem"][0].shape
     assert locate_divergence(ref_vals, values, order).first_diverging == "layer2"
 
 
@@ -72,7 +108,7 @@ class _WithBlocks(torch.nn.Module):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_boundaries_from_metadata(tmp_path):
     onnx = pytest.importorskip("onnx")
-    ref, _ = tiny_pair()
+    ref, _, _ = tiny_pair()
     names = [f"block:{p}" for p in BLOCKS]
     path = tmp_path / "m.onnx"
     with torch.no_grad():
@@ -87,14 +123,15 @@ def test_onnx_boundaries_from_metadata(tmp_path):
         )
     model = onnx.load(str(path))
     del model.graph.output[1:]  # ship only the real output; the block tensors stay inside the graph
-    write_onnx_boundaries(model, dict(zip(BLOCKS, names)))
+    Boundaries(BoundaryKind.ONNX_TENSOR, dict(zip(BLOCKS, names))).write_onnx(model)
     weight = next(i for i in model.graph.initializer if i.dims[0] == 8 and len(i.dims) == 4)  # layer2 conv
     arr = onnx.numpy_helper.to_array(weight).copy()
     arr[:, :, 1, 1] += 0.5
     weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
     onnx.save(model, str(path))
 
-    assert read_onnx_boundaries(onnx.load(str(path))) == dict(zip(BLOCKS, names))
+    stored = Boundaries.read_onnx(onnx.load(str(path)))
+    assert stored.kind is BoundaryKind.ONNX_TENSOR and dict(stored) == dict(zip(BLOCKS, names))
     values = onnx_block_outputs(path, _batch())
     assert set(values) == set(BLOCKS)
     ref_vals, order = module_block_outputs(ref, BLOCKS, _batch())

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from reparam.equivalence.metrics import count_elementwise_failures
 from reparam.verify import compare_outputs, compute_metrics, judge, make_tolerance
-from reparam.verify.metrics import count_elementwise_failures
 
 
 def test_identical_outputs_have_zero_error():

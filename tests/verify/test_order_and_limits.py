@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reparam.verify.localize import locate_divergence
+from reparam.equivalence import locate_divergence
 from reparam.verify.report import merged_order
 
 
@@ -18,8 +18,8 @@ def test_merged_order_puts_stage_outputs_after_their_blocks():
 
 def test_block_warning_names_the_profile_and_the_limit():
     rng = np.random.default_rng(0)
-    ref = {"block": rng.standard_normal(1000).astype(np.float32)}
-    cand = {"block": ref["block"] + np.float32(1e-3) * rng.standard_normal(1000).astype(np.float32)}
+    ref = {"block": (rng.standard_normal(1000).astype(np.float32),)}
+    cand = {"block": (ref["block"][0] + np.float32(1e-3) * rng.standard_normal(1000).astype(np.float32),)}
     div = locate_divergence(ref, cand, ["block"], "fp32", output_failed=False)
     assert div.first_diverging == "block"
     assert "within the fp32 tolerance" in div.note and "exceeds the fp32 limit" in div.note

@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 
+from reparam.equivalence.compare import BlockError, Divergence
 from reparam.verify import VerifyReport, compare_outputs, make_tolerance
-from reparam.verify.compare import BlockError, Divergence
 from reparam.verify.quant import LayerRisk
 
 

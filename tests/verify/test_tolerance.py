@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from reparam.equivalence.tolerance import parse_tolerance_overrides
 from reparam.errors import ReparamError
 from reparam.verify import PROFILES, compare_outputs, get_profile, make_tolerance
-from reparam.verify.tolerance import parse_tolerance_overrides
 
 
 def _pair(rel_error: float, shape=(8, 10), seed=0):

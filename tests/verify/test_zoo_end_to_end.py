@@ -27,8 +27,8 @@ def test_training_vs_deploy_vs_onnx(arch, tmp_path):
     batches = random_batches((2, 3, 32, 32), batches=2, seed=1)
     example = (torch.from_numpy(batches[0]["input"]),)
     result = convert(model, example, check=False)
-    export_onnx(result.model, example, tmp_path / "m.onnx")
-    report = verify(model, [result.model, tmp_path / "m.onnx"], batches)
+    export_onnx(result, example, tmp_path / "m.onnx")
+    report = verify(model, [result, tmp_path / "m.onnx"], batches)
     assert report.passed, report.render_text()
     for cand in report.candidates:
         metrics = cand.outputs["output"].metrics

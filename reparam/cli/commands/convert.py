@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from reparam.cli.console import progress
     from reparam.engine import convert
     from reparam.engine.base import select_passes
-    from reparam.engine.check import make_inputs
+    from reparam.engine.inputs import make_inputs
     from reparam.io import atomic_files, check_writable
 
     out = Path(args.output)
@@ -131,11 +131,13 @@ def run(args: argparse.Namespace) -> int:
     with atomic_files() as tx:
         if args.as_arch:
             weights = write_plain_checkpoint(
-                tx.path(out), model, result.model, plain, args.as_arch, as_kwargs, example
+                tx.path(out), model, result, plain, args.as_arch, as_kwargs, example
             )
         else:
             metadata = artifact_metadata(model, args, shape)
-            stage_artifact(tx, result.model, example, out, report=result.report, metadata=metadata)
+            stage_artifact(
+                tx, result.model, example, out, report=result.report, record=result.record, metadata=metadata
+            )
         if args.report:
             tx.write_text(args.report, result.report.to_json())
     if args.as_arch:

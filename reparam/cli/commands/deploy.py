@@ -65,8 +65,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from reparam.cli.common import allow_local_imports, model_source_options, parse_shape
     from reparam.cli.console import note, progress
+    from reparam.equivalence.tolerance import parse_tolerance_overrides
     from reparam.pipeline import deploy
-    from reparam.verify.tolerance import parse_tolerance_overrides
 
     allow_local_imports(args.arch)
     result = deploy(

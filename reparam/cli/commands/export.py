@@ -110,7 +110,7 @@ def _missing_target(parser: argparse.ArgumentParser) -> int:
 
 
 def _load(args: argparse.Namespace):
-    """(model, example inputs, metadata) from a .pt2 artifact or a checkpoint."""
+    """(model, example inputs, metadata, rewrite record or None) from a .pt2 artifact or a checkpoint."""
     import torch
 
     from reparam.checkpoint import file_sha256
@@ -121,7 +121,7 @@ def _load(args: argparse.Namespace):
     src = check_input_file(args.checkpoint, "model file", hint="give a .pt2 artifact or a checkpoint")
     meta = {"source": src.name, "source_sha256": file_sha256(src)}
     if src.suffix.lower() == ".pt2":
-        from reparam.artifact import load_artifact
+        from reparam.artifact import read_artifact
         from reparam.describe import describe
 
         if args.training_form:
@@ -135,13 +135,14 @@ def _load(args: argparse.Namespace):
                 hint="drop them; the artifact carries its own graph",
             )
         desc = describe(src)
-        model = load_artifact(src)
+        artifact = read_artifact(src)
+        model = artifact.module
         if args.input_shape is None and desc.example_shape() is None:
             raise ReparamError(f"{src.name} records no input shape", hint="pass --input-shape NxCxHxW")
         shape = input_shape_for(model, args.input_shape, desc)
         described = {"arch": desc.arch, "arch_kwargs": desc.arch_kwargs, "input_names": desc.input_names}
-        return model, (torch.randn(shape),), meta | described | {"form": "deploy"}
-    from reparam.engine.check import make_inputs
+        return model, (torch.randn(shape),), meta | described | {"form": "deploy"}, artifact.record
+    from reparam.engine.inputs import make_inputs
 
     progress(f"loading {src}")
     model = load_model_from_args(args)
@@ -150,12 +151,13 @@ def _load(args: argparse.Namespace):
     source = getattr(model, "reparam_source", None) or {}
     meta |= {"arch": source.get("arch"), "arch_kwargs": source.get("arch_kwargs"), "input_names": ["input"]}
     if args.training_form:
-        return model, example, meta | {"form": "training"}
+        return model, example, meta | {"form": "training"}, None
     from reparam.engine import convert
 
     progress("converting")
     result = convert(model, example, check=True)
-    return result.model, example, meta | {"form": "deploy", "checked": result.report.check is not None}
+    checked = result.report.check is not None
+    return result.model, example, meta | {"form": "deploy", "checked": checked}, result.record
 
 
 DIM_NAMES = {"batch": 0, "channels": 1, "height": 2, "width": 3}
@@ -191,7 +193,7 @@ def run_onnx(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise ReparamError(f"output {str(out)!r} is a directory", hint="give a file path, e.g. -o model.onnx")
     axes = parse_dynamic(args.dynamic, args.static)
-    model, example, meta = _load(args)
+    model, example, meta, record = _load(args)
     meta.pop("checked", None)
     progress(f"exporting {out}")
     result = export_onnx(
@@ -206,6 +208,8 @@ def run_onnx(args: argparse.Namespace) -> int:
         simplify=not args.no_simplify,
         dynamo=not args.legacy_exporter,
         metadata=meta,
+        boundaries=record.boundaries if record is not None else None,
+        passes=record.pass_names() if record is not None else (),
     )
     fp16 = None
     if args.fp16:

@@ -30,9 +30,10 @@ def pt2_summary(path: Path) -> dict[str, Any]:
     """Inputs/outputs (shapes, symbolic dims as names) and embedded metadata of a .pt2 artifact."""
     import torch
 
-    from reparam.artifact import load_artifact
+    from reparam.artifact import read_artifact
 
-    module = load_artifact(path)
+    artifact = read_artifact(path)
+    module = artifact.module
 
     def spec(node: Any) -> dict[str, Any]:
         val = node.meta.get("val")
@@ -49,13 +50,13 @@ def pt2_summary(path: Path) -> dict[str, Any]:
     out = next(n for n in nodes if n.op == "output")
     leaves, _ = torch.utils._pytree.tree_flatten(out.args[0])
     outputs = [spec(n) for n in leaves if isinstance(n, torch.fx.Node)]
-    from reparam.runners import output_names_for
+    from reparam.tensors import output_names
 
-    for o, name in zip(outputs, output_names_for(len(outputs))):
+    for o, name in zip(outputs, output_names(len(outputs))):
         o["name"] = name
     for i, name in zip(inputs, ["input"] if len(inputs) == 1 else [f"input{k}" for k in range(len(inputs))]):
         i["name"] = name
-    meta = dict(getattr(module, "reparam_metadata", {}) or {})
+    meta = dict(artifact.metadata)
     report = meta.pop("report", None)
     meta.pop("record", None)
     ops: dict[str, int] = {}

@@ -82,9 +82,9 @@ def _reference(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from reparam.cli.common import allow_local_imports, model_source_options, parse_shape
     from reparam.cli.console import note, progress
+    from reparam.equivalence.tolerance import parse_tolerance_overrides
     from reparam.io import check_writable
     from reparam.pipeline import verify_files
-    from reparam.verify.tolerance import parse_tolerance_overrides
 
     _check_files(args.deploy, "--deploy")
     _check_files(args.onnx, "--onnx")

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+import torch
 
+from reparam.errors import ReparamError
 from reparam.numerics import scale_relative_error
+from reparam.tensors import tensor_leaves
 
 # An element takes part in the relative-error metric only when |ref| exceeds this fraction of
 # max|ref|: relative error of near-zero elements measures nothing but the noise floor.
@@ -172,3 +176,39 @@ def count_elementwise_failures(
     diff = np.abs(np.asarray(reference, np.float64) - np.asarray(candidate, np.float64))
     bad = (diff > atol) & (diff > rtol * np.abs(reference))
     return int(np.count_nonzero(bad))
+
+
+@dataclass
+class ErrorSummary:
+    """Largest errors over every output tensor of a model: absolute, scale-relative, and max|ref|."""
+
+    max_abs: float
+    scale_rel: float
+    ref_max_abs: float
+
+
+def output_error(reference: Any, candidate: Any) -> ErrorSummary:
+    """Errors of a model output (tensor, tuple, dict) against the reference output of the same structure.
+
+    A shape mismatch is an infinite error; a different number of output tensors is a ReparamError.
+    """
+    refs, cands = tensor_leaves(reference), tensor_leaves(candidate)
+    if len(refs) != len(cands):
+        raise ReparamError(
+            f"the candidate returns {len(cands)} tensors, the reference {len(refs)}",
+            hint="report this model: the conversion changed its outputs",
+        )
+    summary = ErrorSummary(0.0, 0.0, 0.0)
+    for r, c in zip(refs, cands):
+        if r.shape != c.shape:
+            return ErrorSummary(float("inf"), float("inf"), float("nan"))
+        r64, c64 = r.detach().double().cpu(), c.detach().double().cpu()
+        if not r64.numel():
+            continue
+        rel = scale_relative_error(r64.numpy(), c64.numpy())
+        diff = float((r64 - c64).abs().nan_to_num(nan=float("inf")).max())
+        finite = r64[torch.isfinite(r64)]
+        summary.max_abs = max(summary.max_abs, float("inf") if rel == float("inf") else diff)
+        summary.ref_max_abs = max(summary.ref_max_abs, float(finite.abs().max()) if finite.numel() else 0.0)
+        summary.scale_rel = max(summary.scale_rel, rel)
+    return summary

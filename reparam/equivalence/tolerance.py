@@ -24,9 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
+from reparam.equivalence.metrics import OutputMetrics
 from reparam.errors import ReparamError
 from reparam.numerics import FP32_NOISE_MULTIPLE, FP32_SCALE_REL
-from reparam.verify.metrics import OutputMetrics
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,21 @@ PROFILES: dict[str, ToleranceProfile] = {
     "fp16": ToleranceProfile("fp16", max_scale_rel=1e-2, min_cosine=0.9999),
     "int8": ToleranceProfile("int8", min_cosine=0.99, min_top1=0.99),
 }
+
+
+# The limit for a model that computes in a dtype other than float32 (the built-in checks of
+# convert/expand compare a model with its rewritten form in the model's own dtype).
+DTYPE_PROFILES: dict[torch.dtype, ToleranceProfile] = {
+    torch.float32: PROFILES["fp32"],
+    torch.float64: ToleranceProfile("fp64", max_scale_rel=1e-10),
+    torch.float16: ToleranceProfile("fp16", max_scale_rel=1e-2),
+    torch.bfloat16: ToleranceProfile("bf16", max_scale_rel=5e-2),
+}
+
+
+def profile_for_dtype(dtype: torch.dtype) -> ToleranceProfile:
+    """The scale-relative profile for comparing two forms of one model computing in ``dtype``."""
+    return DTYPE_PROFILES.get(dtype, PROFILES["fp32"])
 
 
 @dataclass

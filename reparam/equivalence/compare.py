@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reparam.verify.metrics import OutputMetrics, compute_metrics
-from reparam.verify.tolerance import Tolerance, judge, make_tolerance
+from reparam.equivalence.metrics import OutputMetrics, compute_metrics
+from reparam.equivalence.tolerance import Tolerance, judge, make_tolerance
 
 Outputs = Mapping[str, np.ndarray | Sequence[np.ndarray]]
 
@@ -63,6 +63,11 @@ class Divergence:
     blocks: list[BlockError] = field(default_factory=list)
     first_diverging: str | None = None
     note: str = ""
+
+    def innermost_failing(self) -> list[str]:
+        """Failing blocks in execution order, each only if none of its children fails (they explain it)."""
+        bad = [b.name for b in self.blocks if not b.passed]
+        return [p for p in bad if not any(q != p and q.startswith(p + ".") for q in bad)]
 
     def to_dict(self) -> dict:
         return {
