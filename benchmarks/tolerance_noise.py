@@ -43,7 +43,7 @@ def measure(
     last.weight[0].mul_(1.01)
     out = {}
     if onnx:
-        from exporters.onnx import export_onnx
+        from reparam.exporters.onnx import export_onnx
         from reparam.runners import OnnxRuntimeRunner
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -34,7 +34,7 @@ def test_deploy_model_matches_training_model(trained, images):
 
 def test_onnx_file_matches_training_model(trained, images, tmp_path):
     pytest.importorskip("onnxruntime")
-    from exporters.onnx import export_onnx
+    from reparam.exporters.onnx import export_onnx
 
     deploy = reparameterize(trained, images[:1])
     export_onnx(deploy, (images[:1],), tmp_path / "model.onnx")

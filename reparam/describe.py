@@ -94,7 +94,7 @@ def _pt2(path: Path) -> Description:
 
 
 def _onnx(path: Path) -> Description:
-    from exporters.onnx import onnx_summary
+    from reparam.exporters.onnx import onnx_summary
 
     info = onnx_summary(path)
     meta = info["metadata"]
@@ -112,7 +112,7 @@ def _onnx(path: Path) -> Description:
 
 
 def _engine(path: Path) -> Description:
-    from exporters.tensorrt.header import read_engine_sidecar
+    from reparam.exporters.tensorrt.header import read_engine_sidecar
 
     build = read_engine_sidecar(path) or {}
     return Description(str(path), "tensorrt", precision=build.get("precision"))

@@ -78,7 +78,7 @@ def _check_int8(int8: bool, calib: str | os.PathLike | None, targets: list[str])
 def _require_tensorrt() -> None:
     import torch
 
-    from exporters.tensorrt.capabilities import import_tensorrt
+    from reparam.exporters.tensorrt.capabilities import import_tensorrt
 
     trt = import_tensorrt()
     if not torch.cuda.is_available():
@@ -159,9 +159,9 @@ def _build(
     """Convert and export into ``workdir``; return the verification candidates and the summary line."""
     import torch
 
-    from exporters.onnx import export_onnx
     from reparam.artifact import save_artifact
     from reparam.engine import convert
+    from reparam.exporters.onnx import export_onnx
     from reparam.verify.core import make_candidate
 
     example = (torch.from_numpy(batches[0]["input"]),)
@@ -197,7 +197,7 @@ def _build(
     candidates.append(make_candidate(workdir / "model.onnx", record=result.record))
     onnx_for_trt = workdir / "model.onnx"
     if fp16:
-        from exporters.onnx import convert_fp16
+        from reparam.exporters.onnx import convert_fp16
 
         progress("writing model.fp16.onnx")
         convert_fp16(workdir / "model.onnx", workdir / "model.fp16.onnx")
@@ -215,7 +215,7 @@ def _build(
         candidates.append(c)
         onnx_for_trt = workdir / "model.int8.onnx"
     if "trt" in targets:
-        from exporters.tensorrt import build_engine
+        from reparam.exporters.tensorrt import build_engine
 
         progress("building model.engine (TensorRT)")
         build_engine(onnx_for_trt, workdir / "model.engine", input_shape=tuple(example[0].shape))

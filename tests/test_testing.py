@@ -61,7 +61,7 @@ def test_looser_tolerance_accepts_a_small_error(trained, images):
 
 def test_onnx_file_candidate(trained, images, tmp_path):
     pytest.importorskip("onnxruntime")
-    from exporters.onnx import export_onnx
+    from reparam.exporters.onnx import export_onnx
 
     deploy = reparameterize(trained, images[:1])
     path = tmp_path / "m.onnx"

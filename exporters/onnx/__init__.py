@@ -1,6 +1,6 @@
 """ONNX export: torch.onnx (dynamo or legacy), onnxsim, checker, provenance metadata, atomic writes, fp16."""
 
-from exporters.onnx.export import (
+from reparam.exporters.onnx.export import (
     BATCH_DIM,
     BOUNDARY_KEY,
     OnnxExportResult,
@@ -9,9 +9,9 @@ from exporters.onnx.export import (
     normalize_dynamic_axes,
     op_counts,
 )
-from exporters.onnx.fp16 import convert_fp16, convert_onnx_to_fp16, to_fp16_model
-from exporters.onnx.save import EXTERNAL_DATA_THRESHOLD, needs_external_data, save_onnx, sidecar_path
-from exporters.onnx.summary import onnx_summary
+from reparam.exporters.onnx.fp16 import convert_fp16, convert_onnx_to_fp16, to_fp16_model
+from reparam.exporters.onnx.save import EXTERNAL_DATA_THRESHOLD, needs_external_data, save_onnx, sidecar_path
+from reparam.exporters.onnx.summary import onnx_summary
 
 __all__ = [
     "BATCH_DIM",

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from exporters.onnx.save import save_onnx
 from reparam.equivalence.boundaries import ONNX_METADATA_KEY, Boundaries, BoundaryKind
 from reparam.errors import ReparamError, require
+from reparam.exporters.onnx.save import save_onnx
 from reparam.tensors import as_args, batch_of_two, eval_mode, tensor_leaves
 from reparam.tensors import output_names as conventional_output_names
 
@@ -416,7 +416,7 @@ def export_onnx(
         in_file = Boundaries(
             BoundaryKind.ONNX_TENSOR, _strip_boundary_outputs(proto, n_out, mapping) if mapping else {}
         )
-        from exporters.onnx.save import needs_external_data
+        from reparam.exporters.onnx.save import needs_external_data
 
         if not needs_external_data(proto):
             proto = onnx.shape_inference.infer_shapes(proto, check_type=True)

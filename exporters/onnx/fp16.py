@@ -10,8 +10,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from exporters.onnx.save import save_onnx
 from reparam.errors import ReparamError, require
+from reparam.exporters.onnx.save import save_onnx
 
 
 def to_fp16_model(model: Any, *, keep_io_types: bool = True) -> Any:

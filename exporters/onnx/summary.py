@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from exporters.onnx.save import sidecar_path
 from reparam.errors import ReparamError, require
+from reparam.exporters.onnx.save import sidecar_path
 
 
 def _shape(vi: Any) -> list[int | str]:
@@ -36,7 +36,7 @@ def _meta_value(value: str) -> Any:
 def onnx_summary(path: str | os.PathLike) -> dict[str, Any]:
     """``{inputs, outputs, op_counts, opset, metadata, ...}`` of the ONNX file at ``path``."""
     onnx = require("onnx", "onnx", "Reading an ONNX file")
-    from exporters.onnx.export import op_counts
+    from reparam.exporters.onnx.export import op_counts
 
     p = Path(path)
     if not p.is_file():

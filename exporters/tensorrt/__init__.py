@@ -4,18 +4,29 @@ The GPU-free parts (capabilities, build plan, profiles, plan header, timing-cach
 data) are pure functions; ``build_engine`` wires them to the TensorRT API.
 """
 
-from exporters.tensorrt.build import EngineBuildResult, build_engine, onnx_is_fp16, onnx_is_qdq, parser_errors
-from exporters.tensorrt.capabilities import INSTALL_HINT, Capabilities, capabilities_of, import_tensorrt
-from exporters.tensorrt.header import (
+from reparam.exporters.tensorrt.build import (
+    EngineBuildResult,
+    build_engine,
+    onnx_is_fp16,
+    onnx_is_qdq,
+    parser_errors,
+)
+from reparam.exporters.tensorrt.capabilities import (
+    INSTALL_HINT,
+    Capabilities,
+    capabilities_of,
+    import_tensorrt,
+)
+from reparam.exporters.tensorrt.header import (
     PlanHeader,
     engine_sidecar_path,
     parse_plan_header,
     read_engine_sidecar,
     read_plan_header,
 )
-from exporters.tensorrt.plan import PRECISIONS, BuildOptions, BuildPlan, make_build_plan
-from exporters.tensorrt.profiles import Profile, derive_profiles, onnx_input_dims
-from exporters.tensorrt.timing_cache import default_cache_name, pack_timing_cache, unpack_timing_cache
+from reparam.exporters.tensorrt.plan import PRECISIONS, BuildOptions, BuildPlan, make_build_plan
+from reparam.exporters.tensorrt.profiles import Profile, derive_profiles, onnx_input_dims
+from reparam.exporters.tensorrt.timing_cache import default_cache_name, pack_timing_cache, unpack_timing_cache
 
 __all__ = [
     "INSTALL_HINT",

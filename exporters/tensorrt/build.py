@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporters.tensorrt.capabilities import capabilities_of, import_tensorrt
-from exporters.tensorrt.header import engine_sidecar_path
-from exporters.tensorrt.plan import BuildOptions, BuildPlan, make_build_plan
-from exporters.tensorrt.profiles import Profile, derive_profiles, onnx_input_dims
 from reparam.errors import ReparamError, require
+from reparam.exporters.tensorrt.capabilities import capabilities_of, import_tensorrt
+from reparam.exporters.tensorrt.header import engine_sidecar_path
+from reparam.exporters.tensorrt.plan import BuildOptions, BuildPlan, make_build_plan
+from reparam.exporters.tensorrt.profiles import Profile, derive_profiles, onnx_input_dims
 from reparam.io import atomic_write_bytes, atomic_write_text, file_sha256
 
 Shape = Sequence[int] | Mapping[str, Sequence[int]]
@@ -85,7 +85,7 @@ def parser_errors(parser: Any) -> list[str]:
 
 
 def _fp16_copy(onnx_path: Path, workdir: Path) -> Path:
-    from exporters.onnx.fp16 import convert_onnx_to_fp16
+    from reparam.exporters.onnx.fp16 import convert_onnx_to_fp16
 
     out = workdir / (onnx_path.stem + ".fp16.onnx")
     convert_onnx_to_fp16(onnx_path, out)
@@ -175,20 +175,20 @@ def build_engine(
                 config.set_calibration_profile(profile)
         cache = None
         if timing_cache is not None:
-            from exporters.tensorrt.timing_cache import load_timing_cache
+            from reparam.exporters.tensorrt.timing_cache import load_timing_cache
 
             raw = load_timing_cache(timing_cache, trt.__version__, device["gpu"])
             cache = config.create_timing_cache(raw or b"")
             config.set_timing_cache(cache, False)  # refuse a mismatched cache
         if plan.int8_calibrator:
-            from exporters.tensorrt.calib import load_calibration_batches, make_entropy_calibrator
+            from reparam.exporters.tensorrt.calib import load_calibration_batches, make_entropy_calibrator
 
             batch = next(iter(profiles.values())).opt[0] if profiles else next(iter(dims.values()))[0]
             batches = load_calibration_batches(calib, dims, int(batch))
             config.int8_calibrator = make_entropy_calibrator(trt, batches)
         monitor = None
         if progress and caps.has_progress_monitor:
-            from exporters.tensorrt.progress import BuildProgress, make_progress_monitor
+            from reparam.exporters.tensorrt.progress import BuildProgress, make_progress_monitor
 
             monitor = progress if isinstance(progress, BuildProgress) else BuildProgress()
             config.progress_monitor = make_progress_monitor(trt, monitor)
@@ -225,7 +225,7 @@ def build_engine(
     atomic_write_bytes(engine_path, data)
     atomic_write_text(sidecar, json.dumps(info, indent=2))
     if cache is not None and timing_cache is not None:
-        from exporters.tensorrt.timing_cache import save_timing_cache
+        from reparam.exporters.tensorrt.timing_cache import save_timing_cache
 
         save_timing_cache(timing_cache, bytes(cache.serialize()), trt.__version__, device["gpu"])
     return EngineBuildResult(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from exporters.tensorrt.capabilities import Capabilities
 from reparam.errors import ReparamError
+from reparam.exporters.tensorrt.capabilities import Capabilities
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_OPTIMIZER_HINT = (

@@ -230,7 +230,7 @@ def _param_bytes(model: Any) -> int:
 
 def _time_legacy_export(deploy: Any, example: tuple, notes: list[str]) -> float | None:
     """One ``export_onnx(simplify=True, dynamo=False)``: export + simplify time."""
-    from exporters.onnx import export_onnx
+    from reparam.exporters.onnx import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="reparam-bench-") as tmp:
         start = time.perf_counter()
@@ -245,9 +245,9 @@ def _time_legacy_export(deploy: Any, example: tuple, notes: list[str]) -> float 
 def _time_export(deploy: Any, example: tuple, notes: list[str]) -> tuple[float | None, float | None]:
     """One cold ``export_onnx(simplify=True)``: (export time without simplification, simplify time)."""
     try:
-        from exporters.onnx import export_onnx
+        from reparam.exporters.onnx import export_onnx
     except ImportError as exc:
-        notes.append(f"ONNX export not measured: exporters.onnx is not importable ({exc})")
+        notes.append(f"ONNX export not measured: reparam.exporters.onnx is not importable ({exc})")
         return None, None
     with tempfile.TemporaryDirectory(prefix="reparam-bench-") as tmp:
         start = time.perf_counter()

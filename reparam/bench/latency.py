@@ -168,7 +168,7 @@ def onnx_files(forms: ModelForms) -> Iterator[dict[str, Path]]:
 
     require("onnx", "onnx", "The ONNX Runtime benchmark")
     try:
-        from exporters.onnx import export_onnx
+        from reparam.exporters.onnx import export_onnx
     except ImportError as exc:
         raise ReparamError(
             f"the ONNX exporter is not available ({exc})",

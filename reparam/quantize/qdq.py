@@ -346,7 +346,7 @@ def quantize(
     the calibration batches); the most int8-sensitive layers are then kept float as well, at most
     ``max_float`` of them (see ``reparam.quantize.sensitivity.repair``).
     """
-    from exporters.onnx.save import save_onnx
+    from reparam.exporters.onnx.save import save_onnx
     from reparam.quantize.calib import load_calibration, onnx_input_specs
 
     start = time.perf_counter()

@@ -21,8 +21,8 @@ class TensorRTRunner(Runner):
     """
 
     def __init__(self, engine_path: str | os.PathLike):
-        from exporters.tensorrt.capabilities import import_tensorrt
-        from exporters.tensorrt.header import check_engine_version
+        from reparam.exporters.tensorrt.capabilities import import_tensorrt
+        from reparam.exporters.tensorrt.header import check_engine_version
 
         self.path = str(engine_path)
         if not Path(engine_path).is_file():

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from exporters.tensorrt.header import MAJOR_OFFSET
 from reparam.cli.main import main
+from reparam.exporters.tensorrt.header import MAJOR_OFFSET
 from tests.exporters._models import tiny_net
 
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     pytest.importorskip("onnx")
-    from exporters.onnx import export_onnx
+    from reparam.exporters.onnx import export_onnx
 
     path = tmp_path_factory.mktemp("i") / "m.onnx"
     export_onnx(

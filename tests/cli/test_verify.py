@@ -92,9 +92,9 @@ def test_perturbed_artifact_fails_with_exit_1_and_names_the_block(ckpt, tmp_path
 
 def test_perturbed_onnx_fails_and_names_the_block_clean_onnx_passes(ckpt, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
-    from exporters.onnx import export_onnx
     from reparam.checkpoint import load_model
     from reparam.engine import convert
+    from reparam.exporters.onnx import export_onnx
 
     example = (torch.randn(2, 3, 32, 32),)
     result = convert(load_model(ckpt), example, check=False)

@@ -105,8 +105,8 @@ def test_sync_batch_norm():
 )
 def test_models_captured_by_torch_export_ship_as_pt2_and_onnx(make, shape, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from exporters.onnx import export_onnx
     from reparam.artifact import load_artifact, save_artifact
+    from reparam.exporters.onnx import export_onnx
 
     model = randomize_batchnorm(make(), 1).eval()
     x = torch.randn(*shape)

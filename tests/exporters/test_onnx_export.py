@@ -16,7 +16,7 @@ from tests.exporters._models import TwoOutputs, tiny_net
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from exporters.onnx import BATCH_DIM, export_onnx, onnx_summary  # noqa: E402
+from reparam.exporters.onnx import BATCH_DIM, export_onnx, onnx_summary  # noqa: E402
 
 
 def _run(path, x: np.ndarray) -> list[np.ndarray]:

@@ -15,8 +15,8 @@ from tests.exporters._models import tiny_net
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-import exporters.onnx.save as save_mod  # noqa: E402
-from exporters.onnx import convert_onnx_to_fp16, export_onnx, save_onnx  # noqa: E402
+import reparam.exporters.onnx.save as save_mod  # noqa: E402
+from reparam.exporters.onnx import convert_onnx_to_fp16, export_onnx, save_onnx  # noqa: E402
 
 
 def _files(d):
@@ -108,7 +108,7 @@ def test_checker_failure_writes_nothing(tmp_path, small_proto):
 
 
 def test_export_failure_midway_leaves_no_file(tmp_path, monkeypatch):
-    import exporters.onnx.export as export_mod
+    import reparam.exporters.onnx.export as export_mod
 
     def boom(*args, **kwargs):
         raise RuntimeError("killed during save")

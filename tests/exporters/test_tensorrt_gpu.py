@@ -23,8 +23,8 @@ trt = pytest.importorskip(
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device visible", allow_module_level=True)
 
-from exporters.onnx import export_onnx  # noqa: E402
-from exporters.tensorrt import build_engine, read_engine_sidecar, read_plan_header  # noqa: E402
+from reparam.exporters.onnx import export_onnx  # noqa: E402
+from reparam.exporters.tensorrt import build_engine, read_engine_sidecar, read_plan_header  # noqa: E402
 from reparam.runners import OnnxRuntimeRunner, TensorRTRunner  # noqa: E402
 
 

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from exporters.tensorrt import (
+from reparam.errors import ReparamError
+from reparam.exporters.tensorrt import (
     BuildOptions,
     Capabilities,
     capabilities_of,
@@ -21,10 +22,14 @@ from exporters.tensorrt import (
     parse_plan_header,
     unpack_timing_cache,
 )
-from exporters.tensorrt.calib import load_calibration_batches
-from exporters.tensorrt.header import HEADER_BYTES, MAJOR_OFFSET, check_engine_version, read_plan_header
-from exporters.tensorrt.progress import BuildProgress
-from reparam.errors import ReparamError
+from reparam.exporters.tensorrt.calib import load_calibration_batches
+from reparam.exporters.tensorrt.header import (
+    HEADER_BYTES,
+    MAJOR_OFFSET,
+    check_engine_version,
+    read_plan_header,
+)
+from reparam.exporters.tensorrt.progress import BuildProgress
 
 
 class _Enum:
@@ -231,7 +236,7 @@ def test_progress_rich_bar_runs():
 
 def test_missing_tensorrt_raises_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails like on a machine without it
-    from exporters.tensorrt import import_tensorrt
+    from reparam.exporters.tensorrt import import_tensorrt
 
     with pytest.raises(ReparamError) as err:
         import_tensorrt()
@@ -242,8 +247,8 @@ def test_build_engine_without_tensorrt_writes_nothing(monkeypatch, tmp_path):
     pytest.importorskip("onnx")
     import torch
 
-    from exporters.onnx import export_onnx
-    from exporters.tensorrt import build_engine
+    from reparam.exporters.onnx import export_onnx
+    from reparam.exporters.tensorrt import build_engine
     from tests.exporters._models import tiny_net
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
@@ -301,9 +306,9 @@ def test_qdq_file_is_detected_and_cli_rejects_calib_before_tensorrt(tmp_path, mo
     pytest.importorskip("onnxruntime")
     import torch
 
-    from exporters.onnx import export_onnx
-    from exporters.tensorrt import onnx_is_qdq
     from reparam.cli.main import main
+    from reparam.exporters.onnx import export_onnx
+    from reparam.exporters.tensorrt import onnx_is_qdq
     from reparam.quantize import quantize
     from tests.exporters._models import tiny_net
 

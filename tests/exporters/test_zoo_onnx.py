@@ -14,7 +14,7 @@ from reparam.zoo import create_model, list_models
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from exporters.onnx import export_onnx  # noqa: E402
+from reparam.exporters.onnx import export_onnx  # noqa: E402
 
 # Paper-depth models take longer to trace and export even at tiny width.
 DEEP = {"acb_resnet50", "resnet50", "se_resnet50", "scalenet50", "sknet50", "sknet26"}

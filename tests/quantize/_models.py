@@ -74,8 +74,8 @@ def tiny_repvgg(*, wide: bool, seed: int = 0) -> nn.Module:
 
 def export_deploy(model: nn.Module, path, example: np.ndarray):
     """Convert ``model`` and export the deploy form to ONNX at ``path``; returns the ConversionResult."""
-    from exporters.onnx import export_onnx
     from reparam.engine import convert
+    from reparam.exporters.onnx import export_onnx
 
     x = torch.from_numpy(example)
     result = convert(model, (x,), check=False)

@@ -69,7 +69,7 @@ def test_entropy_calibration_narrows_ranges(tmp_path):
     import torch
     from torch import nn
 
-    from exporters.onnx import export_onnx
+    from reparam.exporters.onnx import export_onnx
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1)).eval()
     export_onnx(net, torch.randn(1, 3, 8, 8), tmp_path / "m.onnx", dynamo=False, simplify=False)

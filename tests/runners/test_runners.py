@@ -17,7 +17,7 @@ X = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    from exporters.onnx import export_onnx
+    from reparam.exporters.onnx import export_onnx
 
     path = tmp_path_factory.mktemp("r") / "m.onnx"
     export_onnx(tiny_net(), torch.randn(1, 3, 16, 16), path, dynamo=False)

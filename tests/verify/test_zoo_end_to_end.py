@@ -21,7 +21,7 @@ DEEPER_SCALENETS = {"scalenet101", "scalenet152"}
 def test_training_vs_deploy_vs_onnx(arch, tmp_path):
     import torch
 
-    from exporters.onnx import export_onnx
+    from reparam.exporters.onnx import export_onnx
 
     model = save_zoo_checkpoint(tmp_path / "c.pt", arch=arch, seed=1, width=0.125)
     batches = random_batches((2, 3, 32, 32), batches=2, seed=1)

@@ -185,9 +185,9 @@ def parse_dynamic(text: str | None, static: bool) -> dict[int, str]:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    from exporters.onnx import convert_onnx_to_fp16, export_onnx
     from reparam.cli.console import progress
     from reparam.errors import ReparamError
+    from reparam.exporters.onnx import convert_onnx_to_fp16, export_onnx
 
     out = Path(args.output)
     if out.is_dir():
@@ -251,7 +251,8 @@ def run_onnx(args: argparse.Namespace) -> int:
 
 
 def run_trt(args: argparse.Namespace) -> int:
-    from exporters.tensorrt import (
+    from reparam.cli.common import parse_shape
+    from reparam.exporters.tensorrt import (
         BuildOptions,
         build_engine,
         derive_profiles,
@@ -259,7 +260,6 @@ def run_trt(args: argparse.Namespace) -> int:
         onnx_is_fp16,
         onnx_is_qdq,
     )
-    from reparam.cli.common import parse_shape
 
     src = check_input_file(args.onnx, "ONNX file", hint="export one with `reparam export onnx`")
     shapes = {

@@ -80,7 +80,7 @@ def pt2_summary(path: Path) -> dict[str, Any]:
 
 
 def engine_summary(path: Path) -> dict[str, Any]:
-    from exporters.tensorrt.header import read_engine_sidecar, read_plan_header
+    from reparam.exporters.tensorrt.header import read_engine_sidecar, read_plan_header
 
     header = read_plan_header(path)
     return {
@@ -101,7 +101,7 @@ def summarize(path: Path) -> dict[str, Any]:
     check_input_file(path, "file")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from exporters.onnx import onnx_summary
+        from reparam.exporters.onnx import onnx_summary
 
         return {"kind": "onnx", **onnx_summary(path)}
     if suffix in ENGINE_SUFFIXES:
