@@ -117,6 +117,7 @@ class FileTransaction:
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}
+        self._removals: set[Path] = set()
 
     def path(self, target: str | os.PathLike) -> Path:
         """A temporary path to write ``target``'s new content to (created empty, so writable)."""
@@ -139,6 +140,17 @@ class FileTransaction:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
 
+    def adopt(self, written: str | os.PathLike, target: str | os.PathLike) -> None:
+        """Stage a file already written elsewhere on the same filesystem as ``target``'s new content."""
+        try:
+            os.replace(written, self.path(target))
+        except OSError as exc:
+            raise write_error(Path(target), exc) from exc
+
+    def remove(self, target: str | os.PathLike) -> None:
+        """Remove ``target`` (when it exists) as part of the commit, e.g. a sidecar that no longer belongs."""
+        self._removals.add(Path(target))
+
     def write_bytes(self, target: str | os.PathLike, data: bytes) -> None:
         tmp = self.path(target)
         try:
@@ -152,6 +164,7 @@ class FileTransaction:
     def commit(self) -> None:
         """Rename every staged file onto its target; on failure restore the targets renamed so far."""
         done: list[tuple[Path, Path | None]] = []
+        deleted: list[Path] = []
         target = Path()
         try:
             for target, tmp in self._staged.items():
@@ -164,10 +177,19 @@ class FileTransaction:
                     os.replace(target, backup)
                 done.append((target, backup))
                 os.replace(tmp, target)
+            for target in self._removals - set(self._staged):
+                if target.is_file():
+                    backup = temp_name(target)
+                    os.replace(target, backup)
+                    done.append((target, backup))
+                    deleted.append(target)
         except OSError as exc:
             for target, backup in reversed(done):
                 with contextlib.suppress(OSError):
-                    os.replace(backup, target) if backup else target.unlink(missing_ok=True)
+                    if target not in deleted:
+                        target.unlink(missing_ok=True)
+                    if backup:
+                        os.replace(backup, target)
             self.abort()
             raise write_error(target, exc) from exc
         for _, backup in done:
@@ -175,6 +197,7 @@ class FileTransaction:
                 with contextlib.suppress(OSError):
                     backup.unlink()
         self._staged.clear()
+        self._removals.clear()
 
     def abort(self) -> None:
         """Remove every staged temporary file; targets stay as they were."""
@@ -182,6 +205,7 @@ class FileTransaction:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         self._staged.clear()
+        self._removals.clear()
 
 
 @contextlib.contextmanager
@@ -194,6 +218,26 @@ def atomic_files() -> Iterator[FileTransaction]:
     except BaseException:
         tx.abort()
         raise
+
+
+@contextlib.contextmanager
+def staging_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """A private directory next to ``target`` to write a group of files into; removed afterwards.
+
+    Files written there keep their final names (an ONNX sidecar's relative location stays valid)
+    and sit on the target's filesystem, so ``FileTransaction.adopt`` moves them without copying.
+    """
+    target = Path(target)
+    _prepare_target(target)
+    folder = temp_name(target)
+    try:
+        folder.mkdir()
+    except OSError as exc:
+        raise write_error(target, exc) from exc
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -10,7 +10,13 @@ from reparam.exporters.onnx.export import (
     op_counts,
 )
 from reparam.exporters.onnx.fp16 import convert_fp16, convert_onnx_to_fp16, to_fp16_model
-from reparam.exporters.onnx.save import EXTERNAL_DATA_THRESHOLD, needs_external_data, save_onnx, sidecar_path
+from reparam.exporters.onnx.save import (
+    EXTERNAL_DATA_THRESHOLD,
+    needs_external_data,
+    publish_onnx_files,
+    save_onnx,
+    sidecar_path,
+)
 from reparam.exporters.onnx.summary import onnx_summary
 
 __all__ = [
@@ -25,6 +31,7 @@ __all__ = [
     "needs_external_data",
     "normalize_dynamic_axes",
     "onnx_summary",
+    "publish_onnx_files",
     "op_counts",
     "save_onnx",
     "sidecar_path",

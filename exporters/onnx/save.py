@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reparam.errors import ReparamError, require
+from reparam.io import FileTransaction
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay clear of it. Tests lower this.
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000
@@ -114,3 +115,17 @@ def save_onnx(
     # tmpdir still holds the previous sidecar, if any: it belonged to the file just replaced.
     shutil.rmtree(tmpdir, ignore_errors=True)
     return sidecar if external else None
+
+
+def publish_onnx_files(tx: FileTransaction, folder: Path, targets: list[Path]) -> None:
+    """Stage each ONNX file written under ``folder`` (same name as its target) in ``tx``, with its sidecar.
+
+    A sidecar left next to a target by an earlier, larger model is removed in the same commit.
+    """
+    for target in targets:
+        tx.adopt(folder / target.name, target)
+        written = sidecar_path(folder / target.name)
+        if written.exists():
+            tx.adopt(written, sidecar_path(target))
+        else:
+            tx.remove(sidecar_path(target))

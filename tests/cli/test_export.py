@@ -71,6 +71,31 @@ def test_export_checkpoint_deploy_form(checkpoint, tmp_path, capsys):
     )
 
 
+def test_export_with_fp16_is_one_transaction(checkpoint, tmp_path, capsys, monkeypatch):
+    """A failing fp16 conversion leaves the earlier files as they were; a success replaces both and
+    removes a sidecar that belonged to the earlier, larger model."""
+    import reparam.exporters.onnx as onnx_exporters
+
+    ckpt, _ = checkpoint
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"earlier model")
+    (tmp_path / "m.onnx.data").write_bytes(b"earlier sidecar")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    args = ["export", "onnx", str(ckpt), "-o", str(out), "--legacy-exporter", "--fp16"]
+
+    def broken(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_exporters, "convert_onnx_to_fp16", broken)
+    assert main(args) != 0
+    capsys.readouterr()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing else, nothing changed
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fp16.onnx", "m.onnx"]
+    assert onnx.load(str(out)).graph.node and onnx.load(str(tmp_path / "m.fp16.onnx")).graph.node
+
+
 def test_export_training_form_static_json(checkpoint, tmp_path, capsys):
     ckpt, _ = checkpoint
     out = tmp_path / "train.onnx"

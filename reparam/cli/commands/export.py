@@ -187,7 +187,8 @@ def parse_dynamic(text: str | None, static: bool) -> dict[int, str]:
 def run_onnx(args: argparse.Namespace) -> int:
     from reparam.cli.console import progress
     from reparam.errors import ReparamError
-    from reparam.exporters.onnx import convert_onnx_to_fp16, export_onnx
+    from reparam.exporters.onnx import convert_onnx_to_fp16, export_onnx, publish_onnx_files
+    from reparam.io import atomic_files, staging_directory
 
     out = Path(args.output)
     if out.is_dir():
@@ -196,25 +197,29 @@ def run_onnx(args: argparse.Namespace) -> int:
     model, example, meta, record = _load(args)
     meta.pop("checked", None)
     progress(f"exporting {out}")
-    result = export_onnx(
-        model,
-        example,
-        out,
-        opset=args.opset,
-        dynamic_batch=0 in axes,
-        dynamic_axes={"input": {a: n for a, n in axes.items() if a != 0}}
-        if len(axes) > (0 in axes)
-        else None,
-        simplify=not args.no_simplify,
-        dynamo=not args.legacy_exporter,
-        metadata=meta,
-        boundaries=record.boundaries if record is not None else None,
-        passes=record.pass_names() if record is not None else (),
-    )
-    fp16 = None
-    if args.fp16:
-        fp16 = out.with_name(out.stem + ".fp16.onnx")
-        convert_onnx_to_fp16(out, fp16)
+    fp16 = out.with_name(out.stem + ".fp16.onnx") if args.fp16 else None
+    # One transaction: the model, its fp16 copy and their sidecars appear together or not at all.
+    with atomic_files() as tx, staging_directory(out) as stage:
+        result = export_onnx(
+            model,
+            example,
+            stage / out.name,
+            opset=args.opset,
+            dynamic_batch=0 in axes,
+            dynamic_axes={"input": {a: n for a, n in axes.items() if a != 0}}
+            if len(axes) > (0 in axes)
+            else None,
+            simplify=not args.no_simplify,
+            dynamo=not args.legacy_exporter,
+            metadata=meta,
+            boundaries=record.boundaries if record is not None else None,
+            passes=record.pass_names() if record is not None else (),
+        )
+        if fp16 is not None:
+            convert_onnx_to_fp16(stage / out.name, stage / fp16.name)
+        publish_onnx_files(tx, stage, [out, *([fp16] if fp16 else [])])
+    result.path = out
+    result.sidecar = out.parent / result.sidecar.name if result.sidecar else None
     if args.json:
         payload = {
             "path": str(result.path),
