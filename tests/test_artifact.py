@@ -95,3 +95,17 @@ def test_archives_with_pickled_payloads_are_refused(tmp_path, converted):
     bad.write_bytes(buf.getvalue())
     with pytest.raises(ReparamError, match="pickled payloads"):
         load_artifact(bad)
+
+
+def test_every_block_boundary_resolves_in_the_loaded_program(tmp_path, converted):
+    """A stage and its last block end in the same value; both are found in the re-traced .pt2 graph."""
+    from reparam.equivalence import block_outputs, compute_metrics
+
+    model, result, x = converted
+    artifact = read_artifact(save_artifact(result, (x,), tmp_path / "m.pt2"))
+    in_memory = block_outputs(result.model, result.record.boundaries, (x,))
+    loaded = block_outputs(artifact.module, artifact.record.boundaries, (x,))
+    stages = [p for p in result.record.boundaries if "." not in p]
+    assert stages and set(loaded) == set(in_memory) == set(result.record.boundaries)
+    for path, value in in_memory.items():
+        assert compute_metrics(value[0], loaded[path][0]).scale_rel <= 1e-6, path
