@@ -134,22 +134,12 @@ def _deploy_dir(path: Path) -> Description:
 
 def describe(path: str | os.PathLike) -> Description:
     """The self-description of a ``.pt2``, ``.onnx``, TensorRT engine or deploy directory."""
-    from reparam.runners import ENGINE_SUFFIXES
+    from reparam.runners import artifact_kind
 
     p = Path(path)
     if p.is_dir():
         return _deploy_dir(p)
-    suffix = p.suffix.lower()
-    if suffix == ".pt2":
-        return _pt2(p)
-    if suffix == ".onnx":
-        return _onnx(p)
-    if suffix in ENGINE_SUFFIXES:
-        return _engine(p)
-    raise ReparamError(
-        f"cannot tell what kind of artifact {p.name} is from its suffix {suffix!r}",
-        hint="use .pt2 for a deploy artifact, .onnx for ONNX, .engine/.plan for TensorRT",
-    )
+    return {"pt2": _pt2, "onnx": _onnx, "tensorrt": _engine}[artifact_kind(p)](p)
 
 
 def check_inputs_fit(descriptions: list[Description], shape: tuple[int, ...], info: dict[str, Any]) -> None:

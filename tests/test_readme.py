@@ -86,7 +86,7 @@ def test_quickstart_commands_run_as_written(user_files):
         assert proc.returncode == 0, f"{shlex.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         assert "Traceback" not in proc.stderr
         ran.append(argv[1])
-    assert ran == ["zoo", "convert", "export", "verify", "deploy", "inspect"]
+    assert ran == ["zoo", "convert", "export", "verify", "deploy", "inspect", "inspect"]
     for name in ("model.pt2", "model.pt2.report.json", "model.onnx", "report.json", "report.md"):
         assert (user_files / name).is_file(), name
     assert (user_files / "out" / "manifest.json").is_file()

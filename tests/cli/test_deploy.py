@@ -48,6 +48,16 @@ def test_deploy_end_to_end_into_a_fresh_directory(ckpt, tmp_path, monkeypatch, c
     kinds = {c["kind"] for c in report["candidates"]}
     assert {"torch", "pt2", "onnx"} <= kinds
     assert all(c["passed"] for c in report["candidates"])
+    capsys.readouterr()
+    # `reparam inspect` reads the directory: manifest, checksums, and every artifact in it
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "deploy-dir" in text and "verification: PASSED" in text and "model.onnx: ok" in text
+    assert "(pt2," in text and "(onnx," in text
+    (out / "report.md").write_text("edited")
+    assert main(["inspect", str(out), "--json"]) == 0
+    states = {f["name"]: f["state"] for f in json.loads(capsys.readouterr().out)["files"]}
+    assert states["report.md"] == "changed since deploy" and states["model.pt2"] == "ok"
 
 
 def test_trt_without_tensorrt_is_a_clear_error_and_writes_nothing(ckpt, tmp_path, capsys):

@@ -74,7 +74,7 @@ def test_inspect_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "x.bin").write_bytes(b"1")
     assert main(["inspect", str(tmp_path / "x.bin")]) == 2
-    assert "unknown suffix" in capsys.readouterr().err
+    assert "from its suffix" in capsys.readouterr().err
     (tmp_path / "short.engine").write_bytes(b"12")
     assert main(["inspect", str(tmp_path / "short.engine")]) == 2
     assert "too short" in capsys.readouterr().err

@@ -17,7 +17,11 @@ def register(subparsers) -> None:
         "what the header tells without a GPU, and the JSON sidecar written at build time. .pt2: inputs, "
         "outputs and the embedded reparam metadata.",
     )
-    parser.add_argument("file", metavar="FILE", help=".onnx, .engine/.plan/.trt or .pt2 file")
+    parser.add_argument(
+        "file",
+        metavar="FILE",
+        help=".onnx, .engine/.plan/.trt or .pt2 file, or a directory written by `reparam deploy`",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
 
@@ -93,25 +97,62 @@ def engine_summary(path: Path) -> dict[str, Any]:
 
 
 def summarize(path: Path) -> dict[str, Any]:
-    """The summary for any supported file kind."""
-    from reparam.errors import ReparamError
+    """The summary for any supported file kind, or for a directory written by `reparam deploy`."""
     from reparam.io import check_input_file
-    from reparam.runners import ENGINE_SUFFIXES
+    from reparam.runners import artifact_kind
 
+    if path.is_dir():
+        return deploy_dir_summary(path)
     check_input_file(path, "file")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    kind = artifact_kind(path)
+    if kind == "onnx":
         from reparam.exporters.onnx import onnx_summary
 
         return {"kind": "onnx", **onnx_summary(path)}
-    if suffix in ENGINE_SUFFIXES:
-        return engine_summary(path)
-    if suffix == ".pt2":
-        return pt2_summary(path)
-    raise ReparamError(
-        f"cannot inspect {path.name}: unknown suffix {suffix!r}",
-        hint=f"inspect .onnx, .pt2 or TensorRT engines ({', '.join(ENGINE_SUFFIXES)})",
-    )
+    return engine_summary(path) if kind == "tensorrt" else pt2_summary(path)
+
+
+def deploy_dir_summary(path: Path) -> dict[str, Any]:
+    """The manifest of a deploy directory, each listed file checked against its sha256, and each artifact."""
+    from reparam.errors import ReparamError
+    from reparam.io import check_input_file, file_sha256
+    from reparam.runners import SUFFIX_KINDS
+
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise ReparamError(
+            f"{str(path)!r} is a directory without manifest.json",
+            hint="inspect a file, or a directory written by `reparam deploy`",
+        )
+    try:
+        manifest = json.loads(check_input_file(manifest_path, "deploy manifest").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReparamError(
+            f"{manifest_path} is not JSON ({exc})", hint="the directory was not written by `reparam deploy`"
+        ) from exc
+    if not isinstance(manifest, dict):
+        raise ReparamError(f"{manifest_path} is not a deploy manifest", hint="inspect the files one by one")
+    files = []
+    for entry in manifest.get("files") or []:
+        name = str(entry.get("name", "")) if isinstance(entry, dict) else ""
+        target = path / name
+        if not name or Path(name).name != name:
+            continue  # a manifest names files of its own directory only
+        state = "missing"
+        if target.is_file():
+            state = "ok" if file_sha256(target) == entry.get("sha256") else "changed since deploy"
+        files.append({"name": name, "bytes": entry.get("bytes"), "state": state})
+    artifacts = [
+        summarize(p) for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in SUFFIX_KINDS
+    ]
+    return {
+        "path": str(path),
+        "kind": "deploy-dir",
+        "bytes": sum(p.stat().st_size for p in path.iterdir() if p.is_file()),
+        "manifest": {k: v for k, v in manifest.items() if k != "files"},
+        "files": files,
+        "artifacts": artifacts,
+    }
 
 
 def _io_lines(title: str, specs: list[dict[str, Any]]) -> list[str]:
@@ -122,10 +163,31 @@ def _io_lines(title: str, specs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _deploy_dir_lines(info: dict[str, Any]) -> list[str]:
+    m = info["manifest"]
+    verification = m.get("verification") or {}
+    lines = [
+        f"arch {m.get('arch') or '?'}, input shape {m.get('input_shape') or '?'}, "
+        f"targets {', '.join(m.get('targets') or []) or '?'}, reparam {m.get('reparam_version') or '?'}",
+        f"verification: {'PASSED' if verification.get('passed') else 'FAILED'}"
+        + "".join(
+            f", {name} {'pass' if ok else 'FAIL'}"
+            for name, ok in (verification.get("candidates") or {}).items()
+        ),
+        "files:",
+    ]
+    lines += [f"  {f['name']}: {f['state']}" for f in info["files"]]
+    for artifact in info["artifacts"]:
+        lines += ["", render(artifact)]
+    return lines
+
+
 def render(info: dict[str, Any]) -> str:
     """Plain-text view of a summary."""
     lines = [f"{info['path']} ({info['kind']}, {info['bytes']:,} bytes)"]
-    if info["kind"] in ("onnx", "pt2"):
+    if info["kind"] == "deploy-dir":
+        lines += _deploy_dir_lines(info)
+    elif info["kind"] in ("onnx", "pt2"):
         lines += _io_lines("inputs", info["inputs"]) + _io_lines("outputs", info["outputs"])
         if info["kind"] == "onnx":
             opsets = ", ".join(f"{d} {v}" for d, v in info["opset"].items())
