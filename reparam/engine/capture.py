@@ -16,7 +16,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from reparam.engine.graph import alias_unsafe_names
+from reparam.engine.graph import alias_unsafe_names, graph_module
 from reparam.engine.inplace import UnsafeMutation, functionalize_inplace
 
 
@@ -57,7 +57,8 @@ def symbolic_trace(module: nn.Module) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` with the faster parameter lookup."""
     tracer = _Tracer()
     graph = tracer.trace(module)
-    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+    # the code is generated once the passes are done with the graph (run_passes)
+    return graph_module(tracer.root, graph, type(module).__name__)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -120,15 +120,81 @@ def install(
 FOLDED_PREFIX = "folded_"
 
 
+def _stale_forward(self: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+    self.recompile()  # installs the generated forward on the instance's own class
+    return self.forward(*args, **kwargs)
+
+
+def _stale_code(self: fx.GraphModule) -> str:
+    compile_if_stale(self)
+    return fx.GraphModule.code.fget(self)
+
+
+def defer_recompile(gm: fx.GraphModule) -> None:
+    """Mark ``gm``'s generated Python code out of date; it is regenerated when next needed.
+
+    Generating and compiling the code of a large graph costs tens of milliseconds, and the passes
+    never call the graph's code (shape propagation interprets the graph): a conversion regenerates
+    it once at the end (:func:`compile_if_stale`) instead of after every rewrite. A call of the
+    module, or a read of ``gm.code``, regenerates it first, so a stale module still computes what its
+    graph says. Every GraphModule has a class of its own, which is where the marker lives.
+    """
+    cls = type(gm)
+    cls.forward = _stale_forward
+    if "code" not in vars(cls):
+        cls.code = property(_stale_code)
+
+
+def is_stale(gm: fx.GraphModule) -> bool:
+    return vars(type(gm)).get("forward") is _stale_forward
+
+
+def compile_if_stale(gm: fx.GraphModule) -> None:
+    """Regenerate ``gm``'s code if :func:`defer_recompile` marked it out of date."""
+    if is_stale(gm):
+        gm.recompile()
+
+
+def graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    """``fx.GraphModule(root, graph, class_name)`` with its code generated only when first needed."""
+    gm = fx.GraphModule.__new__(fx.GraphModule)
+    cls = type(gm)  # the instance's own class (GraphModuleImpl)
+    cls.recompile = lambda self: None  # the constructor's recompile: deferred below
+    try:
+        fx.GraphModule.__init__(gm, root, graph, class_name)
+    finally:
+        del cls.recompile
+    defer_recompile(gm)
+    return gm
+
+
+def delete_unused_submodules(gm: fx.GraphModule) -> None:
+    """``GraphModule.delete_all_unused_submodules`` with a set of used names (torch's checks a list)."""
+    used: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "get_attr") or not isinstance(node.target, str):
+            continue
+        parts = node.target.split(".")
+        used.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+        if node.op == "call_module":
+            try:
+                sub = gm.get_submodule(node.target)
+            except AttributeError:
+                continue
+            used.update(f"{node.target}.{n}" for n, _ in sub.named_modules() if n)
+    for name in [n for n, _ in gm.named_modules() if n not in used]:
+        gm.delete_submodule(name)
+
+
 def cleanup(gm: fx.GraphModule) -> None:
-    """Dead-code eliminate, drop unused submodules and folded constants, lint and recompile."""
+    """Dead-code eliminate, drop unused submodules and folded constants, lint; the code is regenerated lazily."""
     gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
+    delete_unused_submodules(gm)
     read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
     for name in [b for b in gm._buffers if b.startswith(FOLDED_PREFIX) and b not in read]:
         del gm._buffers[name]
     gm.graph.lint()
-    gm.recompile()
+    defer_recompile(gm)
 
 
 _SHAPED_FOR = "reparam_shaped_for"
@@ -231,7 +297,7 @@ def alias_unsafe_names(gm: fx.GraphModule) -> dict[str, str]:
         if hasattr(parent, name):
             delattr(parent, name)
     if aliases:
-        gm.recompile()
+        defer_recompile(gm)
     setattr(gm, ALIASES, aliases)
     return aliases
 
