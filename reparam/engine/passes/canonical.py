@@ -367,7 +367,7 @@ def _lift_functional(gm: fx.GraphModule, ctx: PassContext) -> list[str]:
         for old in replaced:
             old.replace_all_uses_with(new)
             gm.graph.erase_node(old)
-        if node in gm.graph.nodes and not node.users:
+        if node not in replaced and not node.users:  # (a membership test of graph.nodes is a linear scan)
             gm.graph.erase_node(node)
         aliases[name] = original
         ctx.provenance[name] = {ctx.full(original)}
