@@ -59,35 +59,48 @@ def common_parent(paths: Iterable[str]) -> str:
     return ".".join(prefix)
 
 
+def _referring_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes that name a module path: ``call_module`` and ``get_attr`` (fx indexes nodes by op)."""
+    find = gm.graph.find_nodes
+    return [*find(op="call_module", sort=False), *find(op="get_attr", sort=False)]
+
+
+class _Taken:
+    """The module paths named by the nodes of a graph, less those of nodes about to leave it."""
+
+    def __init__(self, gm: fx.GraphModule, leaving: set[fx.Node]):
+        self.targets = {str(n.target) for n in _referring_nodes(gm) if n not in leaving}
+
+    def free(self, path: str) -> bool:
+        if not path or path in self.targets:
+            return False
+        parts = path.split(".")
+        if any(".".join(parts[:i]) in self.targets for i in range(1, len(parts))):
+            return False
+        below = path + "."
+        return not any(t.startswith(below) for t in self.targets)
+
+
 def is_free(gm: fx.GraphModule, path: str, leaving: set[fx.Node]) -> bool:
     """Whether ``path`` can take a new module once the nodes in ``leaving`` are gone.
 
     Free means: no other node refers to the path or below it, and no leaf that a node still calls
     sits on the path's ancestors.
     """
-    if not path:
-        return False
-    parts = path.split(".")
-    ancestors = {".".join(parts[:i]) for i in range(1, len(parts))}
-    for node in gm.graph.nodes:
-        if node in leaving or node.op not in ("call_module", "get_attr"):
-            continue
-        t = str(node.target)
-        if t == path or t.startswith(path + ".") or t in ancestors:
-            return False
-    return True
+    return bool(path) and _Taken(gm, set(leaving)).free(path)
 
 
 def choose_name(gm: fx.GraphModule, candidates: Sequence[str], leaving: set[fx.Node]) -> str:
     """First free candidate; otherwise the last candidate with a numeric suffix."""
+    taken = _Taken(gm, set(leaving))
     for c in candidates:
-        if c and all(_safe(p) for p in c.split(".")) and is_free(gm, c, leaving):
+        if c and all(_safe(p) for p in c.split(".")) and taken.free(c):
             return c
     base = candidates[-1] if candidates and candidates[-1] else "fused"
     if not all(_safe(p) for p in base.split(".")):
         base = "fused"
     i = 1
-    while not is_free(gm, f"{base}_{i}", leaving):
+    while not taken.free(f"{base}_{i}"):
         i += 1
     return f"{base}_{i}"
 
@@ -96,13 +109,18 @@ def replace_with(gm: fx.GraphModule, root: fx.Node, new: fx.Node, leaving: Itera
     """Route ``root``'s users to ``new``, erase the nodes of ``leaving`` that became unused; returns those."""
     new.meta = {k: v for k, v in root.meta.items()}
     root.replace_all_uses_with(new)
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    # Erase unused nodes until none is left: users go before the values they read, as erasing in
+    # reverse graph order would, without numbering the whole graph for a handful of nodes.
+    pending = {n for n in set(leaving) | {root} if n is not new and n.graph is gm.graph and not n._erased}
     erased: set[fx.Node] = set()
-    for node in sorted(set(leaving) | {root}, key=lambda n: order.get(n, -1), reverse=True):
-        if node is not new and node in order and not node.users:
+    while True:
+        unused = [n for n in pending if not n.users]
+        if not unused:
+            return erased
+        for node in unused:
             gm.graph.erase_node(node)
             erased.add(node)
-    return erased
+            pending.discard(node)
 
 
 def install(
