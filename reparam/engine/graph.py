@@ -187,20 +187,28 @@ def graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphM
 
 
 def delete_unused_submodules(gm: fx.GraphModule) -> None:
-    """``GraphModule.delete_all_unused_submodules`` with a set of used names (torch's checks a list)."""
+    """``GraphModule.delete_all_unused_submodules``, over sets of names.
+
+    Used: every module a node names and the modules on its path, and everything inside a module a
+    node calls. torch's version tests membership in a list and walks each called module.
+    """
     used: set[str] = set()
-    for node in gm.graph.nodes:
-        if node.op not in ("call_module", "get_attr") or not isinstance(node.target, str):
+    called: set[str] = set()
+    for node in _referring_nodes(gm):
+        if not isinstance(node.target, str):
             continue
         parts = node.target.split(".")
         used.update(".".join(parts[: i + 1]) for i in range(len(parts)))
         if node.op == "call_module":
-            try:
-                sub = gm.get_submodule(node.target)
-            except AttributeError:
-                continue
-            used.update(f"{node.target}.{n}" for n, _ in sub.named_modules() if n)
-    for name in [n for n, _ in gm.named_modules() if n not in used]:
+            called.add(node.target)
+    unused = []
+    for name, _ in gm.named_modules():
+        if not name or name in used:
+            continue
+        parts = name.split(".")
+        if not any(".".join(parts[:i]) in called for i in range(1, len(parts))):
+            unused.append(name)
+    for name in unused:
         gm.delete_submodule(name)
 
 
