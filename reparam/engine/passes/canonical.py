@@ -265,9 +265,13 @@ def _lift_batch_norm(gm: fx.GraphModule, node: fx.Node, signature: str) -> tuple
     if shape is None or len(shape) < 2:
         return None
     mean, var, weight, bias = stats
+    # built without parameters or statistics (allocating and initialising them costs more than
+    # everything else here), then given the graph's tensors: the same module as an affine,
+    # tracking BatchNorm whose tensors were replaced
     bn = _BN_BY_DIM[min(len(shape) - 2, 3)](
-        shape[1], eps=float(kw.get("eps", 1e-5)), affine=weight is not None, device="meta"
+        shape[1], eps=float(kw.get("eps", 1e-5)), affine=False, track_running_stats=False
     )
+    bn.affine, bn.track_running_stats = weight is not None, True
     if weight is not None:
         bn.weight = _as_parameter(weight)
         bn.bias = _as_parameter(bias if bias is not None else torch.zeros_like(weight))
