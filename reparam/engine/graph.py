@@ -143,9 +143,28 @@ def _stale_forward(self: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
     return self.forward(*args, **kwargs)
 
 
-def _stale_code(self: fx.GraphModule) -> str:
+def _compiled_first(name: str) -> Any:
+    """``GraphModule.<name>`` run after regenerating the code, if it is out of date."""
+    original = getattr(fx.GraphModule, name)
+
+    def method(self: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+        compile_if_stale(self)
+        return original(self, *args, **kwargs)
+
+    return method
+
+
+def _code_of(self: fx.GraphModule) -> str:
     compile_if_stale(self)
     return fx.GraphModule.code.fget(self)
+
+
+# what reads the generated code rather than the graph: the code itself, printing it, and pickling
+# or packaging the module (both save the code, not the graph)
+_READS_CODE: dict[str, Any] = {
+    "code": property(_code_of),
+    **{name: _compiled_first(name) for name in ("__str__", "__reduce__", "__reduce_package__")},
+}
 
 
 def defer_recompile(gm: fx.GraphModule) -> None:
@@ -154,13 +173,15 @@ def defer_recompile(gm: fx.GraphModule) -> None:
     Generating and compiling the code of a large graph costs tens of milliseconds, and the passes
     never call the graph's code (shape propagation interprets the graph): a conversion regenerates
     it once at the end (:func:`compile_if_stale`) instead of after every rewrite. A call of the
-    module, or a read of ``gm.code``, regenerates it first, so a stale module still computes what its
-    graph says. Every GraphModule has a class of its own, which is where the marker lives.
+    module, a read of ``gm.code``, printing or pickling it regenerates it first, so a stale module
+    still computes (and saves) what its graph says. Every GraphModule has a class of its own,
+    which is where the marker lives.
     """
     cls = type(gm)
     cls.forward = _stale_forward
-    if "code" not in vars(cls):
-        cls.code = property(_stale_code)
+    for name, attr in _READS_CODE.items():
+        if name not in vars(cls):
+            setattr(cls, name, attr)
 
 
 def is_stale(gm: fx.GraphModule) -> bool:
