@@ -168,8 +168,8 @@ def identity_kernel(
     per_group = channels // groups
     kernel = torch.zeros(channels, per_group, *size, dtype=dtype, device=device)
     centre = tuple(s // 2 for s in size)
-    for c in range(channels):
-        kernel[(c, c % per_group, *centre)] = 1.0
+    c = torch.arange(channels, device=kernel.device)
+    kernel[(c, c % per_group, *centre)] = 1.0  # one indexed write, not one per channel
     return kernel
 
 

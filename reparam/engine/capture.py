@@ -15,9 +15,12 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
+from torch.fx.proxy import TracerBase
 
-from reparam.engine.graph import alias_unsafe_names
+from reparam.engine.graph import alias_unsafe_names, graph_module
 from reparam.engine.inplace import UnsafeMutation, functionalize_inplace
+
+_PLAIN_ARGS = frozenset({fx.Proxy, tuple, list, dict, int, float, bool, str, type(None)})
 
 
 class _Tracer(fx.Tracer):
@@ -36,6 +39,10 @@ class _Tracer(fx.Tracer):
         return self._tensor_names.get(id(t))
 
     def create_arg(self, a: Any) -> Any:
+        if type(a) in _PLAIN_ARGS:
+            # what fx's Tracer.create_arg hands on to TracerBase anyway, after a registry lookup
+            # (opaque types, proxyable classes) that no value of these exact types is in
+            return TracerBase.create_arg(self, a)
         if isinstance(a, torch.Tensor):
             name = self._name_of(a)
             if name is not None:
@@ -57,7 +64,8 @@ def symbolic_trace(module: nn.Module) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` with the faster parameter lookup."""
     tracer = _Tracer()
     graph = tracer.trace(module)
-    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+    # the code is generated once the passes are done with the graph (run_passes)
+    return graph_module(tracer.root, graph, type(module).__name__)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -59,35 +59,48 @@ def common_parent(paths: Iterable[str]) -> str:
     return ".".join(prefix)
 
 
+def _referring_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes that name a module path: ``call_module`` and ``get_attr`` (fx indexes nodes by op)."""
+    find = gm.graph.find_nodes
+    return [*find(op="call_module", sort=False), *find(op="get_attr", sort=False)]
+
+
+class _Taken:
+    """The module paths named by the nodes of a graph, less those of nodes about to leave it."""
+
+    def __init__(self, gm: fx.GraphModule, leaving: set[fx.Node]):
+        self.targets = {str(n.target) for n in _referring_nodes(gm) if n not in leaving}
+
+    def free(self, path: str) -> bool:
+        if not path or path in self.targets:
+            return False
+        parts = path.split(".")
+        if any(".".join(parts[:i]) in self.targets for i in range(1, len(parts))):
+            return False
+        below = path + "."
+        return not any(t.startswith(below) for t in self.targets)
+
+
 def is_free(gm: fx.GraphModule, path: str, leaving: set[fx.Node]) -> bool:
     """Whether ``path`` can take a new module once the nodes in ``leaving`` are gone.
 
     Free means: no other node refers to the path or below it, and no leaf that a node still calls
     sits on the path's ancestors.
     """
-    if not path:
-        return False
-    parts = path.split(".")
-    ancestors = {".".join(parts[:i]) for i in range(1, len(parts))}
-    for node in gm.graph.nodes:
-        if node in leaving or node.op not in ("call_module", "get_attr"):
-            continue
-        t = str(node.target)
-        if t == path or t.startswith(path + ".") or t in ancestors:
-            return False
-    return True
+    return bool(path) and _Taken(gm, set(leaving)).free(path)
 
 
 def choose_name(gm: fx.GraphModule, candidates: Sequence[str], leaving: set[fx.Node]) -> str:
     """First free candidate; otherwise the last candidate with a numeric suffix."""
+    taken = _Taken(gm, set(leaving))
     for c in candidates:
-        if c and all(_safe(p) for p in c.split(".")) and is_free(gm, c, leaving):
+        if c and all(_safe(p) for p in c.split(".")) and taken.free(c):
             return c
     base = candidates[-1] if candidates and candidates[-1] else "fused"
     if not all(_safe(p) for p in base.split(".")):
         base = "fused"
     i = 1
-    while not is_free(gm, f"{base}_{i}", leaving):
+    while not taken.free(f"{base}_{i}"):
         i += 1
     return f"{base}_{i}"
 
@@ -96,13 +109,18 @@ def replace_with(gm: fx.GraphModule, root: fx.Node, new: fx.Node, leaving: Itera
     """Route ``root``'s users to ``new``, erase the nodes of ``leaving`` that became unused; returns those."""
     new.meta = {k: v for k, v in root.meta.items()}
     root.replace_all_uses_with(new)
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    # Erase unused nodes until none is left: users go before the values they read, as erasing in
+    # reverse graph order would, without numbering the whole graph for a handful of nodes.
+    pending = {n for n in set(leaving) | {root} if n is not new and n.graph is gm.graph and not n._erased}
     erased: set[fx.Node] = set()
-    for node in sorted(set(leaving) | {root}, key=lambda n: order.get(n, -1), reverse=True):
-        if node is not new and node in order and not node.users:
+    while True:
+        unused = [n for n in pending if not n.users]
+        if not unused:
+            return erased
+        for node in unused:
             gm.graph.erase_node(node)
             erased.add(node)
-    return erased
+            pending.discard(node)
 
 
 def install(
@@ -120,15 +138,110 @@ def install(
 FOLDED_PREFIX = "folded_"
 
 
+def _stale_forward(self: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+    self.recompile()  # installs the generated forward on the instance's own class
+    return self.forward(*args, **kwargs)
+
+
+def _compiled_first(name: str) -> Any:
+    """``GraphModule.<name>`` run after regenerating the code, if it is out of date."""
+    original = getattr(fx.GraphModule, name)
+
+    def method(self: fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+        compile_if_stale(self)
+        return original(self, *args, **kwargs)
+
+    return method
+
+
+def _code_of(self: fx.GraphModule) -> str:
+    compile_if_stale(self)
+    return fx.GraphModule.code.fget(self)
+
+
+# what reads the generated code rather than the graph: the code itself, printing it, and pickling
+# or packaging the module (both save the code, not the graph)
+_READS_CODE: dict[str, Any] = {
+    "code": property(_code_of),
+    **{name: _compiled_first(name) for name in ("__str__", "__reduce__", "__reduce_package__")},
+}
+
+
+def defer_recompile(gm: fx.GraphModule) -> None:
+    """Mark ``gm``'s generated Python code out of date; it is regenerated when next needed.
+
+    Generating and compiling the code of a large graph costs tens of milliseconds, and the passes
+    never call the graph's code (shape propagation interprets the graph): a conversion regenerates
+    it once at the end (:func:`compile_if_stale`) instead of after every rewrite. A call of the
+    module, a read of ``gm.code``, printing or pickling it regenerates it first, so a stale module
+    still computes (and saves) what its graph says. Every GraphModule has a class of its own,
+    which is where the marker lives.
+    """
+    cls = type(gm)
+    cls.forward = _stale_forward
+    for name, attr in _READS_CODE.items():
+        if name not in vars(cls):
+            setattr(cls, name, attr)
+
+
+def is_stale(gm: fx.GraphModule) -> bool:
+    return vars(type(gm)).get("forward") is _stale_forward
+
+
+def compile_if_stale(gm: fx.GraphModule) -> None:
+    """Regenerate ``gm``'s code if :func:`defer_recompile` marked it out of date."""
+    if is_stale(gm):
+        gm.recompile()
+
+
+def graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    """``fx.GraphModule(root, graph, class_name)`` with its code generated only when first needed."""
+    gm = fx.GraphModule.__new__(fx.GraphModule)
+    cls = type(gm)  # the instance's own class (GraphModuleImpl)
+    cls.recompile = lambda self: None  # the constructor's recompile: deferred below
+    try:
+        fx.GraphModule.__init__(gm, root, graph, class_name)
+    finally:
+        del cls.recompile
+    defer_recompile(gm)
+    return gm
+
+
+def delete_unused_submodules(gm: fx.GraphModule) -> None:
+    """``GraphModule.delete_all_unused_submodules``, over sets of names.
+
+    Used: every module a node names and the modules on its path, and everything inside a module a
+    node calls. torch's version tests membership in a list and walks each called module.
+    """
+    used: set[str] = set()
+    called: set[str] = set()
+    for node in _referring_nodes(gm):
+        if not isinstance(node.target, str):
+            continue
+        parts = node.target.split(".")
+        used.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+        if node.op == "call_module":
+            called.add(node.target)
+    unused = []
+    for name, _ in gm.named_modules():
+        if not name or name in used:
+            continue
+        parts = name.split(".")
+        if not any(".".join(parts[:i]) in called for i in range(1, len(parts))):
+            unused.append(name)
+    for name in unused:
+        gm.delete_submodule(name)
+
+
 def cleanup(gm: fx.GraphModule) -> None:
-    """Dead-code eliminate, drop unused submodules and folded constants, lint and recompile."""
+    """Dead-code eliminate, drop unused submodules and folded constants, lint; the code is regenerated lazily."""
     gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
+    delete_unused_submodules(gm)
     read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
     for name in [b for b in gm._buffers if b.startswith(FOLDED_PREFIX) and b not in read]:
         del gm._buffers[name]
     gm.graph.lint()
-    gm.recompile()
+    defer_recompile(gm)
 
 
 _SHAPED_FOR = "reparam_shaped_for"
@@ -141,20 +254,71 @@ class TensorShape(NamedTuple):
     dtype: torch.dtype
 
 
-class _ShapeRecorder(fx.Interpreter):
-    # torch.fx's ShapeProp does the same but imports sympy on first use (half a second).
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if isinstance(out, torch.Tensor):
-            n.meta["tensor_meta"] = TensorShape(out.shape, out.dtype)
-        return out
+def _fetch(root: nn.Module, target: str) -> Any:
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
-    """Run the graph once on copies of the inputs (a real run: cheaper than fake tensors on CPU)."""
+    """Run the graph once on copies of the inputs (a real run: cheaper than fake tensors on CPU).
+
+    What ``fx.Interpreter`` does (placeholders, attributes, calls; each value dropped after its
+    last use) without its per-node bookkeeping, which costs more than the arithmetic of small
+    layers. torch.fx's ShapeProp would also import sympy on first use (half a second).
+    """
+    graph = gm.graph
     copies = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    inputs = iter(graph.process_inputs(*copies))
+    nodes = list(graph.nodes)
+    dies_after: dict[fx.Node, list[fx.Node]] = {}
+    seen: set[fx.Node] = set()
+    for node in reversed(nodes):
+        for value in node.all_input_nodes:
+            if value not in seen:
+                seen.add(value)
+                dies_after.setdefault(node, []).append(value)
+    env: dict[fx.Node, Any] = {}
+    load = env.__getitem__
     with torch.no_grad():
-        _ShapeRecorder(gm).run(*copies)
+        for node in nodes:
+            op, target = node.op, node.target
+            if op == "placeholder":
+                if str(target).startswith("*"):
+                    out: Any = list(inputs)
+                else:
+                    out = next(inputs, _MISSING)
+                    if out is _MISSING:
+                        if not node.args:
+                            raise RuntimeError(f"no value for the graph input {target}")
+                        out = node.args[0]
+            elif op == "output":
+                out = fx.node.map_arg(node.args, load)[0]
+                if isinstance(out, torch.Tensor):
+                    node.meta["tensor_meta"] = TensorShape(out.shape, out.dtype)
+                return
+            elif op == "get_attr":
+                out = _fetch(gm, str(target))
+            else:
+                args = fx.node.map_arg(node.args, load)
+                kwargs = fx.node.map_arg(node.kwargs, load)
+                if op == "call_function":
+                    out = target(*args, **kwargs)
+                elif op == "call_method":
+                    out = getattr(args[0], target)(*args[1:], **kwargs)
+                elif op == "call_module":
+                    out = _fetch(gm, str(target))(*args, **kwargs)
+                else:
+                    raise RuntimeError(f"unknown node op {op!r}")
+            if isinstance(out, torch.Tensor):
+                node.meta["tensor_meta"] = TensorShape(out.shape, out.dtype)
+            env[node] = out
+            for value in dies_after.get(node, ()):
+                env.pop(value, None)
+
+
+_MISSING = object()
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
@@ -231,7 +395,7 @@ def alias_unsafe_names(gm: fx.GraphModule) -> dict[str, str]:
         if hasattr(parent, name):
             delattr(parent, name)
     if aliases:
-        gm.recompile()
+        defer_recompile(gm)
     setattr(gm, ALIASES, aliases)
     return aliases
 

@@ -15,6 +15,8 @@ import operator
 import torch
 from torch import fx, nn
 
+from reparam.engine.graph import defer_recompile
+
 _INPLACE_OPERATORS = {
     operator.iadd: operator.add,
     operator.isub: operator.sub,
@@ -113,7 +115,7 @@ def functionalize_inplace(gm: fx.GraphModule) -> int:
             user.replace_input_with(target, node)
         count += 1
     if count:
-        gm.recompile()
+        defer_recompile(gm)
     return count
 
 

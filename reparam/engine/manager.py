@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import fx
 
 from reparam.engine.base import Pass, PassContext, PassError
-from reparam.engine.graph import cleanup
+from reparam.engine.graph import cleanup, compile_if_stale
 from reparam.errors import ReparamError
 
 MAX_ITERATIONS = 10
@@ -18,8 +18,8 @@ def run_passes(
 ) -> fx.GraphModule:
     """Apply ``passes`` in order, repeatedly, until none changes the graph (at most ``max_iterations``).
 
-    After every pass that changed it, the graph is dead-code eliminated, unused submodules are deleted and the module
-    is recompiled. Any exception becomes a PassError naming the pass and the block it worked on.
+    After every pass that changed it, the graph is dead-code eliminated and unused submodules are deleted; the
+    module's code is regenerated once, before it is returned. Any exception becomes a PassError naming the pass and the block it worked on.
     Only the last round's "left alone" notes are kept: they describe the final graph.
     """
     for name, mod in gm.named_modules():
@@ -49,6 +49,8 @@ def run_passes(
                 ) from exc
             changed |= result.changed
         if not changed:
+            compile_if_stale(gm)
             return gm
     ctx.warn(f"passes did not reach a fixed point after {max_iterations} rounds")
+    compile_if_stale(gm)
     return gm

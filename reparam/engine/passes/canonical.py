@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from reparam.engine.base import PassContext, PassResult, register_pass
-from reparam.engine.graph import ALIASES, FOLDED_PREFIX, propagate_shapes, shape_of
+from reparam.engine.graph import ALIASES, FOLDED_PREFIX, defer_recompile, propagate_shapes, shape_of
 
 _RANDOM = {
     torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like, torch.randint_like,
@@ -265,9 +265,13 @@ def _lift_batch_norm(gm: fx.GraphModule, node: fx.Node, signature: str) -> tuple
     if shape is None or len(shape) < 2:
         return None
     mean, var, weight, bias = stats
+    # built without parameters or statistics (allocating and initialising them costs more than
+    # everything else here), then given the graph's tensors: the same module as an affine,
+    # tracking BatchNorm whose tensors were replaced
     bn = _BN_BY_DIM[min(len(shape) - 2, 3)](
-        shape[1], eps=float(kw.get("eps", 1e-5)), affine=weight is not None, device="meta"
+        shape[1], eps=float(kw.get("eps", 1e-5)), affine=False, track_running_stats=False
     )
+    bn.affine, bn.track_running_stats = weight is not None, True
     if weight is not None:
         bn.weight = _as_parameter(weight)
         bn.bias = _as_parameter(bias if bias is not None else torch.zeros_like(weight))
@@ -367,7 +371,7 @@ def _lift_functional(gm: fx.GraphModule, ctx: PassContext) -> list[str]:
         for old in replaced:
             old.replace_all_uses_with(new)
             gm.graph.erase_node(old)
-        if node in gm.graph.nodes and not node.users:
+        if node not in replaced and not node.users:  # (a membership test of graph.nodes is a linear scan)
             gm.graph.erase_node(node)
         aliases[name] = original
         ctx.provenance[name] = {ctx.full(original)}
@@ -399,5 +403,5 @@ class Canonicalize:
             )
         if changed or folded or lifted:
             gm.graph.eliminate_dead_code()
-            gm.recompile()
+            defer_recompile(gm)
         return PassResult(gm, bool(changed or folded or lifted), [])

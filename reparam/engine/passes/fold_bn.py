@@ -115,7 +115,9 @@ class FoldBN:
                 continue
             new = shallow_copy(layer)
             new.weight, new.bias = weight_param, bias_param
-            calls = sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == prod.target)
+            calls = sum(
+                1 for n in gm.graph.find_nodes(op="call_module", sort=False) if n.target == prod.target
+            )
             leaving = {node, prod}
             name = choose_name(
                 gm, [ctx.parent_of_sources([str(prod.target), where]), str(prod.target)], leaving

@@ -1,0 +1,185 @@
+"""The graph helpers the engine's speed rests on compute what their slower equivalents compute."""
+
+from __future__ import annotations
+
+import copy
+import io
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from reparam.engine.capture import trace
+from reparam.engine.core import refuse_nonfinite_weights
+from reparam.engine.graph import (
+    TensorShape,
+    _record_shapes,
+    choose_name,
+    defer_recompile,
+    delete_unused_submodules,
+    is_free,
+    is_stale,
+)
+from reparam.errors import ReparamError
+from reparam.kernel_math import identity_kernel
+
+
+class Mixed(nn.Module):
+    """Modules, functions, methods, an in-place op, a parameter read in forward, a tuple output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.ReLU(inplace=True)
+        self.scale = nn.Parameter(torch.randn(4, 1, 1))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+
+    def forward(self, x):
+        y = self.act(self.bn(self.conv(x)))
+        y = y * self.scale
+        y = y.add_(1.0)
+        z = F.avg_pool2d(y, 2).sum(dim=(2, 3))
+        return self.head(y), z, y.shape[1]
+
+
+def _shapes(gm: fx.GraphModule) -> dict[str, object]:
+    return {n.name: n.meta.get("tensor_meta") for n in gm.graph.nodes}
+
+
+class _InterpreterShapes(fx.Interpreter):
+    def run_node(self, n):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            n.meta["tensor_meta"] = TensorShape(out.shape, out.dtype)
+        return out
+
+
+def test_recorded_shapes_match_fx_interpreter():
+    gm, why = trace(Mixed().eval())
+    assert gm is not None, why
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        _InterpreterShapes(gm).run(x.clone())
+    expected = _shapes(gm)
+    for node in gm.graph.nodes:
+        node.meta.pop("tensor_meta", None)
+    _record_shapes(gm, (x,))
+    assert _shapes(gm) == expected
+    assert sum(v is not None for v in expected.values()) > 8
+
+
+def _roundtrip(gm: nn.Module) -> nn.Module:
+    buffer = io.BytesIO()
+    torch.save(gm, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("read", ["call", "code", "str", "pickle", "deepcopy", "copy"])
+def test_a_stale_graph_module_reads_its_current_graph(read):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()).eval()
+    gm, _ = trace(model)
+    x = torch.randn(1, 3, 8, 8)
+    gm(x)  # compiled once
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    with gm.graph.inserting_before(output):
+        doubled = gm.graph.call_function(operator.mul, (output.args[0], 2.0))
+    output.args = (doubled,)
+    defer_recompile(gm)
+    assert is_stale(gm)
+    want = model(x) * 2
+    if read == "code":
+        assert "mul" in gm.code
+    elif read == "str":
+        assert "mul" in str(gm)
+    else:
+        other = {"call": gm, "pickle": None, "deepcopy": None, "copy": None}[read]
+        if read == "pickle":
+            other = _roundtrip(gm)
+        elif read == "deepcopy":
+            other = copy.deepcopy(gm)
+        elif read == "copy":
+            other = copy.copy(gm)
+        assert torch.equal(other(x), want)
+
+
+def test_a_freshly_traced_module_runs_prints_and_pickles_before_any_recompile():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    for use in (lambda g: g(x), lambda g: _roundtrip(g)(x), lambda g: (str(g), g(x))[1]):
+        gm, _ = trace(model)
+        assert is_stale(gm)
+        assert torch.equal(use(gm), model(x))
+
+
+def _torch_unused(gm: fx.GraphModule) -> set[str]:
+    probe = copy.deepcopy(gm)
+    before = {n for n, _ in probe.named_modules()}
+    probe.delete_all_unused_submodules()
+    return before - {n for n, _ in probe.named_modules()}
+
+
+def test_unused_submodules_are_the_ones_torch_deletes():
+    class Tree(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Sequential(nn.ReLU(), nn.Conv2d(3, 3, 1)))
+            self.b = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1))
+            self.c = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x))) + self.b[0].weight.sum()
+
+    gm = fx.symbolic_trace(Tree())
+    gm.add_submodule("called.inner", nn.Sequential(nn.ReLU(), nn.Identity()))
+    with gm.graph.inserting_before(next(n for n in gm.graph.nodes if n.op == "output")):
+        gm.graph.call_module("called", (next(iter(gm.graph.nodes)),))
+    for node in list(gm.graph.nodes):  # drop the calls of a.1.1 and b.1: their modules become unused
+        if node.op == "call_module" and node.target in ("a.1.1", "b.1"):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    expected = _torch_unused(gm)
+    assert expected  # the case is not trivial
+    before = {n for n, _ in gm.named_modules()}
+    delete_unused_submodules(gm)
+    assert before - {n for n, _ in gm.named_modules()} == expected
+
+
+def test_free_names_exclude_named_paths_their_parents_and_children():
+    gm = fx.symbolic_trace(nn.Sequential(nn.Sequential(nn.Conv2d(3, 3, 1)), nn.ReLU()))
+    conv = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "0.0")
+    assert not is_free(gm, "0.0", set())  # named by a node
+    assert not is_free(gm, "0", set())  # a node names a path below it
+    assert not is_free(gm, "0.0.x", set())  # a called module sits on its path
+    assert is_free(gm, "0.0", {conv}) and is_free(gm, "0", {conv})  # once that node leaves
+    assert is_free(gm, "fused", set())
+    assert not is_free(gm, "", set())
+    assert choose_name(gm, ["0", "1"], set()) == "1_1"
+    assert choose_name(gm, ["", "0.0"], {conv}) == "0.0"
+
+
+@pytest.mark.parametrize(
+    "channels,groups,size",
+    [(1, 1, (1, 1)), (8, 1, (3, 3)), (8, 2, (3, 3)), (12, 12, (3,)), (6, 3, (1, 3, 5))],
+)
+def test_identity_kernel_is_one_per_channel_at_the_centre(channels, groups, size):
+    kernel = identity_kernel(channels, groups, size, dtype=torch.float64)
+    per_group = channels // groups
+    expected = torch.zeros(channels, per_group, *size, dtype=torch.float64)
+    for c in range(channels):
+        expected[(c, c % per_group, *(s // 2 for s in size))] = 1.0
+    assert torch.equal(kernel, expected)
+
+
+def test_large_but_finite_half_precision_weights_are_not_refused():
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64)).half()
+    with torch.no_grad():
+        model[0].weight.fill_(60000.0)  # the 2-norm overflows float16; every value is finite
+    refuse_nonfinite_weights(model)
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ReparamError, match=r"0\.weight \(1 of 1728\)"):
+        refuse_nonfinite_weights(model)
