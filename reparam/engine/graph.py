@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -25,6 +25,37 @@ def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
         return gm.get_submodule(node.target)
     except AttributeError:
         return None
+
+
+def module_chains(
+    gm: fx.GraphModule,
+    outer: tuple[type, ...],
+    inner: tuple[type, ...],
+    gone: set[fx.Node],
+    *,
+    inner_single_input: bool = False,
+) -> Iterator[tuple[fx.Node, nn.Module, fx.Node, nn.Module]]:
+    """Each ``outer(inner(...))`` of two ``call_module`` nodes: ``(node, its module, producer, its module)``.
+
+    The outer call takes exactly the producer's value (one positional argument, no keyword); with
+    ``inner_single_input`` so does the producer, from one node. Nodes in ``gone`` (replaced earlier
+    in the same sweep; the set may grow while iterating) are skipped.
+    """
+    for node in list(gm.graph.nodes):
+        if node in gone or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        outer_module = module_of(gm, node)
+        first = node.args[0]
+        if not isinstance(outer_module, outer) or not isinstance(first, fx.Node) or first in gone:
+            continue
+        inner_module = module_of(gm, first)
+        if not isinstance(inner_module, inner):
+            continue
+        if inner_single_input and (
+            len(first.args) != 1 or first.kwargs or not isinstance(first.args[0], fx.Node)
+        ):
+            continue
+        yield node, outer_module, first, inner_module
 
 
 def shape_of(node: object) -> tuple[int, ...] | None:

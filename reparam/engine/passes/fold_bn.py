@@ -15,7 +15,7 @@ from reparam.engine.graph import (
     block_path,
     choose_name,
     install,
-    module_of,
+    module_chains,
     propagate_shapes,
     shape_of,
 )
@@ -58,16 +58,7 @@ class FoldBN:
         propagate_shapes(gm, ctx.example_inputs)
         fused = []
         gone: set[fx.Node] = set()
-        for node in list(gm.graph.nodes):
-            if node in gone:
-                continue
-            bn = module_of(gm, node)
-            if not isinstance(bn, BN) or len(node.args) != 1 or node.kwargs:
-                continue
-            prod = node.args[0]
-            layer = module_of(gm, prod) if isinstance(prod, fx.Node) else None
-            if not isinstance(layer, _LAYERS):
-                continue
+        for node, bn, prod, layer in module_chains(gm, BN, _LAYERS, gone):
             where = str(node.target)
             ctx.current_block = ctx.full(block_path(node) or where)
             if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
@@ -153,24 +144,7 @@ class FoldBNBefore:
         propagate_shapes(gm, ctx.example_inputs)
         fused = []
         gone: set[fx.Node] = set()
-        for node in list(gm.graph.nodes):
-            layer = module_of(gm, node)
-            if (
-                node in gone
-                or not isinstance(layer, CONV + (nn.Linear,))
-                or len(node.args) != 1
-                or node.kwargs
-            ):
-                continue
-            src = node.args[0]
-            bn = module_of(gm, src) if isinstance(src, fx.Node) else None
-            if (
-                not isinstance(bn, BN)
-                or len(src.args) != 1
-                or src.kwargs
-                or not isinstance(src.args[0], fx.Node)
-            ):
-                continue
+        for node, layer, src, bn in module_chains(gm, CONV + (nn.Linear,), BN, gone, inner_single_input=True):
             where = str(src.target)
             ctx.current_block = ctx.full(block_path(node) or where)
             reason = self._refusal(gm, node, src, layer, bn)

@@ -14,6 +14,7 @@ from reparam.engine.graph import (
     block_path,
     choose_name,
     install,
+    module_chains,
     module_of,
 )
 from reparam.engine.record import FusionEntry
@@ -68,6 +69,17 @@ def _install_pair(
     return ctx.record(name, new, sources, detail)
 
 
+def _pointwise(conv: nn.Module) -> bool:
+    """A 1×1 conv with stride 1 and no padding: it maps each position on its own."""
+    padding = _padding(conv)
+    return (
+        all(k == 1 for k in conv.kernel_size)
+        and all(s == 1 for s in conv.stride)
+        and padding is not None
+        and not any(padding)
+    )
+
+
 @register_pass
 class Merge1x1Kxk:
     """``conv_kxk(conv_1x1(x))`` → ``conv_kxk'(x)`` (DiverseBranchBlock's 1×1–k×k branch)."""
@@ -79,18 +91,10 @@ class Merge1x1Kxk:
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         fused = []
         gone: set[fx.Node] = set()
-        for node in list(gm.graph.nodes):
-            if node in gone:
+        for node, c2, first, c1 in module_chains(gm, CONV, CONV, gone, inner_single_input=True):
+            if type(c1) is not type(c2):
                 continue
-            c2 = module_of(gm, node)
-            if not isinstance(c2, CONV) or len(node.args) != 1 or node.kwargs:
-                continue
-            first = node.args[0]
-            c1 = module_of(gm, first) if isinstance(first, fx.Node) else None
-            if type(c1) is not type(c2) or len(first.args) != 1 or first.kwargs:
-                continue
-            p1 = _padding(c1)
-            if any(k != 1 for k in c1.kernel_size) or any(s != 1 for s in c1.stride) or p1 is None or any(p1):
+            if not _pointwise(c1):
                 continue
             where = str(node.target)
             ctx.current_block = ctx.full(block_path(node) or where)
@@ -152,19 +156,11 @@ class MergeKxk1x1:
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         fused = []
         gone: set[fx.Node] = set()
-        for node in list(gm.graph.nodes):
-            c2 = module_of(gm, node)
-            if node in gone or not isinstance(c2, CONV) or len(node.args) != 1 or node.kwargs:
+        for node, c2, first, c1 in module_chains(gm, CONV, CONV, gone, inner_single_input=True):
+            if type(c1) is not type(c2) or len(first.users) != 1:
                 continue
-            first = node.args[0]
-            c1 = module_of(gm, first) if isinstance(first, fx.Node) else None
-            if type(c1) is not type(c2) or len(first.args) != 1 or first.kwargs or len(first.users) != 1:
-                continue
-            p2 = _padding(c2)
-            if any(k != 1 for k in c2.kernel_size) or any(s != 1 for s in c2.stride) or p2 is None or any(p2):
-                continue
-            if any(k == 1 for k in c1.kernel_size) and all(k == 1 for k in c1.kernel_size):
-                continue  # 1x1 -> 1x1 is merge_1x1_kxk's
+            if not _pointwise(c2) or all(k == 1 for k in c1.kernel_size):
+                continue  # (1x1 -> 1x1 is merge_1x1_kxk's)
             where = str(node.target)
             ctx.current_block = ctx.full(block_path(node) or where)
             g1, g2 = c1.groups, c2.groups
