@@ -106,9 +106,7 @@ class FoldBN:
                 continue
             new = shallow_copy(layer)
             new.weight, new.bias = weight_param, bias_param
-            calls = sum(
-                1 for n in gm.graph.find_nodes(op="call_module", sort=False) if n.target == prod.target
-            )
+            calls = len(gm.graph.find_nodes(op="call_module", target=prod.target, sort=False))
             leaving = {node, prod}
             name = choose_name(
                 gm, [ctx.parent_of_sources([str(prod.target), where]), str(prod.target)], leaving
