@@ -324,6 +324,7 @@ def measure_timm(name: str, input_shape: list[int], seed: int, runs: int = 3) ->
         return found
     timm, reparameterize_model = found
     import copy
+    import gc
     import statistics
 
     import torch
@@ -338,6 +339,7 @@ def measure_timm(name: str, input_shape: list[int], seed: int, runs: int = 3) ->
     for _ in range(max(1, runs)):
         result, phases = repeated_convert(model, example, 1)
         candidate = copy.deepcopy(model)
+        gc.collect()  # as before reparam's run: neither side pays for the other's garbage
         start = time.perf_counter()
         theirs = reparameterize_model(candidate)
         rounds.append((phases, time.perf_counter() - start))
@@ -346,7 +348,10 @@ def measure_timm(name: str, input_shape: list[int], seed: int, runs: int = 3) ->
     with torch.no_grad():
         err = scale_relative_error(theirs(*example).numpy(), result.model(*example).numpy())
     notes.append(f"reparam deploy vs timm reparameterized output: scale-relative error {err:.2e}")
-    notes.append("paired rounds: reparam's conversion incl. check, then timm's reparameterize, same process")
+    notes.append(
+        "paired rounds: reparam's conversion incl. check, then timm's reparameterize, same process; "
+        "each timed call starts after gc.collect()"
+    )
     return ConversionCost(
         model=f"timm/{name}",
         source="timm",
