@@ -104,3 +104,24 @@ def test_check_writable_and_check_input_file(tmp_path):
         check_input_file(tmp_path, "checkpoint")
     with pytest.raises(ReparamError, match="does not exist"):
         check_input_file(tmp_path / "nope.pth", "checkpoint")
+
+
+def test_a_transaction_adopts_written_files_and_removes_stale_ones(tmp_path):
+    from reparam.io import atomic_files, staging_directory
+
+    (tmp_path / "m.onnx").write_text("old model")
+    (tmp_path / "m.onnx.data").write_text("old sidecar")
+    with pytest.raises(RuntimeError), atomic_files() as tx, staging_directory(tmp_path / "m.onnx") as stage:
+        (stage / "m.onnx").write_text("new model")
+        tx.adopt(stage / "m.onnx", tmp_path / "m.onnx")
+        tx.remove(tmp_path / "m.onnx.data")
+        raise RuntimeError("fails before the commit")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert (tmp_path / "m.onnx").read_text() == "old model"
+    with atomic_files() as tx, staging_directory(tmp_path / "m.onnx") as stage:
+        (stage / "m.onnx").write_text("new model")
+        tx.adopt(stage / "m.onnx", tmp_path / "m.onnx")
+        tx.remove(tmp_path / "m.onnx.data")
+        tx.remove(tmp_path / "never-there")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert (tmp_path / "m.onnx").read_text() == "new model"
