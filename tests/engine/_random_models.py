@@ -19,7 +19,10 @@ from torch import nn
 from reparam.numerics import randomize_batchnorm
 
 C = 4
-FUSIBLE = ["acb", "repvgg", "avgpool", "crop", "repeated", "nested_residual", "seq_1x1_kxk", "dilated"]
+FUSIBLE = [
+    "acb", "repvgg", "avgpool", "crop", "repeated", "nested_residual", "seq_1x1_kxk", "dilated",
+    "functional", "two_outputs",
+]  # fmt: skip
 NEAR_MISS = [
     "relu_in_branch", "stride_only", "reflect_pad", "fan_out", "training_bn", "subtract", "concat",
     "inplace_input", "inplace_between", "inplace_module", "crop_and_pad", "extreme_values",
@@ -57,12 +60,48 @@ class Branchy(nn.Module):
             outs.append(x)
         if self.how == "cat":
             return torch.cat(outs, 1)
+        if self.how == "tuple":  # the caller sums them
+            return tuple(outs)
         if self.how == "sub":
             return outs[0] - sum(outs[1:])
         total = outs[0]
         for o in outs[1:]:
             total = total + o
         return total
+
+
+class FunctionalACB(nn.Module):
+    """An ACB written with functional ops on its own parameters: no Conv2d / BatchNorm2d modules."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+        self.w_sq = nn.Parameter(torch.randn(C, C, k, k) * 0.2)
+        self.w_hor = nn.Parameter(torch.randn(C, C, 1, k) * 0.2)
+        self.w_ver = nn.Parameter(torch.randn(C, C, k, 1) * 0.2)
+        for name in ("sq", "hor", "ver"):
+            self.register_buffer(f"mean_{name}", torch.randn(C) * 0.5)
+            self.register_buffer(f"var_{name}", torch.rand(C) + 0.5)
+            self.register_parameter(f"gamma_{name}", nn.Parameter(torch.rand(C) + 0.5))
+            self.register_parameter(f"beta_{name}", nn.Parameter(torch.randn(C) * 0.5))
+
+    def _bn(self, y, name):
+        return F.batch_norm(
+            y,
+            getattr(self, f"mean_{name}"),
+            getattr(self, f"var_{name}"),
+            getattr(self, f"gamma_{name}"),
+            getattr(self, f"beta_{name}"),
+            False,
+            0.0,
+            1e-5,
+        )
+
+    def forward(self, x):
+        p = self.k // 2
+        y = self._bn(F.conv2d(x, self.w_sq, padding=p), "sq")
+        y = y + self._bn(F.conv2d(x, self.w_hor, padding=(0, p)), "hor")
+        return y + self._bn(F.conv2d(x, self.w_ver, padding=(p, 0)), "ver")
 
 
 class Crop(nn.Module):
@@ -96,6 +135,8 @@ class Wrap(nn.Module):
             h = self.block.paths[0](h) * self.block.scale + self.block(h)
         else:
             h = self.block(h)
+        if isinstance(h, tuple):  # a block with several outputs: their sum is the block's result
+            h = h[0] + h[1]
         return self.head(F.relu(h))  # the ReLU keeps the head from merging into the block
 
 
@@ -148,6 +189,10 @@ def _block(rng: random.Random, family: str) -> tuple[nn.Module, str, int | None]
     if family == "seq_1x1_kxk":
         chain = nn.Sequential(nn.Conv2d(C, C, 1, bias=False), nn.BatchNorm2d(C), _conv(rng, (k, k), pad=0))
         return Branchy([chain]), "plain", None
+    if family == "functional":
+        return FunctionalACB(k), "plain", 3
+    if family == "two_outputs":
+        return Branchy(_acb(rng, k)[:2], how="tuple"), "plain", 3
     if family == "relu_in_branch":
         b = _acb(rng, k)
         b[1].append(nn.ReLU())
