@@ -126,6 +126,7 @@ class PassContext:
     products: dict[str, tuple[FusionEntry, weakref.ref[nn.Module]]] = field(default_factory=dict)
     current_pass: str = ""
     current_block: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per pass, cleanup included
 
     def full(self, name: str) -> str:
         """Path of a graph-local module name inside the whole model."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -239,6 +240,22 @@ def _remaining_bn_notes(model: nn.Module, contexts: list[PassContext]) -> list[t
                 (name, "inside a module that torch.fx could not trace and that has no reparameterize()")
             )
     return notes
+
+
+class _Stopwatch:
+    """Wall time of consecutive stages."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
 
 
 @dataclass
@@ -478,6 +495,7 @@ def convert(
             f"expected a torch.nn.Module, got {type(model).__name__}",
             hint="pass the model object, e.g. reparam.zoo.create_model('repvgg_a0')",
         )
+    clock = _Stopwatch()
     selected = select_passes(passes, skip)
     refuse_nonfinite_weights(model)
     report = ConversionReport(passes=[p.name for p in selected])
@@ -494,8 +512,9 @@ def convert(
             hint="pass example_inputs or input_shape (--input-shape), or disable the check",
         )
     nonleaf = [n for n, m in work.named_modules() if n and list(m.children())]
-
+    clock.lap("prepare")
     gm, why = _capture_graph(work, inputs, report)
+    clock.lap("capture")
     ref = _Reference()
     if inputs is not None:
         # Block outputs are kept up front only when the original is about to be rewritten in place
@@ -510,10 +529,12 @@ def convert(
     # With inplace the original is about to be rewritten: measure its noise now, in case the check needs it.
     fp32 = module_dtype(work)[0] == torch.float32
     noise_before = fp32_noise(work, fresh(inputs), ref.run.output) if inplace and check and fp32 else None
+    clock.lap("reference")
     if gm is not None:
         work = None  # the graph holds the only references: each replaced layer is freed once fused
     deploy, record, converter = _rewrite(gm, work, selected, inputs, ref, nonleaf, why, report)
     _collect(report, record, converter, deploy)
+    clock.lap("rewrite")
     if inputs is not None:
         out, macs = _run_deploy(deploy, inputs)
         report.after = model_stats(deploy, macs=macs)
@@ -521,6 +542,12 @@ def convert(
             report.check = _check(model, deploy, record, ref, out, inputs, nonleaf, noise_before, inplace)
     else:
         report.after = model_stats(deploy)
+    clock.lap("check")
+    passes_seconds: dict[str, float] = {}
+    for ctx in converter.contexts:
+        for name, seconds in ctx.seconds.items():
+            passes_seconds[name] = passes_seconds.get(name, 0.0) + seconds
+    report.seconds = {**clock.laps, "passes": passes_seconds, "total": clock.total()}
     deploy.reparam_record = record
     deploy.reparam_report = report
     return ConversionResult(deploy, report, record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from torch import fx
@@ -30,6 +31,7 @@ def run_passes(
         changed = False
         for p in passes:
             ctx.current_pass, ctx.current_block = p.name, ""
+            start = time.perf_counter()
             try:
                 result = p.run(gm, ctx)
                 gm = result.module
@@ -47,6 +49,7 @@ def run_passes(
                     hint=f"convert without it (skip=['{p.name}'] or --skip {p.name}) and report the model "
                     "that triggers this",
                 ) from exc
+            ctx.seconds[p.name] = ctx.seconds.get(p.name, 0.0) + time.perf_counter() - start
             changed |= result.changed
         if not changed:
             compile_if_stale(gm)

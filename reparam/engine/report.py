@@ -44,6 +44,8 @@ class ConversionReport:
     tracing: str = "whole model"
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # wall time of each stage of convert(); "passes" holds one entry per pass
+    seconds: dict[str, Any] = field(default_factory=dict)
 
     def fused_by_pass(self) -> dict[str, list[FusionEntry]]:
         """Fusions grouped by the pass that made them, in pass order."""
@@ -64,7 +66,23 @@ class ConversionReport:
             "tracing": self.tracing,
             "notes": list(self.notes),
             "warnings": list(self.warnings),
+            "seconds": dict(self.seconds),
         }
+
+    def timing_line(self) -> str:
+        """Where the conversion's time went, as one line ("" when not measured)."""
+        s = self.seconds
+        if not s:
+            return ""
+        passes = s.get("passes") or {}
+        parts = [f"{stage} {s[stage]:.2f}" for stage in ("prepare", "capture", "reference") if stage in s]
+        if "rewrite" in s:
+            slowest = sorted(passes.items(), key=lambda kv: -kv[1])[:3]
+            detail = ", ".join(f"{name} {seconds:.2f}" for name, seconds in slowest)
+            parts.append(f"rewrite {s['rewrite']:.2f}" + (f" ({detail})" if detail else ""))
+        if "check" in s:
+            parts.append(f"deploy run and check {s['check']:.2f}")
+        return f"time: {s.get('total', 0.0):.2f} s = " + ", ".join(parts)
 
     def summary_line(self) -> str:
         """One line: layer counts, parameters and MACs before -> after, and the check's error."""
@@ -149,6 +167,8 @@ class ConversionReport:
             lines.append("check: not run")
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"warning: {w}" for w in self.warnings]
+        if self.timing_line():
+            lines.append(self.timing_line())
         return lines
 
     def _render_plain(self, max_fusions: int | None = None) -> str:

@@ -349,3 +349,16 @@ def test_a_pass_object_of_the_callers_own_runs_in_the_given_order():
     assert count(result.model, nn.Conv2d) == 2 and error(model, result.model, x) <= 1e-5
     with pytest.raises(ReparamError, match="is not a pass"):
         convert(model, x, passes=[object()])
+
+
+def test_report_says_where_the_time_went():
+    model = _acb_chain()
+    report = convert(model, torch.randn(2, 4, 9, 9)).report
+    seconds = report.seconds
+    stages = ("prepare", "capture", "reference", "rewrite", "check")
+    assert all(seconds[s] >= 0 for s in stages)
+    assert set(seconds["passes"]) == set(report.passes) and all(v >= 0 for v in seconds["passes"].values())
+    assert sum(seconds[s] for s in stages) <= seconds["total"] + 1e-6
+    assert sum(seconds["passes"].values()) <= seconds["rewrite"] + 1e-6
+    assert report.to_dict()["seconds"] == seconds
+    assert report.timing_line().startswith("time: ") and "rewrite" in report.render(plain=True)
