@@ -118,13 +118,29 @@ def _engine(path: Path) -> Description:
     return Description(str(path), "tensorrt", precision=build.get("precision"))
 
 
-def _deploy_dir(path: Path) -> Description:
-    manifest = path / "manifest.json"
-    if not manifest.is_file():
+def deploy_manifest(path: Path) -> dict[str, Any]:
+    """The ``manifest.json`` of a directory written by `reparam deploy`; a ReparamError if there is none."""
+    from reparam.io import check_input_file
+
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
         raise ReparamError(
             f"{str(path)!r} is a directory without manifest.json",
             hint="give a file, or a directory written by `reparam deploy`",
         )
+    try:
+        manifest = json.loads(check_input_file(manifest_path, "deploy manifest").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReparamError(
+            f"{manifest_path} is not JSON ({exc})", hint="the directory was not written by `reparam deploy`"
+        ) from exc
+    if not isinstance(manifest, dict):
+        raise ReparamError(f"{manifest_path} is not a deploy manifest", hint="give the files one by one")
+    return manifest
+
+
+def _deploy_dir(path: Path) -> Description:
+    deploy_manifest(path)
     desc = (
         _pt2(path / "model.pt2") if (path / "model.pt2").is_file() else Description(str(path), "deploy-dir")
     )

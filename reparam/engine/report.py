@@ -167,8 +167,9 @@ class ConversionReport:
             lines.append("check: not run")
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"warning: {w}" for w in self.warnings]
-        if self.timing_line():
-            lines.append(self.timing_line())
+        timing = self.timing_line()
+        if timing:
+            lines.append(timing)
         return lines
 
     def _render_plain(self, max_fusions: int | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ def judge_error(
     """
     profile = profile_for_dtype(dtype)
     limit = profile.scale_rel_limit(None)
+    if not math.isfinite(scale_rel):  # NaN/Inf never pass: no float64 run can change that
+        return ErrorVerdict(False, limit)
     if scale_rel <= limit or profile.noise_multiple is None or measure_noise is None:
         return ErrorVerdict(scale_rel <= limit, limit)
     noise = measure_noise()

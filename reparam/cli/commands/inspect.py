@@ -114,24 +114,11 @@ def summarize(path: Path) -> dict[str, Any]:
 
 def deploy_dir_summary(path: Path) -> dict[str, Any]:
     """The manifest of a deploy directory, each listed file checked against its sha256, and each artifact."""
-    from reparam.errors import ReparamError
-    from reparam.io import check_input_file, file_sha256
+    from reparam.describe import deploy_manifest
+    from reparam.io import file_sha256
     from reparam.runners import SUFFIX_KINDS
 
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise ReparamError(
-            f"{str(path)!r} is a directory without manifest.json",
-            hint="inspect a file, or a directory written by `reparam deploy`",
-        )
-    try:
-        manifest = json.loads(check_input_file(manifest_path, "deploy manifest").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReparamError(
-            f"{manifest_path} is not JSON ({exc})", hint="the directory was not written by `reparam deploy`"
-        ) from exc
-    if not isinstance(manifest, dict):
-        raise ReparamError(f"{manifest_path} is not a deploy manifest", hint="inspect the files one by one")
+    manifest = deploy_manifest(path)
     files = []
     for entry in manifest.get("files") or []:
         name = str(entry.get("name", "")) if isinstance(entry, dict) else ""
