@@ -9,6 +9,7 @@ pass turns back into modules. Both graphs carry each node's module path in
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 from torch.fx.proxy import TracerBase
 
-from reparam.engine.graph import alias_unsafe_names, graph_module
+from reparam.engine.graph import alias_unsafe_names, eliminate_dead_code, graph_module
 from reparam.engine.inplace import UnsafeMutation, functionalize_inplace
 
 _PLAIN_ARGS = frozenset({fx.Proxy, tuple, list, dict, int, float, bool, str, type(None)})
@@ -44,10 +45,25 @@ class _Tracer(fx.Tracer):
             # (opaque types, proxyable classes) that no value of these exact types is in
             return TracerBase.create_arg(self, a)
         if isinstance(a, torch.Tensor):
-            name = self._name_of(a)
-            if name is not None:
-                return self.create_node("get_attr", name, (), {})
+            name = self._name_of(a) or self.tensor_attrs.get(a) or self._constant_name(a)
+            return self.create_node("get_attr", name, (), {})
         return super().create_arg(a)
+
+    def _constant_name(self, t: torch.Tensor) -> str:
+        """A fresh attribute name for a tensor made in ``forward``, kept aside instead of set on the model.
+
+        fx's tracer stores such constants on the traced module itself, which would change the
+        caller's model.
+        """
+        if not hasattr(self, "constants"):
+            self.constants: dict[str, torch.Tensor] = {}
+        i = len(self.constants)
+        while hasattr(self.root, f"_tensor_constant{i}") or f"_tensor_constant{i}" in self.constants:
+            i += 1
+        name = f"_tensor_constant{i}"
+        self.constants[name] = t
+        self.tensor_attrs[t] = name
+        return name
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
         if not isinstance(attr_val, torch.Tensor):
@@ -64,8 +80,15 @@ def symbolic_trace(module: nn.Module) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` with the faster parameter lookup."""
     tracer = _Tracer()
     graph = tracer.trace(module)
+    root = tracer.root
+    constants = getattr(tracer, "constants", {})
+    if constants:
+        # the graph module copies every attribute a node reads from its root: a root that holds
+        # the constants too, without writing them into the traced module
+        root = copy.copy(root)
+        root._buffers = {**root._buffers, **constants}
     # the code is generated once the passes are done with the graph (run_passes)
-    return graph_module(tracer.root, graph, type(module).__name__)
+    return graph_module(root, graph, type(module).__name__)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -115,7 +138,7 @@ def export_capture(module: nn.Module, inputs: tuple) -> tuple[fx.GraphModule | N
             node.meta["nn_module_stack"] = {v[0]: v for v in stack.values() if v[0]}  # as fx writes it
         if node.op == "call_module" and str(node.target) == "_guards_fn":
             gm.graph.erase_node(node)  # shape guards of the example; the deploy model keeps none
-    gm.graph.eliminate_dead_code()
+    eliminate_dead_code(gm.graph)
     alias_unsafe_names(gm)
     gm.recompile()
     return gm, ""

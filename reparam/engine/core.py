@@ -242,6 +242,41 @@ def _remaining_bn_notes(model: nn.Module, contexts: list[PassContext]) -> list[t
     return notes
 
 
+def own_copy(deploy: nn.Module, original: nn.Module) -> None:
+    """Give ``deploy`` its own copy of every module and tensor it still shares with ``original``.
+
+    Modules of the original are deep-copied where they sit; tensors of new modules that share
+    memory with the original's (a weight handed on unchanged) are cloned. One memo keeps tensors
+    that were shared within the original shared within the copy.
+    """
+    modules = {id(m) for m in original.modules()}
+    storages = {
+        t.untyped_storage().data_ptr() for t in [*original.parameters(), *original.buffers()] if t.numel()
+    }
+    memo: dict[int, Any] = {}
+
+    def copy_tensor(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in memo:
+            clone = t.detach().clone()
+            memo[id(t)] = nn.Parameter(clone, t.requires_grad) if isinstance(t, nn.Parameter) else clone
+        return memo[id(t)]
+
+    def walk(module: nn.Module) -> None:
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            if id(child) in modules:
+                module._modules[name] = copy.deepcopy(child, memo)
+            else:
+                walk(child)
+        for table in (module._parameters, module._buffers):
+            for name, t in table.items():
+                if t is not None and t.numel() and t.untyped_storage().data_ptr() in storages:
+                    table[name] = copy_tensor(t)
+
+    walk(deploy)
+
+
 class _Stopwatch:
     """Wall time of consecutive stages."""
 
@@ -268,15 +303,16 @@ class _Reference:
     called: bool = False
 
 
-def _capture_graph(work: nn.Module, inputs: tuple | None, report: ConversionReport) -> tuple[Any, str]:
-    """The whole model as one graph (torch.fx, else torch.export), or ``(None, why not)``."""
-    gm, why = trace(work)
-    if gm is None and inputs is not None:
-        gm, export_why = export_capture(work, fresh(inputs))
-        if gm is not None:
-            report.tracing = f"whole model, by torch.export (torch.fx: {why})"
-        else:
-            why = f"{why}; torch.export: {export_why}"
+def _export_graph(
+    work: nn.Module, inputs: tuple | None, why: str, report: ConversionReport
+) -> tuple[Any, str]:
+    """The whole model as one graph by torch.export (after torch.fx failed with ``why``), or ``(None, why not)``."""
+    if inputs is None:
+        return None, why
+    gm, export_why = export_capture(work, fresh(inputs))
+    if gm is None:
+        return None, f"{why}; torch.export: {export_why}"
+    report.tracing = f"whole model, by torch.export (torch.fx: {why})"
     return gm, why
 
 
@@ -501,7 +537,10 @@ def convert(
     report = ConversionReport(passes=[p.name for p in selected])
     report.converted_from_eval_copy = any(m.training for m in model.modules())
     warn_training_batchnorms(model, report)
-    work = model if inplace else copy.deepcopy(model)
+    # An eval-mode model is captured as it is: the graph shares its layers until the end, when the
+    # deploy model gets its own copy of whatever it still shares (cheaper than copying it all first).
+    shared = not inplace and not report.converted_from_eval_copy
+    work = model if inplace or shared else copy.deepcopy(model).eval()
     work.eval()
     inputs, note = make_inputs(work, example_inputs, input_shape, max_bytes=max_bytes)
     if note:
@@ -513,7 +552,11 @@ def convert(
         )
     nonleaf = [n for n, m in work.named_modules() if n and list(m.children())]
     clock.lap("prepare")
-    gm, why = _capture_graph(work, inputs, report)
+    gm, why = trace(work)
+    if gm is None:
+        if shared:  # torch.export, and converting part by part, write into the model they are given
+            work, shared = copy.deepcopy(model), False
+        gm, why = _export_graph(work, inputs, why, report)
     clock.lap("capture")
     ref = _Reference()
     if inputs is not None:
@@ -534,6 +577,8 @@ def convert(
         work = None  # the graph holds the only references: each replaced layer is freed once fused
     deploy, record, converter = _rewrite(gm, work, selected, inputs, ref, nonleaf, why, report)
     _collect(report, record, converter, deploy)
+    if shared:
+        own_copy(deploy, model)
     clock.lap("rewrite")
     if inputs is not None:
         out, macs = _run_deploy(deploy, inputs)

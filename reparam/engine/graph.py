@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import operator
 import re
 import unicodedata
@@ -56,6 +57,18 @@ def module_chains(
         ):
             continue
         yield node, outer_module, first, inner_module
+
+
+def shallow_copy(module: nn.Module) -> nn.Module:
+    """The module with its own tables (parameters, buffers, submodules, hooks), its tensors shared until replaced.
+
+    Nothing assigned to or registered on the copy shows on the original, and no weight is copied.
+    """
+    new = copy.copy(module)
+    for key, value in vars(module).items():
+        if isinstance(value, (dict, set, list)):
+            new.__dict__[key] = copy.copy(value)
+    return new
 
 
 def shape_of(node: object) -> tuple[int, ...] | None:
@@ -239,10 +252,11 @@ def graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphM
 
 
 def delete_unused_submodules(gm: fx.GraphModule) -> None:
-    """``GraphModule.delete_all_unused_submodules``, over sets of names.
+    """``GraphModule.delete_all_unused_submodules``, walking only the used part of the module tree.
 
     Used: every module a node names and the modules on its path, and everything inside a module a
-    node calls. torch's version tests membership in a list and walks each called module.
+    node calls. A module that is neither goes with everything inside it. torch's version tests
+    membership in a list and walks every module, used or not.
     """
     used: set[str] = set()
     called: set[str] = set()
@@ -253,25 +267,42 @@ def delete_unused_submodules(gm: fx.GraphModule) -> None:
         used.update(".".join(parts[: i + 1]) for i in range(len(parts)))
         if node.op == "call_module":
             called.add(node.target)
-    unused = []
-    for name, _ in gm.named_modules():
-        if not name or name in used:
-            continue
-        parts = name.split(".")
-        if not any(".".join(parts[:i]) in called for i in range(1, len(parts))):
-            unused.append(name)
-    for name in unused:
-        gm.delete_submodule(name)
+
+    def prune(module: nn.Module, prefix: str) -> None:
+        for name, child in list(module._modules.items()):
+            path = prefix + name
+            if path in called or child is None:
+                continue
+            if path not in used:
+                delattr(module, name)
+            else:
+                prune(child, path + ".")
+
+    prune(gm, "")
+
+
+def eliminate_dead_code(graph: fx.Graph) -> bool:
+    """``Graph.eliminate_dead_code`` without its lint, asking a node's purity only when nothing uses it.
+
+    The same rule as torch's (a node without users that ``Node.is_impure`` calls pure goes, in
+    reverse order so that its inputs may go too); torch's version lints the whole graph and asks
+    every node's purity first, which costs more than the elimination itself on large graphs.
+    """
+    changed = False
+    for node in reversed(graph.nodes):
+        if not node.users and not node.is_impure():
+            graph.erase_node(node)
+            changed = True
+    return changed
 
 
 def cleanup(gm: fx.GraphModule) -> None:
-    """Dead-code eliminate, drop unused submodules and folded constants, lint; the code is regenerated lazily."""
-    gm.graph.eliminate_dead_code()
+    """Dead-code eliminate, drop unused submodules and folded constants; the code is regenerated lazily."""
+    eliminate_dead_code(gm.graph)
     delete_unused_submodules(gm)
-    read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    read = {str(n.target) for n in gm.graph.find_nodes(op="get_attr", sort=False)}
     for name in [b for b in gm._buffers if b.startswith(FOLDED_PREFIX) and b not in read]:
         del gm._buffers[name]
-    gm.graph.lint()
     defer_recompile(gm)
 
 

@@ -15,7 +15,7 @@ import operator
 import torch
 from torch import fx, nn
 
-from reparam.engine.graph import defer_recompile
+from reparam.engine.graph import defer_recompile, shallow_copy
 
 _INPLACE_OPERATORS = {
     operator.iadd: operator.add,
@@ -120,8 +120,6 @@ def functionalize_inplace(gm: fx.GraphModule) -> int:
 
 
 def _out_of_place_copy(module: nn.Module) -> nn.Module:
-    import copy
-
-    new = copy.copy(module)
+    new = shallow_copy(module)
     new.inplace = False
     return new

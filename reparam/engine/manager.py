@@ -52,8 +52,13 @@ def run_passes(
             ctx.seconds[p.name] = ctx.seconds.get(p.name, 0.0) + time.perf_counter() - start
             changed |= result.changed
         if not changed:
-            compile_if_stale(gm)
-            return gm
+            return _finished(gm)
     ctx.warn(f"passes did not reach a fixed point after {max_iterations} rounds")
+    return _finished(gm)
+
+
+def _finished(gm: fx.GraphModule) -> fx.GraphModule:
+    """Lint the rewritten graph once (a malformed graph is a bug of the passes) and generate its code."""
+    gm.graph.lint()
     compile_if_stale(gm)
     return gm

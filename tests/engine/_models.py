@@ -8,6 +8,42 @@ from torch import nn
 from reparam.numerics import randomize_batchnorm, scale_relative_error
 
 
+def _attribute(value: object) -> object:
+    """Plain values by value (torch.export re-creates equal tuples), anything else by identity."""
+    return value if isinstance(value, (int, float, str, bool, tuple, type(None))) else id(value)
+
+
+def fingerprint(model: nn.Module) -> dict:
+    """Everything a conversion must leave as it was: the module tree, each module's own tables and
+    flags, and every parameter and buffer (object, value, requires_grad)."""
+    modules = {
+        name: (id(m), type(m), m.training, {k: _attribute(v) for k, v in vars(m).items()})
+        for name, m in model.named_modules(remove_duplicate=False)
+    }
+    tensors = {
+        name: (id(t), t.requires_grad, t.detach().clone())
+        for name, t in [
+            *model.named_parameters(remove_duplicate=False),
+            *model.named_buffers(remove_duplicate=False),
+        ]
+    }
+    return {"modules": modules, "tensors": tensors}
+
+
+def assert_untouched(model: nn.Module, before: dict) -> None:
+    """Fail if ``model`` differs from its ``fingerprint`` taken earlier."""
+    after = fingerprint(model)
+    assert after["modules"] == before["modules"], "the conversion changed the input model's modules"
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for name, (ident, grad, value) in before["tensors"].items():
+        ident2, grad2, value2 = after["tensors"][name]
+        assert (ident2, grad2) == (ident, grad), f"{name} was replaced"
+        same = torch.equal(value.isnan(), value2.isnan()) and torch.equal(
+            value.nan_to_num(), value2.nan_to_num()
+        )
+        assert same, f"the conversion changed {name}"
+
+
 def crop(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     if rows:
         x = x[:, :, rows:-rows, :]

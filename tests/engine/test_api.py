@@ -25,7 +25,7 @@ from reparam.engine import base as engine_base
 from reparam.engine.graph import block_path
 from reparam.equivalence import BoundaryKind
 from reparam.errors import MismatchError, ReparamError
-from tests.engine._models import Asym, Chain, Rep, count, error, prepared
+from tests.engine._models import Asym, Chain, Rep, assert_untouched, count, error, fingerprint, prepared
 
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -178,6 +178,23 @@ def test_input_model_untouched_unless_inplace():
     expected = model(x)
     inplace = reparameterize(model, x, inplace=True)
     assert torch.allclose(inplace(x), expected, atol=1e-5, rtol=0)
+
+
+def test_deploy_model_shares_nothing_with_the_input_model():
+    """Layers left as they were (an activation, a conv without BN) are the deploy model's own copies."""
+    model = prepared(nn.Sequential(_acb_chain(), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 3, 1)))
+    x = torch.randn(1, 4, 9, 9)
+    before = fingerprint(model)
+    deploy = convert(model, x).model
+    assert_untouched(model, before)
+    assert not {id(m) for m in deploy.modules()} & {id(m) for m in model.modules()}
+    storages = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    assert not storages & {t.untyped_storage().data_ptr() for t in [*deploy.parameters(), *deploy.buffers()]}
+    expected = deploy(x)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert torch.equal(deploy(x), expected)
 
 
 def test_input_shape_given_or_inferred():

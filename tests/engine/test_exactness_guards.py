@@ -14,7 +14,7 @@ from torch import nn
 from reparam.engine import convert
 from reparam.errors import ReparamError
 from reparam.numerics import randomize_batchnorm, scale_relative_error
-from tests.engine._models import count
+from tests.engine._models import assert_untouched, count, fingerprint
 
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -234,7 +234,9 @@ def test_module_names_python_normalizes_convert():
     model.add_module("ﬁlter", nn.BatchNorm2d(4))
     model = _prepared(model)
     x = torch.randn(1, 3, 6, 6)
+    before = fingerprint(model)
     result = convert(model, x)
+    assert_untouched(model, before)
     assert count(result.model, BN) == 0 and count(result.model, nn.Conv2d) == 1
     assert _error(model, result.model, x) <= 1e-5
     assert result.record.entries[0].sources == ["µ_k", "ﬁlter"]

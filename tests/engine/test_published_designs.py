@@ -16,6 +16,7 @@ from torch import fx, nn
 from reparam.engine import convert
 from reparam.numerics import randomize_batchnorm, scale_relative_error
 from tests.engine import _published as pub
+from tests.engine._models import assert_untouched, fingerprint
 
 _BATCH_NORM_CALLS = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit"}
 _CONV_CALLS = {"conv1d", "conv2d", "conv3d", "convolution"}
@@ -47,7 +48,9 @@ def _check(model: nn.Module, x: torch.Tensor, convs: int):
     torch.manual_seed(1)
     randomize_batchnorm(model, 3)
     model.eval()
+    before = fingerprint(model)
     result = convert(model, x)  # the built-in check runs too
+    assert_untouched(model, before)
     with torch.no_grad():
         ref, got = model(x.clone()), result.model(x.clone())
     assert scale_relative_error(ref.numpy(), got.numpy()) <= 1e-5

@@ -17,7 +17,7 @@ from torch import nn
 from reparam.engine import convert
 from reparam.errors import ReparamError
 from reparam.numerics import fp32_limit, scale_relative_error
-from tests.engine._models import count
+from tests.engine._models import assert_untouched, count, fingerprint
 from tests.engine._random_models import FAMILIES, FUSIBLE, generate
 
 BN = nn.modules.batchnorm._BatchNorm
@@ -40,6 +40,7 @@ def judge(seed: int, family: str | None) -> str:
     g = generate(seed, family)
     family = g.family
     reference_model = copy.deepcopy(g.model).eval()  # a training-mode BN is converted as its eval form
+    before = fingerprint(g.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -48,6 +49,8 @@ def judge(seed: int, family: str | None) -> str:
             assert exc.message and "\n" not in exc.message
             assert g.expected_convs is None, f"{family}: a fusible model was refused: {exc}"
             return "refused"
+        finally:
+            assert_untouched(g.model, before)
     deploy = result.model
     ref, got = _run(reference_model, g.x), _run(deploy, g.x)
     assert ref.shape == got.shape

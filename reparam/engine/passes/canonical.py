@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from reparam.engine.base import PassContext, PassResult, register_pass
-from reparam.engine.graph import ALIASES, FOLDED_PREFIX, defer_recompile, propagate_shapes, shape_of
+from reparam.engine.graph import (
+    ALIASES,
+    FOLDED_PREFIX,
+    defer_recompile,
+    eliminate_dead_code,
+    propagate_shapes,
+    shape_of,
+)
 
 _RANDOM = {
     torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like, torch.randint_like,
@@ -402,6 +409,6 @@ class Canonicalize:
                 f"({', '.join(folded[:5])}{', ...' if len(folded) > 5 else ''})"
             )
         if changed or folded or lifted:
-            gm.graph.eliminate_dead_code()
+            eliminate_dead_code(gm.graph)
             defer_recompile(gm)
         return PassResult(gm, bool(changed or folded or lifted), [])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import fx, nn
 
@@ -17,20 +15,12 @@ from reparam.engine.graph import (
     install,
     module_chains,
     propagate_shapes,
+    shallow_copy,
     shape_of,
 )
 from reparam.kernel_math import fold_bn, fold_bn_before, fold_bn_transposed
 
 _LAYERS = CONV + CONV_T + (nn.Linear,)
-
-
-def shallow_copy(layer: nn.Module) -> nn.Module:
-    """The layer with its own parameter table (its tensors shared until replaced), without copying weights."""
-    new = copy.copy(layer)
-    new._parameters = dict(layer._parameters)
-    new._buffers = dict(layer._buffers)
-    new._modules = dict(layer._modules)
-    return new
 
 
 def _bn_tensors(bn: BN) -> tuple:
