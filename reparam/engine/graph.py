@@ -7,7 +7,7 @@ import operator
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -304,105 +304,6 @@ def cleanup(gm: fx.GraphModule) -> None:
     for name in [b for b in gm._buffers if b.startswith(FOLDED_PREFIX) and b not in read]:
         del gm._buffers[name]
     defer_recompile(gm)
-
-
-_SHAPED_FOR = "reparam_shaped_for"
-
-
-class TensorShape(NamedTuple):
-    """What the passes need to know of a node's value."""
-
-    shape: torch.Size
-    dtype: torch.dtype
-
-
-def _fetch(root: nn.Module, target: str) -> Any:
-    obj = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
-    """Run the graph once on copies of the inputs (a real run: cheaper than fake tensors on CPU).
-
-    What ``fx.Interpreter`` does (placeholders, attributes, calls; each value dropped after its
-    last use) without its per-node bookkeeping, which costs more than the arithmetic of small
-    layers. torch.fx's ShapeProp would also import sympy on first use (half a second).
-    """
-    graph = gm.graph
-    copies = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
-    inputs = iter(graph.process_inputs(*copies))
-    nodes = list(graph.nodes)
-    dies_after: dict[fx.Node, list[fx.Node]] = {}
-    seen: set[fx.Node] = set()
-    for node in reversed(nodes):
-        for value in node.all_input_nodes:
-            if value not in seen:
-                seen.add(value)
-                dies_after.setdefault(node, []).append(value)
-    env: dict[fx.Node, Any] = {}
-    load = env.__getitem__
-    with torch.no_grad():
-        for node in nodes:
-            op, target = node.op, node.target
-            if op == "placeholder":
-                if str(target).startswith("*"):
-                    out: Any = list(inputs)
-                else:
-                    out = next(inputs, _MISSING)
-                    if out is _MISSING:
-                        if not node.args:
-                            raise RuntimeError(f"no value for the graph input {target}")
-                        out = node.args[0]
-            elif op == "output":
-                out = fx.node.map_arg(node.args, load)[0]
-                if isinstance(out, torch.Tensor):
-                    node.meta["tensor_meta"] = TensorShape(out.shape, out.dtype)
-                return
-            elif op == "get_attr":
-                out = _fetch(gm, str(target))
-            else:
-                args = fx.node.map_arg(node.args, load)
-                kwargs = fx.node.map_arg(node.kwargs, load)
-                if op == "call_function":
-                    out = target(*args, **kwargs)
-                elif op == "call_method":
-                    out = getattr(args[0], target)(*args[1:], **kwargs)
-                elif op == "call_module":
-                    out = _fetch(gm, str(target))(*args, **kwargs)
-                else:
-                    raise RuntimeError(f"unknown node op {op!r}")
-            if isinstance(out, torch.Tensor):
-                node.meta["tensor_meta"] = TensorShape(out.shape, out.dtype)
-            env[node] = out
-            for value in dies_after.get(node, ()):
-                env.pop(value, None)
-
-
-_MISSING = object()
-
-
-def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> bool:
-    """Annotate nodes with ``tensor_meta`` by running the graph once; False when not possible."""
-    if example_inputs is None:
-        return False
-    # Exact rewrites keep every value's shape, and a new node inherits the meta of the node it
-    # replaces (replace_with): when every node was shaped for these inputs, a rerun (a full
-    # forward at the example resolution) is skipped.
-    key = id(example_inputs)
-    if all(n.meta.get(_SHAPED_FOR) == key for n in gm.graph.nodes):
-        return True
-    try:
-        _record_shapes(gm, example_inputs)
-    except Exception:  # shapes are an optional aid; passes stay conservative without them
-        for node in gm.graph.nodes:
-            node.meta.pop("tensor_meta", None)
-            node.meta.pop(_SHAPED_FOR, None)
-        return False
-    for node in gm.graph.nodes:
-        node.meta[_SHAPED_FOR] = key
-    return True
 
 
 ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd, torch.ops.aten.add.Tensor}

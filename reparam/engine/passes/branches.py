@@ -29,10 +29,10 @@ from reparam.engine.graph import (
     choose_name,
     is_add,
     module_of,
-    propagate_shapes,
     replace_with,
     shape_of,
 )
+from reparam.engine.shapes import propagate_shapes
 from reparam.kernel_math import (
     add_kernel_at,
     avgpool_kernel,

@@ -28,9 +28,9 @@ from reparam.engine.graph import (
     FOLDED_PREFIX,
     defer_recompile,
     eliminate_dead_code,
-    propagate_shapes,
     shape_of,
 )
+from reparam.engine.shapes import propagate_shapes
 
 _RANDOM = {
     torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like, torch.randint_like,

@@ -14,10 +14,10 @@ from reparam.engine.graph import (
     choose_name,
     install,
     module_chains,
-    propagate_shapes,
     shallow_copy,
     shape_of,
 )
+from reparam.engine.shapes import propagate_shapes
 from reparam.kernel_math import fold_bn, fold_bn_before, fold_bn_transposed
 
 _LAYERS = CONV + CONV_T + (nn.Linear,)
