@@ -196,8 +196,7 @@ class PassContext:
         overflows): the pass then leaves the pattern alone.
         """
         # one reduction decides both: NaN makes the peak NaN, and a peak within range casts finite
-        low, high = value.aminmax() if value.numel() else (value.new_zeros(()), value.new_zeros(()))
-        peak = max(-float(low), float(high)) if bool(low == low) and bool(high == high) else float("nan")
+        peak = float(value.abs().amax()) if value.numel() else 0.0
         if not peak <= torch.finfo(like.dtype).max:
             raise NotRepresentable(
                 f"the fused {what} is not finite in {str(like.dtype).removeprefix('torch.')} "

@@ -18,14 +18,27 @@ BN = nn.modules.batchnorm._BatchNorm
 CONV_BY_DIM = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
+def fetch(root: nn.Module, target: str) -> Any:
+    """The attribute at the dotted path ``target`` below ``root`` (AttributeError if there is none).
+
+    ``getattr`` level by level: ``Module.get_submodule`` asks ``hasattr`` first at each level,
+    which doubles the cost of a lookup that the passes make for every node.
+    """
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     """The module a ``call_module`` node calls (None for other nodes)."""
     if node.op != "call_module":
         return None
     try:
-        return gm.get_submodule(node.target)
+        module = fetch(gm, node.target)
     except AttributeError:
         return None
+    return module if isinstance(module, nn.Module) else None
 
 
 def module_chains(
@@ -342,7 +355,7 @@ def alias_unsafe_names(gm: fx.GraphModule) -> dict[str, str]:
             r"[^0-9A-Za-z_]", lambda m: f"_u{ord(m.group()):x}_", original.replace(".", "__")
         )
         if alias not in aliases:
-            value = gm.get_submodule(original) if node.op == "call_module" else _get_attr(gm, original)
+            value = gm.get_submodule(original) if node.op == "call_module" else fetch(gm, original)
             if isinstance(value, nn.Module):
                 gm.add_submodule(alias, value)
             elif isinstance(value, nn.Parameter):
@@ -361,8 +374,3 @@ def alias_unsafe_names(gm: fx.GraphModule) -> dict[str, str]:
         defer_recompile(gm)
     setattr(gm, ALIASES, aliases)
     return aliases
-
-
-def _get_attr(gm: fx.GraphModule, path: str) -> Any:
-    owner, _, name = path.rpartition(".")
-    return getattr(gm.get_submodule(owner) if owner else gm, name)

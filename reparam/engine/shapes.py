@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from reparam.engine.graph import fetch
+
 _SHAPED_FOR = "reparam_shaped_for"
 _MISSING = object()
 
@@ -34,13 +36,6 @@ class TensorShape(NamedTuple):
 
 class NeedsRealRun(Exception):
     """The cheap run cannot give the graph's shapes; the graph is run for real instead."""
-
-
-def _fetch(root: nn.Module, target: str) -> Any:
-    obj = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 _CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -219,7 +214,7 @@ def _run_graph(gm: fx.GraphModule, inputs: tuple, calls: _Calls) -> dict[fx.Node
                     shapes[node] = TensorShape(out.shape, out.dtype)
                 return shapes
             elif op == "get_attr":
-                out = _fetch(gm, str(target))
+                out = fetch(gm, str(target))
             else:
                 args = fx.node.map_arg(node.args, load)
                 kwargs = fx.node.map_arg(node.kwargs, load)
@@ -228,7 +223,7 @@ def _run_graph(gm: fx.GraphModule, inputs: tuple, calls: _Calls) -> dict[fx.Node
                 elif op == "call_method":
                     out = calls.method(target, args, kwargs)
                 elif op == "call_module":
-                    out = calls.module(_fetch(gm, str(target)), args, kwargs)
+                    out = calls.module(fetch(gm, str(target)), args, kwargs)
                 else:
                     raise RuntimeError(f"unknown node op {op!r}")
             if isinstance(out, torch.Tensor):

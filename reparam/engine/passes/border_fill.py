@@ -14,7 +14,7 @@ import torch
 from torch import fx
 
 from reparam.engine.base import PassContext, PassResult, register_pass
-from reparam.engine.graph import BN, CONV, block_path, cleanup, module_of, shape_of
+from reparam.engine.graph import BN, CONV, block_path, cleanup, fetch, module_of, shape_of
 from reparam.engine.passes.branches import _PAD_FUNCTIONS, _zero_pad
 from reparam.engine.shapes import propagate_shapes
 from reparam.kernel_math import bn_scale_shift
@@ -66,8 +66,7 @@ def _evaluate(gm: fx.GraphModule, region: list[fx.Node], start: fx.Node, value: 
         if n in env:
             return env[n]
         if n.op == "get_attr":
-            owner, _, name = str(n.target).rpartition(".")
-            return getattr(gm.get_submodule(owner) if owner else gm, name)
+            return fetch(gm, str(n.target))
         raise KeyError(n.name)
 
     order = {n: i for i, n in enumerate(gm.graph.nodes)}

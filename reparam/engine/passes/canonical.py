@@ -28,6 +28,8 @@ from reparam.engine.graph import (
     FOLDED_PREFIX,
     defer_recompile,
     eliminate_dead_code,
+    fetch,
+    shallow_copy,
     shape_of,
 )
 from reparam.engine.shapes import propagate_shapes
@@ -57,11 +59,6 @@ _LINEAR = {F.linear, _aten.linear.default}
 _BN_BY_DIM = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _POOL_BY_DIM = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 _CONV_BY_DIM = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
-
-def _attr(gm: fx.GraphModule, target: str) -> Any:
-    owner, _, name = target.rpartition(".")
-    return getattr(gm.get_submodule(owner) if owner else gm, name)
 
 
 def _fold_rank_facts(gm: fx.GraphModule) -> int:
@@ -122,13 +119,22 @@ def _fold_constants(gm: fx.GraphModule, ctx: PassContext) -> list[str]:
         for n in gm.graph.nodes
         if const[n] and n.op != "get_attr" and any(not const.get(u, False) for u in n.users)
     ]
-    folded = []
+    folded: list[str] = []
+    if not roots:
+        return folded
+    needed: set[fx.Node] = set()
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node not in needed:
+            needed.add(node)
+            stack.extend(node.all_input_nodes)
     values: dict[fx.Node, Any] = {}
     for node in gm.graph.nodes:
-        if not const[node]:
+        if node not in needed:
             continue
         if node.op == "get_attr":
-            t = _attr(gm, str(node.target))
+            t = fetch(gm, str(node.target))
             values[node] = t.detach().double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
             continue
         args = fx.node.map_arg(node.args, lambda n: values[n])
@@ -158,7 +164,7 @@ def _fold_constants(gm: fx.GraphModule, ctx: PassContext) -> list[str]:
 def _dtype_of_inputs(gm: fx.GraphModule, node: fx.Node) -> torch.dtype:
     for n in node.all_input_nodes:
         if n.op == "get_attr":
-            t = _attr(gm, str(n.target))
+            t = fetch(gm, str(n.target))
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 return t.dtype
     return torch.float32
@@ -190,7 +196,7 @@ def _tensor_attr(gm: fx.GraphModule, arg: Any) -> torch.Tensor | None | object:
     if arg is None:
         return None
     if isinstance(arg, fx.Node) and arg.op == "get_attr":
-        t = _attr(gm, str(arg.target))
+        t = fetch(gm, str(arg.target))
         return t if isinstance(t, torch.Tensor) else _NOTHING
     return _NOTHING
 
@@ -261,6 +267,22 @@ def _lift_conv(gm: fx.GraphModule, node: fx.Node, ndim: int) -> tuple[nn.Module,
     return conv, kw["input"]
 
 
+_BLANK: dict[type, nn.Module] = {}
+
+
+def _blank_batch_norm(kind: type, num_features: int, eps: float) -> nn.Module:
+    """A BatchNorm without parameters or statistics: a copy of one built once per class.
+
+    Building each from scratch (parameters allocated, initialised, then replaced) costs more than
+    everything else done here per BatchNorm.
+    """
+    if kind not in _BLANK:
+        _BLANK[kind] = kind(1, affine=False, track_running_stats=False)
+    bn = shallow_copy(_BLANK[kind])
+    bn.num_features, bn.eps = num_features, eps
+    return bn
+
+
 def _lift_batch_norm(gm: fx.GraphModule, node: fx.Node, signature: str) -> tuple[nn.Module, fx.Node] | None:
     kw = _normalized(node, signature)
     if kw is None or kw.get("training") or not isinstance(kw.get("input"), fx.Node):
@@ -275,9 +297,7 @@ def _lift_batch_norm(gm: fx.GraphModule, node: fx.Node, signature: str) -> tuple
     # built without parameters or statistics (allocating and initialising them costs more than
     # everything else here), then given the graph's tensors: the same module as an affine,
     # tracking BatchNorm whose tensors were replaced
-    bn = _BN_BY_DIM[min(len(shape) - 2, 3)](
-        shape[1], eps=float(kw.get("eps", 1e-5)), affine=False, track_running_stats=False
-    )
+    bn = _blank_batch_norm(_BN_BY_DIM[min(len(shape) - 2, 3)], shape[1], float(kw.get("eps", 1e-5)))
     bn.affine, bn.track_running_stats = weight is not None, True
     if weight is not None:
         bn.weight = _as_parameter(weight)
@@ -372,14 +392,17 @@ def _lift_functional(gm: fx.GraphModule, ctx: PassContext) -> list[str]:
         original = _module_path(gm, node, kind)
         name = _free_name(gm, f"{original.replace('.', '_')}_{kind}")
         gm.add_submodule(name, module)
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_module(name, (src,))
-        new.meta = dict(replaced[0].meta)
-        for old in replaced:
-            old.replace_all_uses_with(new)
-            gm.graph.erase_node(old)
-        if node not in replaced and not node.users:  # (a membership test of graph.nodes is a linear scan)
-            gm.graph.erase_node(node)
+        if replaced == [node]:  # the call becomes the module's call, in place
+            node.op, node.target, node.args, node.kwargs = "call_module", name, (src,), {}
+        else:
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_module(name, (src,))
+            new.meta = dict(replaced[0].meta)
+            for old in replaced:
+                old.replace_all_uses_with(new)
+                gm.graph.erase_node(old)
+            if not node.users:
+                gm.graph.erase_node(node)
         aliases[name] = original
         ctx.provenance[name] = {ctx.full(original)}
         lifted.append(name)
