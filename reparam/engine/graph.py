@@ -80,7 +80,7 @@ def shallow_copy(module: nn.Module) -> nn.Module:
     new = copy.copy(module)
     for key, value in vars(module).items():
         if isinstance(value, (dict, set, list)):
-            new.__dict__[key] = copy.copy(value)
+            new.__dict__[key] = value.copy()
     return new
 
 
@@ -122,20 +122,51 @@ def _referring_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [*find(op="call_module", sort=False), *find(op="get_attr", sort=False)]
 
 
-class _Taken:
-    """The module paths named by the nodes of a graph, less those of nodes about to leave it."""
+def _ancestors(path: str) -> Iterator[str]:
+    """The proper dotted prefixes of ``path`` ("a", "a.b" for "a.b.c")."""
+    end = path.find(".")
+    while end != -1:
+        yield path[:end]
+        end = path.find(".", end + 1)
 
-    def __init__(self, gm: fx.GraphModule, leaving: set[fx.Node]):
-        self.targets = {str(n.target) for n in _referring_nodes(gm) if n not in leaving}
 
-    def free(self, path: str) -> bool:
-        if not path or path in self.targets:
-            return False
-        parts = path.split(".")
-        if any(".".join(parts[:i]) in self.targets for i in range(1, len(parts))):
-            return False
-        below = path + "."
-        return not any(t.startswith(below) for t in self.targets)
+class ModuleNames:
+    """The module paths the nodes of a graph name, counted, with the paths that lie above them.
+
+    A pass that installs many modules keeps one and updates it through :func:`install`, instead of
+    collecting every node's target again for each new name; a pass that changes the graph in
+    other ways builds a new one.
+    """
+
+    def __init__(self, gm: fx.GraphModule):
+        self.targets: dict[str, int] = {}
+        self.above: dict[str, int] = {}  # path -> how many targets lie strictly below it
+        for node in _referring_nodes(gm):
+            self.add(str(node.target))
+
+    def add(self, target: str, times: int = 1) -> None:
+        self.targets[target] = self.targets.get(target, 0) + times
+        for parent in _ancestors(target):
+            self.above[parent] = self.above.get(parent, 0) + times
+
+    def remove(self, target: str) -> None:
+        self.add(target, -1)
+
+    def free(self, path: str, leaving: Iterable[fx.Node] = ()) -> bool:
+        """Whether ``path`` can take a new module once the nodes in ``leaving`` are gone."""
+        gone = [str(n.target) for n in leaving if n.op in ("call_module", "get_attr")]
+        for target in gone:
+            self.remove(target)
+        try:
+            return (
+                bool(path)
+                and self.targets.get(path, 0) <= 0
+                and self.above.get(path, 0) <= 0
+                and not any(self.targets.get(p, 0) > 0 for p in _ancestors(path))
+            )
+        finally:
+            for target in gone:
+                self.add(target)
 
 
 def is_free(gm: fx.GraphModule, path: str, leaving: set[fx.Node]) -> bool:
@@ -144,31 +175,36 @@ def is_free(gm: fx.GraphModule, path: str, leaving: set[fx.Node]) -> bool:
     Free means: no other node refers to the path or below it, and no leaf that a node still calls
     sits on the path's ancestors.
     """
-    return bool(path) and _Taken(gm, set(leaving)).free(path)
+    return ModuleNames(gm).free(path, leaving)
 
 
-def choose_name(gm: fx.GraphModule, candidates: Sequence[str], leaving: set[fx.Node]) -> str:
-    """First free candidate; otherwise the last candidate with a numeric suffix."""
-    taken = _Taken(gm, set(leaving))
+def choose_name(
+    gm: fx.GraphModule, candidates: Sequence[str], leaving: set[fx.Node], names: ModuleNames | None = None
+) -> str:
+    """First free candidate; otherwise the last candidate with a numeric suffix.
+
+    ``names``: the graph's current :class:`ModuleNames`, when the caller keeps one.
+    """
+    taken = names if names is not None else ModuleNames(gm)
     for c in candidates:
-        if c and all(_safe(p) for p in c.split(".")) and taken.free(c):
+        if c and all(_safe(p) for p in c.split(".")) and taken.free(c, leaving):
             return c
     base = candidates[-1] if candidates and candidates[-1] else "fused"
     if not all(_safe(p) for p in base.split(".")):
         base = "fused"
     i = 1
-    while not taken.free(f"{base}_{i}"):
+    while not taken.free(f"{base}_{i}", leaving):
         i += 1
     return f"{base}_{i}"
 
 
-def replace_with(gm: fx.GraphModule, root: fx.Node, new: fx.Node, leaving: Iterable[fx.Node]) -> set[fx.Node]:
-    """Route ``root``'s users to ``new``, erase the nodes of ``leaving`` that became unused; returns those."""
-    new.meta = {k: v for k, v in root.meta.items()}
-    root.replace_all_uses_with(new)
-    # Erase unused nodes until none is left: users go before the values they read, as erasing in
-    # reverse graph order would, without numbering the whole graph for a handful of nodes.
-    pending = {n for n in set(leaving) | {root} if n is not new and n.graph is gm.graph and not n._erased}
+def _erase_unused(gm: fx.GraphModule, pending: set[fx.Node]) -> set[fx.Node]:
+    """Erase the nodes of ``pending`` until every one left is used; returns the erased ones.
+
+    Users go before the values they read, as erasing in reverse graph order would, without
+    numbering the whole graph for a handful of nodes.
+    """
+    pending = {n for n in pending if n.graph is gm.graph and not n._erased}
     erased: set[fx.Node] = set()
     while True:
         unused = [n for n in pending if not n.users]
@@ -180,16 +216,39 @@ def replace_with(gm: fx.GraphModule, root: fx.Node, new: fx.Node, leaving: Itera
             pending.discard(node)
 
 
+def replace_with(gm: fx.GraphModule, root: fx.Node, new: fx.Node, leaving: Iterable[fx.Node]) -> set[fx.Node]:
+    """Route ``root``'s users to ``new``, erase the nodes of ``leaving`` that became unused; returns those."""
+    new.meta = {k: v for k, v in root.meta.items()}
+    root.replace_all_uses_with(new)
+    return _erase_unused(gm, (set(leaving) | {root}) - {new})
+
+
 def install(
-    gm: fx.GraphModule, name: str, module: nn.Module, root: fx.Node, args: tuple, leaving: Iterable[fx.Node]
+    gm: fx.GraphModule,
+    name: str,
+    module: nn.Module,
+    root: fx.Node,
+    args: tuple,
+    leaving: Iterable[fx.Node],
+    names: ModuleNames | None = None,
 ) -> fx.Node:
-    """Put ``module`` at ``name``, call it on ``args`` in place of ``root``, and drop ``leaving``."""
+    """Put ``module`` at ``name``, make ``root`` call it on ``args``, and drop the rest of ``leaving``.
+
+    ``root`` (a ``call_module`` node) becomes the new call in place: its users, position and
+    metadata stay. ``names`` is updated when given.
+    """
     if not gm.add_submodule(name, module):
         raise RuntimeError(f"cannot add a module at {name!r}")
-    with gm.graph.inserting_before(root):
-        new = gm.graph.call_module(name, args)
-    replace_with(gm, root, new, leaving)
-    return new
+    if names is not None:
+        names.remove(str(root.target))
+        names.add(name)
+    root.op, root.target, root.args, root.kwargs = "call_module", name, tuple(args), {}
+    erased = _erase_unused(gm, set(leaving) - {root})
+    if names is not None:
+        for node in erased:
+            if node.op in ("call_module", "get_attr"):
+                names.remove(str(node.target))
+    return root
 
 
 FOLDED_PREFIX = "folded_"

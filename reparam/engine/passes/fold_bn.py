@@ -10,6 +10,7 @@ from reparam.engine.graph import (
     BN,
     CONV,
     CONV_T,
+    ModuleNames,
     block_path,
     choose_name,
     install,
@@ -48,6 +49,7 @@ class FoldBN:
         propagate_shapes(gm, ctx.example_inputs)
         fused = []
         gone: set[fx.Node] = set()
+        names: ModuleNames | None = None  # built when the first fold needs a name
         for node, bn, prod, layer in module_chains(gm, BN, _LAYERS, gone):
             where = str(node.target)
             ctx.current_block = ctx.full(block_path(node) or where)
@@ -96,17 +98,18 @@ class FoldBN:
                 continue
             new = shallow_copy(layer)
             new.weight, new.bias = weight_param, bias_param
-            calls = len(gm.graph.find_nodes(op="call_module", target=prod.target, sort=False))
+            names = names or ModuleNames(gm)
+            calls = names.targets.get(str(prod.target), 0)
             leaving = {node, prod}
             name = choose_name(
-                gm, [ctx.parent_of_sources([str(prod.target), where]), str(prod.target)], leaving
+                gm, [ctx.parent_of_sources([str(prod.target), where]), str(prod.target)], leaving, names
             )
             detail = (
                 f"{type(bn).__name__}(eps={bn.eps:g}, affine={bn.affine}) folded into {type(layer).__name__}"
             )
             if calls > 1:
                 detail += f"; {prod.target} is called {calls} times, this call site got its own copy"
-            install(gm, name, new, node, prod.args, leaving)
+            install(gm, name, new, node, prod.args, leaving, names)
             gone |= leaving
             fused.append(ctx.record(name, new, [str(prod.target), where], detail))
         return PassResult(gm, bool(fused), fused)
@@ -132,6 +135,7 @@ class FoldBNBefore:
         propagate_shapes(gm, ctx.example_inputs)
         fused = []
         gone: set[fx.Node] = set()
+        names: ModuleNames | None = None
         for node, layer, src, bn in module_chains(gm, CONV + (nn.Linear,), BN, gone, inner_single_input=True):
             where = str(src.target)
             ctx.current_block = ctx.full(block_path(node) or where)
@@ -154,10 +158,11 @@ class FoldBNBefore:
             new = shallow_copy(layer)
             new.weight, new.bias = weight_param, bias_param
             leaving = {node, src}
+            names = names or ModuleNames(gm)
             name = choose_name(
-                gm, [ctx.parent_of_sources([where, str(node.target)]), str(node.target)], leaving
+                gm, [ctx.parent_of_sources([where, str(node.target)]), str(node.target)], leaving, names
             )
-            install(gm, name, new, node, src.args, leaving)
+            install(gm, name, new, node, src.args, leaving, names)
             gone |= leaving
             detail = f"{type(bn).__name__}(eps={bn.eps:g}) before {type(layer).__name__} folded into it"
             fused.append(ctx.record(name, new, [where, str(node.target)], detail))
