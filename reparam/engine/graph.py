@@ -133,36 +133,50 @@ def _ancestors(path: str) -> Iterator[str]:
 class ModuleNames:
     """The module paths the nodes of a graph name, counted, with the paths that lie above them.
 
-    A pass that installs many modules keeps one and updates it through :func:`install`, instead of
-    collecting every node's target again for each new name; a pass that changes the graph in
-    other ways builds a new one.
+    A pass that installs many modules keeps one per run and updates it through :func:`install`
+    (or :meth:`add` / :meth:`remove`), instead of collecting every node's target again for each
+    new name; a pass that changes the graph in other ways builds a new one. The graph is read on
+    the first question, so an index that is never asked costs nothing.
     """
 
     def __init__(self, gm: fx.GraphModule):
-        self.targets: dict[str, int] = {}
-        self.above: dict[str, int] = {}  # path -> how many targets lie strictly below it
-        for node in _referring_nodes(gm):
-            self.add(str(node.target))
+        self._gm: fx.GraphModule | None = gm
+        self._targets: dict[str, int] = {}
+        self._above: dict[str, int] = {}  # path -> how many targets lie strictly below it
+
+    def _read(self) -> None:
+        if self._gm is not None:
+            gm, self._gm = self._gm, None
+            for node in _referring_nodes(gm):
+                self.add(str(node.target))
 
     def add(self, target: str, times: int = 1) -> None:
-        self.targets[target] = self.targets.get(target, 0) + times
+        if self._gm is not None:
+            return  # not read yet: reading the graph will see it
+        self._targets[target] = self._targets.get(target, 0) + times
         for parent in _ancestors(target):
-            self.above[parent] = self.above.get(parent, 0) + times
+            self._above[parent] = self._above.get(parent, 0) + times
 
     def remove(self, target: str) -> None:
         self.add(target, -1)
 
+    def count(self, target: str) -> int:
+        """How many nodes name ``target``."""
+        self._read()
+        return self._targets.get(target, 0)
+
     def free(self, path: str, leaving: Iterable[fx.Node] = ()) -> bool:
         """Whether ``path`` can take a new module once the nodes in ``leaving`` are gone."""
+        self._read()
         gone = [str(n.target) for n in leaving if n.op in ("call_module", "get_attr")]
         for target in gone:
             self.remove(target)
         try:
             return (
                 bool(path)
-                and self.targets.get(path, 0) <= 0
-                and self.above.get(path, 0) <= 0
-                and not any(self.targets.get(p, 0) > 0 for p in _ancestors(path))
+                and self._targets.get(path, 0) <= 0
+                and self._above.get(path, 0) <= 0
+                and not any(self._targets.get(p, 0) > 0 for p in _ancestors(path))
             )
         finally:
             for target in gone:

@@ -11,15 +11,19 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from reparam.engine.base import PassContext
 from reparam.engine.capture import trace
 from reparam.engine.core import refuse_nonfinite_weights
 from reparam.engine.graph import (
+    ModuleNames,
     choose_name,
     defer_recompile,
     delete_unused_submodules,
+    install,
     is_free,
     is_stale,
 )
+from reparam.engine.passes import fold_bn as fold_bn_pass
 from reparam.engine.shapes import TensorShape, cheap_shapes, real_shapes
 from reparam.errors import ReparamError
 from reparam.kernel_math import identity_kernel
@@ -157,6 +161,30 @@ def test_free_names_exclude_named_paths_their_parents_and_children():
     assert not is_free(gm, "", set())
     assert choose_name(gm, ["0", "1"], set()) == "1_1"
     assert choose_name(gm, ["", "0.0"], {conv}) == "0.0"
+
+
+def _counts(names: ModuleNames) -> dict[str, int]:
+    names.count("")  # reads the graph if it has not yet
+    return {k: v for k, v in names._targets.items() if v}
+
+
+def test_module_names_kept_by_a_pass_match_the_graph_after_its_rewrites(monkeypatch):
+    """The index fold_bn keeps through install() equals one read from the final graph."""
+    kept: list[ModuleNames] = []
+
+    def spy(gm, name, module, root, args, leaving, names=None):
+        if names is not None and names not in kept:
+            kept.append(names)
+        return install(gm, name, module, root, args, leaving, names)
+
+    monkeypatch.setattr(fold_bn_pass, "install", spy)
+    model = nn.Sequential(
+        *[nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)) for _ in range(4)]
+    )
+    gm, _ = trace(model.eval())
+    fold_bn_pass.FoldBN().run(gm, PassContext(example_inputs=(torch.randn(1, 3, 8, 8),)))
+    assert len(kept) == 1 and _counts(kept[0]) == _counts(ModuleNames(gm))
+    assert len(_counts(ModuleNames(gm))) == 4  # one fused conv per pair, nothing else named
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from reparam.engine.graph import (
     BN,
     CONV,
     CONV_BY_DIM,
+    ModuleNames,
     block_path,
     choose_name,
     is_add,
@@ -510,19 +511,20 @@ class MergeBranches:
         propagate_shapes(gm, ctx.example_inputs)
         fused = []
         gone: set[fx.Node] = set()
+        names = ModuleNames(gm)
         for root in [n for n in gm.graph.nodes if _is_root(n)]:
             terms, adds = _flatten(root)
             if root in gone or any(isinstance(t, fx.Node) and t in gone for t in terms):
                 continue
             where = block_path(root)
             ctx.current_block = ctx.full(where)
-            entry = self._merge_tree(gm, ctx, root, terms, adds, where)
+            entry = self._merge_tree(gm, ctx, root, terms, adds, where, names)
             if entry is not None:
                 fused.append(entry[0])
                 gone |= entry[1]
         return PassResult(gm, bool(fused), fused)
 
-    def _merge_tree(self, gm, ctx, root, terms, adds, where):
+    def _merge_tree(self, gm, ctx, root, terms, adds, where, names):
         branches: list[Branch] = []
         for t in terms:
             if isinstance(t, fx.Node):
@@ -585,12 +587,12 @@ class MergeBranches:
         if chosen is None:
             return None
         try:
-            return self._rewrite(gm, ctx, root, terms, adds, chosen)
+            return self._rewrite(gm, ctx, root, terms, adds, chosen, names)
         except NotRepresentable as exc:
             ctx.leave(where, f"branches {', '.join(b.label for b in chosen.members)} not merged: {exc}")
             return None
 
-    def _rewrite(self, gm, ctx, root, terms, adds, plan: Plan):
+    def _rewrite(self, gm, ctx, root, terms, adds, plan: Plan, taken: ModuleNames):
         members = plan.members
         kernel = bias = None
         for m, off in zip(members, plan.offsets):
@@ -630,7 +632,7 @@ class MergeBranches:
             leaving.update(m.nodes)
         names = [m.module_name for m in members if m.module_name]
         dominant = max((m for m in members if m.kind == "conv"), key=lambda m: math.prod(m.kernel))
-        name = choose_name(gm, [ctx.parent_of_sources(names), dominant.module_name], leaving)
+        name = choose_name(gm, [ctx.parent_of_sources(names), dominant.module_name], leaving, taken)
         if not gm.add_submodule(name, new):
             raise RuntimeError(f"cannot add a module at {name!r}")
         with gm.graph.inserting_before(root):
@@ -640,6 +642,10 @@ class MergeBranches:
                 out = gm.graph.call_function(operator.add, (out, t))
                 out.meta = dict(root.meta)
         erased = replace_with(gm, root, out, leaving)
+        taken.add(name)
+        for node in erased:
+            if node.op in ("call_module", "get_attr"):
+                taken.remove(str(node.target))
         kinds = ", ".join(
             f"{ctx.full(m.module_name) if m.module_name else m.label} "
             f"[{m.kind} {'x'.join(map(str, m.kernel))}]"

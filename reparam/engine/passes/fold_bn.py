@@ -49,7 +49,7 @@ class FoldBN:
         propagate_shapes(gm, ctx.example_inputs)
         fused = []
         gone: set[fx.Node] = set()
-        names: ModuleNames | None = None  # built when the first fold needs a name
+        names = ModuleNames(gm)
         for node, bn, prod, layer in module_chains(gm, BN, _LAYERS, gone):
             where = str(node.target)
             ctx.current_block = ctx.full(block_path(node) or where)
@@ -98,8 +98,7 @@ class FoldBN:
                 continue
             new = shallow_copy(layer)
             new.weight, new.bias = weight_param, bias_param
-            names = names or ModuleNames(gm)
-            calls = names.targets.get(str(prod.target), 0)
+            calls = names.count(str(prod.target))
             leaving = {node, prod}
             name = choose_name(
                 gm, [ctx.parent_of_sources([str(prod.target), where]), str(prod.target)], leaving, names
@@ -135,7 +134,7 @@ class FoldBNBefore:
         propagate_shapes(gm, ctx.example_inputs)
         fused = []
         gone: set[fx.Node] = set()
-        names: ModuleNames | None = None
+        names = ModuleNames(gm)
         for node, layer, src, bn in module_chains(gm, CONV + (nn.Linear,), BN, gone, inner_single_input=True):
             where = str(src.target)
             ctx.current_block = ctx.full(block_path(node) or where)
@@ -158,7 +157,6 @@ class FoldBNBefore:
             new = shallow_copy(layer)
             new.weight, new.bias = weight_param, bias_param
             leaving = {node, src}
-            names = names or ModuleNames(gm)
             name = choose_name(
                 gm, [ctx.parent_of_sources([where, str(node.target)]), str(node.target)], leaving, names
             )
