@@ -21,6 +21,8 @@ from torch.fx.proxy import TracerBase
 from reparam.engine.graph import alias_unsafe_names, eliminate_dead_code, graph_module
 from reparam.engine.inplace import UnsafeMutation, functionalize_inplace
 
+# how many times tracing called each module (by path): what hooks on a real run would count
+MODULE_CALLS = "reparam_module_calls"
 _PLAIN_ARGS = frozenset({fx.Proxy, tuple, list, dict, int, float, bool, str, type(None)})
 
 
@@ -108,7 +110,9 @@ def symbolic_trace(module: nn.Module) -> fx.GraphModule:
         root = copy.copy(root)
         root._buffers = {**root._buffers, **constants}
     # the code is generated once the passes are done with the graph (run_passes)
-    return graph_module(root, graph, type(module).__name__)
+    gm = graph_module(root, graph, type(module).__name__)
+    gm.meta[MODULE_CALLS] = dict(tracer.num_calls)
+    return gm
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ import torch
 from torch import fx, nn
 
 from reparam.engine.base import LeftAlone, Pass, PassContext, select_passes
-from reparam.engine.capture import export_capture, trace
+from reparam.engine.capture import MODULE_CALLS, export_capture, trace
 from reparam.engine.graph import BN, CONV, CONV_T, module_of
 from reparam.engine.inputs import make_inputs
 from reparam.engine.manager import run_passes
@@ -335,7 +335,7 @@ def _run_reference(
     if per_module:
         handles = [m.register_forward_pre_hook(pre_for(p)) for p, m in work.named_modules() if p]
     try:
-        with counting_macs(work) as macs:
+        with torch.no_grad(), counting_macs(work) as macs:
             ref.run = run_with_block_hooks(
                 work, nonleaf, lambda: work(*fresh(inputs)), keep_values=keep_outputs
             )
@@ -563,9 +563,13 @@ def convert(
         # Block outputs are kept up front only when the original is about to be rewritten in place
         # (or converted part by part); otherwise they are recomputed on a failure: cloning them all
         # would cost several times the parameter memory.
-        ref, macs = _run_reference(
-            work, inputs, nonleaf, keep_outputs=inplace or gm is None, per_module=gm is None
-        )
+        keep = inplace or gm is None
+        # torch.fx counted each module's calls while tracing: no block hooks are needed for that
+        traced_calls = gm.meta.get(MODULE_CALLS) if gm is not None and not keep else None
+        hooked = nonleaf if traced_calls is None else []
+        ref, macs = _run_reference(work, inputs, hooked, keep_outputs=keep, per_module=gm is None)
+        if traced_calls is not None:
+            ref.run.calls = {p: traced_calls.get(p, 0) for p in nonleaf}
         report.before = model_stats(work, macs=macs)
     else:
         report.before = model_stats(work)
