@@ -122,6 +122,11 @@ def _referring_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [*find(op="call_module", sort=False), *find(op="get_attr", sort=False)]
 
 
+def _referring_nodes_in(graph: fx.Graph) -> list[fx.Node]:
+    """``call_module`` and ``get_attr`` nodes in graph order (the order the graph module copies them)."""
+    return [n for n in graph.nodes if n.op in ("call_module", "get_attr")]
+
+
 def _ancestors(path: str) -> Iterator[str]:
     """The proper dotted prefixes of ``path`` ("a", "a.b" for "a.b.c")."""
     end = path.find(".")
@@ -324,13 +329,53 @@ def compile_if_stale(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
+def _copy_attributes(root: nn.Module, gm: fx.GraphModule, targets: Iterable[str]) -> None:
+    """Give ``gm`` each attribute of ``root`` at ``targets``, as ``fx.GraphModule(root, ...)`` does.
+
+    Modules on the way are new, empty ``nn.Module``s; what a target names is the root's own object;
+    a target inside a module already given whole is skipped. torch's version looks each level of
+    each path up again on both sides through ``Module.__getattr__``; both sides are remembered here.
+    """
+    made: dict[str, nn.Module] = {}
+    found: dict[str, Any] = {}
+    for target in targets:
+        *prefix, field = target.split(".")
+        path, source, owner = "", root, gm
+        for item in prefix:
+            path = f"{path}.{item}" if path else item
+            if path not in found:
+                found[path] = getattr(source, item)
+            if path not in made:
+                made[path] = owner._modules[item] = nn.Module()
+            if found[path] is made[path]:
+                break  # a module given whole already holds this attribute
+            source, owner = found[path], made[path]
+        else:
+            value = getattr(source, field)
+            if isinstance(value, nn.Parameter):
+                owner._parameters[field] = value
+            elif isinstance(value, torch.Tensor):
+                owner._buffers[field] = value
+            elif isinstance(value, nn.Module):
+                owner._modules[field] = made[target] = value
+            else:
+                setattr(owner, field, value)
+
+
 def graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
     """``fx.GraphModule(root, graph, class_name)`` with its code generated only when first needed."""
     gm = fx.GraphModule.__new__(fx.GraphModule)
     cls = type(gm)  # the instance's own class (GraphModuleImpl)
     cls.recompile = lambda self: None  # the constructor's recompile: deferred below
     try:
-        fx.GraphModule.__init__(gm, root, graph, class_name)
+        fx.GraphModule.__init__(gm, {}, fx.Graph(), class_name)
+        gm.training = root.training
+        _copy_attributes(root, gm, (str(n.target) for n in _referring_nodes_in(graph)))
+        gm.graph = graph
+        # what the constructor keeps of the graph's tracer (for pickling), as it would from ``graph``
+        if graph._tracer_cls and "<locals>" not in graph._tracer_cls.__qualname__:
+            gm._tracer_cls = graph._tracer_cls
+        gm._tracer_extras = graph._tracer_extras or {}
     finally:
         del cls.recompile
     defer_recompile(gm)

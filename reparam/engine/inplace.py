@@ -15,7 +15,7 @@ import operator
 import torch
 from torch import fx, nn
 
-from reparam.engine.graph import defer_recompile, shallow_copy
+from reparam.engine.graph import defer_recompile, fetch, shallow_copy
 
 _INPLACE_OPERATORS = {
     operator.iadd: operator.add,
@@ -71,7 +71,7 @@ def _functional_target(node: fx.Node, gm: fx.GraphModule) -> tuple[str, object] 
             return "function", base
         return None
     if node.op == "call_module":
-        mod = gm.get_submodule(str(node.target))
+        mod = fetch(gm, str(node.target))
         if getattr(mod, "inplace", False) is True:
             return "module", mod
     return None

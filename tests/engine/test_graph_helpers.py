@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from reparam.engine import capture as capture_module
 from reparam.engine.base import PassContext
 from reparam.engine.capture import trace
 from reparam.engine.core import refuse_nonfinite_weights
@@ -19,6 +20,7 @@ from reparam.engine.graph import (
     choose_name,
     defer_recompile,
     delete_unused_submodules,
+    graph_module,
     install,
     is_free,
     is_stale,
@@ -148,6 +150,26 @@ def test_unused_submodules_are_the_ones_torch_deletes():
     before = {n for n, _ in gm.named_modules()}
     delete_unused_submodules(gm)
     assert before - {n for n, _ in gm.named_modules()} == expected
+
+
+def _tree(gm: nn.Module) -> dict:
+    """Module paths (leaf objects by identity, made containers by type), tensors by identity, flags."""
+    modules = {n: id(m) if type(m) is not nn.Module else "made" for n, m in gm.named_modules() if n}
+    tensors = {n: id(t) for n, t in [*gm.named_parameters(), *gm.named_buffers()]}
+    return {"modules": modules, "tensors": tensors, "training": gm.training, "tracer": gm._tracer_cls}
+
+
+@pytest.mark.parametrize("family", ["acb", "repvgg", "functional", "repeated", "inplace_module", "odd_names"])
+def test_graph_module_holds_what_torchs_constructor_gives_it(family):
+    from tests.engine._random_models import generate
+
+    model = generate(0, family).model.eval()
+    model.extra = nn.Sequential(nn.Conv2d(3, 3, 1))  # an attribute the graph does not name stays out
+    tracer = capture_module._Tracer()
+    graph = tracer.trace(model)
+    ours = graph_module(tracer.root, graph, "M")
+    torchs = fx.GraphModule(tracer.root, graph, "M")
+    assert _tree(ours) == _tree(torchs) and "extra" not in dict(ours.named_modules())
 
 
 def test_free_names_exclude_named_paths_their_parents_and_children():
