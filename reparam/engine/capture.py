@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
+from torch.fx.immutable_collections import immutable_dict
 from torch.fx.proxy import TracerBase
 
 from reparam.engine.graph import alias_unsafe_names, eliminate_dead_code, graph_module
@@ -24,6 +25,31 @@ from reparam.engine.inplace import UnsafeMutation, functionalize_inplace
 # how many times tracing called each module (by path): what hooks on a real run would count
 MODULE_CALLS = "reparam_module_calls"
 _PLAIN_ARGS = frozenset({fx.Proxy, tuple, list, dict, int, float, bool, str, type(None)})
+
+
+_GRAPH_INTERNALS = ("_graph_namespace", "_target_to_str", "_insert", "_find_nodes_lookup_table", "_len")
+
+
+def _append_node(
+    graph: fx.Graph, op: str, target: Any, args: tuple, kwargs: dict, name: str | None, type_expr: Any
+) -> fx.Node:
+    """``graph.create_node`` without its scan of every argument for raw symbolic sizes.
+
+    That scan only warns, and symbolic tracing passes no symbolic sizes; it is a sixth of the
+    tracing time of a large model. On a torch whose graph lacks the internals used here, the
+    graph's own method runs instead.
+    """
+    if not all(hasattr(graph, a) for a in _GRAPH_INTERNALS):
+        return graph.create_node(op, target, args, kwargs, name, type_expr)
+    name = graph._graph_namespace.create_name(
+        name if name is not None else graph._target_to_str(target), None
+    )
+    node = fx.Node(graph, name, op, target, args or (), kwargs or immutable_dict(), type_expr)
+    graph._graph_namespace.associate_name_with_obj(name, node)
+    graph._insert(node)
+    graph._find_nodes_lookup_table.insert(node)
+    graph._len += 1
+    return node
 
 
 class _Tracer(fx.Tracer):
@@ -82,7 +108,7 @@ class _Tracer(fx.Tracer):
         an enclosing export trace and stack traces when asked: none of it applies here, and the
         bookkeeping is a fifth of the tracing time on large models.
         """
-        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
+        node = _append_node(self.graph, kind, target, args, kwargs, name, type_expr)
         if self.module_stack:
             node.meta["nn_module_stack"] = self.module_stack.copy()
         return node

@@ -172,6 +172,20 @@ def test_graph_module_holds_what_torchs_constructor_gives_it(family):
     assert _tree(ours) == _tree(torchs) and "extra" not in dict(ours.named_modules())
 
 
+@pytest.mark.parametrize("family", ["acb", "functional", "repeated", "odd_names", "two_outputs"])
+def test_tracer_records_the_graph_torchs_tracer_records(family):
+    from tests.engine._random_models import generate
+
+    model = generate(0, family).model.eval()
+    ours, torchs = capture_module._Tracer().trace(model), fx.Tracer().trace(model)
+    assert str(ours) == str(torchs)
+    assert [n.meta.get("nn_module_stack") for n in ours.nodes] == [
+        n.meta.get("nn_module_stack") for n in torchs.nodes
+    ]
+    for op in ("call_module", "get_attr", "placeholder", "output"):  # fx indexes nodes by op
+        assert ours.find_nodes(op=op) == [n for n in ours.nodes if n.op == op]
+
+
 def test_free_names_exclude_named_paths_their_parents_and_children():
     gm = fx.symbolic_trace(nn.Sequential(nn.Sequential(nn.Conv2d(3, 3, 1)), nn.ReLU()))
     conv = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "0.0")
