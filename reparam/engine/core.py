@@ -168,20 +168,31 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
     return all(bool(torch.stack(torch._foreach_norm(ts, 2)).isfinite().all()) for ts in by_dtype.values())
 
 
+def _weights_and_statistics(model: nn.Module, *, named: bool = False) -> dict[Any, torch.Tensor]:
+    """Floating-point parameters and BatchNorm running statistics, by name (``named``) or by identity.
+
+    Names cost a walk with path strings; the common case (all finite) needs none.
+    """
+    modules = model.named_modules() if named else ((None, m) for m in model.modules())
+    found: dict[Any, torch.Tensor] = {}
+    for name, m in modules:
+        own = list(m._parameters.items())
+        if isinstance(m, BN):
+            own += [(stat, getattr(m, stat, None)) for stat in ("running_mean", "running_var")]
+        for attr, t in own:
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+                found[f"{name}.{attr}" if name else attr if named else id(t)] = t
+    return found
+
+
 def refuse_nonfinite_weights(model: nn.Module) -> None:
     """Raise a ReparamError naming the parameters and BatchNorm statistics that hold NaN or Inf."""
-    tensors = {n: t for n, t in model.named_parameters() if t.is_floating_point() and t.numel()}
-    for name, m in model.named_modules():
-        if isinstance(m, BN):
-            for stat in ("running_mean", "running_var"):
-                t = getattr(m, stat, None)
-                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-                    tensors[f"{name}.{stat}" if name else stat] = t
-    if not tensors or _all_finite([t.detach() for t in tensors.values()]):
+    if _all_finite(list(_weights_and_statistics(model).values())):
         return
+    tensors = _weights_and_statistics(model, named=True)
     with torch.no_grad():
         # one fused reduction over every tensor: NaN and Inf both make the max-norm non-finite
-        peaks = torch._foreach_norm([t.detach() for t in tensors.values()], float("inf"))
+        peaks = torch._foreach_norm(list(tensors.values()), float("inf"))
     bad = [
         f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()})"
         for (name, t), peak in zip(tensors.items(), peaks)
