@@ -113,6 +113,14 @@ class _Tracer(fx.Tracer):
             node.meta["nn_module_stack"] = self.module_stack.copy()
         return node
 
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        """An ``nn.Identity`` call without hooks is its input: it gets no node (it computes nothing,
+        and the passes would only have to route around it)."""
+        hooked = m._forward_hooks or m._forward_pre_hooks
+        if type(m) is nn.Identity and len(args) == 1 and not kwargs and not hooked:
+            return args[0]
+        return super().call_module(m, forward, args, kwargs)
+
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
         if not isinstance(attr_val, torch.Tensor):
             return attr_val

@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from reparam.engine.graph import fetch
-
 _SHAPED_FOR = "reparam_shaped_for"
 _MISSING = object()
 
@@ -176,6 +174,20 @@ _CHEAP = _Calls(_cheap_call_module, _cheap_call_function, _cheap_call_method)
 _REAL = _Calls(_real_call_module, _real_call_function, _real_call_method)
 
 
+def _attributes_of(root: nn.Module) -> Callable[[str], Any]:
+    """Attribute lookup by dotted path that remembers every path on the way (the graph is not
+    changed during a run, and its targets share most of their prefixes)."""
+    known: dict[str, Any] = {"": root}
+
+    def lookup(path: str) -> Any:
+        if path not in known:
+            owner, _, name = path.rpartition(".")
+            known[path] = getattr(lookup(owner), name)
+        return known[path]
+
+    return lookup
+
+
 def _run_graph(gm: fx.GraphModule, inputs: tuple, calls: _Calls) -> dict[fx.Node, TensorShape]:
     """Run the graph on ``inputs``: the shape of every tensor it computes.
 
@@ -195,6 +207,7 @@ def _run_graph(gm: fx.GraphModule, inputs: tuple, calls: _Calls) -> dict[fx.Node
                 dies_after.setdefault(node, []).append(value)
     env: dict[fx.Node, Any] = {}
     shapes: dict[fx.Node, TensorShape] = {}
+    attribute = _attributes_of(gm)
     load = env.__getitem__
     with torch.no_grad():
         for node in nodes:
@@ -214,7 +227,7 @@ def _run_graph(gm: fx.GraphModule, inputs: tuple, calls: _Calls) -> dict[fx.Node
                     shapes[node] = TensorShape(out.shape, out.dtype)
                 return shapes
             elif op == "get_attr":
-                out = fetch(gm, str(target))
+                out = attribute(str(target))
             else:
                 args = fx.node.map_arg(node.args, load)
                 kwargs = fx.node.map_arg(node.kwargs, load)
@@ -223,7 +236,7 @@ def _run_graph(gm: fx.GraphModule, inputs: tuple, calls: _Calls) -> dict[fx.Node
                 elif op == "call_method":
                     out = calls.method(target, args, kwargs)
                 elif op == "call_module":
-                    out = calls.module(fetch(gm, str(target)), args, kwargs)
+                    out = calls.module(attribute(str(target)), args, kwargs)
                 else:
                     raise RuntimeError(f"unknown node op {op!r}")
             if isinstance(out, torch.Tensor):

@@ -186,6 +186,15 @@ def test_tracer_records_the_graph_torchs_tracer_records(family):
         assert ours.find_nodes(op=op) == [n for n in ours.nodes if n.op == op]
 
 
+def test_identity_calls_get_no_node_unless_hooked():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Identity(), nn.ReLU(), nn.Identity()).eval()
+    ops = [n.op for n in capture_module._Tracer().trace(model).nodes]
+    assert ops == ["placeholder", "call_module", "call_module", "output"]
+    model[3].register_forward_hook(lambda *_: None)  # someone watches it: it stays a call
+    targets = [n.target for n in capture_module._Tracer().trace(model).nodes if n.op == "call_module"]
+    assert targets == ["0", "2", "3"]
+
+
 def test_free_names_exclude_named_paths_their_parents_and_children():
     gm = fx.symbolic_trace(nn.Sequential(nn.Sequential(nn.Conv2d(3, 3, 1)), nn.ReLU()))
     conv = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "0.0")
