@@ -7,12 +7,13 @@ call it.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -52,6 +53,30 @@ def _layer_macs(module: nn.Module, inputs: tuple, output) -> int:
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
     return 0
+
+
+def graph_macs(gm: fx.GraphModule) -> int | None:
+    """MACs of the conv, transposed conv and linear calls of a graph whose nodes carry their shapes.
+
+    What :func:`counting_macs` counts on a run of the graph's module, without running it; None
+    when a node it needs has no recorded shape (``node.meta["tensor_meta"]``).
+    """
+    total = 0
+    for node in gm.graph.find_nodes(op="call_module"):
+        module = gm.get_submodule(str(node.target))
+        if not isinstance(module, _CONV + _CONV_T + (nn.Linear,)):
+            continue
+        source = node.args[0] if isinstance(module, _CONV_T) and node.args else node
+        shape = (
+            getattr(source.meta.get("tensor_meta"), "shape", None) if isinstance(source, fx.Node) else None
+        )
+        if shape is None:
+            return None
+        if isinstance(module, nn.Linear):
+            total += math.prod(shape) * module.in_features
+        else:
+            total += math.prod(shape) * module.weight.shape[1:].numel()
+    return total
 
 
 class MacCounter:

@@ -61,10 +61,15 @@ class _Tracer(fx.Tracer):
 
     def _name_of(self, t: torch.Tensor) -> str | None:
         if not hasattr(self, "_tensor_names"):
-            names: dict[int, str] = {}
-            for n, v in [*self.root.named_parameters(), *self.root.named_buffers()]:
-                names.setdefault(id(v), n)
-            self._tensor_names = names
+            parameters: dict[int, str] = {}
+            buffers: dict[int, str] = {}
+            for path, m in self.root.named_modules():  # one walk; a parameter's name wins, as in fx
+                prefix = f"{path}." if path else ""
+                for table, names in ((m._parameters, parameters), (m._buffers, buffers)):
+                    for n, v in table.items():
+                        if v is not None:
+                            names.setdefault(id(v), prefix + n)
+            self._tensor_names = {**buffers, **parameters}
         return self._tensor_names.get(id(t))
 
     def create_arg(self, a: Any) -> Any:

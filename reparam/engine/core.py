@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import warnings
@@ -19,6 +20,7 @@ from reparam.engine.inputs import make_inputs
 from reparam.engine.manager import run_passes
 from reparam.engine.record import FusionEntry, RewriteRecord
 from reparam.engine.report import CheckSummary, ConversionReport
+from reparam.engine.shapes import propagate_shapes
 from reparam.equivalence import (
     BlockRun,
     Boundaries,
@@ -33,7 +35,7 @@ from reparam.equivalence import (
     run_with_block_hooks,
 )
 from reparam.errors import InternalError, MismatchError, ReparamError
-from reparam.profile import counting_macs, model_stats
+from reparam.profile import counting_macs, graph_macs, model_stats
 from reparam.tensors import module_dtype
 
 
@@ -206,9 +208,15 @@ def refuse_nonfinite_weights(model: nn.Module) -> None:
         )
 
 
-def warn_training_batchnorms(model: nn.Module, report: ConversionReport) -> None:
-    """Warn (Python warning and report) that BatchNorms in training mode are converted in eval mode."""
-    names = [n or type(model).__name__ for n, m in model.named_modules() if isinstance(m, BN) and m.training]
+def warn_training_batchnorms(
+    model: nn.Module, report: ConversionReport, modules: list[tuple[str, nn.Module]] | None = None
+) -> None:
+    """Warn (Python warning and report) that BatchNorms in training mode are converted in eval mode.
+
+    ``modules``: ``model.named_modules()`` when the caller has them already.
+    """
+    named = model.named_modules() if modules is None else modules
+    names = [n or type(model).__name__ for n, m in named if isinstance(m, BN) and m.training]
     if not names:
         return
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -260,10 +268,13 @@ def own_copy(deploy: nn.Module, original: nn.Module) -> None:
     memory with the original's (a weight handed on unchanged) are cloned. One memo keeps tensors
     that were shared within the original shared within the copy.
     """
-    modules = {id(m) for m in original.modules()}
-    storages = {
-        t.untyped_storage().data_ptr() for t in [*original.parameters(), *original.buffers()] if t.numel()
-    }
+    modules: set[int] = set()
+    storages: set[int] = set()
+    for m in original.modules():
+        modules.add(id(m))
+        for t in [*m._parameters.values(), *m._buffers.values()]:
+            if t is not None and t.numel():
+                storages.add(t.untyped_storage().data_ptr())
     memo: dict[int, Any] = {}
 
     def copy_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -328,9 +339,15 @@ def _export_graph(
 
 
 def _run_reference(
-    work: nn.Module, inputs: tuple, nonleaf: list[str], *, keep_outputs: bool, per_module: bool
-) -> tuple[_Reference, int]:
-    """Run the original once: its outputs, block outputs (when kept), and its MACs."""
+    work: nn.Module,
+    inputs: tuple,
+    nonleaf: list[str],
+    *,
+    keep_outputs: bool,
+    per_module: bool,
+    count_macs: bool = True,
+) -> tuple[_Reference, int | None]:
+    """Run the original once: its outputs, block outputs (when kept), and its MACs (when counted)."""
     ref = _Reference()
 
     def pre_for(path):
@@ -346,7 +363,7 @@ def _run_reference(
     if per_module:
         handles = [m.register_forward_pre_hook(pre_for(p)) for p, m in work.named_modules() if p]
     try:
-        with torch.no_grad(), counting_macs(work) as macs:
+        with torch.no_grad(), counting_macs(work) if count_macs else contextlib.nullcontext() as macs:
             ref.run = run_with_block_hooks(
                 work, nonleaf, lambda: work(*fresh(inputs)), keep_values=keep_outputs
             )
@@ -361,7 +378,7 @@ def _run_reference(
         for h in handles:
             h.remove()
     ref.module_inputs[""] = inputs
-    return ref, macs.total
+    return ref, macs.total if macs is not None else None
 
 
 def _rewrite(
@@ -435,15 +452,17 @@ def _collect(
 
 def _run_deploy(deploy: nn.Module, inputs: tuple) -> tuple[Any, int]:
     """The deploy model's output and MACs; a failure to run is a bug of the passes."""
+    # every node of a rewritten graph keeps the shape of the value it computes
+    known = graph_macs(deploy) if isinstance(deploy, fx.GraphModule) else None
     try:
-        with torch.no_grad(), counting_macs(deploy) as macs:
+        with torch.no_grad(), counting_macs(deploy) if known is None else contextlib.nullcontext() as macs:
             out = deploy(*fresh(inputs))
     except Exception as exc:
         raise InternalError(
             f"the converted model fails to run ({type(exc).__name__}: {exc}); "
             "convert with the responsible pass skipped (--skip PASS) and report the model"
         ) from exc
-    return out, macs.total
+    return out, known if known is not None else macs.total
 
 
 def _check(
@@ -546,8 +565,9 @@ def convert(
     selected = select_passes(passes, skip)
     refuse_nonfinite_weights(model)
     report = ConversionReport(passes=[p.name for p in selected])
-    report.converted_from_eval_copy = any(m.training for m in model.modules())
-    warn_training_batchnorms(model, report)
+    modules = list(model.named_modules())
+    report.converted_from_eval_copy = any(m.training for _, m in modules)
+    warn_training_batchnorms(model, report, modules)
     # An eval-mode model is captured as it is: the graph shares its layers until the end, when the
     # deploy model gets its own copy of whatever it still shares (cheaper than copying it all first).
     shared = not inplace and not report.converted_from_eval_copy
@@ -561,7 +581,8 @@ def convert(
             "cannot check the conversion: no example inputs and no input shape could be inferred",
             hint="pass example_inputs or input_shape (--input-shape), or disable the check",
         )
-    nonleaf = [n for n, m in work.named_modules() if n and list(m.children())]
+    # the same paths in the deep copy, when one was made
+    nonleaf = [n for n, m in modules if n and any(c is not None for c in m._modules.values())]
     clock.lap("prepare")
     gm, why = trace(work)
     if gm is None:
@@ -578,7 +599,12 @@ def convert(
         # torch.fx counted each module's calls while tracing: no block hooks are needed for that
         traced_calls = gm.meta.get(MODULE_CALLS) if gm is not None and not keep else None
         hooked = nonleaf if traced_calls is None else []
-        ref, macs = _run_reference(work, inputs, hooked, keep_outputs=keep, per_module=gm is None)
+        # a traced graph, once shaped, gives the MACs without hooks on the reference run
+        macs = graph_macs(gm) if traced_calls is not None and propagate_shapes(gm, inputs) else None
+        ref, counted = _run_reference(
+            work, inputs, hooked, keep_outputs=keep, per_module=gm is None, count_macs=macs is None
+        )
+        macs = counted if macs is None else macs
         if traced_calls is not None:
             ref.run.calls = {p: traced_calls.get(p, 0) for p in nonleaf}
         report.before = model_stats(work, macs=macs)

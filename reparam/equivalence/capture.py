@@ -47,7 +47,7 @@ def run_with_block_hooks(
     ``order`` lists the blocks in the order their forward finished (execution order). With
     ``keep_values=False`` only calls and order are recorded.
     """
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules()) if paths else {}
     result = BlockRun()
     handles = []
 

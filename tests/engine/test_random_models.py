@@ -17,6 +17,7 @@ from torch import nn
 from reparam.engine import convert
 from reparam.errors import ReparamError
 from reparam.numerics import fp32_limit, scale_relative_error
+from reparam.profile import count_macs
 from tests.engine._models import assert_untouched, count, fingerprint
 from tests.engine._random_models import FAMILIES, FUSIBLE, generate
 
@@ -52,6 +53,8 @@ def judge(seed: int, family: str | None) -> str:
         finally:
             assert_untouched(g.model, before)
     deploy = result.model
+    assert result.report.before.macs == count_macs(reference_model, (g.x.clone(),))
+    assert result.report.after.macs == count_macs(deploy, (g.x.clone(),))
     ref, got = _run(reference_model, g.x), _run(deploy, g.x)
     assert ref.shape == got.shape
     limit = fp32_limit(_fp32_noise(reference_model, g.x, ref))

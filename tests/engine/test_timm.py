@@ -10,6 +10,7 @@ from torch import nn
 
 from reparam.engine import convert
 from reparam.numerics import randomize_batchnorm, scale_relative_error
+from reparam.profile import count_macs
 from tests.engine._models import assert_untouched, fingerprint
 from tests.engine.test_published_designs import structure
 from tests.timm_support import import_timm
@@ -29,6 +30,8 @@ def test_timm_model_fuses_like_timms_own_reparameterization(name, deploy_convs):
     before = fingerprint(model)
     result = convert(model, x)
     assert_untouched(model, before)
+    assert result.report.before.macs == count_macs(model, (x,))
+    assert result.report.after.macs == count_macs(result.model, (x,))
     assert structure(result.model) == {"convs": deploy_convs, "norms": 0, "param_only": 0}
     theirs = reparameterize_model(copy.deepcopy(model))
     assert sum(isinstance(m, nn.Conv2d) for m in theirs.modules()) == deploy_convs

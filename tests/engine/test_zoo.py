@@ -11,6 +11,7 @@ from torch import fx, nn
 from reparam.engine import convert
 from reparam.equivalence import BoundaryKind
 from reparam.equivalence.capture import graph_node_values
+from reparam.profile import count_macs
 from reparam.zoo import create_model, list_models
 from tests.engine._models import count, error, prepared
 
@@ -38,6 +39,9 @@ def test_zoo_model_converts_exactly(name):
     deploy = result.model
     assert error(model, deploy, x) <= 1e-5
     assert result.report.check.passed and result.report.check.relative_error <= 1e-5
+    # MACs read off the shaped graphs are what hooks on a run of each model count
+    assert result.report.before.macs == count_macs(model, (x,))
+    assert result.report.after.macs == count_macs(deploy, (x,))
     assert count(deploy, BN) == 0, [x.reason for x in result.report.left_alone]
     before, after = count(model, nn.Conv2d), count(deploy, nn.Conv2d)
     if name in REPARAM:
