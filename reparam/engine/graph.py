@@ -84,6 +84,36 @@ def shallow_copy(module: nn.Module) -> nn.Module:
     return new
 
 
+_BLANK_CONVS: dict[type, nn.Module] = {}
+
+
+def blank_conv(
+    kind: type,
+    in_channels: int,
+    out_channels: int,
+    kernel: tuple[int, ...],
+    *,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+) -> nn.Module:
+    """A zero-padded ``kind`` (Conv1d/2d/3d) of this geometry whose weight and bias the caller sets.
+
+    What ``kind(..., device="meta")`` builds, as a copy of one such conv made once per class:
+    the constructor's initialisation of weights about to be replaced costs more than a merge.
+    """
+    if kind not in _BLANK_CONVS:
+        _BLANK_CONVS[kind] = kind(1, 1, 1, bias=True, device="meta")
+    conv = shallow_copy(_BLANK_CONVS[kind])
+    conv.in_channels, conv.out_channels, conv.groups = in_channels, out_channels, groups
+    conv.kernel_size, conv.stride = tuple(kernel), tuple(stride)
+    conv.padding, conv.dilation = tuple(padding), tuple(dilation)
+    conv.output_padding = (0,) * len(kernel)
+    conv._reversed_padding_repeated_twice = tuple(p for p in reversed(conv.padding) for _ in range(2))
+    return conv
+
+
 def shape_of(node: object) -> tuple[int, ...] | None:
     """Static shape recorded by shape propagation, when the node produced a single tensor."""
     if not isinstance(node, fx.Node):
@@ -173,19 +203,19 @@ class ModuleNames:
     def free(self, path: str, leaving: Iterable[fx.Node] = ()) -> bool:
         """Whether ``path`` can take a new module once the nodes in ``leaving`` are gone."""
         self._read()
-        gone = [str(n.target) for n in leaving if n.op in ("call_module", "get_attr")]
-        for target in gone:
-            self.remove(target)
-        try:
-            return (
-                bool(path)
-                and self._targets.get(path, 0) <= 0
-                and self._above.get(path, 0) <= 0
-                and not any(self._targets.get(p, 0) > 0 for p in _ancestors(path))
-            )
-        finally:
-            for target in gone:
-                self.add(target)
+        if not path:
+            return False
+        gone: dict[str, int] = {}
+        for node in leaving:
+            if node.op in ("call_module", "get_attr"):
+                gone[str(node.target)] = gone.get(str(node.target), 0) + 1
+        below = path + "."
+        gone_below = sum(n for t, n in gone.items() if t.startswith(below))
+        return (
+            self._targets.get(path, 0) - gone.get(path, 0) <= 0
+            and self._above.get(path, 0) - gone_below <= 0
+            and not any(self._targets.get(p, 0) - gone.get(p, 0) > 0 for p in _ancestors(path))
+        )
 
 
 def is_free(gm: fx.GraphModule, path: str, leaving: set[fx.Node]) -> bool:

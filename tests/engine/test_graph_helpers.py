@@ -17,6 +17,7 @@ from reparam.engine.capture import trace
 from reparam.engine.core import refuse_nonfinite_weights
 from reparam.engine.graph import (
     ModuleNames,
+    blank_conv,
     choose_name,
     defer_recompile,
     delete_unused_submodules,
@@ -193,6 +194,33 @@ def test_identity_calls_get_no_node_unless_hooked():
     model[3].register_forward_hook(lambda *_: None)  # someone watches it: it stays a call
     targets = [n.target for n in capture_module._Tracer().trace(model).nodes if n.op == "call_module"]
     assert targets == ["0", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "geometry"),
+    [
+        (nn.Conv1d, dict(kernel=(3,), stride=(2,), padding=(1,), dilation=(1,), groups=1)),
+        (nn.Conv2d, dict(kernel=(3, 5), stride=(1, 2), padding=(1, 4), dilation=(1, 2), groups=4)),
+        (
+            nn.Conv3d,
+            dict(kernel=(1, 3, 3), stride=(1, 1, 1), padding=(0, 1, 1), dilation=(1, 1, 1), groups=2),
+        ),
+    ],
+)
+def test_blank_conv_is_the_constructors_conv(kind, geometry):
+    kernel = geometry.pop("kernel")
+    ours = blank_conv(kind, 8, 12, kernel, **geometry)
+    theirs = kind(8, 12, kernel, bias=True, device="meta", **geometry)
+    plain = {k: v for k, v in vars(theirs).items() if not isinstance(v, dict | set)}
+    assert {k: v for k, v in vars(ours).items() if not isinstance(v, dict | set)} == plain
+    assert ours.extra_repr() == theirs.extra_repr()
+    x = torch.randn(1, 8, *[9] * len(kernel))
+    ours.weight = nn.Parameter(torch.randn(theirs.weight.shape))
+    ours.bias = nn.Parameter(torch.randn(12))
+    expected = getattr(F, f"conv{len(kernel)}d")(
+        x, ours.weight, ours.bias, **{k: geometry[k] for k in ("stride", "padding", "dilation", "groups")}
+    )
+    assert torch.equal(ours(x), expected)
 
 
 def test_free_names_exclude_named_paths_their_parents_and_children():

@@ -26,6 +26,7 @@ from reparam.engine.graph import (
     CONV,
     CONV_BY_DIM,
     ModuleNames,
+    blank_conv,
     block_path,
     choose_name,
     is_add,
@@ -603,7 +604,8 @@ class MergeBranches:
             bias = b if bias is None else bias + b
         like = next(m.module.weight for m in members if m.kind == "conv")
         first = members[0]
-        new = CONV_BY_DIM[first.ndim](
+        new = blank_conv(
+            CONV_BY_DIM[first.ndim],
             first.in_ch,
             first.out_ch,
             plan.kernel,
@@ -611,9 +613,6 @@ class MergeBranches:
             padding=plan.padding,
             dilation=plan.dilation,
             groups=plan.groups,
-            bias=True,
-            device="meta",  # no initialisation: weight and bias are set below
-            dtype=like.dtype,
         )
         new.weight = ctx.parameter(kernel, like, "weight")
         new.bias = ctx.parameter(bias, like, "bias")
