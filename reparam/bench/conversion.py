@@ -35,6 +35,7 @@ from reparam.errors import MismatchError, ReparamError
 
 DEFAULT_CONVERSION_MODELS = ("acb_resnet50", "sknet50", "se_resnet50", "scalenet50")
 TIMM_MODELS = ("repvgg_a0", "mobileone_s0")
+TIMM_MIN_ROUNDS = 7  # paired rounds of the timm comparison (each well under a second)
 _KIB = 1024
 
 
@@ -335,6 +336,9 @@ def measure_timm(name: str, input_shape: list[int], seed: int, runs: int = 3) ->
     model = randomize_batchnorm(timm.create_model(name, pretrained=False).eval(), seed)
     example = (torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed)),)
     notes = [f"timm {timm.__version__}, timm.create_model({name!r}) at full width"]
+    # one untimed round first: both sides pay their one-off costs (lazy imports, first kernels) there
+    repeated_convert(model, example, 1)
+    reparameterize_model(copy.deepcopy(model))
     rounds = []
     for _ in range(max(1, runs)):
         result, phases = repeated_convert(model, example, 1)
@@ -349,8 +353,8 @@ def measure_timm(name: str, input_shape: list[int], seed: int, runs: int = 3) ->
         err = scale_relative_error(theirs(*example).numpy(), result.model(*example).numpy())
     notes.append(f"reparam deploy vs timm reparameterized output: scale-relative error {err:.2e}")
     notes.append(
-        "paired rounds: reparam's conversion incl. check, then timm's reparameterize, same process; "
-        "each timed call starts after gc.collect()"
+        f"{len(rounds)} paired rounds after one untimed round of each: reparam's conversion incl. check, "
+        "then timm's reparameterize, same process; each timed call starts after gc.collect()"
     )
     return ConversionCost(
         model=f"timm/{name}",
@@ -481,7 +485,7 @@ def bench_conversion(
                 "input_shape": input_shape,
                 "seed": seed,
                 "threads": threads,
-                "runs": runs,
+                "runs": max(runs, TIMM_MIN_ROUNDS),
             }
             with OtherLoad() as load:
                 payload = run_worker(spec)
