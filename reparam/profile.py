@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -33,12 +34,13 @@ class ModelStats:
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters (shared parameters counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a shared one once
 
 
 def module_counts(model: nn.Module) -> dict[str, int]:
     """Leaf modules by class name."""
-    return dict(Counter(type(m).__name__ for m in model.modules() if not list(m.children())))
+    leaves = (m for m in model.modules() if all(c is None for c in m._modules.values()))
+    return dict(Counter(type(m).__name__ for m in leaves))
 
 
 def _layer_macs(module: nn.Module, inputs: tuple, output) -> int:
@@ -63,7 +65,9 @@ def graph_macs(gm: fx.GraphModule) -> int | None:
     """
     total = 0
     for node in gm.graph.find_nodes(op="call_module"):
-        module = gm.get_submodule(str(node.target))
+        module: Any = gm
+        for part in str(node.target).split("."):
+            module = getattr(module, part)
         if not isinstance(module, _CONV + _CONV_T + (nn.Linear,)):
             continue
         source = node.args[0] if isinstance(module, _CONV_T) and node.args else node

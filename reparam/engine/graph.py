@@ -6,7 +6,7 @@ import copy
 import operator
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,20 @@ def fetch(root: nn.Module, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def attribute_lookup(root: nn.Module) -> Callable[[str], Any]:
+    """:func:`fetch` below ``root`` that remembers every path on the way, for a stretch of work
+    during which no attribute on those paths is replaced (targets share most of their prefixes)."""
+    known: dict[str, Any] = {"": root}
+
+    def lookup(path: str) -> Any:
+        if path not in known:
+            owner, _, name = path.rpartition(".")
+            known[path] = getattr(lookup(owner), name)
+        return known[path]
+
+    return lookup
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:

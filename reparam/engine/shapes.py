@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from reparam.engine.graph import attribute_lookup
+
 _SHAPED_FOR = "reparam_shaped_for"
 _MISSING = object()
 
@@ -174,20 +176,6 @@ _CHEAP = _Calls(_cheap_call_module, _cheap_call_function, _cheap_call_method)
 _REAL = _Calls(_real_call_module, _real_call_function, _real_call_method)
 
 
-def _attributes_of(root: nn.Module) -> Callable[[str], Any]:
-    """Attribute lookup by dotted path that remembers every path on the way (the graph is not
-    changed during a run, and its targets share most of their prefixes)."""
-    known: dict[str, Any] = {"": root}
-
-    def lookup(path: str) -> Any:
-        if path not in known:
-            owner, _, name = path.rpartition(".")
-            known[path] = getattr(lookup(owner), name)
-        return known[path]
-
-    return lookup
-
-
 def _run_graph(gm: fx.GraphModule, inputs: tuple, calls: _Calls) -> dict[fx.Node, TensorShape]:
     """Run the graph on ``inputs``: the shape of every tensor it computes.
 
@@ -207,7 +195,7 @@ def _run_graph(gm: fx.GraphModule, inputs: tuple, calls: _Calls) -> dict[fx.Node
                 dies_after.setdefault(node, []).append(value)
     env: dict[fx.Node, Any] = {}
     shapes: dict[fx.Node, TensorShape] = {}
-    attribute = _attributes_of(gm)
+    attribute = attribute_lookup(gm)  # the graph does not change during the run
     load = env.__getitem__
     with torch.no_grad():
         for node in nodes:

@@ -16,6 +16,7 @@ Every rewrite computes exactly what it replaces (the same arithmetic in the same
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from reparam.engine.base import PassContext, PassResult, register_pass
 from reparam.engine.graph import (
     ALIASES,
     FOLDED_PREFIX,
+    attribute_lookup,
     defer_recompile,
     eliminate_dead_code,
     fetch,
@@ -191,12 +193,12 @@ def _free_name(gm: fx.GraphModule, base: str) -> str:
     return name
 
 
-def _tensor_attr(gm: fx.GraphModule, arg: Any) -> torch.Tensor | None | object:
+def _tensor_attr(attribute: Callable[[str], Any], arg: Any) -> torch.Tensor | None | object:
     """The tensor behind a get_attr argument, None for None, _NOTHING for anything else."""
     if arg is None:
         return None
     if isinstance(arg, fx.Node) and arg.op == "get_attr":
-        t = fetch(gm, str(arg.target))
+        t = attribute(str(arg.target))
         return t if isinstance(t, torch.Tensor) else _NOTHING
     return _NOTHING
 
@@ -241,11 +243,11 @@ def _normalized(node: fx.Node, signature: str) -> dict[str, Any] | None:
     return {**dict(zip(names, node.args)), **node.kwargs}
 
 
-def _lift_conv(gm: fx.GraphModule, node: fx.Node, ndim: int) -> tuple[nn.Module, fx.Node] | None:
+def _lift_conv(attribute: Callable[[str], Any], node: fx.Node, ndim: int) -> tuple[nn.Module, fx.Node] | None:
     kw = _normalized(node, "conv")
     if kw is None or not isinstance(kw.get("input"), fx.Node):
         return None
-    weight, bias = _tensor_attr(gm, kw.get("weight")), _tensor_attr(gm, kw.get("bias"))
+    weight, bias = _tensor_attr(attribute, kw.get("weight")), _tensor_attr(attribute, kw.get("bias"))
     if not isinstance(weight, torch.Tensor) or bias is _NOTHING:
         return None
     groups = int(kw.get("groups", 1))
@@ -283,11 +285,13 @@ def _blank_batch_norm(kind: type, num_features: int, eps: float) -> nn.Module:
     return bn
 
 
-def _lift_batch_norm(gm: fx.GraphModule, node: fx.Node, signature: str) -> tuple[nn.Module, fx.Node] | None:
+def _lift_batch_norm(
+    attribute: Callable[[str], Any], node: fx.Node, signature: str
+) -> tuple[nn.Module, fx.Node] | None:
     kw = _normalized(node, signature)
     if kw is None or kw.get("training") or not isinstance(kw.get("input"), fx.Node):
         return None
-    stats = [_tensor_attr(gm, kw.get(k)) for k in ("running_mean", "running_var", "weight", "bias")]
+    stats = [_tensor_attr(attribute, kw.get(k)) for k in ("running_mean", "running_var", "weight", "bias")]
     if any(s is _NOTHING for s in stats) or stats[0] is None or stats[1] is None:
         return None
     shape = shape_of(kw["input"])
@@ -323,11 +327,11 @@ def _lift_pool(node: fx.Node, ndim: int) -> tuple[nn.Module, fx.Node] | None:
     return pool, kw["input"]
 
 
-def _lift_linear(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node] | None:
+def _lift_linear(attribute: Callable[[str], Any], node: fx.Node) -> tuple[nn.Module, fx.Node] | None:
     kw = _normalized(node, "linear")
     if kw is None or not isinstance(kw.get("input"), fx.Node):
         return None
-    weight, bias = _tensor_attr(gm, kw.get("weight")), _tensor_attr(gm, kw.get("bias"))
+    weight, bias = _tensor_attr(attribute, kw.get("weight")), _tensor_attr(attribute, kw.get("bias"))
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or bias is _NOTHING:
         return None
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
@@ -337,17 +341,17 @@ def _lift_linear(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node]
     return linear, kw["input"]
 
 
-def _lift(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, fx.Node] | None:
+def _lift(attribute: Callable[[str], Any], node: fx.Node) -> tuple[nn.Module, fx.Node] | None:
     if node.op != "call_function":
         return None
     if node.target in _CONV:
-        return _lift_conv(gm, node, _CONV[node.target])
+        return _lift_conv(attribute, node, _CONV[node.target])
     if node.target in _BATCH_NORM:
-        return _lift_batch_norm(gm, node, _BATCH_NORM[node.target])
+        return _lift_batch_norm(attribute, node, _BATCH_NORM[node.target])
     if node.target in _POOL:
         return _lift_pool(node, _POOL[node.target])
     if node.target in _LINEAR:
-        return _lift_linear(gm, node)
+        return _lift_linear(attribute, node)
     return None
 
 
@@ -379,8 +383,9 @@ def _module_path(gm: fx.GraphModule, node: fx.Node, kind: str) -> str:
 def _lift_functional(gm: fx.GraphModule, ctx: PassContext) -> list[str]:
     lifted = []
     aliases: dict[str, str] = getattr(gm, ALIASES, {})
+    attribute = attribute_lookup(gm)  # the paths looked up here stay as they are while lifting
     for node in list(gm.graph.nodes):
-        found = _lift(gm, node)
+        found = _lift(attribute, node)
         if found is None:
             continue
         module, src = found
