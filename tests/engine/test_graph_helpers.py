@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from reparam.engine import capture as capture_module
 from reparam.engine.base import PassContext
 from reparam.engine.capture import trace
 from reparam.engine.core import refuse_nonfinite_weights
@@ -28,6 +27,7 @@ from reparam.engine.graph import (
 )
 from reparam.engine.passes import fold_bn as fold_bn_pass
 from reparam.engine.shapes import TensorShape, cheap_shapes, real_shapes
+from reparam.engine.tracer import Tracer
 from reparam.errors import ReparamError
 from reparam.kernel_math import identity_kernel
 
@@ -166,19 +166,36 @@ def test_graph_module_holds_what_torchs_constructor_gives_it(family):
 
     model = generate(0, family).model.eval()
     model.extra = nn.Sequential(nn.Conv2d(3, 3, 1))  # an attribute the graph does not name stays out
-    tracer = capture_module._Tracer()
+    tracer = Tracer()
     graph = tracer.trace(model)
     ours = graph_module(tracer.root, graph, "M")
     torchs = fx.GraphModule(tracer.root, graph, "M")
     assert _tree(ours) == _tree(torchs) and "extra" not in dict(ours.named_modules())
 
 
-@pytest.mark.parametrize("family", ["acb", "functional", "repeated", "odd_names", "two_outputs"])
+class _TorchFunctions(nn.Module):
+    """Torch functions on proxies: top-level, in lists, as keywords, as methods, nested."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = torch.cat([y, F.relu(y)], dim=1)
+        z = F.interpolate(z, scale_factor=2.0, mode="nearest")
+        z = torch.add(z[:, :4], y.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3), alpha=0.5)
+        torch._assert(z.dim() == 4, "rank")
+        return torch.stack((z.mean((2, 3)), z.amax(dim=(2, 3)) * self.scale)).sum(0)
+
+
+@pytest.mark.parametrize("family", ["acb", "functional", "repeated", "odd_names", "two_outputs", None])
 def test_tracer_records_the_graph_torchs_tracer_records(family):
     from tests.engine._random_models import generate
 
-    model = generate(0, family).model.eval()
-    ours, torchs = capture_module._Tracer().trace(model), fx.Tracer().trace(model)
+    model = (generate(0, family).model if family else _TorchFunctions()).eval()
+    ours, torchs = Tracer().trace(model), fx.Tracer().trace(model)
     assert str(ours) == str(torchs)
     assert [n.meta.get("nn_module_stack") for n in ours.nodes] == [
         n.meta.get("nn_module_stack") for n in torchs.nodes
@@ -189,10 +206,10 @@ def test_tracer_records_the_graph_torchs_tracer_records(family):
 
 def test_identity_calls_get_no_node_unless_hooked():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Identity(), nn.ReLU(), nn.Identity()).eval()
-    ops = [n.op for n in capture_module._Tracer().trace(model).nodes]
+    ops = [n.op for n in Tracer().trace(model).nodes]
     assert ops == ["placeholder", "call_module", "call_module", "output"]
     model[3].register_forward_hook(lambda *_: None)  # someone watches it: it stays a call
-    targets = [n.target for n in capture_module._Tracer().trace(model).nodes if n.op == "call_module"]
+    targets = [n.target for n in Tracer().trace(model).nodes if n.op == "call_module"]
     assert targets == ["0", "2", "3"]
 
 
