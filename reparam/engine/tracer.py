@@ -20,13 +20,31 @@ from torch import fx, nn
 from torch.fx.immutable_collections import immutable_dict
 from torch.fx.proxy import TracerBase
 
-_PLAIN_ARGS = frozenset({fx.Proxy, tuple, list, dict, int, float, bool, str, type(None)})
+_SCALARS = frozenset({int, float, bool, str, type(None)})
 
 
 _HAS_GRAPH_INTERNALS = all(
     hasattr(fx.Graph(), a)
     for a in ("_graph_namespace", "_target_to_str", "_insert", "_find_nodes_lookup_table", "_len")
 )
+
+
+_NAMES: dict[Any, str] = {}
+
+
+def _name_for(graph: fx.Graph, target: Any) -> str:
+    """``graph._target_to_str(target)``, remembered: it depends on the target alone, and its
+    snake-casing (a regular expression) runs for every node otherwise."""
+    try:
+        return _NAMES[target]
+    except (KeyError, TypeError):  # TypeError: an unhashable target
+        name = graph._target_to_str(target)
+    try:
+        if len(_NAMES) < 100_000:
+            _NAMES[target] = name
+    except TypeError:
+        pass
+    return name
 
 
 def _append_node(
@@ -41,7 +59,7 @@ def _append_node(
     if not _HAS_GRAPH_INTERNALS:
         return graph.create_node(op, target, args, kwargs, name, type_expr)
     name = graph._graph_namespace.create_name(
-        name if name is not None else graph._target_to_str(target), None
+        name if name is not None else _name_for(graph, target), None
     )
     node = fx.Node(graph, name, op, target, args or (), kwargs or immutable_dict(), type_expr)
     graph._graph_namespace.associate_name_with_obj(name, node)
@@ -80,7 +98,7 @@ class _Proxy(fx.Proxy):
             return super().__torch_function__(orig_method, types, args, kwargs)
         if torch.overrides.is_tensor_method_or_property(orig_method):
             return tracer.create_proxy("call_method", orig_method.__name__, args, kwargs)
-        name = tracer.graph._target_to_str(orig_method.__name__)
+        name = _name_for(tracer.graph, orig_method.__name__)
         return tracer.create_proxy("call_function", orig_method, args, kwargs, name=name)
 
 
@@ -105,9 +123,22 @@ class Tracer(fx.Tracer):
         return self._tensor_names.get(id(t))
 
     def create_arg(self, a: Any) -> Any:
-        if type(a) in _PLAIN_ARGS:
-            # what fx's Tracer.create_arg hands on to TracerBase anyway, after a registry lookup
-            # (opaque types, proxyable classes) that no value of these exact types is in
+        """What fx's ``create_arg`` gives, by the shortest route for the common kinds of argument.
+
+        Scalars, proxies, tuples and lists take TracerBase's own path (fx first asks registries of
+        opaque and proxyable types that no value of these exact types is in); a tensor is the
+        parameter or buffer it is, found in a table.
+        """
+        kind = type(a)
+        if kind in _SCALARS:
+            return a
+        if isinstance(a, fx.Proxy):
+            return a.node
+        if kind is tuple:
+            return tuple([self.create_arg(e) for e in a])
+        if kind is list:
+            return [self.create_arg(e) for e in a]
+        if kind is dict:
             return TracerBase.create_arg(self, a)
         if isinstance(a, torch.Tensor):
             name = self._name_of(a) or self.tensor_attrs.get(a) or self._constant_name(a)
