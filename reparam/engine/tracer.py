@@ -58,9 +58,7 @@ def _append_node(
     """
     if not _HAS_GRAPH_INTERNALS:
         return graph.create_node(op, target, args, kwargs, name, type_expr)
-    name = graph._graph_namespace.create_name(
-        name if name is not None else _name_for(graph, target), None
-    )
+    name = graph._graph_namespace.create_name(name if name is not None else _name_for(graph, target), None)
     node = fx.Node(graph, name, op, target, args or (), kwargs or immutable_dict(), type_expr)
     graph._graph_namespace.associate_name_with_obj(name, node)
     graph._insert(node)

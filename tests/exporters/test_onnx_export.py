@@ -186,3 +186,32 @@ def test_a_value_ending_a_stage_and_its_last_block_maps_both(tmp_path):
         ref = train.layer1(train.stem(t))
     for path in ("layer1", "layer1.1"):
         assert scale_relative_error(ref.numpy(), values[path]) <= 1e-5
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_onnxsim_is_checked_exactly_when_it_changed_the_graph(dynamo, tmp_path, monkeypatch):
+    """The legacy exporter leaves work for onnxsim (its result is run against the original on random
+    inputs); after the dynamo exporter's optimizer onnxsim changes nothing, and nothing needs a run."""
+    import onnxsim
+
+    from reparam.exporters.onnx.export import same_computation
+
+    checked = []
+    real = onnxsim.model_checking.compare
+
+    def counting(model_opt, model_ori, n_times=5, *args, **kwargs):
+        if n_times:  # onnxsim.simplify itself calls it with 0 runs, to check the graph only
+            checked.append(n_times)
+        return real(model_opt, model_ori, n_times, *args, **kwargs)
+
+    monkeypatch.setattr(onnxsim.model_checking, "compare", counting)
+    example = torch.randn(1, 3, 16, 16)
+    result = export_onnx(convert(tiny_net(), (example,)), (example,), tmp_path / "m.onnx", dynamo=dynamo)
+    assert result.simplified and bool(checked) == (not dynamo)
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert same_computation(model, model)
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    conv = next(n for n in changed.graph.node if n.op_type == "Conv")
+    conv.input[0], conv.input[1] = conv.input[1], conv.input[0]
+    assert not same_computation(changed, model)
