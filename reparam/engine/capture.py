@@ -17,7 +17,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from reparam.engine.graph import alias_unsafe_names, eliminate_dead_code, graph_module
+from reparam.engine.graph import alias_unsafe_names
+from reparam.engine.graphmodule import eliminate_dead_code, graph_module
 from reparam.engine.inplace import UnsafeMutation, functionalize_inplace
 from reparam.engine.tracer import Tracer
 

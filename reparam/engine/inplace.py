@@ -15,7 +15,8 @@ import operator
 import torch
 from torch import fx, nn
 
-from reparam.engine.graph import defer_recompile, fetch, shallow_copy
+from reparam.engine.graph import fetch, shallow_copy
+from reparam.engine.graphmodule import defer_recompile
 
 _INPLACE_OPERATORS = {
     operator.iadd: operator.add,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import fx
 
 from reparam.engine.base import Pass, PassContext, PassError
-from reparam.engine.graph import cleanup, compile_if_stale
+from reparam.engine.graphmodule import cleanup, compile_if_stale
 from reparam.errors import ReparamError
 
 MAX_ITERATIONS = 10

@@ -13,18 +13,9 @@ from torch import fx, nn
 
 from reparam.engine.base import PassContext
 from reparam.engine.capture import trace
-from reparam.engine.core import refuse_nonfinite_weights
-from reparam.engine.graph import (
-    ModuleNames,
-    blank_conv,
-    choose_name,
-    defer_recompile,
-    delete_unused_submodules,
-    graph_module,
-    install,
-    is_free,
-    is_stale,
-)
+from reparam.engine.graph import ModuleNames, blank_conv, choose_name, install, is_free
+from reparam.engine.graphmodule import defer_recompile, delete_unused_submodules, graph_module, is_stale
+from reparam.engine.model_state import refuse_nonfinite_weights
 from reparam.engine.passes import fold_bn as fold_bn_pass
 from reparam.engine.shapes import TensorShape, cheap_shapes, real_shapes
 from reparam.engine.tracer import Tracer

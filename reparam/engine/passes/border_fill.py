@@ -14,7 +14,8 @@ import torch
 from torch import fx
 
 from reparam.engine.base import PassContext, PassResult, register_pass
-from reparam.engine.graph import BN, CONV, block_path, cleanup, fetch, module_of, shape_of
+from reparam.engine.graph import BN, CONV, block_path, fetch, module_of, shape_of
+from reparam.engine.graphmodule import cleanup
 from reparam.engine.passes.branches import _PAD_FUNCTIONS, _zero_pad
 from reparam.engine.shapes import propagate_shapes
 from reparam.kernel_math import bn_scale_shift

@@ -24,16 +24,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from reparam.engine.base import PassContext, PassResult, register_pass
-from reparam.engine.graph import (
-    ALIASES,
-    FOLDED_PREFIX,
-    attribute_lookup,
-    defer_recompile,
-    eliminate_dead_code,
-    fetch,
-    shallow_copy,
-    shape_of,
-)
+from reparam.engine.graph import ALIASES, attribute_lookup, fetch, shallow_copy, shape_of
+from reparam.engine.graphmodule import FOLDED_PREFIX, defer_recompile, eliminate_dead_code
 from reparam.engine.shapes import propagate_shapes
 
 _RANDOM = {
