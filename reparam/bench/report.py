@@ -86,15 +86,18 @@ def conversion_targets(cost: ConversionCost) -> list[Target]:
                 f"time<={CONVERSION_MAX_S:g}s",
             )
         )
-    out.append(
-        Target(
-            f"peak memory / parameter bytes {cost.model}",
-            cost.peak_over_params,
-            PEAK_OVER_PARAMS_MAX,
-            "x",
-            f"mem<={PEAK_OVER_PARAMS_MAX:g}x",
+    if cost.source != "timm":
+        # judged on the zoo's ResNet-50-sized models; timm's small ones hold more activation memory
+        # at 224x224 than parameter bytes, so their ratio says little about the conversion itself
+        out.append(
+            Target(
+                f"peak memory / parameter bytes {cost.model}",
+                cost.peak_over_params,
+                PEAK_OVER_PARAMS_MAX,
+                "x",
+                f"mem<={PEAK_OVER_PARAMS_MAX:g}x",
+            )
         )
-    )
     if cost.paired_ratios:
         out.append(
             Target(
@@ -297,7 +300,8 @@ def render_markdown(results: BenchResults) -> str:
             f"{results.settings.get('conversion_runs', 1)} time(s) there: times are those of the median run "
             "and, in brackets, of the first (cold) run, as a one-off `reparam convert` sees it; the time target "
             "is judged on the cold run; every run's total is in the JSON. Memory: the highest run. timm rows: "
-            "one untimed round of each side first (its memory is the row's), then paired rounds (times: their "
+            "one untimed round of each side first (its memory is the row's: shown, not judged, as these small "
+            "models' activations at 224x224 exceed their parameter bytes), then paired rounds (times: their "
             "median; in brackets, the first of them). trace = the engine's `torch.fx` capture, passes = "
             "`run_passes`, check = the rest of `convert` (reference run, shape run, deploy run, comparison, "
             "model statistics, copying what the deploy model shares with the original). Peak = resident "
