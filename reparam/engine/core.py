@@ -272,6 +272,27 @@ def _run_reference(
     return ref, macs.total if macs is not None else None
 
 
+def _reference_stage(
+    gm: fx.GraphModule | None, work: nn.Module, inputs: tuple, nonleaf: list[str], inplace: bool
+) -> tuple[_Reference, int | None]:
+    """The original's run (and, for a traced graph, its shapes): the reference, and the original's MACs."""
+    # Block outputs are kept up front only when the original is about to be rewritten in place (or
+    # converted part by part); otherwise they are recomputed on a failure: cloning them all would
+    # cost several times the parameter memory.
+    keep = inplace or gm is None
+    # torch.fx counted each module's calls while tracing: no block hooks are needed for that
+    traced_calls = gm.meta.get(MODULE_CALLS) if gm is not None and not keep else None
+    hooked = nonleaf if traced_calls is None else []
+    # a traced graph, once shaped, gives the MACs without hooks on the reference run
+    macs = graph_macs(gm) if traced_calls is not None and propagate_shapes(gm, inputs) else None
+    ref, counted = _run_reference(
+        work, inputs, hooked, keep_outputs=keep, per_module=gm is None, count_macs=macs is None
+    )
+    if traced_calls is not None:
+        ref.run.calls = {p: traced_calls.get(p, 0) for p in nonleaf}
+    return ref, counted if macs is None else macs
+
+
 def _rewrite(
     gm: fx.GraphModule | None,
     work: nn.Module,
@@ -462,8 +483,7 @@ def convert(
     # An eval-mode model is captured as it is: the graph shares its layers until the end, when the
     # deploy model gets its own copy of whatever it still shares (cheaper than copying it all first).
     shared = not inplace and not report.converted_from_eval_copy
-    work = model if inplace or shared else copy.deepcopy(model).eval()
-    work.eval()
+    work = model if shared else model.eval() if inplace else copy.deepcopy(model).eval()
     inputs, note = make_inputs(work, example_inputs, input_shape, max_bytes=max_bytes)
     if note:
         report.notes.append(note)
@@ -483,21 +503,7 @@ def convert(
     clock.lap("capture")
     ref = _Reference()
     if inputs is not None:
-        # Block outputs are kept up front only when the original is about to be rewritten in place
-        # (or converted part by part); otherwise they are recomputed on a failure: cloning them all
-        # would cost several times the parameter memory.
-        keep = inplace or gm is None
-        # torch.fx counted each module's calls while tracing: no block hooks are needed for that
-        traced_calls = gm.meta.get(MODULE_CALLS) if gm is not None and not keep else None
-        hooked = nonleaf if traced_calls is None else []
-        # a traced graph, once shaped, gives the MACs without hooks on the reference run
-        macs = graph_macs(gm) if traced_calls is not None and propagate_shapes(gm, inputs) else None
-        ref, counted = _run_reference(
-            work, inputs, hooked, keep_outputs=keep, per_module=gm is None, count_macs=macs is None
-        )
-        macs = counted if macs is None else macs
-        if traced_calls is not None:
-            ref.run.calls = {p: traced_calls.get(p, 0) for p in nonleaf}
+        ref, macs = _reference_stage(gm, work, inputs, nonleaf, inplace)
         report.before = model_stats(work, macs=macs)
     else:
         report.before = model_stats(work)
@@ -506,7 +512,7 @@ def convert(
     noise_before = fp32_noise(work, fresh(inputs), ref.run.output) if inplace and check and fp32 else None
     clock.lap("reference")
     if gm is not None:
-        work = None  # the graph holds the only references: each replaced layer is freed once fused
+        work = None  # of a copy, the graph holds the only references: a replaced layer is freed once fused
     deploy, record, converter = _rewrite(gm, work, selected, inputs, ref, nonleaf, why, report)
     _collect(report, record, converter, deploy)
     if shared:

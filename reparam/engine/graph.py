@@ -223,15 +223,6 @@ class ModuleNames:
         )
 
 
-def is_free(gm: fx.GraphModule, path: str, leaving: set[fx.Node]) -> bool:
-    """Whether ``path`` can take a new module once the nodes in ``leaving`` are gone.
-
-    Free means: no other node refers to the path or below it, and no leaf that a node still calls
-    sits on the path's ancestors.
-    """
-    return ModuleNames(gm).free(path, leaving)
-
-
 def choose_name(
     gm: fx.GraphModule, candidates: Sequence[str], leaving: set[fx.Node], names: ModuleNames | None = None
 ) -> str:

@@ -86,6 +86,9 @@ _SHAPE_ONLY_METHODS = {
 }  # fmt: skip
 
 
+_KNOWN_METHODS = _SAME_SHAPE_METHODS | _SHAPE_ONLY_METHODS
+
+
 def _conv_shape(conv: nn.Module, shape: torch.Size, dims: int) -> tuple[int, ...]:
     """Output shape of ``conv`` on an input of ``shape`` (batched or not), by torch's formula."""
     if len(shape) not in (dims + 1, dims + 2) or shape[-dims - 1] != conv.in_channels:
@@ -123,7 +126,7 @@ def _shape_only(gm: fx.GraphModule) -> bool:
             known = node.target in _SAME_SHAPE_FUNCTIONS or node.target in _SHAPE_ONLY_FUNCTIONS
             if not known and (node.target is not operator.getitem or _tensor_index(node)):
                 return False
-        elif node.op == "call_method" and node.target not in _SAME_SHAPE_METHODS | _SHAPE_ONLY_METHODS:
+        elif node.op == "call_method" and node.target not in _KNOWN_METHODS:
             return False
     return True
 

@@ -13,7 +13,7 @@ from torch import fx, nn
 
 from reparam.engine.base import PassContext
 from reparam.engine.capture import trace
-from reparam.engine.graph import ModuleNames, blank_conv, choose_name, install, is_free
+from reparam.engine.graph import ModuleNames, blank_conv, choose_name, install
 from reparam.engine.graphmodule import defer_recompile, delete_unused_submodules, graph_module, is_stale
 from reparam.engine.model_state import refuse_nonfinite_weights
 from reparam.engine.passes import fold_bn as fold_bn_pass
@@ -229,6 +229,10 @@ def test_blank_conv_is_the_constructors_conv(kind, geometry):
         x, ours.weight, ours.bias, **{k: geometry[k] for k in ("stride", "padding", "dilation", "groups")}
     )
     assert torch.equal(ours(x), expected)
+
+
+def is_free(gm: fx.GraphModule, path: str, leaving: set) -> bool:
+    return ModuleNames(gm).free(path, leaving)
 
 
 def test_free_names_exclude_named_paths_their_parents_and_children():
