@@ -54,6 +54,11 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+def fresh(inputs: tuple) -> tuple:
+    """Copies of example inputs: a model that writes into its input must not change them."""
+    return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in inputs)
+
+
 def as_args(example_inputs: Any) -> tuple:
     """Example inputs as a tuple of positional arguments (a tensor, or a tuple/list of them)."""
     from reparam.errors import ReparamError

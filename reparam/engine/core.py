@@ -36,7 +36,7 @@ from reparam.equivalence import (
 )
 from reparam.errors import InternalError, MismatchError, ReparamError
 from reparam.profile import counting_macs, graph_macs, model_stats
-from reparam.tensors import module_dtype
+from reparam.tensors import fresh, module_dtype
 
 
 @dataclass
@@ -46,11 +46,6 @@ class ConversionResult:
     model: nn.Module
     report: ConversionReport
     record: RewriteRecord
-
-
-def fresh(inputs: tuple) -> tuple:
-    """Copies of the example inputs: a model that writes into its input must not change them."""
-    return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
 def _leaf_param_modules(module: nn.Module, prefix: str) -> dict[str, nn.Module]:

@@ -14,7 +14,6 @@ their kernels are Python.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from reparam.engine.graph import attribute_lookup
+from reparam.tensors import fresh
 
 _SHAPED_FOR = "reparam_shaped_for"
 _MISSING = object()
@@ -157,29 +157,7 @@ def _cheap_call_method(name: str, args: tuple, kwargs: dict) -> Any:
     return getattr(args[0], name)(*args[1:], **kwargs)
 
 
-def _real_call_module(module: nn.Module, args: tuple, kwargs: dict) -> Any:
-    return module(*args, **kwargs)
-
-
-def _real_call_function(target: Any, args: tuple, kwargs: dict) -> Any:
-    return target(*args, **kwargs)
-
-
-def _real_call_method(name: str, args: tuple, kwargs: dict) -> Any:
-    return getattr(args[0], name)(*args[1:], **kwargs)
-
-
-class _Calls(NamedTuple):
-    module: Callable[[nn.Module, tuple, dict], Any]
-    function: Callable[[Any, tuple, dict], Any]
-    method: Callable[[str, tuple, dict], Any]
-
-
-_CHEAP = _Calls(_cheap_call_module, _cheap_call_function, _cheap_call_method)
-_REAL = _Calls(_real_call_module, _real_call_function, _real_call_method)
-
-
-def _run_graph(gm: fx.GraphModule, inputs: tuple, calls: _Calls) -> dict[fx.Node, TensorShape]:
+def _run_graph(gm: fx.GraphModule, inputs: tuple, *, cheap: bool) -> dict[fx.Node, TensorShape]:
     """Run the graph on ``inputs``: the shape of every tensor it computes.
 
     What ``fx.Interpreter`` does (placeholders, attributes, calls; each value dropped after its
@@ -223,11 +201,16 @@ def _run_graph(gm: fx.GraphModule, inputs: tuple, calls: _Calls) -> dict[fx.Node
                 args = fx.node.map_arg(node.args, load)
                 kwargs = fx.node.map_arg(node.kwargs, load)
                 if op == "call_function":
-                    out = calls.function(target, args, kwargs)
+                    out = _cheap_call_function(target, args, kwargs) if cheap else target(*args, **kwargs)
                 elif op == "call_method":
-                    out = calls.method(target, args, kwargs)
+                    out = (
+                        _cheap_call_method(target, args, kwargs)
+                        if cheap
+                        else getattr(args[0], target)(*args[1:], **kwargs)
+                    )
                 elif op == "call_module":
-                    out = calls.module(attribute(str(target)), args, kwargs)
+                    module = attribute(str(target))
+                    out = _cheap_call_module(module, args, kwargs) if cheap else module(*args, **kwargs)
                 else:
                     raise RuntimeError(f"unknown node op {op!r}")
             if isinstance(out, torch.Tensor):
@@ -242,14 +225,12 @@ def cheap_shapes(gm: fx.GraphModule, example_inputs: tuple) -> dict[fx.Node, Ten
     """Shapes from a run without the costly arithmetic; raises unless every operation is shape-only."""
     if not _shape_only(gm):
         raise NeedsRealRun("an operation whose output shape may depend on values")
-    copies = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
-    return _run_graph(gm, copies, _CHEAP)
+    return _run_graph(gm, fresh(example_inputs), cheap=True)
 
 
 def real_shapes(gm: fx.GraphModule, example_inputs: tuple) -> dict[fx.Node, TensorShape]:
     """Shapes from a real run on copies of the inputs."""
-    copies = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
-    return _run_graph(gm, copies, _REAL)
+    return _run_graph(gm, fresh(example_inputs), cheap=False)
 
 
 def record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:

@@ -52,8 +52,8 @@ def _append_node(
 ) -> fx.Node:
     """``graph.create_node`` without its scan of every argument for raw symbolic sizes.
 
-    That scan only warns, and symbolic tracing passes no symbolic sizes; it is a sixth of the
-    tracing time of a large model. On a torch whose graph lacks the internals used here, the
+    That scan only warns, and symbolic tracing passes no symbolic sizes; on large models it is a
+    large part of the tracing time. On a torch whose graph lacks the internals used here, the
     graph's own method runs instead.
     """
     if not _HAS_GRAPH_INTERNALS:
@@ -172,7 +172,7 @@ class Tracer(fx.Tracer):
 
         It also fills a per-node scope table (read by quantization tooling), copies metadata of
         an enclosing export trace and stack traces when asked: none of it applies here, and the
-        bookkeeping is a fifth of the tracing time on large models.
+        bookkeeping costs a large part of the tracing time on large models.
         """
         node = _append_node(self.graph, kind, target, args, kwargs, name, type_expr)
         if self.module_stack:
