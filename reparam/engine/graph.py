@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import keyword
 import operator
 import re
 import unicodedata
@@ -312,15 +313,17 @@ ALIASES = "reparam_aliases"
 
 
 def _safe(part: str) -> bool:
-    # fx writes other odd names (Sequential's "0") as getattr calls; only NFKC changes break its code
-    return unicodedata.normalize("NFKC", part) == part
+    # fx writes names that are not identifiers (Sequential's "0") as getattr calls; it writes a
+    # keyword (``self.heads.class``) and a name Python changes by NFKC as attribute syntax
+    return unicodedata.normalize("NFKC", part) == part and not keyword.iskeyword(part)
 
 
 def alias_unsafe_names(gm: fx.GraphModule) -> dict[str, str]:
-    """Re-register modules/attributes whose path Python would normalize (``µ`` → ``μ``) under safe names.
+    """Re-register modules/attributes whose path fx cannot write as code (``µ`` → ``μ``, ``class``) under safe names.
 
-    fx generates ``self.<path>`` code, and Python applies NFKC to identifiers, so a module named
-    ``µ_k`` would be looked up as ``μ_k`` and not found. Returns (and keeps on the graph module) a map
+    fx generates ``self.<path>`` code for every identifier: Python applies NFKC to identifiers, so
+    a module named ``µ_k`` would be looked up as ``μ_k`` and not found, and ``self.heads.class`` is
+    a syntax error. Returns (and keeps on the graph module) a map
     alias -> original path, so reports keep naming the original module.
     """
     aliases: dict[str, str] = {}

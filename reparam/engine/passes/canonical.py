@@ -227,12 +227,35 @@ _SIGNATURES = {
 }
 
 
+_TENSOR_ARGUMENTS = frozenset({"input", "weight", "bias", "running_mean", "running_var"})
+
+
+def _holds_node(value: Any) -> bool:
+    """Whether a graph value is anywhere inside ``value`` (a size read in ``forward``, in a tuple or not)."""
+    found = False
+
+    def visit(v: Any) -> Any:
+        nonlocal found
+        found = found or isinstance(v, fx.Node)
+        return v
+
+    fx.node.map_aggregate(value, visit)
+    return found
+
+
 def _normalized(node: fx.Node, signature: str) -> dict[str, Any] | None:
-    """Arguments by name for the few functional signatures lifted here (None if they do not fit)."""
+    """Arguments by name for the few functional signatures lifted here (None if they do not fit).
+
+    A module's settings are constants: a call whose non-tensor argument is computed in the graph
+    (``kernel_size=x.size(3)``, a stride in a tuple) stays the functional call it is.
+    """
     names = _SIGNATURES[signature]
     if len(node.args) > len(names) or set(node.kwargs) - set(names):
         return None
-    return {**dict(zip(names, node.args)), **node.kwargs}
+    kw = {**dict(zip(names, node.args)), **node.kwargs}
+    if any(_holds_node(v) for k, v in kw.items() if k not in _TENSOR_ARGUMENTS):
+        return None
+    return kw
 
 
 def _lift_conv(attribute: Callable[[str], Any], node: fx.Node, ndim: int) -> tuple[nn.Module, fx.Node] | None:
