@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from reparam.dynamic_shapes import FixedAxis, export_with_free_axes, fixed_note, fixed_reason
 from reparam.engine.record import RewriteRecord
 from reparam.errors import ReparamError
 from reparam.io import FileTransaction, atomic_files, check_input_file
-from reparam.tensors import as_args, batch_of_two
+from reparam.tensors import as_args
 
 if TYPE_CHECKING:
     from reparam.engine.core import ConversionResult
@@ -39,26 +40,34 @@ def report_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".report.json")
 
 
-def export_program(model: nn.Module, example_inputs: Any) -> tuple[torch.export.ExportedProgram, bool]:
-    """``torch.export`` the model with a dynamic batch dim when possible; returns (program, dynamic)."""
+@dataclass
+class ExportedDeploy:
+    """The deploy model as a torch.export program, and the input axes it holds at one size."""
+
+    program: torch.export.ExportedProgram
+    fixed: list[FixedAxis]
+    static_reason: str = ""
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return not any(f.axis == 0 for f in self.fixed)
+
+
+def export_program(model: nn.Module, example_inputs: Any) -> ExportedDeploy:
+    """``torch.export`` the model with batch and spatial axes free wherever the model allows."""
     args = as_args(example_inputs)
     model = model.eval()
-    tensors = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0]
-    if tensors:
-        batch = torch.export.Dim("batch", min=1, max=1 << 16)
-        spec = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
-        try:
-            return torch.export.export(model, batch_of_two(args), dynamic_shapes=spec), True
-        except Exception:  # e.g. a reshape that bakes the batch size in: fall back to static shapes
-            pass
     try:
-        return torch.export.export(model, args), False
+        program, _, fixed, static_reason = export_with_free_axes(
+            lambda example, shapes: torch.export.export(model, example, dynamic_shapes=shapes), args
+        )
     except Exception as exc:
         raise ReparamError(
             f"torch.export could not capture the deploy model: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}",
             hint="the model's forward must be exportable (no data-dependent Python control flow)",
         ) from exc
+    return ExportedDeploy(program, fixed, static_reason)
 
 
 @dataclass
@@ -78,7 +87,8 @@ def serialize_artifact(
     record: RewriteRecord | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, Any] | None]:
-    """The ``.pt2`` bytes of ``model`` and the report as a dict (see `save_artifact`)."""
+    """The ``.pt2`` bytes of ``model`` and the report as a dict (see `save_artifact`), which also
+    names the input axes the artifact holds at one size (``fixed_axes``)."""
     from reparam import __version__
     from reparam.engine.core import ConversionResult
 
@@ -87,17 +97,27 @@ def serialize_artifact(
         record = model.record if record is None else record
         model = model.model
 
-    program, dynamic = export_program(model, example_inputs)
+    exported = export_program(model, example_inputs)
     report_dict = report.to_dict() if hasattr(report, "to_dict") else report
+    if isinstance(report_dict, dict) and exported.fixed:
+        # the deploy program's own capture can hold more axes than the conversion's did
+        note = fixed_note(exported.fixed, exported.static_reason).replace("deploy model", "deploy artifact")
+        report_dict = {
+            **report_dict,
+            "fixed_axes": [f.to_dict() for f in exported.fixed],
+            "notes": [*report_dict.get("notes", []), note],
+        }
     embedded = {
         "reparam_version": __version__,
-        "dynamic_batch": dynamic,
+        "dynamic_batch": exported.dynamic_batch,
+        "fixed_axes": [f.to_dict() for f in exported.fixed],
+        "fixed_axes_reason": fixed_reason(exported.static_reason) if exported.fixed else "",
         "metadata": dict(metadata or {}),
         "report": report_dict,
         "record": record.to_dict() if record is not None else None,
     }
     buf = io.BytesIO()
-    torch.export.save(program, buf, extra_files={METADATA_FILE: json.dumps(embedded, default=str)})
+    torch.export.save(exported.program, buf, extra_files={METADATA_FILE: json.dumps(embedded, default=str)})
     return buf.getvalue(), report_dict
 
 
@@ -136,8 +156,10 @@ def save_artifact(
     ``model`` is a module or the result of ``reparam.convert`` (which brings its report and record).
     ``report`` is a ConversionReport (or anything with ``to_dict()``, or a dict); ``record`` the
     rewrite record, whose block boundaries let a divergence in the artifact be localized. The
-    program embeds ``{"metadata", "report", "record", "dynamic_batch"}`` as ``reparam.json``. Both
-    files are published together.
+    program embeds ``{"metadata", "report", "record", "dynamic_batch", "fixed_axes",
+    "fixed_axes_reason"}`` as ``reparam.json``: batch and spatial axes stay free wherever the model
+    allows, and the axes it holds at one size are named with the reason. Both files are published
+    together.
     """
     with atomic_files() as tx:
         return stage_artifact(

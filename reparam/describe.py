@@ -31,6 +31,11 @@ class Description:
     input_names: list[str] = field(default_factory=lambda: ["input"])
     input_shape: list[int | str] | None = None  # symbolic dims as names, e.g. ["batch", 3, 32, 32]
     precision: str | None = None
+    # the example shape the artifact was made with (a .pt2 records it next to its free axes)
+    recorded_shape: list[int] | None = None
+    # axes held at one size, and why (a .pt2 made by this version records them)
+    fixed_axes: list[dict[str, Any]] = field(default_factory=list)
+    fixed_reason: str = ""
 
     def architecture(self) -> dict[str, Any] | None:
         """``{"arch", "arch_kwargs", "source"}`` for `load_model(described_by=...)`, if recorded."""
@@ -42,10 +47,17 @@ class Description:
         """A concrete input shape: symbolic dims become ``batch`` (axis 0) or the recorded size."""
         if not self.input_shape:
             return None
-        if any(isinstance(d, str) for d in self.input_shape[1:]):
-            return None
-        first = self.input_shape[0]
-        return (batch if isinstance(first, str) else int(first), *(int(d) for d in self.input_shape[1:]))
+        dims = []
+        for i, d in enumerate(self.input_shape):
+            if not isinstance(d, str):
+                dims.append(int(d))
+            elif i == 0:
+                dims.append(batch)
+            elif self.recorded_shape and i < len(self.recorded_shape):
+                dims.append(int(self.recorded_shape[i]))
+            else:
+                return None
+        return tuple(dims)
 
     def fits(self, shape: tuple[int, ...]) -> bool:
         """Whether an input of ``shape`` is accepted (symbolic dims accept any size)."""
@@ -54,6 +66,22 @@ class Description:
         if len(shape) != len(self.input_shape):
             return False
         return all(isinstance(d, str) or int(d) == s for d, s in zip(self.input_shape, shape))
+
+    def refuse_fixed(self, shape: tuple[int, ...] | None, free: set[int] = frozenset()) -> None:
+        """A ReparamError when ``shape`` changes, or ``free`` asks to free, an axis the artifact fixes."""
+        for f in self.fixed_axes:
+            if f.get("input", 0) != 0:
+                continue
+            axis, size, name = int(f["axis"]), int(f["size"]), f.get("name", f"axis {f['axis']}")
+            changed = shape is not None and axis < len(shape) and shape[axis] != size
+            if changed or axis in free:
+                asked = f"size {shape[axis]}" if changed else "a dynamic size"
+                raise ReparamError(
+                    f"{Path(self.path).name} holds the input's {name} (axis {axis}) at {size}, "
+                    f"{asked} was asked for: {self.fixed_reason or 'fixed when it was exported'}",
+                    hint=f"keep the {name} at {size}, or convert the model again at the size you need "
+                    "(reparam convert --input-shape)",
+                )
 
     def shape_text(self) -> str:
         return "x".join(str(d) for d in self.input_shape or []) or "?"
@@ -73,9 +101,9 @@ def _pt2(path: Path) -> Description:
             hint="the file must be a .pt2 written by `reparam convert`; it may be truncated",
         ) from exc
     meta = embedded.get("metadata") or {}
-    shape = meta.get("input_shape")
-    if shape and embedded.get("dynamic_batch"):
-        shape = ["batch", *shape[1:]]
+    recorded = meta.get("input_shape")
+    fixed = [f for f in embedded.get("fixed_axes") or [] if isinstance(f, dict)]
+    shape = _symbolic_shape(recorded, fixed, embedded)
     kwargs = meta.get("arch_kwargs")
     if isinstance(kwargs, str):  # written as the --arch-kwargs text by older versions
         try:
@@ -90,7 +118,25 @@ def _pt2(path: Path) -> Description:
         input_names=list(meta.get("input_names") or ["input"]),
         input_shape=shape,
         precision=meta.get("precision", "fp32"),
+        recorded_shape=list(recorded) if recorded else None,
+        fixed_axes=fixed,
+        fixed_reason=str(embedded.get("fixed_axes_reason") or ""),
     )
+
+
+def _symbolic_shape(
+    recorded: list[int] | None, fixed: list[dict[str, Any]], embedded: dict[str, Any]
+) -> list[int | str] | None:
+    """The recorded input shape with every free axis named (``batch``, ``height``, ...)."""
+    from reparam.dynamic_shapes import axis_name
+
+    if not recorded:
+        return None
+    if "fixed_axes" not in embedded:  # written before spatial axes were recorded: the batch alone
+        return ["batch", *recorded[1:]] if embedded.get("dynamic_batch") else list(recorded)
+    held = {int(f["axis"]) for f in fixed if f.get("input", 0) == 0}
+    free = [0, *range(2, len(recorded))]
+    return [axis_name(len(recorded), i) if i in free and i not in held else d for i, d in enumerate(recorded)]
 
 
 def _onnx(path: Path) -> Description:

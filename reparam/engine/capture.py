@@ -9,14 +9,19 @@ pass turns back into modules. Both graphs carry each node's module path in
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
+from reparam.dynamic_shapes import FixedAxis, export_with_free_axes
 from reparam.engine.graph import alias_unsafe_names
 from reparam.engine.graphmodule import eliminate_dead_code, graph_module
 from reparam.engine.inplace import UnsafeMutation, functionalize_inplace
@@ -70,27 +75,62 @@ def _plain_calling_convention(gm: fx.GraphModule, out_spec: Any) -> None:
     gm.recompile()
 
 
-def export_capture(module: nn.Module, inputs: tuple) -> tuple[fx.GraphModule | None, str]:
-    """``torch.export`` (non-strict, functionalized) as a GraphModule; ``(None, why)`` on failure."""
+@dataclass
+class ExportCapture:
+    """A model captured by torch.export: the graph, the input axes it fixes, and why (when static)."""
+
+    gm: fx.GraphModule
+    fixed: list[FixedAxis]
+    static_reason: str = ""
+
+
+def _export(module: nn.Module, example: tuple, dynamic_shapes: Any) -> Any:
+    program = torch.export.export(module, example, dynamic_shapes=dynamic_shapes, strict=False)
+    return program.run_decompositions({})
+
+
+def export_capture(module: nn.Module, inputs: tuple) -> tuple[ExportCapture | None, str]:
+    """``torch.export`` (non-strict, functionalized) as a GraphModule; ``(None, why)`` on failure.
+
+    Batch and spatial sizes stay symbolic wherever the model allows (sizes read in ``forward``
+    become graph values); the program's guards stay in the graph, so the deploy model refuses a
+    size the capture does not hold for (the branch of a shape ``if`` taken, a size fixed by the model).
+    """
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations
-            program = torch.export.export(module, tuple(inputs), strict=False)
-            program = program.run_decompositions({})
-            unlifted = program.module()
+        with torch.no_grad(), _quiet_export_logs():
+            _, unlifted, fixed, static_reason = export_with_free_axes(
+                lambda example, shapes: _export(module, example, shapes), tuple(inputs)
+            )
             # a plain GraphModule (the unlifted export module refuses eval()/train()) called like the
             # original: flat tensor arguments in, the original output structure out
             gm = fx.GraphModule(unlifted, unlifted.graph, type(module).__name__)
             _plain_calling_convention(gm, unlifted._out_spec)
     except Exception as exc:  # export cannot capture this model: the caller converts parts instead
         return None, _first_line(exc)
-    for node in list(gm.graph.nodes):
+    for node in gm.graph.nodes:
         stack = node.meta.get("nn_module_stack")
         if stack:
             node.meta["nn_module_stack"] = {v[0]: v for v in stack.values() if v[0]}  # as fx writes it
-        if node.op == "call_module" and str(node.target) == "_guards_fn":
-            gm.graph.erase_node(node)  # shape guards of the example; the deploy model keeps none
     eliminate_dead_code(gm.graph)
     alias_unsafe_names(gm)
     gm.recompile()
-    return gm, ""
+    return ExportCapture(gm, fixed, static_reason), ""
+
+
+@contextlib.contextmanager
+def _quiet_export_logs() -> Iterator[None]:
+    """torch.export logs every failed capture at length; the caller reports one line instead."""
+    loggers = [
+        logging.getLogger(n)
+        for n in ("torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes", "torch._dynamo")
+    ]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from reparam.dynamic_shapes import fixed_note
 from reparam.engine.base import LeftAlone, Pass, PassContext, select_passes
 from reparam.engine.capture import MODULE_CALLS, export_capture, trace
 from reparam.engine.graph import BN, CONV, CONV_T, module_of
@@ -217,11 +218,15 @@ def _export_graph(
     """The whole model as one graph by torch.export (after torch.fx failed with ``why``), or ``(None, why not)``."""
     if inputs is None:
         return None, why
-    gm, export_why = export_capture(work, fresh(inputs))
-    if gm is None:
+    captured, export_why = export_capture(work, fresh(inputs))
+    if captured is None:
         return None, f"{why}; torch.export: {export_why}"
     report.tracing = f"whole model, by torch.export (torch.fx: {why})"
-    return gm, why
+    report.fixed_axes = [f.to_dict() for f in captured.fixed]
+    note = fixed_note(captured.fixed, captured.static_reason)
+    if note:
+        report.notes.append(note)
+    return captured.gm, why
 
 
 def _run_reference(

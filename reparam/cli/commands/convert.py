@@ -145,4 +145,16 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(f"wrote {out} (a {args.as_arch} checkpoint)\n")
     else:
         sys.stdout.write(f"wrote {out} and {report_path(out).name}\n")
+        _note_fixed_axes(out)
     return 0
+
+
+def _note_fixed_axes(path: Path) -> None:
+    """Tell which input sizes the written artifact holds (and why), as `inspect` would."""
+    from reparam.cli.console import note
+    from reparam.describe import describe
+
+    desc = describe(path)
+    if desc.fixed_axes:
+        held = ", ".join(f"{f['name']} {f['size']}" for f in desc.fixed_axes)
+        note(f"{path.name} accepts inputs of shape {desc.shape_text()} only ({held}): {desc.fixed_reason}")

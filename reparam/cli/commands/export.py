@@ -140,7 +140,10 @@ def _load(args: argparse.Namespace):
         if args.input_shape is None and desc.example_shape() is None:
             raise ReparamError(f"{src.name} records no input shape", hint="pass --input-shape NxCxHxW")
         shape = input_shape_for(model, args.input_shape, desc)
+        desc.refuse_fixed(shape, set(parse_dynamic(args.dynamic, args.static)) if args.dynamic else set())
         described = {"arch": desc.arch, "arch_kwargs": desc.arch_kwargs, "input_names": desc.input_names}
+        if desc.fixed_axes:
+            described["fixed_axes"] = desc.fixed_axes
         return model, (torch.randn(shape),), meta | described | {"form": "deploy"}, artifact.record
     from reparam.engine.inputs import make_inputs
 
@@ -196,6 +199,8 @@ def run_onnx(args: argparse.Namespace) -> int:
     axes = parse_dynamic(args.dynamic, args.static)
     model, example, meta, record = _load(args)
     meta.pop("checked", None)
+    if not args.dynamic and any(int(f["axis"]) == 0 for f in meta.get("fixed_axes", [])):
+        axes.pop(0, None)  # the default dynamic batch, where the model holds the batch at one size
     progress(f"exporting {out}")
     fp16 = out.with_name(out.stem + ".fp16.onnx") if args.fp16 else None
     # One transaction: the model, its fp16 copy and their sidecars appear together or not at all.
