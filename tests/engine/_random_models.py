@@ -5,6 +5,13 @@ combines) branches over one input; a *near miss* differs from a fusible block in
 (a nonlinearity, a stride, a padding mode, a fan-out, an in-place op, ...). ``expected_convs`` is
 the conv count of the exact deploy form for fusible families (None for near misses, which only
 have to stay correct).
+
+Some fusible families wrap the block in the patterns published model code writes around it:
+sizes read in forward and passed on in a tuple or a keyword (an SE gate's pooling window, an
+interpolation's target size, a flattening head's batch size), a Python ``if`` on a size (which
+torch.fx cannot trace), and submodules registered under Python keywords and names that are no
+identifiers. (The test runs every deploy model at other batch sizes and a larger spatial size
+too: it must run wherever the original runs, with the same result.)
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from reparam.numerics import randomize_batchnorm
 C = 4
 FUSIBLE = [
     "acb", "repvgg", "avgpool", "crop", "repeated", "nested_residual", "seq_1x1_kxk", "dilated",
-    "functional", "two_outputs",
+    "functional", "two_outputs", "size_kwarg", "view_batch", "interp_size", "shape_if", "keyword_names",
 ]  # fmt: skip
 NEAR_MISS = [
     "relu_in_branch", "stride_only", "reflect_pad", "fan_out", "training_bn", "subtract", "concat",
@@ -113,15 +120,105 @@ class Crop(nn.Module):
         return x[:, :, self.top : -self.top or None, self.left : -self.left or None]
 
 
-class Wrap(nn.Module):
-    """stem -> block -> head, written three ways depending on ``style``."""
+class SizeGate(nn.Module):
+    """A block, then an SE gate whose pooling window is the block's output size, read in forward
+    and passed as a keyword or in a tuple (as RepVGG's SE writes ``kernel_size=x.size(3)``)."""
 
-    def __init__(self, block: nn.Module, style: str = "plain"):
+    def __init__(self, block: nn.Module, how: int):
+        super().__init__()
+        self.block, self.how = block, how
+        self.down = nn.Conv2d(C, C // 2, 1)
+        self.up = nn.Conv2d(C // 2, C, 1)
+
+    def forward(self, x):
+        y = self.block(x)
+        if self.how == 0:
+            s = F.avg_pool2d(y, kernel_size=y.size(3))
+        elif self.how == 1:
+            s = F.avg_pool2d(y, (y.size(2), y.size(3)))
+        else:
+            s = F.max_pool2d(y, kernel_size=y.shape[2:])
+        return y * torch.sigmoid(self.up(F.relu(self.down(s))))
+
+
+class Upsampled(nn.Module):
+    """A block joined with a strided branch over the same input, upsampled back to the block's size
+    (``F.interpolate(b, size=a.shape[2:])``)."""
+
+    def __init__(self, block: nn.Module, down: nn.Module, how: int, mode: str):
+        super().__init__()
+        self.block, self.down, self.how, self.mode = block, down, how, mode
+
+    def forward(self, x):
+        a, b = self.block(x), self.down(x)
+        if self.how == 0:
+            size = a.shape[2:]
+        elif self.how == 1:
+            size = (a.size(2), a.size(3))
+        else:
+            size = x.shape[-2:]
+        return a + F.interpolate(b, size=size, mode=self.mode)
+
+
+class ShapeIf(nn.Module):
+    """A block on one of two paths, chosen by a Python ``if`` on an input size (torch.fx cannot
+    trace it). Both paths run the block; the path taken may differ between input sizes."""
+
+    def __init__(self, block: nn.Module, cond: str):
+        super().__init__()
+        self.block, self.cond = block, cond
+
+    def forward(self, x):
+        if self.cond == "width":
+            taken = x.shape[-1] > 4  # true at every size generated
+        elif self.cond == "batch":
+            taken = x.size(0) > 1  # false at batch 1
+        else:
+            taken = x.shape[-1] > 9  # false at the example sizes, true 4 pixels wider
+        if taken:
+            return self.block(x)
+        return self.block(x) * 0.5
+
+
+KEYWORD_NAMES = ["class", "def", "lambda", "1x1", "é", "None", "in", "3x3-b"]
+
+
+class Keyworded(nn.Module):
+    """Summed branches registered under Python keywords and names that are no identifiers, in a
+    ModuleDict or with setattr, and called from forward by those names."""
+
+    def __init__(self, branches: list[nn.Module], names: list[str], in_table: list[bool]):
+        super().__init__()
+        self.table = nn.ModuleDict()
+        self.names, self.in_table = names, in_table
+        for branch, name, tabled in zip(branches, names, in_table):
+            if tabled:
+                self.table[name] = branch
+            else:
+                setattr(self, name, branch)
+
+    def forward(self, x):
+        total = None
+        for name, tabled in zip(self.names, self.in_table):
+            y = self.table[name](x) if tabled else getattr(self, name)(x)
+            total = y if total is None else total + y
+        return total
+
+
+HEADS = ["view_pool", "reshape", "view_mean"]
+
+
+class Wrap(nn.Module):
+    """stem -> block -> head, written several ways depending on ``style`` and ``head_style``."""
+
+    def __init__(self, block: nn.Module, style: str = "plain", head_style: str = "conv"):
         super().__init__()
         self.stem = nn.Conv2d(3, C, 1)
         self.block = block
         self.head = nn.Conv2d(C * getattr(block, "widen", 1), C, 1)
-        self.style = style
+        self.style, self.head_style = style, head_style
+        if head_style in ("view_pool", "view_mean"):
+            self.fc = nn.Linear(C, 3)
 
     def forward(self, x):
         if self.style == "inplace_input":
@@ -137,7 +234,15 @@ class Wrap(nn.Module):
             h = self.block(h)
         if isinstance(h, tuple):  # a block with several outputs: their sum is the block's result
             h = h[0] + h[1]
-        return self.head(F.relu(h))  # the ReLU keeps the head from merging into the block
+        out = self.head(F.relu(h))  # the ReLU keeps the head from merging into the block
+        if self.head_style == "view_pool":  # a classifier flattened by the batch size read in forward
+            out = F.adaptive_avg_pool2d(out, 1)
+            return self.fc(out.view(out.size(0), -1))
+        if self.head_style == "reshape":
+            return out.reshape(out.shape[0], -1)
+        if self.head_style == "view_mean":
+            return self.fc(out.view(out.size(0), out.size(1), -1).mean(-1))
+        return out
 
 
 def _acb(rng: random.Random, k: int = 3, dil: int = 1, stride: int = 1) -> list[nn.Module]:
@@ -163,8 +268,17 @@ def _repvgg(rng: random.Random) -> list[nn.Module]:
     ]
 
 
-def _block(rng: random.Random, family: str) -> tuple[nn.Module, str, int | None]:
-    """(block, wrapper style, convs of the exact deploy form incl. stem and head, or None)."""
+def _renamed(rng: random.Random, seq: nn.Sequential) -> nn.Sequential:
+    """``seq`` with its children under odd names drawn from KEYWORD_NAMES."""
+    out = nn.Sequential()
+    for name, child in zip(rng.sample(KEYWORD_NAMES, len(seq)), seq):
+        out.add_module(name, child)
+    return out
+
+
+def _block(rng: random.Random, family: str) -> tuple[nn.Module, str | tuple[str, str], int | None]:
+    """(block, wrapper style (or style and head), convs of the exact deploy form incl. stem and
+    head, or None)."""
     k = rng.choice([3, 5])
     if family == "acb":
         return Branchy(_acb(rng, k)), "plain", 3
@@ -193,6 +307,26 @@ def _block(rng: random.Random, family: str) -> tuple[nn.Module, str, int | None]
         return FunctionalACB(k), "plain", 3
     if family == "two_outputs":
         return Branchy(_acb(rng, k)[:2], how="tuple"), "plain", 3
+    if family == "size_kwarg":  # stem, the fused block, the gate's two convs, head
+        return SizeGate(Branchy(_acb(rng, k)), rng.randrange(3)), "plain", 5
+    if family == "view_batch":
+        return Branchy(_repvgg(rng), identity=rng.random() < 0.5), ("plain", rng.choice(HEADS)), 3
+    if family == "interp_size":  # stem, the fused block, the strided branch, head
+        down = nn.Sequential(_conv(rng, (3, 3), stride=2), nn.BatchNorm2d(C))
+        mode = rng.choice(["nearest", "bilinear"])
+        return Upsampled(Branchy(_acb(rng, k)), down, rng.randrange(3), mode), "plain", 4
+    if family == "shape_if":
+        block = ShapeIf(
+            Branchy(_repvgg(rng), identity=rng.random() < 0.5), rng.choice(["width", "batch", "wide"])
+        )
+        return block, ("plain", rng.choice(["conv", *HEADS])), 3
+    if family == "keyword_names":
+        branches = [
+            _renamed(rng, b) if isinstance(b, nn.Sequential) and rng.random() < 0.5 else b
+            for b in _acb(rng, k)
+        ]
+        names = rng.sample(KEYWORD_NAMES, len(branches))
+        return Keyworded(branches, names, [rng.random() < 0.5 for _ in branches]), "plain", 3
     if family == "relu_in_branch":
         b = _acb(rng, k)
         b[1].append(nn.ReLU())
@@ -271,7 +405,7 @@ def generate(seed: int, family: str | None = None) -> Generated:
     family = family or rng.choice(FAMILIES)
     torch.manual_seed(seed)
     block, style, expected = _block(rng, family)
-    model = Wrap(block, style)
+    model = Wrap(block, *style) if isinstance(style, tuple) else Wrap(block, style)
     randomize_batchnorm(model, seed)
     model.eval()
     if family == "training_bn":
