@@ -59,7 +59,9 @@ def export_program(model: nn.Module, example_inputs: Any) -> ExportedDeploy:
     model = model.eval()
     try:
         program, _, fixed, static_reason = export_with_free_axes(
-            lambda example, shapes: torch.export.export(model, example, dynamic_shapes=shapes), args
+            lambda example, shapes: torch.export.export(model, example, dynamic_shapes=shapes),
+            args,
+            reference=model,
         )
     except Exception as exc:
         raise ReparamError(

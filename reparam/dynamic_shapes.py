@@ -10,16 +10,19 @@ back from the program's input placeholders and reported.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.fx.experimental.symbolic_shapes import is_concrete_int
+from torch.fx.experimental.symbolic_shapes import is_concrete_int, statically_known_true
 
-from reparam.tensors import batch_of_two
+from reparam.numerics import scale_relative_error
+from reparam.tensors import batch_of_two, tensor_leaves
 
 _SPATIAL = {3: ("length",), 4: ("height", "width"), 5: ("depth", "height", "width")}
 
@@ -79,9 +82,10 @@ def fixed_axes(program: Any, guarded: nn.Module, args: Sequence[Any]) -> list[Fi
     """The varying axes that an exported program holds at the example's size.
 
     An axis is held when the input placeholder's size is a number, or when the program's guards
-    (``guarded._guards_fn``, which checks sizes only) refuse that axis alone at another size: a
-    doubled spatial size, a batch of three. A relation between axes (``H * W == 256`` of a flatten
-    into a Linear) holds each of them.
+    (``guarded._guards_fn``, which checks sizes only) refuse that axis alone at other sizes: a
+    doubled spatial size (even and odd), a batch of three. A relation between axes (``H * W == 256``
+    of a flatten into a Linear) holds each of them. A free axis may still be bounded by its guards
+    (a parity, a range); the program refuses a size outside them.
     """
     users = set(program.graph_signature.user_inputs)  # parameters and buffers are placeholders too
     placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in users]
@@ -96,14 +100,37 @@ def fixed_axes(program: Any, guarded: nn.Module, args: Sequence[Any]) -> list[Fi
     return fixed
 
 
+def _probe_sizes(size: int, axis: int) -> tuple[int, ...]:
+    """Other sizes an axis is tried at: a batch of three; a spatial size doubled, even and odd."""
+    return (3,) if axis == 0 else (2 * size, 2 * size + 1)
+
+
 def _guards_accept(guards: Any, args: Sequence[Any], index: int, axis: int) -> bool:
-    """Whether the size guards pass with axis ``axis`` of input ``index`` alone changed (on meta tensors)."""
+    """Whether the size guards pass with axis ``axis`` of input ``index`` alone at some other size."""
+    size = int(args[index].shape[axis])
+    return any(_guards_pass(guards, args, index, axis, other) for other in _probe_sizes(size, axis))
+
+
+def bounded_axes(guarded: nn.Module, args: Sequence[Any]) -> list[FixedAxis]:
+    """The varying axes whose size guards refuse some of the probed sizes (a parity, a range, a value)."""
+    guards = getattr(guarded, "_guards_fn", None)
+    if guards is None:
+        return []
+    return [
+        FixedAxis(i, ax, int(a.shape[ax]), a.dim())
+        for i, a in enumerate(args)
+        for ax in varying_axes(a)
+        if not all(_guards_pass(guards, args, i, ax, other) for other in _probe_sizes(int(a.shape[ax]), ax))
+    ]
+
+
+def _guards_pass(guards: Any, args: Sequence[Any], index: int, axis: int, size: int) -> bool:
     probe = []
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
             shape = list(a.shape)
             if i == index:
-                shape[axis] = 3 if axis == 0 else 2 * shape[axis]
+                shape[axis] = size
             a = torch.empty(shape, dtype=a.dtype, device="meta")
         probe.append(a)
     try:
@@ -115,8 +142,28 @@ def _guards_accept(guards: Any, args: Sequence[Any], index: int, axis: int) -> b
     return True
 
 
+# A capture whose output at batch 1 moves by more than this took another path there: a branch on a
+# size that torch.export took for at least 2, as it takes every free size.
+_SAME_PATH = 1e-3
+
+
+def _same_at_batch_one(captured: nn.Module, reference: nn.Module, args: Sequence[Any]) -> bool:
+    """Whether the captured module computes the reference's output on the example's first row alone."""
+    one = tuple(a[:1] if isinstance(a, torch.Tensor) and a.dim() else a for a in args)
+    try:
+        with torch.no_grad():
+            want, got = tensor_leaves(reference(*one)), tensor_leaves(captured(*one))
+    except Exception:  # the capture refuses batch 1 (a guard) or fails there: not the same
+        return False
+    return len(want) == len(got) and all(
+        w.shape == g.shape
+        and scale_relative_error(w.detach().double().numpy(), g.detach().double().numpy()) <= _SAME_PATH
+        for w, g in zip(want, got)
+    )
+
+
 def export_with_free_axes(
-    export: Callable[[tuple, Any], Any], args: tuple
+    export: Callable[[tuple, Any], Any], args: tuple, reference: nn.Module | None = None
 ) -> tuple[Any, nn.Module, list[FixedAxis], str]:
     """Run ``export(example, dynamic_shapes)`` so that as many axes as the model allows stay free.
 
@@ -124,6 +171,10 @@ def export_with_free_axes(
     axis left to torch.export, then the example itself the same way, then static shapes. Returns
     ``(program, its module with the size guards, the axes it holds, why free axes failed: "" unless
     only the static capture worked)``; re-raises the static capture's error.
+
+    torch.export takes every free size for at least 2, so a branch on ``x.size(0) > 1`` is traced
+    as always taken without a guard: with ``reference`` (the module exported), a capture with a
+    free batch must compute the reference's output at batch 1 too, or the next form is tried.
     """
     reasons = []
     tried = []
@@ -133,7 +184,7 @@ def export_with_free_axes(
     tried.append(args)
     for example in tried:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), global_pools_stay_free():
                 warnings.simplefilter("ignore")
                 program = export(example, auto_dynamic_shapes(example))
                 module = program.module()
@@ -142,8 +193,12 @@ def export_with_free_axes(
             reasons.append(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")
             continue
         fixed = fixed_axes(program, module, example)
-        if example is two and any(f.axis == 0 for f in fixed):
+        batch_free = not any(f.axis == 0 for f in fixed)
+        if example is two and not batch_free:
             continue  # the batch was fixed at the doubled size: the example's own batch is the one to keep
+        if batch_free and reference is not None and not _same_at_batch_one(module, reference, args):
+            reasons.append("with a free batch it computes another path at batch 1")
+            continue
         # the sizes held are the example's (the doubled batch is never among them)
         fixed = [FixedAxis(f.input, f.axis, int(args[f.input].shape[f.axis]), f.ndim) for f in fixed]
         return program, module, fixed, ""
@@ -167,3 +222,57 @@ def fixed_note(fixed: Sequence[FixedAxis], static_reason: str = "") -> str:
         return ""
     axes = ", ".join(f.describe() for f in fixed)
     return f"input sizes fixed in the deploy model: {axes}: {fixed_reason(static_reason)}"
+
+
+def _same_size(a: Any, b: Any) -> bool:
+    """Whether two sizes are equal without adding a guard (a symbolic size that is not known equal is not)."""
+    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
+        return bool(statically_known_true(a == b))
+    return a == b
+
+
+def _global_pool_kernel(x: Any, kernel_size: Any, stride: Any, padding: Any) -> bool:
+    """Whether ``avg_pool2d(x, kernel_size, stride, padding)`` averages each whole feature map."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 3:
+        return False
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    kernel = pair(kernel_size)
+    if any(not isinstance(k, torch.SymInt) for k in kernel):
+        return False  # a literal kernel: the model holds the size, as it does in eager code
+    if (
+        stride not in (None, [], ())
+        and pair(stride) != kernel
+        and not all(map(_same_size, pair(stride), kernel))
+    ):
+        return False
+    return all(p == 0 for p in pair(padding)) and all(map(_same_size, kernel, x.shape[-2:]))
+
+
+@contextlib.contextmanager
+def global_pools_stay_free() -> Iterator[None]:
+    """Capture ``F.avg_pool2d(x, kernel_size=x.size(3))`` (a global pool written with sizes read in
+    forward, as RepVGG's and MobileOne's SE blocks do) as the adaptive pool to one pixel it equals.
+
+    ATen's ``avg_pool2d`` takes its kernel as plain integers, so torch.export would hold the
+    feature map's size; ``adaptive_avg_pool2d(x, 1)`` computes the same mean at every size.
+    """
+    original = F.avg_pool2d
+
+    def avg_pool2d(
+        input,
+        kernel_size,
+        stride=None,
+        padding=0,
+        ceil_mode=False,
+        count_include_pad=True,
+        divisor_override=None,
+    ):  # noqa: E501
+        if divisor_override is None and _global_pool_kernel(input, kernel_size, stride, padding):
+            return F.adaptive_avg_pool2d(input, 1)
+        return original(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+    F.avg_pool2d = avg_pool2d
+    try:
+        yield
+    finally:
+        F.avg_pool2d = original

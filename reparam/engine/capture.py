@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from reparam.dynamic_shapes import FixedAxis, export_with_free_axes
+from reparam.dynamic_shapes import FixedAxis, bounded_axes, export_with_free_axes
 from reparam.engine.graph import alias_unsafe_names
 from reparam.engine.graphmodule import eliminate_dead_code, graph_module
 from reparam.engine.inplace import UnsafeMutation, functionalize_inplace
@@ -80,7 +81,8 @@ class ExportCapture:
     """A model captured by torch.export: the graph, the input axes it fixes, and why (when static)."""
 
     gm: fx.GraphModule
-    fixed: list[FixedAxis]
+    fixed: list[FixedAxis]  # held at the example's size
+    bounded: list[FixedAxis]  # free, but the size guards refuse some sizes (a parity, a range)
     static_reason: str = ""
 
 
@@ -99,12 +101,13 @@ def export_capture(module: nn.Module, inputs: tuple) -> tuple[ExportCapture | No
     try:
         with torch.no_grad(), _quiet_export_logs():
             _, unlifted, fixed, static_reason = export_with_free_axes(
-                lambda example, shapes: _export(module, example, shapes), tuple(inputs)
+                lambda example, shapes: _export(module, example, shapes), tuple(inputs), reference=module
             )
             # a plain GraphModule (the unlifted export module refuses eval()/train()) called like the
             # original: flat tensor arguments in, the original output structure out
             gm = fx.GraphModule(unlifted, unlifted.graph, type(module).__name__)
             _plain_calling_convention(gm, unlifted._out_spec)
+            bounded = bounded_axes(unlifted, tuple(inputs))
     except Exception as exc:  # export cannot capture this model: the caller converts parts instead
         return None, _first_line(exc)
     for node in gm.graph.nodes:
@@ -114,12 +117,13 @@ def export_capture(module: nn.Module, inputs: tuple) -> tuple[ExportCapture | No
     eliminate_dead_code(gm.graph)
     alias_unsafe_names(gm)
     gm.recompile()
-    return ExportCapture(gm, fixed, static_reason), ""
+    return ExportCapture(gm, fixed, bounded, static_reason), ""
 
 
 @contextlib.contextmanager
 def _quiet_export_logs() -> Iterator[None]:
-    """torch.export logs every failed capture at length; the caller reports one line instead."""
+    """torch.export logs every failed capture at length, and prints its partial graph to stderr;
+    the caller reports one line instead."""
     loggers = [
         logging.getLogger(n)
         for n in ("torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes", "torch._dynamo")
@@ -128,7 +132,7 @@ def _quiet_export_logs() -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from reparam.dynamic_shapes import fixed_note
+from reparam.dynamic_shapes import fixed_reason
 from reparam.engine.base import LeftAlone, Pass, PassContext, select_passes
 from reparam.engine.capture import MODULE_CALLS, export_capture, trace
 from reparam.engine.graph import BN, CONV, CONV_T, module_of
@@ -67,10 +67,20 @@ KEPT_WHOLE = (
 )
 
 
+def _is_plain(value: Any) -> bool:
+    """A number, string, size or a container of them: data a parent may read, not a layer or tensor."""
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_is_plain(k) and _is_plain(v) for k, v in value.items())
+    return isinstance(value, _PLAIN)
+
+
 def _keep_plain_attributes(child: nn.Module, gm: fx.GraphModule) -> None:
-    """Give the converted child the plain attributes (``self.blk.width``) its parent may read."""
+    """Give the converted child the plain attributes (``self.blk.width``, ``self.blk.sizes[0]``) its
+    parent may read."""
     for key, value in vars(child).items():
-        if not key.startswith("_") and isinstance(value, _PLAIN) and not hasattr(gm, key):
+        if not key.startswith("_") and _is_plain(value) and not hasattr(gm, key):
             setattr(gm, key, value)
 
 
@@ -215,17 +225,27 @@ class _Reference:
 def _export_graph(
     work: nn.Module, inputs: tuple | None, why: str, report: ConversionReport
 ) -> tuple[Any, str]:
-    """The whole model as one graph by torch.export (after torch.fx failed with ``why``), or ``(None, why not)``."""
+    """The whole model as one graph by torch.export (after torch.fx failed with ``why``), or ``(None, why not)``.
+
+    A capture that holds an input axis at one size (a size read as a constant) or takes only some
+    of its sizes (a shape ``if`` traced one way) is not used: converting submodule by submodule keeps the model's own control flow,
+    so the deploy model takes every size the original takes.
+    """
     if inputs is None:
         return None, why
     captured, export_why = export_capture(work, fresh(inputs))
     if captured is None:
         return None, f"{why}; torch.export: {export_why}"
+    if captured.fixed:
+        held = ", ".join(f.describe() for f in captured.fixed)
+        return None, f"{why}; torch.export holds {held} ({fixed_reason(captured.static_reason)})"
+    if captured.bounded:
+        bounded = ", ".join(f.name for f in captured.bounded)
+        return (
+            None,
+            f"{why}; torch.export's capture takes only some sizes of its {bounded} (a shape if traced one way)",
+        )
     report.tracing = f"whole model, by torch.export (torch.fx: {why})"
-    report.fixed_axes = [f.to_dict() for f in captured.fixed]
-    note = fixed_note(captured.fixed, captured.static_reason)
-    if note:
-        report.notes.append(note)
     return captured.gm, why
 
 
@@ -316,7 +336,9 @@ def _rewrite(
         deploy: nn.Module = run_passes(gm, selected, ctx)
         record.boundaries = graph_boundaries(deploy, single)
     else:
-        report.tracing = "per submodule (neither torch.fx nor torch.export captured the whole model)"
+        report.tracing = (
+            "per submodule (neither torch.fx nor torch.export captured the whole model with free input sizes)"
+        )
         report.notes.append(
             f"the whole model could not be captured ({why}); each submodule was converted on its own"
         )

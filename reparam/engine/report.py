@@ -42,8 +42,6 @@ class ConversionReport:
     check: CheckSummary | None = None
     converted_from_eval_copy: bool = False
     tracing: str = "whole model"
-    # input axes the deploy model holds at one size (the rest stay free): {"input", "axis", "name", "size"}
-    fixed_axes: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     # wall time of each stage of convert(); "passes" holds one entry per pass
@@ -66,7 +64,6 @@ class ConversionReport:
             "check": self.check.to_dict() if self.check else None,
             "converted_from_eval_copy": self.converted_from_eval_copy,
             "tracing": self.tracing,
-            "fixed_axes": list(self.fixed_axes),
             "notes": list(self.notes),
             "warnings": list(self.warnings),
             "seconds": dict(self.seconds),

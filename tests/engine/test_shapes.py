@@ -20,7 +20,8 @@ def _same_shapes(model: nn.Module, x: torch.Tensor, *, cheap_must_work: bool = T
     model = model.eval()
     gm, why = trace(model)
     if gm is None:
-        gm, why = export_capture(model, (x,))
+        captured, why = export_capture(model, (x,))
+        gm = captured.gm if captured is not None else None
     if gm is None and not cheap_must_work:
         return False  # converted part by part: each part is a model of its own
     assert gm is not None, why
