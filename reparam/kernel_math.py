@@ -9,6 +9,7 @@ kernel is ``[in, out/groups, *k]``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -292,3 +293,17 @@ def regroup_kernel(kernel: Tensor, groups: int, target_groups: int) -> Tensor:
     per = groups // target_groups
     parts = [expand_groups(kernel[t * chunk : (t + 1) * chunk], per) for t in range(target_groups)]
     return torch.cat(parts, 0)
+
+
+def spread_pointwise(kernel: Tensor, size: Sequence[int]) -> Tensor:
+    """The k×k kernel of a 1×1 conv followed by an average pool over ``size`` (DBB's 1×1–avg branch).
+
+    ``kernel`` is ``[O, I/g, 1, ...]``; each tap becomes ``prod(size)`` taps of ``tap / prod(size)``.
+    Exact with count_include_pad semantics, where the pool averages the 1×1 conv's outputs. Groups
+    are kept: the pool acts channel by channel.
+    """
+    spatial = tuple(kernel.shape[2:])
+    size = tuple(size)
+    if any(s != 1 for s in spatial) or len(size) != len(spatial):
+        raise ValueError(f"need a 1x1 kernel with {len(size)} spatial dims, got kernel size {spatial}")
+    return kernel.expand(*kernel.shape[:2], *size) / math.prod(size)

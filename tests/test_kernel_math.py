@@ -106,3 +106,17 @@ def test_regroup_kernel_is_equivalent(groups, target):
     assert torch.allclose(F.conv2d(x, regrouped, padding=1, groups=target), ref, atol=1e-12)
     with pytest.raises(ValueError):
         km.regroup_kernel(w, groups, 5)
+
+
+@pytest.mark.parametrize(("groups", "size", "stride"), [(1, (3, 3), 1), (2, (3, 3), 2), (4, (5, 3), 1)])
+def test_spread_pointwise_is_the_1x1_conv_then_average_pool(groups, size, stride):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 9, 8, generator=gen, dtype=torch.float64)
+    w = torch.randn(8, 4 // groups, 1, 1, generator=gen, dtype=torch.float64)
+    b = torch.randn(8, generator=gen, dtype=torch.float64)
+    ref = F.avg_pool2d(F.conv2d(F.pad(x, [1, 1, 1, 1]), w, b, groups=groups), size, stride)
+    k = km.spread_pointwise(w, size)
+    assert k.shape == (8, 4 // groups, *size)
+    assert torch.allclose(F.conv2d(x, k, b, stride=stride, padding=1, groups=groups), ref, atol=1e-12)
+    with pytest.raises(ValueError):
+        km.spread_pointwise(torch.randn(8, 4, 3, 3), size)

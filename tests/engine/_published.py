@@ -165,3 +165,97 @@ class SyncNormNet(nn.Module):
 
     def forward(self, x):
         return self.norm(self.conv(x)) + self.side_norm(self.side(x))
+
+
+def _conv_bn(
+    cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1
+) -> nn.Sequential:
+    """A Sequential with children ``conv`` and ``bn``, as Diverse Branch Block's code builds them."""
+    block = nn.Sequential()
+    block.add_module("conv", nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=False))
+    block.add_module("bn", nn.BatchNorm2d(cout))
+    return block
+
+
+class IdentityPlusConv1x1(nn.Conv2d):
+    """A 1x1 conv whose kernel is its weight plus a constant identity kernel, added in ``forward``."""
+
+    def __init__(self, channels: int, groups: int = 1):
+        super().__init__(channels, channels, 1, groups=groups, bias=False)
+        per_group = channels // groups
+        eye = torch.zeros(channels, per_group, 1, 1)
+        eye[torch.arange(channels), torch.arange(channels) % per_group] = 1.0
+        self.id_tensor = eye  # a plain attribute, not a buffer
+        nn.init.normal_(self.weight, std=0.1)
+
+    def forward(self, x):
+        kernel = self.weight + self.id_tensor.to(self.weight.device)
+        return F.conv2d(x, kernel, None, 1, 0, self.dilation, self.groups)
+
+
+class DiverseBranchBlock(nn.Module):
+    """Diverse Branch Block laid out as its authors' code lays it out (``dbb_origin``, ``dbb_1x1``,
+    ``dbb_avg`` with ``conv``/``bn``/``avg``/``avgbn``, ``dbb_1x1_kxk``), summed with in-place adds.
+
+    The average branch is a 1x1 conv, a BatchNorm whose padded border holds its value at zero, an
+    unpadded k x k average pool and a BatchNorm; with as many groups as channels it is a padded pool.
+    """
+
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1):
+        super().__init__()
+        padding = k // 2
+        self.dbb_origin = _conv_bn(cin, cout, k, stride, padding, groups)
+        self.dbb_avg = nn.Sequential()
+        if groups < cout:
+            self.dbb_avg.add_module("conv", nn.Conv2d(cin, cout, 1, groups=groups, bias=False))
+            self.dbb_avg.add_module("bn", FillBorderWithBN(cout, padding))
+            self.dbb_avg.add_module("avg", nn.AvgPool2d(k, stride, 0))
+            self.dbb_1x1 = _conv_bn(cin, cout, 1, stride, 0, groups)
+        else:
+            self.dbb_avg.add_module("avg", nn.AvgPool2d(k, stride, padding))
+        self.dbb_avg.add_module("avgbn", nn.BatchNorm2d(cout))
+        internal = cin if groups < cout else 2 * cin
+        self.dbb_1x1_kxk = nn.Sequential()
+        if internal == cin:
+            self.dbb_1x1_kxk.add_module("idconv1", IdentityPlusConv1x1(cin, groups))
+        else:
+            self.dbb_1x1_kxk.add_module("conv1", nn.Conv2d(cin, internal, 1, groups=groups, bias=False))
+        self.dbb_1x1_kxk.add_module("bn1", FillBorderWithBN(internal, padding))
+        self.dbb_1x1_kxk.add_module(
+            "conv2", nn.Conv2d(internal, cout, k, stride, 0, groups=groups, bias=False)
+        )
+        self.dbb_1x1_kxk.add_module("bn2", nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.dbb_origin(x)
+        if hasattr(self, "dbb_1x1"):
+            out += self.dbb_1x1(x)
+        out += self.dbb_avg(x)
+        out += self.dbb_1x1_kxk(x)
+        return out
+
+
+class LinearRowNorm(nn.Module):
+    """LeViT's LinearNorm: a Linear over the last axis, a BatchNorm1d over the flattened rows."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.linear = nn.Linear(cin, cout, bias=False)
+        self.bn = nn.BatchNorm1d(cout)
+
+    def forward(self, x):
+        x = self.linear(x)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
+
+
+class TokenMlp(nn.Module):
+    """LeViT's residual MLP on tokens ``[B, N, C]``: LinearNorm, Hardswish, LinearNorm."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.ln1 = LinearRowNorm(c, 2 * c)
+        self.act = nn.Hardswish()
+        self.ln2 = LinearRowNorm(2 * c, c)
+
+    def forward(self, x):
+        return x + self.ln2(self.act(self.ln1(x)))

@@ -10,6 +10,8 @@ and must equal ``pad(y - v) + v`` bit for bit.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import fx
 
@@ -46,35 +48,73 @@ def _fill_region(pad: fx.Node) -> tuple[list[fx.Node], fx.Node] | None:
         writers = [u for u in last.users if u.target is _aten.slice_scatter.default and u.args[0] is last]
         if len(writers) != 1:
             break
-        others = [u for u in last.users if u is not writers[0]]
-        # the value written is read from the same tensor (a slice, then copy): all within the region
-        if not all(u.target in _FILL_OPS and set(u.users) <= {writers[0], *_copies_of(u)} for u in others):
+        between = _feeding_only(last, writers[0])
+        if between is None:
             return None
-        region += [*others, *(c for u in others for c in _copies_of(u)), writers[0]]
+        region += [*between, writers[0]]
         last = writers[0]
     return (region, last) if last is not pad else None
 
 
-def _copies_of(node: fx.Node) -> list[fx.Node]:
-    return [u for u in node.users if u.target is _aten.copy.default]
+def _feeding_only(last: fx.Node, writer: fx.Node) -> list[fx.Node] | None:
+    """Slices and copies of ``last`` whose values end in ``writer`` alone (None if any leaks out).
+
+    A capture with symbolic sizes writes ``out[:, :, 0:p, :] = v`` as nested slices of every axis,
+    the full ones included, and nested scatters back: all of them stay inside one write.
+    """
+    found: dict[fx.Node, None] = {}  # ordered: the region is sorted by graph order later anyway
+    queue = [u for u in last.users if u is not writer]
+    while queue:
+        node = queue.pop()
+        if node in found:
+            continue
+        if node.target not in _FILL_OPS:
+            return None
+        found[node] = None
+        queue += [u for u in node.users if u is not writer]
+    return list(found)
+
+
+_SIZE_OPS = {_aten.sym_size.int, operator.add, operator.sub, operator.mul, operator.floordiv}
 
 
 def _evaluate(gm: fx.GraphModule, region: list[fx.Node], start: fx.Node, value: torch.Tensor) -> torch.Tensor:
-    """Run the region with ``start``'s input replaced by ``value``; constants read from ``gm``."""
+    """Run the region with ``start``'s input replaced by ``value``.
+
+    What the region reads from outside is computed on the spot: constants from ``gm``, sizes
+    (a capture with symbolic sizes reads them from the graph's inputs) from the recorded shapes, and
+    the fill ops on those; anything else (a tensor computed elsewhere) is not evaluated: KeyError.
+    """
     env: dict[fx.Node, object] = {start.args[0]: value}
+    inside = set(region)
 
     def load(n: fx.Node) -> object:
-        if n in env:
-            return env[n]
+        if n not in env:
+            env[n] = _outside(n)
+        return env[n]
+
+    def run(n: fx.Node) -> object:
+        args = fx.node.map_arg(n.args, load)
+        kwargs = fx.node.map_arg(n.kwargs, load)
+        return n.target(*args, **kwargs)
+
+    def _outside(n: fx.Node) -> object:
+        if n in inside:
+            raise KeyError(n.name)  # read before it is computed: not a plain chain of writes
         if n.op == "get_attr":
             return fetch(gm, str(n.target))
+        if n.op == "call_function" and n.target is _aten.sym_size.int:
+            shape = shape_of(n.args[0])
+            if shape is None:
+                raise KeyError(n.name)
+            return shape[n.args[1]]
+        if n.op == "call_function" and n.target in _SIZE_OPS | _FILL_OPS:
+            return run(n)
         raise KeyError(n.name)
 
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    for node in sorted(set(region), key=order.get):
-        args = fx.node.map_arg(node.args, load)
-        kwargs = fx.node.map_arg(node.kwargs, load)
-        env[node] = node.target(*args, **kwargs)
+    for node in sorted(inside, key=order.get):
+        env[node] = run(node)
     return env[region[-1]]
 
 

@@ -3,9 +3,11 @@
 A sum (``+``, ``torch.add``, ``Tensor.add``, ``sum([...])``) is flattened into its terms. Each term
 is read as a linear map of some input tensor: a conv (possibly on a constant crop of the input,
 which is a negative padding), a BatchNorm on the input (an identity kernel scaled by the BN), an
-average pool (count_include_pad semantics), or the input itself (identity kernel). Terms over the
-same input whose sliding windows can be aligned exactly become one conv: kernels are regrouped,
-dilated and padded into a common window by offset ``(P - p_i) / D`` per dim, and biases add.
+average pool (count_include_pad semantics) of the input or of a 1×1 conv of it (Diverse Branch
+Block's average branch: the 1×1 weights spread over the pool window), or the input itself
+(identity kernel). Terms over the same input whose sliding windows can be aligned exactly become
+one conv: kernels are regrouped, dilated and padded into a common window by offset
+``(P - p_i) / D`` per dim, and biases add.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from reparam.kernel_math import (
     fold_bn,
     identity_kernel,
     regroup_kernel,
+    spread_pointwise,
 )
 
 _POOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
@@ -68,10 +71,26 @@ class Branch:
     nodes: list[fx.Node] = field(default_factory=list)
     problem: str | None = None
     bn: nn.Module | None = None  # a BatchNorm applied after a pool branch
+    pointwise: nn.Module | None = None  # a 1x1 conv before a pool branch
+    parts: list[str] = field(default_factory=list)  # modules it consumes besides ``module_name``
 
     @property
     def label(self) -> str:
         return self.module_name or f"identity({self.input.name})"
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the branch holds a conv (its own, or a 1x1 conv before a pool)."""
+        return self.kind == "conv" or self.pointwise is not None
+
+    @property
+    def conv(self) -> nn.Module:
+        """The conv whose weights the branch holds (for ``weighted`` branches)."""
+        return self.pointwise if self.pointwise is not None else self.module
+
+    def describe(self) -> str:
+        size = "x".join(map(str, self.kernel))
+        return f"1x1 conv + pool {size}" if self.pointwise is not None else f"{self.kind} {size}"
 
     def reach(self) -> tuple[int, ...]:
         """``lo + hi - dilation * (kernel - 1)``: equal values give equal output sizes."""
@@ -82,7 +101,8 @@ class Branch:
     def macs(self) -> int:
         if self.kind == "conv":
             return self.out_ch * (self.in_ch // self.groups) * math.prod(self.kernel)
-        return self.out_ch * math.prod(self.kernel)
+        pool = self.out_ch * math.prod(self.kernel)
+        return pool + (self.out_ch * (self.in_ch // self.groups) if self.pointwise is not None else 0)
 
 
 def _tuple(v, n: int) -> tuple[int, ...]:
@@ -214,7 +234,7 @@ def _channels(node: fx.Node) -> tuple[int, int] | None:
     return shape[1], len(shape) - 2
 
 
-def _pool_branch(leaf: fx.Node, mod: nn.Module, exclusive: bool) -> Branch | None:
+def _pool_branch(gm: fx.GraphModule, leaf: fx.Node, mod: nn.Module, exclusive: bool) -> Branch | None:
     info = _channels(leaf.args[0])
     if info is None:
         return None
@@ -225,11 +245,68 @@ def _pool_branch(leaf: fx.Node, mod: nn.Module, exclusive: bool) -> Branch | Non
     b = Branch(
         leaf, leaf.args[0], "pool", ndim, c, c, k, s, (1,) * ndim, p, p, None, mod, str(leaf.target), [leaf]
     )
-    if mod.ceil_mode or getattr(mod, "divisor_override", None) or (any(p) and not mod.count_include_pad):
-        b.problem = "average pool with ceil_mode, divisor_override or count_include_pad=False"
+    unequal = _border_divisors(mod, p)
+    if unequal:
+        b.problem = f"average pool ({', '.join(unequal)}) is not a convolution at the borders"
     elif not exclusive:
         b.problem = "its output is also used outside the sum"
+    _absorb_pointwise(gm, b, leaf.args[0])
     return b
+
+
+def _border_divisors(mod: nn.Module, padding: tuple[int, ...]) -> list[str]:
+    """The pool's settings that change its divisor at the borders (none: it is a fixed kernel)."""
+    found = []
+    if mod.ceil_mode:
+        found.append("ceil_mode=True")
+    if getattr(mod, "divisor_override", None):
+        found.append(f"divisor_override={mod.divisor_override}")
+    if any(padding) and not mod.count_include_pad:
+        found.append(f"padding {padding} with count_include_pad=False")
+    return found
+
+
+def _absorb_pointwise(gm: fx.GraphModule, b: Branch, src: fx.Node) -> None:
+    """Read ``pool(conv_1x1(x))`` as one branch over ``x``: a k×k conv with the 1×1 weights spread.
+
+    The pool averages the 1×1 conv's outputs, its bias included, over windows of ``x`` (padded
+    zeros before the 1×1 conv included: the conv maps them to its bias, as the merged conv does).
+    Zeros the pool itself pads stand for zero, not for that bias: then the bias must be zero.
+    """
+    conv = module_of(gm, src)
+    if not isinstance(conv, CONV) or len(conv.kernel_size) != b.ndim or not _per_pixel(conv):
+        return
+    if len(src.users) != 1 or len(src.args) != 1 or src.kwargs or not isinstance(src.args[0], fx.Node):
+        return
+    win = _window_of(src.args[0], b.ndim)
+    lo, hi = _conv_padding(conv)
+    pads = [
+        *(a + c + p for a, c, p in zip(lo, win.pad_lo, b.lo)),
+        *(a + c + p for a, c, p in zip(hi, win.pad_hi, b.hi)),
+    ]
+    pool_pads = any(b.lo) or any(b.hi)
+    b.lo = tuple(a + c + p - r for a, c, p, r in zip(lo, win.pad_lo, b.lo, win.crop_lo))
+    b.hi = tuple(a + c + p - r for a, c, p, r in zip(hi, win.pad_hi, b.hi, win.crop_hi))
+    b.input, b.in_ch, b.out_ch, b.groups = win.source, conv.in_channels, conv.out_channels, conv.groups
+    b.pointwise = conv
+    b.nodes += [src, *win.nodes]
+    b.parts.append(str(src.target))
+    if b.problem:
+        return
+    if any(c > 0 and p > 0 for c, p in zip([*win.crop_lo, *win.crop_hi], pads)):
+        b.problem = "it crops its input and zero-pads the same side"
+    elif conv.padding_mode != "zeros" and (any(lo) or any(hi)):
+        b.problem = f"padding mode {conv.padding_mode!r} (only zero padding merges exactly)"
+    elif pool_pads and conv.bias is not None and bool(conv.bias.detach().abs().amax() > 0):
+        b.problem = (
+            f"the pool zero-pads the output of {src.target}, where a merged conv would see that "
+            "1x1 conv's (non-zero) bias"
+        )
+
+
+def _per_pixel(conv: nn.Module) -> bool:
+    """A 1×1 conv with stride 1: it maps each position on its own."""
+    return all(k == 1 for k in conv.kernel_size) and all(s == 1 for s in conv.stride)
 
 
 def _pool_then_bn(gm: fx.GraphModule, leaf: fx.Node, bn: nn.Module, exclusive: bool) -> Branch | None:
@@ -240,11 +317,11 @@ def _pool_then_bn(gm: fx.GraphModule, leaf: fx.Node, bn: nn.Module, exclusive: b
         return None
     if not isinstance(src.args[0], fx.Node):
         return None
-    b = _pool_branch(src, pool, True)
+    b = _pool_branch(gm, src, pool, True)
     if b is None:
         return None
     b.leaf, b.bn, b.module_name = leaf, bn, str(leaf.target)
-    b.nodes = [leaf, src]
+    b.nodes = [leaf, *b.nodes]
     if b.problem is None and (not bn.track_running_stats or bn.running_mean is None):
         b.problem = "BatchNorm uses batch statistics (track_running_stats=False)"
     elif b.problem is None and not exclusive:
@@ -326,7 +403,7 @@ def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch 
             b.problem = "its output is also used outside the sum"
         return b
     if isinstance(mod, _POOL) and len(leaf.args) == 1 and isinstance(leaf.args[0], fx.Node):
-        return _pool_branch(leaf, mod, exclusive)
+        return _pool_branch(gm, leaf, mod, exclusive)
     info = _channels(leaf)
     if info is None:
         return None
@@ -452,13 +529,16 @@ def _plan(members: list[Branch]) -> Plan | str:
 @torch.no_grad()
 def _kernel_bias(b: Plan, m: Branch) -> tuple[torch.Tensor, torch.Tensor]:
     """The member's kernel in the plan's groups and dilation (unpadded), and its bias, in float64."""
-    device = next((x.module.weight.device for x in b.members if x.kind == "conv"), None)
+    device = next((x.conv.weight.device for x in b.members if x.weighted), None)
     nd = m.ndim
-    if m.kind == "conv":
-        k = regroup_kernel(m.module.weight.detach().double(), m.groups, b.groups)
+    if m.weighted:
+        k = m.conv.weight.detach().double()
+        if m.pointwise is not None:
+            k = spread_pointwise(k, m.kernel)
+        k = regroup_kernel(k, m.groups, b.groups)
         factor = tuple(m.dilation[d] // b.dilation[d] if m.kernel[d] > 1 else 1 for d in range(nd))
         k = dilate_kernel(k, factor)
-        bias = m.module.bias.detach().double() if m.module.bias is not None else k.new_zeros(m.out_ch)
+        bias = m.conv.bias.detach().double() if m.conv.bias is not None else k.new_zeros(m.out_ch)
     elif m.kind == "pool":
         k = avgpool_kernel(m.out_ch, b.groups, m.kernel, dtype=torch.float64, device=device)
         bias = k.new_zeros(m.out_ch)
@@ -467,7 +547,7 @@ def _kernel_bias(b: Plan, m: Branch) -> tuple[torch.Tensor, torch.Tensor]:
         bias = k.new_zeros(m.out_ch)
     bn = m.module if m.kind == "bn" else m.bn
     if bn is not None:
-        k, bias = fold_bn(k, None, *_bn64(bn), bn.eps)
+        k, bias = fold_bn(k, bias, *_bn64(bn), bn.eps)
     return k, bias
 
 
@@ -540,9 +620,9 @@ class MergeBranches:
         for b in branches:
             by_input.setdefault(b.input, []).append(b)
         chosen: Plan | None = None
-        conv_inputs = {x for x, bs in by_input.items() if any(b.kind == "conv" for b in bs)}
+        conv_inputs = {x for x, bs in by_input.items() if any(b.weighted for b in bs)}
         for group in by_input.values():
-            if len(group) < 2 or not any(b.kind == "conv" for b in group):
+            if len(group) < 2 or not any(b.weighted for b in group):
                 continue
             ok = []
             for b in group:
@@ -555,7 +635,7 @@ class MergeBranches:
                 key = (b.ndim, b.stride, b.reach(), b.in_ch, b.out_ch, shape_of(b.leaf))
                 classes.setdefault(key, []).append(b)
             ranked = sorted(
-                classes.values(), key=lambda bs: (any(b.kind == "conv" for b in bs), len(bs)), reverse=True
+                classes.values(), key=lambda bs: (any(b.weighted for b in bs), len(bs)), reverse=True
             )
             if not ranked:
                 continue
@@ -568,7 +648,7 @@ class MergeBranches:
                         f"output shapes differ (stride {b.stride} vs {best[0].stride}, output size offset "
                         f"{b.reach()} vs {best[0].reach()})",
                     )
-            if len(best) < 2 or not any(b.kind == "conv" for b in best):
+            if len(best) < 2 or not any(b.weighted for b in best):
                 continue
             plan = _plan(best)
             if isinstance(plan, str):
@@ -578,12 +658,24 @@ class MergeBranches:
                 chosen = plan
         merged_leaves = {id(m) for m in chosen.members} if chosen else set()
         for b in branches:
-            if b.kind == "identity" and b.input is b.leaf and id(b) not in merged_leaves:
+            if id(b) in merged_leaves:
+                continue
+            if b.kind == "identity" and b.input is b.leaf:
                 path = _nonlinear_path(b.leaf, conv_inputs)
                 if path:
                     ops = " <- ".join(_describe(gm, n) for n in path)
                     ctx.leave(
                         where, f"branch through {ops} holds a nonlinearity or an unsupported op; left unfused"
+                    )
+            elif b.kind == "pool" and b.input not in conv_inputs:
+                # a pool over something other than a conv input or a 1x1 conv of it (a ReLU between)
+                path = _nonlinear_path(b.input, conv_inputs, depth=4)
+                if path:
+                    ops = " <- ".join(_describe(gm, n) for n in path)
+                    ctx.leave(
+                        where,
+                        f"branch {b.label} not merged: its average pool reads {ops}, which holds a "
+                        "nonlinearity or an unsupported op",
                     )
         if chosen is None:
             return None
@@ -602,7 +694,7 @@ class MergeBranches:
                 kernel = k.new_zeros(*k.shape[:2], *plan.kernel)
             add_kernel_at(kernel, k, off)
             bias = b if bias is None else bias + b
-        like = next(m.module.weight for m in members if m.kind == "conv")
+        like = next(m.conv.weight for m in members if m.weighted)
         first = members[0]
         new = blank_conv(
             CONV_BY_DIM[first.ndim],
@@ -629,8 +721,8 @@ class MergeBranches:
         leaving = set(adds)
         for m in members:
             leaving.update(m.nodes)
-        names = [m.module_name for m in members if m.module_name]
-        dominant = max((m for m in members if m.kind == "conv"), key=lambda m: math.prod(m.kernel))
+        names = [n for m in members for n in [m.module_name, *m.parts] if n]
+        dominant = max((m for m in members if m.weighted), key=lambda m: math.prod(m.kernel))
         name = choose_name(gm, [ctx.parent_of_sources(names), dominant.module_name], leaving, taken)
         if not gm.add_submodule(name, new):
             raise RuntimeError(f"cannot add a module at {name!r}")
@@ -646,9 +738,7 @@ class MergeBranches:
             if node.op in ("call_module", "get_attr"):
                 taken.remove(str(node.target))
         kinds = ", ".join(
-            f"{ctx.full(m.module_name) if m.module_name else m.label} "
-            f"[{m.kind} {'x'.join(map(str, m.kernel))}]"
-            for m in members
+            f"{ctx.full(m.module_name) if m.module_name else m.label} [{m.describe()}]" for m in members
         )
         detail = (
             f"{len(members)} branches summed into one {'x'.join(map(str, plan.kernel))} conv "

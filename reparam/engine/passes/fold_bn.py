@@ -1,4 +1,9 @@
-"""Fold an eval-mode BatchNorm into the conv / transposed conv / linear layer that feeds it."""
+"""Fold an eval-mode BatchNorm into the conv / transposed conv / linear layer that feeds it.
+
+A BatchNorm1d over the flattened rows of a Linear's output (LeViT's ``LinearNorm``:
+``bn(y.flatten(0, 1)).reshape_as(y)``) folds too: reshapes keep every element in its output
+feature when the BatchNorm reads ``[rows, features]``, so its feature axis is the Linear's.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +20,23 @@ from reparam.engine.graph import (
     choose_name,
     install,
     module_chains,
+    module_of,
     shallow_copy,
     shape_of,
 )
+from reparam.engine.record import FusionEntry
 from reparam.engine.shapes import propagate_shapes
 from reparam.kernel_math import fold_bn, fold_bn_before, fold_bn_transposed
 
 _LAYERS = CONV + CONV_T + (nn.Linear,)
+_aten = torch.ops.aten
+# operations that keep the row-major order of the elements: only the shape changes
+_REORDER_FREE_METHODS = {"flatten", "reshape", "view", "reshape_as", "view_as", "unflatten", "squeeze", "unsqueeze"}  # fmt: skip
+_REORDER_FREE_FUNCTIONS = {
+    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten, _aten.view.default,
+    _aten.reshape.default, _aten._unsafe_view.default, _aten.flatten.using_ints, _aten.squeeze.dim,
+    _aten.unsqueeze.default, _aten.unflatten.int,
+}  # fmt: skip
 
 
 def _bn_tensors(bn: BN) -> tuple:
@@ -111,7 +126,131 @@ class FoldBN:
             install(gm, name, new, node, prod.args, leaving, names)
             gone |= leaving
             fused.append(ctx.record(name, new, [str(prod.target), where], detail))
+        fused += _fold_through_reshapes(gm, ctx, gone, names)
         return PassResult(gm, bool(fused), fused)
+
+
+def _reshaped(node: fx.Node) -> bool:
+    """A reshape of ``node.args[0]``: the elements keep their row-major order (a flat view)."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_method":
+        return node.target in _REORDER_FREE_METHODS
+    return node.op == "call_function" and node.target in _REORDER_FREE_FUNCTIONS
+
+
+def _shape_reader(user: fx.Node, node: fx.Node) -> bool:
+    """``user`` reads only ``node``'s shape (``y.reshape_as(node)``, ``node.shape``, ``node.size()``)."""
+    if user.op == "call_method" and user.target in ("reshape_as", "view_as", "expand_as"):
+        return len(user.args) == 2 and user.args[1] is node and user.args[0] is not node
+    if user.op == "call_method" and user.target == "size":
+        return True
+    if user.op == "call_function" and user.target is _aten.sym_size.int:
+        return True
+    return user.op == "call_function" and user.target is getattr and user.args[1:] == ("shape",)
+
+
+def _linear_behind(gm: fx.GraphModule, bn_node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
+    """The Linear call and the reshapes between it and the BatchNorm (``bn(lin(x).flatten(0, 1))``)."""
+    chain: list[fx.Node] = []
+    node = bn_node.args[0]
+    while isinstance(node, fx.Node) and _reshaped(node) and len(node.users) == 1:
+        chain.append(node)
+        node = node.args[0]
+    if not chain or not isinstance(node, fx.Node) or not isinstance(module_of(gm, node), nn.Linear):
+        return None
+    return node, chain[::-1]
+
+
+def _reshape_refusal(
+    bn_node: fx.Node, bn: BN, lin: fx.Node, chain: list[fx.Node], layer: nn.Linear
+) -> str | None:
+    """Why the BatchNorm after reshapes of the Linear's output cannot fold into it (None: it can).
+
+    Reshapes keep every element's row-major position, so an element stays in its Linear output
+    feature exactly when the tensor the BatchNorm reads is ``[rows, features]`` with the Linear's
+    features as the rows' entries: then the BatchNorm's feature axis is the Linear's output axis.
+    """
+    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+        return BATCH_STATISTICS
+    others = [u for u in lin.users if u is not chain[0] and not _shape_reader(u, lin)]
+    if others:
+        return f"output of {lin.target} also feeds {', '.join(sorted(u.name for u in others))}"
+    if len(lin.args) != 1 or lin.kwargs:
+        return f"{lin.target} is called with extra arguments"
+    shape = shape_of(bn_node.args[0])
+    if shape is None:
+        return "the shape the BatchNorm reads is unknown"
+    if len(shape) != 2 or shape[1] != layer.out_features or bn.num_features != layer.out_features:
+        return (
+            f"it normalises axis 1 of a {list(shape)} reshape of {lin.target}'s output: that axis is not "
+            f"the Linear's {layer.out_features} output features"
+        )
+    return None
+
+
+def _fold_through_reshapes(
+    gm: fx.GraphModule, ctx: PassContext, gone: set[fx.Node], names: ModuleNames
+) -> list[FusionEntry]:
+    """``bn(lin(x).flatten(0, 1)).reshape_as(lin(x))`` (LeViT's LinearNorm) → ``lin'(x)``."""
+    fused = []
+    for node in list(gm.graph.nodes):
+        bn = module_of(gm, node)
+        if node in gone or not isinstance(bn, BN) or len(node.args) != 1 or node.kwargs:
+            continue
+        found = _linear_behind(gm, node)
+        if found is None or found[0] in gone:
+            continue
+        lin, chain = found
+        layer = module_of(gm, lin)
+        where = str(node.target)
+        ctx.current_block = ctx.full(block_path(node) or where)
+        reason = _reshape_refusal(node, bn, lin, chain, layer)
+        if reason:
+            ctx.leave(where, f"{where} not folded into {lin.target} through the reshapes between: {reason}")
+            continue
+        mean, var, gamma, beta = _bn_tensors(bn)
+        bias = None if layer.bias is None else layer.bias.detach().double()
+        w, b = fold_bn(layer.weight.detach().double(), bias, mean, var, gamma, beta, bn.eps)
+        try:
+            weight_param = ctx.parameter(w, layer.weight, "weight")
+            bias_param = ctx.parameter(b, layer.weight, "bias")
+        except NotRepresentable as exc:
+            ctx.leave(where, f"{where} not folded into {lin.target}: {exc}")
+            continue
+        new = shallow_copy(layer)
+        new.weight, new.bias = weight_param, bias_param
+        sources = [str(lin.target), where]
+        name = choose_name(gm, [ctx.parent_of_sources(sources), str(lin.target)], {lin, node}, names)
+        install(gm, name, new, lin, lin.args, (), names)
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+        names.remove(where)
+        _drop_round_trip(gm, lin, chain)
+        gone |= {lin, node}
+        detail = (
+            f"{type(bn).__name__}(eps={bn.eps:g}) over the flattened rows of {type(layer).__name__}'s output "
+            "folded into it (the features stay the last axis)"
+        )
+        fused.append(ctx.record(name, new, sources, detail))
+    return fused
+
+
+def _drop_round_trip(gm: fx.GraphModule, lin: fx.Node, chain: list[fx.Node]) -> None:
+    """``lin.flatten(0, 1).reshape_as(lin)`` is ``lin``: route its users there, drop the reshapes."""
+    node = chain[-1]
+    path = list(chain)
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if not _reshaped(user) or user.args[0] is not node:
+            return
+        path.append(user)
+        if user.op == "call_method" and user.target in ("reshape_as", "view_as") and user.args[1] is lin:
+            user.replace_all_uses_with(lin)
+            for step in reversed(path):
+                gm.graph.erase_node(step)
+            return
+        node = user
 
 
 def _unpadded(layer: nn.Module) -> bool:

@@ -1,7 +1,14 @@
-"""Remove modules that are the identity at inference (``nn.Identity``, dropout in eval mode)."""
+"""Remove modules that are the identity at inference (``nn.Identity``, dropout in eval mode).
+
+Also dropped: torch.export's metadata checks on a constant the model owns (``w.to(device)`` of a
+plain tensor attribute is captured as ``_assert_tensor_metadata(w, ...)``). They compute nothing,
+held when the model was captured, and would otherwise keep the constant, and refuse the deploy
+model on another device, after the layer that read it is fused.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import fx, nn
 
 from reparam.engine.base import PassContext, PassResult, register_pass
@@ -28,6 +35,10 @@ class RemoveIdentity:
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         changed = False
         for node in list(gm.graph.nodes):
+            if _constant_metadata_check(node):
+                gm.graph.erase_node(node)
+                changed = True
+                continue
             mod = module_of(gm, node)
             if not isinstance(mod, _IDENTITY) or len(node.args) != 1 or node.kwargs:
                 continue
@@ -41,3 +52,11 @@ class RemoveIdentity:
             gm.graph.erase_node(node)
             changed = True
         return PassResult(gm, changed, [])
+
+
+def _constant_metadata_check(node: fx.Node) -> bool:
+    """An unused ``_assert_tensor_metadata`` of a constant (a ``get_attr``) of the graph."""
+    if node.op != "call_function" or node.target is not torch.ops.aten._assert_tensor_metadata.default:
+        return False
+    checked = node.args[0] if node.args else None
+    return not node.users and isinstance(checked, fx.Node) and checked.op == "get_attr"
