@@ -106,9 +106,15 @@ def _probe_sizes(size: int, axis: int) -> tuple[int, ...]:
 
 
 def _guards_accept(guards: Any, args: Sequence[Any], index: int, axis: int) -> bool:
-    """Whether the size guards pass with axis ``axis`` of input ``index`` alone at some other size."""
+    """Whether the size guards pass with axis ``axis`` of input ``index`` at some other size: alone,
+    or, for a spatial axis, with the input's other spatial axes doubled with it (``H == W``)."""
     size = int(args[index].shape[axis])
-    return any(_guards_pass(guards, args, index, axis, other) for other in _probe_sizes(size, axis))
+    if any(_guards_pass(guards, args, index, {axis: other}) for other in _probe_sizes(size, axis)):
+        return True
+    shape = args[index].shape
+    return axis > 0 and _guards_pass(
+        guards, args, index, {a: 2 * int(shape[a]) for a in range(2, len(shape))}
+    )
 
 
 def bounded_axes(guarded: nn.Module, args: Sequence[Any]) -> list[FixedAxis]:
@@ -120,17 +126,19 @@ def bounded_axes(guarded: nn.Module, args: Sequence[Any]) -> list[FixedAxis]:
         FixedAxis(i, ax, int(a.shape[ax]), a.dim())
         for i, a in enumerate(args)
         for ax in varying_axes(a)
-        if not all(_guards_pass(guards, args, i, ax, other) for other in _probe_sizes(int(a.shape[ax]), ax))
+        if not all(_guards_pass(guards, args, i, {ax: other}) for other in _probe_sizes(int(a.shape[ax]), ax))
     ]
 
 
-def _guards_pass(guards: Any, args: Sequence[Any], index: int, axis: int, size: int) -> bool:
+def _guards_pass(guards: Any, args: Sequence[Any], index: int, sizes: dict[int, int]) -> bool:
+    """Whether the size guards pass (on meta tensors) with input ``index`` at ``sizes`` ({axis: size})."""
     probe = []
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
             shape = list(a.shape)
             if i == index:
-                shape[axis] = size
+                for axis, size in sizes.items():
+                    shape[axis] = size
             a = torch.empty(shape, dtype=a.dtype, device="meta")
         probe.append(a)
     try:
@@ -232,20 +240,29 @@ def _same_size(a: Any, b: Any) -> bool:
 
 
 def _global_pool_kernel(x: Any, kernel_size: Any, stride: Any, padding: Any) -> bool:
-    """Whether ``avg_pool2d(x, kernel_size, stride, padding)`` averages each whole feature map."""
+    """Whether ``avg_pool2d(x, kernel_size, stride, padding)`` averages each whole feature map.
+
+    A kernel of sizes read in forward qualifies when one of them is known to be the feature map's
+    and the others can be required to be (``kernel_size=x.size(3)`` on a square map, as RepVGG's SE
+    writes it: the program then takes square inputs of any size).
+    """
     if not isinstance(x, torch.Tensor) or x.dim() < 3:
         return False
     pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-    kernel = pair(kernel_size)
+    kernel, sizes = pair(kernel_size), tuple(x.shape[-2:])
     if any(not isinstance(k, torch.SymInt) for k in kernel):
         return False  # a literal kernel: the model holds the size, as it does in eager code
-    if (
-        stride not in (None, [], ())
-        and pair(stride) != kernel
-        and not all(map(_same_size, pair(stride), kernel))
-    ):
+    if stride not in (None, [], ()) and not all(map(_same_size, pair(stride), kernel)):
         return False
-    return all(p == 0 for p in pair(padding)) and all(map(_same_size, kernel, x.shape[-2:]))
+    if any(p != 0 for p in pair(padding)):
+        return False
+    known = [_same_size(k, s) for k, s in zip(kernel, sizes)]
+    if not any(known):
+        return False
+    for k, s, same in zip(kernel, sizes, known):
+        if not same:
+            torch._check(k == s)  # a guard of the program: other sizes are refused, never pooled in part
+    return True
 
 
 @contextlib.contextmanager
@@ -271,8 +288,9 @@ def global_pools_stay_free() -> Iterator[None]:
             return F.adaptive_avg_pool2d(input, 1)
         return original(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
-    F.avg_pool2d = avg_pool2d
+    # torch.nn.functional's is the builtin itself; a traced graph calls it as torch._C._nn.avg_pool2d
+    F.avg_pool2d = torch._C._nn.avg_pool2d = avg_pool2d
     try:
         yield
     finally:
-        F.avg_pool2d = original
+        F.avg_pool2d = torch._C._nn.avg_pool2d = original

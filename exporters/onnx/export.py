@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from reparam.dynamic_shapes import global_pools_stay_free
 from reparam.equivalence.boundaries import ONNX_METADATA_KEY, Boundaries, BoundaryKind
 from reparam.errors import ReparamError, require
 from reparam.exporters.onnx.save import save_onnx
+from reparam.numerics import scale_relative_error
 from reparam.tensors import as_args, batch_of_two, eval_mode, tensor_leaves
 from reparam.tensors import output_names as conventional_output_names
 
@@ -143,19 +145,18 @@ def _run_exporter(
     level = registration.level
     registration.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+        # global pools written with sizes read in forward stay free along height and width
+        with contextlib.redirect_stdout(log), warnings.catch_warnings(), global_pools_stay_free():
             warnings.simplefilter("ignore")
             if dynamo:
-                dims = {}
-                specs = []
-                for name, a in zip(input_names, args):
-                    spec = None
-                    if isinstance(a, torch.Tensor) and name in axes:
-                        spec = {}
-                        for ax, dim_name in axes[name].items():
-                            dims.setdefault(dim_name, torch.export.Dim(dim_name.replace("-", "_"), min=1))
-                            spec[ax] = dims[dim_name]
-                    specs.append(spec)
+                # torch.export relates the sizes itself (a model may need height == width); an axis
+                # it has to hold is reported by name afterwards (check_dynamic_axes)
+                specs = [
+                    {ax: torch.export.Dim.AUTO for ax in axes[name]}
+                    if isinstance(a, torch.Tensor) and name in axes
+                    else None
+                    for name, a in zip(input_names, args)
+                ]
                 program = torch.onnx.export(
                     model,
                     batch_of_two(args, [0 in axes.get(name, {}) for name in input_names]),
@@ -325,6 +326,59 @@ def provenance(
     return meta
 
 
+# ONNX Runtime against PyTorch in fp32: far above their rounding, far below a pool over part of a map
+_FREE_AXIS_TOLERANCE = 1e-4
+
+
+def _check_free_spatial_axes(
+    proto: Any, model: nn.Module, args: tuple, input_names: list[str], axes: dict[str, dict[int, str]]
+) -> None:
+    """Run the file where its free spatial axes are doubled (and the batch is three) against the model.
+
+    The dynamo exporter can leave an axis symbolic while an operation took its example size as a
+    constant (an average pool's kernel): the file then computes something else at any other size.
+    """
+    spatial = [(i, name) for i, name in enumerate(input_names) if any(a >= 2 for a in axes.get(name, {}))]
+    if not spatial:
+        return
+    ort = require("onnxruntime", "onnx", "checking the ONNX file's free axes")
+    probe = []
+    for name, a in zip(input_names, args):
+        if isinstance(a, torch.Tensor) and name in axes:
+            shape = [3 if ax == 0 else 2 * d if ax >= 2 else d for ax, d in enumerate(a.shape)]
+            shape = [s if ax in axes[name] else a.shape[ax] for ax, s in enumerate(shape)]
+            a = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(a.dtype)
+        probe.append(a)
+    try:
+        with torch.no_grad():
+            want = tensor_leaves(model(*probe))
+    except Exception:  # the model itself does not take these sizes: nothing to compare
+        return
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {n: a.numpy() for n, a in zip(input_names, probe) if isinstance(a, torch.Tensor)}
+    shapes = ", ".join("x".join(map(str, a.shape)) for a in probe if isinstance(a, torch.Tensor))
+    free = ", ".join(f"{n}[{ax}]" for n in input_names for ax in axes.get(n, {}) if ax >= 2)
+    try:
+        got = session.run(None, feed)
+    except Exception as exc:  # ONNX Runtime refuses the sizes the model takes
+        raise ReparamError(
+            f"the exported file leaves {free} dynamic but fails at {shapes}, where the model runs "
+            f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})",
+            hint=_FREE_AXIS_HINT,
+        ) from exc
+    for w, g in zip(want, got):
+        error = scale_relative_error(w.double().numpy(), g.astype("float64"))
+        if not error <= _FREE_AXIS_TOLERANCE:
+            raise ReparamError(
+                f"the exported file leaves {free} dynamic but computes other values at {shapes} "
+                f"(relative error {error:.3g}): an operation took the example's size as a constant",
+                hint=_FREE_AXIS_HINT,
+            )
+
+
+_FREE_AXIS_HINT = "export with the batch axis alone dynamic (--dynamic batch), or at the size you need"
+
+
 def export_onnx(
     model: nn.Module | ConversionResult,
     example_inputs: Any,
@@ -443,6 +497,9 @@ def export_onnx(
         from reparam.exporters.onnx.save import needs_external_data
 
         if not needs_external_data(proto):
+            start = time.perf_counter()
+            _check_free_spatial_axes(proto, model, args, input_names, axes)
+            times["free_axes_check"] = time.perf_counter() - start
             proto = onnx.shape_inference.infer_shapes(proto, check_type=True)
         form = "deploy" if boundaries or passes else "training"
         meta = provenance(

@@ -69,8 +69,18 @@ class TorchRunner(Runner):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self.validate(inputs)
         args = [torch.from_numpy(np.ascontiguousarray(arrays[n])).to(self.device) for n in self.input_names]
-        with torch.no_grad(), eval_mode(self.module):
-            out = tensor_leaves(self.module(*args))
+        try:
+            with torch.no_grad(), eval_mode(self.module):
+                out = tensor_leaves(self.module(*args))
+        except AssertionError as exc:
+            if not str(exc).startswith("Guard failed"):
+                raise
+            # the size checks torch.export keeps in a program: the artifact does not take this size
+            shapes = ", ".join("x".join(map(str, a.shape)) for a in args)
+            raise ReparamError(
+                f"{self.label()} does not take inputs of shape {shapes} ({exc})",
+                hint="`reparam inspect` shows the sizes it takes; convert the model again at the size you need",
+            ) from exc
         names = output_names(len(out))
         self.output_names = names
         return {n: t.detach().cpu().numpy() for n, t in zip(names, out)}

@@ -105,6 +105,7 @@ def _agrees(original: nn.Module, deploy: nn.Module, x: torch.Tensor) -> None:
 
 
 SIZES = [(1, 16), (2, 16), (3, 16), (2, 24), (3, 20)]
+NOT_SQUARE = (2, 3, 24, 18)
 
 
 @pytest.mark.parametrize("se", [RepVGGAuthorsSE, MobileOneAuthorsSE])
@@ -118,16 +119,18 @@ def test_size_reads_in_keyword_and_list_arguments_stay_symbolic(se):
 
 
 def test_a_capture_that_would_hold_a_size_gives_way_to_per_submodule_conversion():
-    """A shape ``if`` sends capture to torch.export, where the SE pool's kernel (a size read in
-    forward) becomes a constant and the width would be held: the model is converted submodule by
-    submodule instead, keeping its own control flow, and takes every size the original takes."""
+    """A shape ``if`` sends capture to torch.export, where the SE pool (``kernel_size=x.size(3)``)
+    is a global pool only on square maps: that capture takes square inputs only, so the model is
+    converted submodule by submodule instead, keeping its own control flow, and takes every size
+    the original takes."""
     model = _prepared(lambda: Net(RepVGGAuthorsSE(8, 4), shape_if=True))
     result = convert(model, torch.randn(1, 3, 16, 16))
     assert result.report.tracing.startswith("per submodule")
-    assert any("torch.export holds" in n and "width (axis 3) = 16" in n for n in result.report.notes)
+    assert any("takes only some sizes of its height, width" in n for n in result.report.notes)
     assert count(result.model, BN) == 0 and count(result.model, nn.Conv2d) == 4
     for batch, size in SIZES:
         _agrees(model, result.model, torch.randn(batch, 3, size, size))
+    _agrees(model, result.model, torch.randn(*NOT_SQUARE))  # the original pools 24x18 in 18x18 windows
 
 
 class BatchBranch(nn.Module):

@@ -60,12 +60,16 @@ def pt2_summary(path: Path) -> dict[str, Any]:
         o["name"] = name
     for i, name in zip(inputs, ["input"] if len(inputs) == 1 else [f"input{k}" for k in range(len(inputs))]):
         i["name"] = name
-    if "fixed_axes" in artifact.metadata:  # free axes by name (batch, height, width), as ONNX's are
+    if "fixed_axes" in artifact.metadata:  # free axes by name (batch, height, width), held ones by size
         from reparam.dynamic_shapes import axis_name
 
-        for i in inputs:
+        held = {(int(f["input"]), int(f["axis"])): int(f["size"]) for f in artifact.metadata["fixed_axes"]}
+        for k, i in enumerate(inputs):
             dims = i["shape"] or []
-            i["shape"] = [axis_name(len(dims), k) if isinstance(d, str) else d for k, d in enumerate(dims)]
+            i["shape"] = [
+                held.get((k, a), axis_name(len(dims), a) if isinstance(d, str) else d)
+                for a, d in enumerate(dims)
+            ]
     meta = dict(artifact.metadata)
     report = meta.pop("report", None)
     meta.pop("record", None)
