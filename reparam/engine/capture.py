@@ -54,10 +54,39 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+@contextlib.contextmanager
+def _caches_kept(module: nn.Module) -> Iterator[None]:
+    """Put back the dicts and lists a forward writes into (timm's LeViT caches its attention biases
+    per device in eval mode): a capture would leave graph values in the caller's model."""
+    saved: list[tuple[Any, Any]] = []
+    for m in module.modules():
+        for key, value in vars(m).items():
+            if not key.startswith("_") and type(value) in (dict, list):
+                saved.append((value, value.copy()))
+    try:
+        yield
+    finally:
+        for container, before in saved:
+            if _changed(container, before):
+                container.clear()
+                if isinstance(container, dict):
+                    container.update(before)
+                else:
+                    container.extend(before)
+
+
+def _changed(container: dict | list, before: dict | list) -> bool:
+    """Whether a container holds other objects than its copy ``before`` (compared by identity)."""
+    if isinstance(container, dict):
+        return container.keys() != before.keys() or any(container[k] is not before[k] for k in before)
+    return len(container) != len(before) or any(a is not b for a, b in zip(container, before))
+
+
 def trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
     """Symbolic trace with in-place ops made explicit; ``(None, why)`` when that is not possible."""
     try:
-        gm = symbolic_trace(module)
+        with _caches_kept(module):
+            gm = symbolic_trace(module)
         alias_unsafe_names(gm)
         functionalize_inplace(gm)
         return gm, ""
@@ -99,7 +128,7 @@ def export_capture(module: nn.Module, inputs: tuple) -> tuple[ExportCapture | No
     size the capture does not hold for (the branch of a shape ``if`` taken, a size fixed by the model).
     """
     try:
-        with torch.no_grad(), _quiet_export_logs():
+        with torch.no_grad(), _quiet_export_logs(), _caches_kept(module):
             _, unlifted, fixed, static_reason = export_with_free_axes(
                 lambda example, shapes: _export(module, example, shapes), tuple(inputs), reference=module
             )

@@ -301,3 +301,37 @@ def test_pt2_names_held_axes_and_export_refuses_them(checkpoints, capsys):
     with torch.no_grad():
         ref = _prepared(FlattenHead)(x).numpy()
     assert scale_relative_error(ref, _onnx_run(checkpoints / "flat.onnx", x.numpy())) <= 1e-5
+
+
+class CachedBias(nn.Module):
+    """timm LeViT's way: an eval-mode forward caches a tensor computed from parameters per device."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = conv_bn(3, 4, 3)
+        self.biases = nn.Parameter(torch.randn(4, 6))
+        self.register_buffer("idxs", torch.tensor([0, 2, 4, 5]), persistent=False)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def bias(self, device: torch.device) -> torch.Tensor:
+        if self.training:
+            return self.biases[:, self.idxs]
+        if str(device) not in self.cache:
+            self.cache[str(device)] = self.biases[:, self.idxs]
+        return self.cache[str(device)]
+
+    def forward(self, x):
+        return self.body(x) + self.bias(x.device).sum(1).view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("shape_if", [False, True])
+def test_a_forward_that_caches_leaves_the_callers_model_as_it_was(shape_if):
+    """Capture runs forward on graph values; whatever the forward caches then is put back (a real
+    run of the model may fill the cache, with real tensors), so the model converts again and runs."""
+    model = _prepared(CachedBias)
+    if shape_if:  # torch.export's capture runs forward too
+        model.forward = lambda x: CachedBias.forward(model, x) if x.shape[-1] > 2 else x
+    for _ in range(2):
+        result = convert(model, torch.randn(1, 3, 8, 8))
+        assert all(type(v) is torch.Tensor for v in model.cache.values()) and count(result.model, BN) == 0
+    _agrees(model, result.model, torch.randn(2, 3, 8, 8))
