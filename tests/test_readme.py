@@ -90,3 +90,13 @@ def test_quickstart_commands_run_as_written(user_files):
     for name in ("model.pt2", "model.pt2.report.json", "model.onnx", "report.json", "report.md"):
         assert (user_files / name).is_file(), name
     assert (user_files / "out" / "manifest.json").is_file()
+
+
+def test_install_configuration_has_no_deprecation_warnings(recwarn):
+    """`pip install .` reads pyproject.toml without setuptools' "license as a table" deprecation."""
+    apply = pytest.importorskip("setuptools.config.pyprojecttoml").apply_configuration
+    from setuptools.dist import Distribution
+
+    dist = apply(Distribution(), str(README.parent / "pyproject.toml"))
+    assert dist.metadata.license_expression == "Apache-2.0"
+    assert not [w for w in recwarn if "license" in str(w.message).lower()]
