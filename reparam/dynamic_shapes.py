@@ -200,6 +200,9 @@ def export_with_free_axes(
             text = str(exc).strip()
             reasons.append(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")
             continue
+        if not hasattr(module, "_guards_fn"):  # a torch whose exported module checks no sizes
+            reasons.append("this torch keeps no size guards in an exported module")
+            break
         fixed = fixed_axes(program, module, example)
         batch_free = not any(f.axis == 0 for f in fixed)
         if example is two and not batch_free:
