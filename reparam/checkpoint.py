@@ -13,6 +13,8 @@ import json
 import math
 import os
 import pickle
+import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,59 +28,67 @@ from reparam.limits import memory_limit, parameter_bytes_of, refuse_over_limit
 
 CONTAINER_KEYS = ("state_dict", "model", "ema", "model_ema", "net", "state_dict_ema")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
+METADATA_KEY = "reparam"  # a state dict's record of its architecture (see record_architecture)
 _SHOW = 5
 _MAX_KWARG_ITEMS, _MAX_KWARG_DEPTH, _MAX_KWARG_STRING, _MAX_KWARG_NUMBER = 1000, 4, 4096, 10**6
 
 
-def _import_factory(arch: str) -> Any:
+def _import_factory(arch: str, option: str) -> Any:
     module_name, _, attr = arch.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ReparamError(
-            f"cannot import {module_name!r} for --arch {arch!r}: {exc}",
-            hint="make the package importable (PYTHONPATH) or use a zoo model name",
+            f"cannot import {module_name!r} for {option} {arch!r}: {exc}",
+            hint="run from the directory that holds it, make the package importable (PYTHONPATH), "
+            "or use a zoo model name",
         ) from exc
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
             raise ReparamError(
-                f"{module_name!r} has no attribute {attr!r}", hint="write --arch as 'package.module:factory'"
+                f"{module_name!r} has no attribute {attr!r}",
+                hint=f"write {option} as 'package.module:factory'",
             )
     return factory
 
 
-def _call_factory(arch: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module:
+def _call_factory(arch: str, factory: Any, kwargs: dict[str, Any], option: str) -> nn.Module:
     try:
         model = factory(**kwargs)
     except TypeError as exc:
         raise ReparamError(
             f"calling {arch} with {kwargs} failed: {exc}",
-            hint="check --arch-kwargs against the factory's signature",
+            hint=f"check {option}-kwargs against the factory's signature",
         ) from exc
     if not isinstance(model, nn.Module):
         raise ReparamError(
             f"{arch} returned {type(model).__name__}, not a torch.nn.Module",
-            hint="point --arch at a function or class that builds the model",
+            hint=f"point {option} at a function or class that builds the model",
         )
     return model
 
 
 def build_model(
-    arch: str, arch_kwargs: Mapping[str, Any] | None = None, *, max_bytes: int | str | None = None
+    arch: str,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    *,
+    max_bytes: int | str | None = None,
+    option: str = "--arch",
 ) -> nn.Module:
     """Build an architecture by zoo name or ``package.module:factory`` with keyword arguments.
 
     The parameters are counted on the ``meta`` device first: a model over the memory limit
-    (:func:`reparam.limits.memory_limit`) is refused before anything is allocated.
+    (:func:`reparam.limits.memory_limit`) is refused before anything is allocated. ``option`` is
+    the flag that named ``arch`` (``--arch``, ``--as-arch``), for errors.
     """
     kwargs = dict(arch_kwargs or {})
     if ":" in arch:
-        factory = _import_factory(arch)
+        factory = _import_factory(arch, option)
 
         def make() -> nn.Module:
-            return _call_factory(arch, factory, kwargs)
+            return _call_factory(arch, factory, kwargs, option)
     else:
         from reparam.zoo import create_model
 
@@ -148,10 +158,22 @@ def save_checkpoint(
         torch.save(payload, tmp)
 
 
+def _torch_detail(exc: BaseException) -> str:
+    """torch's reason in a few words, without its advice (torch suggests ``weights_only=False``)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = text.strip().splitlines()[0].strip() if text.strip() else "no detail"
+    if "weights_only" in first:
+        first = "not a weights-only pickle"
+    first = first.split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {first[:160]}"
+
+
 def _corrupt(path: Path, exc: BaseException) -> ReparamError:
     return ReparamError(
         f"cannot read checkpoint {str(path)!r}: the file is truncated, corrupt or not a PyTorch checkpoint "
-        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})",
+        f"({_torch_detail(exc)})",
         hint="copy or download the file again and compare its size / checksum with the original",
     )
 
@@ -176,7 +198,10 @@ def _read(path: Path, trust_pickle: bool) -> Any:
                 out["arch_kwargs"] = json.loads(meta["arch_kwargs"])
         return out
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about a pickle protocol it did not write before failing on a damaged file.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # Only a refused global means pickled code; other unpickler errors ("Unsupported operand",
         # "invalid load key") mean the file is not a checkpoint at all.
@@ -222,16 +247,32 @@ def _candidates(obj: Mapping) -> list[str]:
     return keys + extra
 
 
+def _no_entry(obj: Any, key: str, done: list[str], part: str) -> ReparamError:
+    """``key`` names no entry: list the entries there and suggest those that hold weights."""
+    if not isinstance(obj, Mapping):
+        return ReparamError(
+            f"--state-dict-key {key!r}: {part!r} is inside a {type(obj).__name__}, not a mapping",
+            hint="drop --state-dict-key to use the state dict found automatically",
+        )
+    found = _listing([repr(k) for k in obj]) if obj else "nothing"
+    options = [".".join([*done, str(k)]) for k in obj if isinstance(obj[k], Mapping | nn.Module)]
+    hint = (
+        f"pass one that holds weights: {', '.join(f'--state-dict-key {o}' for o in options)}"
+        if options
+        else "drop --state-dict-key: no entry there holds a state dict"
+    )
+    return ReparamError(
+        f"--state-dict-key {key!r}: the checkpoint has no entry {part!r} (it holds {found})", hint=hint
+    )
+
+
 def _select(obj: Any, key: str | None, notes: list[str]) -> Any:
     """Unwrap containers down to the state dict; ``key`` (dotted) picks one explicitly."""
     if key is not None:
-        for part in key.split("."):
+        parts = key.split(".")
+        for i, part in enumerate(parts):
             if not isinstance(obj, Mapping) or part not in obj:
-                found = ", ".join(repr(k) for k in obj) if isinstance(obj, Mapping) else type(obj).__name__
-                raise ReparamError(
-                    f"--state-dict-key {key!r}: the checkpoint has no entry {part!r} (it holds {found})",
-                    hint="pick one of the entries listed, e.g. --state-dict-key model_ema",
-                )
+                raise _no_entry(obj, key, parts[:i], part)
             obj = obj[part]
         return obj.state_dict() if isinstance(obj, nn.Module) else obj
     path: list[str] = []
@@ -315,9 +356,27 @@ def _listing(keys: list[str]) -> str:
     return f"{shown}{', ...' if len(keys) > _SHOW else ''} ({len(keys)} in all)"
 
 
+def _with_batch_counters(
+    state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` with the model's own BatchNorm ``num_batches_tracked`` where it has none.
+
+    The counter only drives a cumulative moving average in training (momentum=None); eval mode and
+    the fused weights never read it, and torch's own loading accepts checkpoints without it.
+    """
+    absent = [k for k in expected if k.rsplit(".", 1)[-1] == "num_batches_tracked" and k not in state_dict]
+    if not absent:
+        return state_dict
+    return {**state_dict, **{k: expected[k] for k in absent}}
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str = "") -> None:
-    """Load strictly; on any missing/unexpected key or shape mismatch raise one ReparamError listing them."""
+    """Load strictly; on any missing/unexpected key or shape mismatch raise one ReparamError listing them.
+
+    Only BatchNorm's ``num_batches_tracked`` counters may be missing (see `_with_batch_counters`).
+    """
     expected = model.state_dict()
+    state_dict = _with_batch_counters(state_dict, expected)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [
@@ -343,11 +402,42 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     model.load_state_dict(state_dict, strict=True)
 
 
-def _recorded_architecture(obj: Any, path: Path) -> tuple[str | None, Any]:
-    """The zoo name and kwargs a checkpoint records; a file never chooses code to import."""
+def record_architecture(
+    state_dict: Mapping[str, torch.Tensor], arch: str, arch_kwargs: Mapping[str, Any] | None
+) -> OrderedDict[str, torch.Tensor]:
+    """``state_dict`` as a plain state dict that also records how it was built.
+
+    The record sits in the ``_metadata`` torch keeps beside every state dict (per-module versions),
+    which ``torch.load(weights_only=True)`` reads back and ``load_state_dict`` ignores, so
+    ``Plain().load_state_dict(torch.load(path))`` works while reparam still finds the architecture.
+    """
+    out = OrderedDict(state_dict)
+    metadata = OrderedDict(getattr(state_dict, "_metadata", None) or {})
+    root = dict(metadata.get("", {}))
+    root[METADATA_KEY] = {"arch": arch, "arch_kwargs": dict(arch_kwargs or {})}
+    metadata[""] = root
+    out._metadata = metadata  # type: ignore[attr-defined]
+    return out
+
+
+def recorded_architecture(obj: Any) -> tuple[Any, Any]:
+    """``(arch, arch_kwargs)`` as a checkpoint records them, unchecked (``(None, None)`` for none).
+
+    Read from ``{"arch", "arch_kwargs", ...}`` or from a state dict's metadata (`record_architecture`).
+    """
     if not isinstance(obj, Mapping):
         return None, None
-    arch = obj.get("arch")
+    if "arch" not in obj:
+        root = (getattr(obj, "_metadata", None) or {}).get("", {})
+        obj = root.get(METADATA_KEY) if isinstance(root, Mapping) else None
+        if not isinstance(obj, Mapping):
+            return None, None
+    return obj.get("arch"), obj.get("arch_kwargs")
+
+
+def _recorded_architecture(obj: Any, path: Path) -> tuple[str | None, Any]:
+    """The zoo name and kwargs a checkpoint records; a file never chooses code to import."""
+    arch, kwargs = recorded_architecture(obj)
     if arch is not None and not isinstance(arch, str):
         raise ReparamError(
             f"checkpoint {str(path)!r} records an architecture of type {type(arch).__name__}",
@@ -357,9 +447,9 @@ def _recorded_architecture(obj: Any, path: Path) -> tuple[str | None, Any]:
         raise ReparamError(
             f"checkpoint {str(path)!r} names code to import as its architecture ({arch[:80]!r}); "
             "reparam builds only zoo models from what a file records",
-            hint="if you trust that code, pass it yourself: --arch 'package.module:factory'",
+            hint=f"if you trust that code, pass it yourself: --arch '{arch[:80]}'",
         )
-    return arch or None, obj.get("arch_kwargs")
+    return arch or None, kwargs
 
 
 def load_model(
@@ -408,3 +498,46 @@ def load_model(
     load_state_dict_strict(model, state_dict, arch)
     model.reparam_source = {"arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "notes": notes}
     return model.eval()
+
+
+def checkpoint_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """What a checkpoint holds, read without running code from it (for `reparam inspect`).
+
+    Its entries, the architecture it records, and the tensors of the state dict `load_model` would
+    use. A file holding pickled code is refused, as `load_model` refuses it without ``trust_pickle``.
+    """
+    p = Path(path)
+    obj = _read(p, trust_pickle=False)
+    arch, kwargs = recorded_architecture(obj)
+    notes: list[str] = []
+    sd = extract_state_dict(obj, notes=notes)
+    dtypes: dict[str, int] = {}
+    for t in sd.values():
+        name = str(t.dtype).replace("torch.", "")
+        dtypes[name] = dtypes.get(name, 0) + 1
+    bare = not isinstance(obj, Mapping) or all(isinstance(v, torch.Tensor) for v in obj.values())
+    entries = {} if bare else {str(k): _entry_kind(v) for k, v in obj.items()}
+    return {
+        "path": str(p),
+        "kind": "checkpoint",
+        "bytes": p.stat().st_size,
+        "arch": arch if isinstance(arch, str) else None,
+        "arch_kwargs": kwargs if isinstance(kwargs, Mapping) else None,
+        "entries": entries,
+        "tensors": len(sd),
+        "elements": sum(t.numel() for t in sd.values()),
+        "dtypes": dtypes,
+        "batch_counters": sum(k.endswith("num_batches_tracked") for k in sd),
+        "first_tensors": {k: list(t.shape) for k, t in list(sd.items())[: _SHOW * 2]},
+        "notes": notes,
+    }
+
+
+def _entry_kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor {list(value.shape)}"
+    if isinstance(value, Mapping):
+        tensors = sum(isinstance(v, torch.Tensor) for v in value.values())
+        return f"mapping of {len(value)} ({tensors} tensors)"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"

@@ -85,12 +85,9 @@ def save_expanded(
 
 def recorded_arch(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[str | None, dict[str, Any]]:
     """The ``(arch, arch_kwargs)`` a checkpoint records (``(None, {})`` when it records none)."""
-    from reparam.checkpoint import _read
+    from reparam.checkpoint import _read, recorded_architecture
 
-    obj = _read(Path(path), trust_pickle)
-    if not isinstance(obj, Mapping):
-        return None, {}
-    arch, kwargs = obj.get("arch"), obj.get("arch_kwargs")
+    arch, kwargs = recorded_architecture(_read(Path(path), trust_pickle))
     return (arch if isinstance(arch, str) and arch else None), (
         dict(kwargs) if isinstance(kwargs, Mapping) else {}
     )

@@ -319,9 +319,16 @@ def write_plain_checkpoint(
     arch_kwargs: Mapping[str, Any] | None,
     example_inputs: Any,
 ) -> PlainWeights:
-    """Load the converted model's weights into ``plain`` (built from ``arch``; checked) and save an ``arch`` checkpoint."""
-    from reparam.expansion.checkpoint import save_model
+    """Load the converted model's weights into ``plain`` (built from ``arch``; checked) and save them.
+
+    The file is the plain class's state dict, loadable with ``load_state_dict(torch.load(path))``;
+    ``arch`` and ``arch_kwargs`` ride in its metadata for reparam's own loaders.
+    """
+    from reparam.checkpoint import record_architecture
+    from reparam.io import atomic_path
 
     result = plain_weights(trained, plain, example_inputs, converted=converted)
-    save_model(path, result.model, arch, arch_kwargs)
+    payload = record_architecture(result.model.state_dict(), arch, arch_kwargs)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return result

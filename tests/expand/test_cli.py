@@ -12,7 +12,7 @@ from reparam.cli.main import main
 from reparam.expansion import EXPANDED_ARCH, ExpandedConv
 from reparam.numerics import FP32_SCALE_REL, randomize_batchnorm, scale_relative_error
 from reparam.zoo import create_model
-from tests.expand._models import FanOut, Pointwise
+from tests.expand._models import FanOut, FanOutRenamed, Pointwise
 
 KW = {"width": 0.125, "num_classes": 10}
 MODELS = "tests.expand._models"
@@ -90,6 +90,10 @@ def test_expand_then_convert_as_arch_round_trip(tmp_path, plain_ckpt, capsys):
     handed_back = load_model(out / "plain18.pth")  # strict load into the zoo's plain resnet18
     assert type(handed_back) is type(plain)
     assert _rel(trained, handed_back) <= FP32_SCALE_REL
+    # what the README promises: a state dict of the plain class, loadable by torch alone
+    fresh = create_model("resnet18", **KW)
+    fresh.load_state_dict(torch.load(out / "plain18.pth", weights_only=True))
+    assert _rel(handed_back, fresh) == 0.0
 
 
 def test_user_classes_on_the_command_line(tmp_path, capsys):
@@ -118,6 +122,14 @@ def test_user_classes_on_the_command_line(tmp_path, capsys):
     renamed = load_model(tmp_path / "p.pth", f"{MODELS}:FanOutRenamed")
     with torch.no_grad():
         assert scale_relative_error(trained(x), renamed(x)) <= FP32_SCALE_REL
+    plain = FanOutRenamed().eval()
+    plain.load_state_dict(torch.load(tmp_path / "p.pth", weights_only=True))  # strict, torch alone
+    with torch.no_grad():
+        assert torch.equal(plain(x), renamed(x))
+    # the file names its class for the reader, but reparam imports code only when told to
+    assert main(["convert", str(tmp_path / "p.pth"), "-o", str(tmp_path / "q.pt2"), *shape]) == 2
+    err = capsys.readouterr().err
+    assert "names code to import" in err and f"--arch '{MODELS}:FanOutRenamed'" in err
 
 
 @pytest.mark.parametrize(
