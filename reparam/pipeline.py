@@ -23,6 +23,7 @@ from reparam.io import clean_stale_temps, temp_name, write_error
 
 TARGETS = ("onnx", "trt")
 Progress = Callable[[str], None]
+Tick = Callable[[str, int, int], None]  # see reparam.verify.core.Tick
 
 
 @dataclass
@@ -34,6 +35,7 @@ class DeployResult:
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     summary: str = ""  # the conversion's one-line summary
+    dropped: list[str] = field(default_factory=list)  # int8 artifacts that failed and were not written
 
     @property
     def passed(self) -> bool:
@@ -166,9 +168,10 @@ def _build(
 
     example = (torch.from_numpy(batches[0]["input"]),)
     progress("converting")
-    result = convert(model, example, check=False)  # the verification below is the check
+    # MACs and the report are per sample; the artifacts are captured on the whole first batch.
+    result = convert(model, (example[0][:1],), check=False)  # the verification below is the check
     deploy_model = result.model
-    description = _describe_model(model, arch, tuple(example[0].shape))
+    description = _describe_model(model, arch, (1, *example[0].shape[1:]))
     progress("writing model.pt2")
     save_artifact(
         deploy_model,
@@ -190,7 +193,9 @@ def _build(
         deploy_model,
         example,
         workdir / "model.onnx",
-        metadata=description,
+        metadata={
+            k: v for k, v in description.items() if k != "input_shape"
+        },  # input_shapes is the exporter's
         boundaries=result.record.boundaries,
         passes=result.record.pass_names(),
     )
@@ -226,6 +231,18 @@ def _build(
     return candidates, summary
 
 
+INT8_FILES = ("model.int8.onnx", "model.engine")
+
+
+def _int8_failures(report: Any, int8: bool, targets: list[str]) -> list[str] | None:
+    """The int8 files to leave out when only they failed (the fp32 ones still ship); else None."""
+    failed = {c.name for c in report.candidates if not c.passed}
+    derived = {"model.int8.onnx"} | ({"model.engine"} if "trt" in targets else set())
+    if not int8 or not failed or not failed <= derived:
+        return None
+    return sorted(derived)
+
+
 def _manifest(
     model: nn.Module,
     checkpoint: Path,
@@ -235,10 +252,18 @@ def _manifest(
     extras: list[str],
     report: Any,
     tol: Any,
+    dropped: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """What OUTDIR holds and how it was judged.
+
+    ``input_shape`` is the model's (one sample, as the artifacts record it); the verification
+    batches are described under ``verify_inputs``.
+    """
     from reparam import __version__
 
     source = getattr(model, "reparam_source", None) or {}
+    batch_shape = str(info.get("shape") or "").split("x")
+    model_shape = "x".join(["1", *batch_shape[1:]]) if len(batch_shape) > 1 else None
     return {
         "reparam_version": __version__,
         "created_unix": int(time.time()),
@@ -246,13 +271,15 @@ def _manifest(
         "arch": source.get("arch", arch),
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "arch_kwargs": source.get("arch_kwargs"),
-        "input_shape": info.get("shape"),
+        "input_shape": model_shape,
+        "verify_inputs": info,
         "targets": ["pt2", *targets, *extras],
         "verification": {
-            "passed": report.passed,
+            "passed": all(c.passed for c in report.candidates if c.name not in dropped),
             "tolerance": tol.to_dict(),
             "candidates": {c.name: c.passed for c in report.candidates},
         },
+        "not_written": {name: "failed verification" for name in dropped},
     }
 
 
@@ -280,14 +307,22 @@ def deploy(
     atol: Mapping[str, float] | float | None = None,
     rtol: Mapping[str, float] | float | None = None,
     progress: Progress | None = None,
+    tick: Tick | None = None,
 ) -> DeployResult:
     """Convert ``checkpoint``, export it to ``targets``, verify every artifact, write ``output``.
 
     The directory holds model.pt2 (+ its report), model.onnx (``fp16``: model.fp16.onnx, judged by
     the fp16 profile; ``int8``: model.int8.onnx calibrated on ``calib``, judged by the int8
     profile), model.engine for ``trt`` (built from the fp16 / int8 ONNX when asked), report.json,
-    report.md, errors.png and manifest.json. It appears only when every artifact passed; ``DeployResult.output`` is None
-    otherwise. Input problems raise `ReparamError`; ``progress`` receives status lines.
+    report.md, errors.png and manifest.json. It appears only when every artifact passed, except that
+    int8 artifacts failing alone are left out (``DeployResult.dropped``) and the fp32 ones are
+    written; ``DeployResult.output`` is None otherwise. Input problems raise `ReparamError`;
+    ``progress`` receives status lines, ``tick`` the verification's batch counts
+    (`reparam.verify.core.verify`).
+
+    Without ``inputs`` or ``input_shape`` the model is verified on two batches of 1xCx224x224 (C from
+    its first conv), the default of every command (`reparam.verify.inputs.resolve_input_shape`);
+    ``DeployResult.notes`` says so.
     """
     from reparam.checkpoint import load_model
     from reparam.equivalence.tolerance import make_tolerance
@@ -341,19 +376,30 @@ def deploy(
         )
         say(f"verifying {len(candidates)} candidates on {info['batches']} batch(es) of {info['shape']}")
         report = verify(
-            model, candidates, data, tolerance=tol, reference_name=str(checkpoint), inputs_info=info
+            model,
+            candidates,
+            data,
+            tolerance=tol,
+            reference_name=str(checkpoint),
+            inputs_info=info,
+            tick=tick,
         )
-        if not report.passed:
+        dropped = [] if report.passed else _int8_failures(report, int8, wanted)
+        if dropped is None:
             shutil.rmtree(tmp, ignore_errors=True)
             return DeployResult(None, report, notes=notes, summary=summary)
+        for name in dropped:
+            (tmp / name).unlink(missing_ok=True)
         report.write_json(tmp / "report.json")
         report.write_markdown(tmp / "report.md")
         plot_note = report.write_plot(tmp / "errors.png")
         if plot_note:
             report.notes.append(plot_note)
         files = sorted(p for p in tmp.iterdir() if p.is_file())
-        extras = (["onnx-fp16"] if fp16 and "onnx" in wanted else []) + (["onnx-int8"] if int8 else [])
-        manifest = _manifest(model, ckpt, arch, info, wanted, extras, report, tol)
+        extras = (["onnx-fp16"] if fp16 and "onnx" in wanted else []) + (
+            ["onnx-int8"] if int8 and not dropped else []
+        )
+        manifest = _manifest(model, ckpt, arch, info, wanted, extras, report, tol, dropped)
         manifest["files"] = [_file_entry(p) for p in files]
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _publishable_modes(tmp)
@@ -361,7 +407,7 @@ def deploy(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return DeployResult(out, report, [p.name for p in files] + ["manifest.json"], notes, summary)
+    return DeployResult(out, report, [p.name for p in files] + ["manifest.json"], notes, summary, dropped)
 
 
 @dataclass
@@ -424,6 +470,7 @@ def verify_files(
     atol: Mapping[str, float] | float | None = None,
     rtol: Mapping[str, float] | float | None = None,
     progress: Progress | None = None,
+    tick: Tick | None = None,
 ) -> VerifyOutcome:
     """Verify artifact files against a checkpoint, a ``.pt2`` / ``.onnx`` reference or golden results.
 
@@ -526,5 +573,7 @@ def verify_files(
         info["candidate"] = "converted on the fly (no --deploy/--onnx/--engine given)"
     say(f"verifying {len(cands)} candidate(s) on {info['batches']} batch(es) of {info['shape']}")
     tol = make_tolerance(tolerance or "fp32", atol, rtol)
-    report = verify(model, cands, data, tolerance=tol, reference_name=str(reference), inputs_info=info)
+    report = verify(
+        model, cands, data, tolerance=tol, reference_name=str(reference), inputs_info=info, tick=tick
+    )
     return VerifyOutcome(report, notes, written)

@@ -35,3 +35,52 @@ def progress(text: str) -> None:
         elapsed = time.monotonic() - _state["start"]
         sys.stderr.write(f"[{elapsed:6.1f}s] {text}\n")
         sys.stderr.flush()
+
+
+class Bar:
+    """A progress display for counted steps: a rich bar with counts and time left on a terminal,
+    else a status line whenever the step changes or half a minute passed. Silent with ``--quiet``.
+
+    Call it as ``bar(label, done, total)`` (a `reparam.verify.core.Tick`); `close` when done.
+    """
+
+    EVERY_S = 30.0
+
+    def __init__(self) -> None:
+        self._rich = None
+        self._task = None
+        self._said: tuple[str, int] = ("", -1)
+        self._said_at = 0.0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if _state["quiet"]:
+            return
+        if sys.stderr.isatty():
+            self._show_bar(label, done, total)
+            return
+        due = label != self._said[0] or done == total or time.monotonic() - self._said_at >= self.EVERY_S
+        if due and (label, done) != self._said:
+            progress(f"verifying: {label} ({done}/{total} batch runs)")
+            self._said, self._said_at = (label, done), time.monotonic()
+
+    def _show_bar(self, label: str, done: int, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if self._rich is None:
+            self._rich = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._rich.start()
+            self._task = self._rich.add_task(label, total=total)
+        self._rich.update(self._task, description=label, completed=done, total=total)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+            self._rich = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,13 +99,37 @@ def make_candidate(obj: Any, *, name: str | None = None, record: Any = None) -> 
     )
 
 
-def _run_all(runner: Any, batches: Sequence[Batch]) -> dict[str, list[np.ndarray]]:
+Tick = Callable[[str, int, int], None]  # (what runs now, batch runs done, batch runs in all)
+
+
+def _run_all(
+    runner: Any, batches: Sequence[Batch], tick: Callable[..., None] | None = None
+) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {}
     for batch in batches:
         feeds = {n: batch[n] for n in runner.input_names if n in batch} or dict(batch)
         for k, v in runner.run(feeds).items():
             out.setdefault(k, []).append(np.asarray(v))
+        if tick is not None:
+            tick()
     return out
+
+
+class _Counter:
+    """Counts batch runs for a `Tick` callback; ``step(label)`` gives the per-batch callback."""
+
+    def __init__(self, tick: Tick | None, total: int):
+        self.tick, self.total, self.done = tick, total, 0
+
+    def step(self, label: str) -> Callable[[], None]:
+        def advance(units: int = 1) -> None:
+            self.done = min(self.total, self.done + units)
+            if self.tick is not None:
+                self.tick(label, self.done, self.total)
+
+        if self.tick is not None:
+            self.tick(label, self.done, self.total)
+        return advance
 
 
 def _worst_batch(ref: Mapping[str, list[np.ndarray]], cand: Mapping[str, list[np.ndarray]]) -> int:
@@ -172,8 +196,12 @@ def verify(
     inputs_info: Mapping[str, Any] | None = None,
     localize: str = "always",
     quant: bool = True,
+    tick: Tick | None = None,
 ) -> VerifyReport:
     """Compare every candidate with ``reference`` on ``batches``.
+
+    ``tick(label, done, total)`` is called as each batch run starts and ends (reference, its float64
+    noise run, each candidate), for a progress display.
 
     ``reference`` and each candidate may be an nn.Module (run in eval mode), a ``.pt2`` / ``.onnx``
     / TensorRT engine path or a Runner; blocks can only be localized when the reference is a module.
@@ -192,8 +220,11 @@ def verify(
     if reference is not None and ref_cand.kind == "torch":
         reference.eval()  # exported (.pt2) modules have no train/eval switch
     input_names = list(ref_cand.runner.input_names)
+    uses_noise = any((c.tolerance or tol).profile.noise_multiple for c in cands)
+    float64 = reference is not None and ref_cand.kind == "torch" and uses_noise
+    counter = _Counter(tick, len(batches) * (1 + len(cands) + float64))
     try:
-        ref_out = _run_all(ref_cand.runner, batches)
+        ref_out = _run_all(ref_cand.runner, batches, counter.step(f"reference {reference_name}"))
     except ReparamError:
         raise
     except Exception as exc:
@@ -206,21 +237,23 @@ def verify(
     ref_block_cache: dict[tuple, tuple[dict, list[str], dict]] = {}
     model64 = None
     noise: dict[str, float] = {}
-    uses_noise = any((c.tolerance or tol).profile.noise_multiple for c in cands)
-    if reference is not None and ref_cand.kind == "torch" and uses_noise:
+    if float64:
+        ran = counter.step("reference in float64 (noise floor)")
         model64 = float64_copy(reference)
         try:
             noise = reference_noise(model64, batches, input_names, ref_out) if model64 is not None else {}
         except Exception:  # some ops have no float64 kernel: keep the fixed limits
             model64, noise = None, {}
+        ran(len(batches))
         if not noise:
             report.notes.append(
                 "the reference could not be run in float64; fixed scale-relative limits apply"
             )
 
-    for cand in cands:
+    for k, cand in enumerate(cands, 1):
+        start, advance = counter.done, counter.step(f"candidate {k}/{len(cands)} {cand.name}")
         try:
-            cand_out = _run_all(cand.runner, batches)
+            cand_out = _run_all(cand.runner, batches, advance)
         except ReparamError:
             raise
         except Exception as exc:  # a broken artifact is a verification failure, not a crash
@@ -228,6 +261,7 @@ def verify(
                 cand.name, cand.kind, problems=[f"failed to run: {type(exc).__name__}: {exc}"]
             )
             report.candidates.append(result)
+            advance(start + len(batches) - counter.done)
             continue
         cand_tol = cand.tolerance or tol
         result = compare_outputs(ref_out, cand_out, cand_tol, name=cand.name, kind=cand.kind, noise=noise)

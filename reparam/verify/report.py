@@ -215,7 +215,7 @@ class VerifyReport:
             for r in flagged:
                 qt.add_row(r.fused, _fmt(r.before_ratio), _fmt(r.after_ratio), r.risk, r.culprit or "-")
             console.print(qt)
-        elif self.quant_risk:
+        elif self.quant_risk and self.passed:  # "low" next to a FAIL would read as "int8 is fine"
             console.print(f"int8 quantization risk: low for all {len(self.quant_risk)} fused layers")
         for n in self.notes:
             console.print(f"note: {n}", highlight=False)

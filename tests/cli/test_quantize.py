@@ -70,6 +70,19 @@ def test_target_repairs_and_writes(files, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx"]
 
 
+def test_target_met_on_calibration_but_not_held_out_says_so(files, tmp_path, capsys):
+    """Eight calibration samples all agree; the held-out data shows the int8 error they hide."""
+    out = tmp_path / "m.int8.onnx"
+    assert main(_args(files, out, "--target", "0.998", "--max-samples", "8")) == 1
+    captured = capsys.readouterr()
+    assert "nothing was written" in captured.out and "-> FAIL" in captured.out
+    err = captured.err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert "met on the 8 calibration samples but not on the held-out data" in err
+    assert "hint: calibrate on more" in err and "--target 0.999" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
@@ -149,3 +162,23 @@ def test_deploy_int8_writes_and_verifies_the_qdq_model(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     int8 = next(c for c in report["candidates"] if c["name"] == "model.int8.onnx")
     assert int8["passed"] and int8["tolerance"] == "int8" and int8["outputs"][0]["top1"] >= 0.99
+
+
+@pytest.mark.slow
+def test_deploy_int8_failure_keeps_the_fp32_artifacts_and_says_what_next(files, tmp_path, capsys):
+    """The int8 model misses its profile; the fp32 .pt2 / .onnx that passed are still written (exit 1)."""
+    out = tmp_path / "out"
+    argv = ["deploy", str(files / "m.pth"), "-o", str(out), "--int8", "--calib", str(files / "calib.npz")]
+    assert main([*argv, "--inputs", str(files / "eval.npz"), "--batch-size", "64"]) == 1
+    captured = capsys.readouterr()
+    assert "int8 quantization risk: low" not in captured.out
+    err = captured.err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert "model.int8.onnx failed verification with the int8 profile and was not written" in err
+    assert "hint: keep the most int8-sensitive layers float: reparam quantize" in err and "--target" in err
+    written = sorted(p.name for p in out.iterdir())
+    assert "model.int8.onnx" not in written and {"model.pt2", "model.onnx", "manifest.json"} <= set(written)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verification"]["passed"] is True and "onnx-int8" not in manifest["targets"]
+    assert manifest["not_written"] == {"model.int8.onnx": "failed verification"}
+    assert manifest["verification"]["candidates"]["model.int8.onnx"] is False

@@ -63,31 +63,35 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.cli.common import allow_local_imports, model_source_options, parse_shape
-    from reparam.cli.console import note, progress
+    from reparam.cli.common import model_source_options, parse_shape
+    from reparam.cli.console import Bar, note, progress
     from reparam.equivalence.tolerance import parse_tolerance_overrides
     from reparam.pipeline import deploy
 
-    allow_local_imports(args.arch)
-    result = deploy(
-        args.checkpoint,
-        args.output,
-        **model_source_options(args),
-        targets=args.to.split(","),
-        fp16=args.fp16,
-        int8=args.int8,
-        calib=args.calib,
-        force=args.force,
-        inputs=args.inputs,
-        input_shape=parse_shape(args.input_shape) if args.input_shape else None,
-        batches=args.batches,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        tolerance=args.tolerance or "fp32",
-        atol=parse_tolerance_overrides(args.atol, "--atol"),
-        rtol=parse_tolerance_overrides(args.rtol, "--rtol"),
-        progress=progress,
-    )
+    bar = Bar()
+    try:
+        result = deploy(
+            args.checkpoint,
+            args.output,
+            **model_source_options(args),
+            targets=args.to.split(","),
+            fp16=args.fp16,
+            int8=args.int8,
+            calib=args.calib,
+            force=args.force,
+            inputs=args.inputs,
+            input_shape=parse_shape(args.input_shape) if args.input_shape else None,
+            batches=args.batches,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            tolerance=args.tolerance or "fp32",
+            atol=parse_tolerance_overrides(args.atol, "--atol"),
+            rtol=parse_tolerance_overrides(args.rtol, "--rtol"),
+            progress=progress,
+            tick=bar,
+        )
+    finally:
+        bar.close()
     for text in result.notes:
         note(text)
     print(result.summary)
@@ -96,4 +100,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"verification failed: nothing was written to {Path(args.output).resolve()}")
         return 1
     print(f"wrote {result.output} ({len(result.files)} files)")
+    if result.dropped:
+        _int8_failed(args, result)
     return 0
+
+
+def _int8_failed(args: argparse.Namespace, result) -> None:
+    """The int8 files failed alone: the fp32 ones were written; say what to try next (exit 1)."""
+    import shlex
+
+    from reparam.errors import MismatchError
+
+    held_out = args.inputs or "HELD_OUT.npz"
+    arch = f" --arch {shlex.quote(args.arch)}" if args.arch else ""
+    arch += f" --arch-kwargs {shlex.quote(args.arch_kwargs)}" if args.arch_kwargs else ""
+    raise MismatchError(
+        f"{' and '.join(result.dropped)} failed verification with the int8 profile and "
+        f"{'were' if len(result.dropped) > 1 else 'was'} not written; the fp32 artifacts passed and "
+        f"are in {result.output} (see report.json)",
+        hint=f"keep the most int8-sensitive layers float: reparam quantize {result.output / 'model.onnx'} "
+        f"-o model.int8.onnx --calib {args.calib} --target 0.99 --reference {args.checkpoint} "
+        f"--eval {held_out}{arch}",
+    )

@@ -203,12 +203,39 @@ def run(args: argparse.Namespace) -> int:
             _write_report(args.report, result, verification, risks)
         if not ok:
             sys.stdout.write(f"int8 model misses the target: nothing was written to {out}\n")
-            return 1
+            raise _missed(result, verification)
         staged.replace(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     sys.stdout.write(f"wrote {out}\n")
     return 0
+
+
+def _missed(result, verification) -> ReparamError:
+    """Why the int8 model was not written, and what to try next (exit 1)."""
+    from reparam.errors import MismatchError
+
+    repair = result.repair
+    if repair is not None and not repair.met:
+        return MismatchError(
+            f"top-1 target {repair.target:g} not met on the calibration data ({repair.cost()})",
+            hint="allow more float layers (--max-float), lower --target, or try --method percentile",
+        )
+    top1 = _num(verification.metric("int8 Q/DQ ONNX", "top1"))
+    if repair is not None:
+        margin = repair.target + (1.0 - repair.target) / 2
+        return MismatchError(
+            f"top-1 target {repair.target:g} was met on the {result.calibration_samples} calibration "
+            f"samples but not on the held-out data (agreement {top1}): the calibration data does not "
+            "show what int8 does to the held-out data",
+            hint=f"calibrate on more, more varied samples (--calib; the target is judged on them), or "
+            f"ask for a margin: --target {margin:g} keeps more layers float",
+        )
+    return MismatchError(
+        f"the int8 model misses the int8 profile on the held-out data (top-1 agreement {top1})",
+        hint=f"keep the most int8-sensitive layers float: add --target "
+        f"{verification.report.tolerance.profile.min_top1 or 0.99:g}",
+    )
 
 
 def _write_report(path: str, result, verification, risks) -> None:

@@ -80,8 +80,8 @@ def _reference(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.cli.common import allow_local_imports, model_source_options, parse_shape
-    from reparam.cli.console import note, progress
+    from reparam.cli.common import model_source_options, parse_shape
+    from reparam.cli.console import Bar, note, progress
     from reparam.equivalence.tolerance import parse_tolerance_overrides
     from reparam.io import check_writable
     from reparam.pipeline import verify_files
@@ -93,23 +93,27 @@ def run(args: argparse.Namespace) -> int:
         [Path(args.save_golden) / f for f in ("golden.json", "arrays.npz")] if args.save_golden else []
     )
     check_writable(args.report, args.markdown, args.plot, *golden_files)
-    allow_local_imports(args.arch)
-    outcome = verify_files(
-        _reference(args),
-        [*args.deploy, *args.onnx, *args.engine],
-        golden=args.golden,
-        save_golden=args.save_golden,
-        **model_source_options(args),
-        inputs=args.inputs,
-        input_shape=parse_shape(args.input_shape) if args.input_shape else None,
-        batches=args.batches,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        tolerance=args.tolerance,
-        atol=parse_tolerance_overrides(args.atol, "--atol"),
-        rtol=parse_tolerance_overrides(args.rtol, "--rtol"),
-        progress=progress,
-    )
+    bar = Bar()
+    try:
+        outcome = verify_files(
+            _reference(args),
+            [*args.deploy, *args.onnx, *args.engine],
+            golden=args.golden,
+            save_golden=args.save_golden,
+            **model_source_options(args),
+            inputs=args.inputs,
+            input_shape=parse_shape(args.input_shape) if args.input_shape else None,
+            batches=args.batches,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            tolerance=args.tolerance,
+            atol=parse_tolerance_overrides(args.atol, "--atol"),
+            rtol=parse_tolerance_overrides(args.rtol, "--rtol"),
+            progress=progress,
+            tick=bar,
+        )
+    finally:
+        bar.close()
     for text in outcome.notes:
         note(text)
     if outcome.golden is not None:
