@@ -23,6 +23,17 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def input_shape_help(what: str) -> str:
+    """``--input-shape`` help stating the one default rule (`input_shape_for`)."""
+    from reparam.verify.inputs import DEFAULT_IMAGE_SIZE
+
+    size = DEFAULT_IMAGE_SIZE
+    return (
+        f"{what} (default: the shape an artifact records, else 1xCx{size}x{size} with C from the "
+        "first conv; a note names the shape chosen)"
+    )
+
+
 def input_shape_for(model, text: str | None, description=None) -> tuple[int, ...]:
     """``--input-shape`` if given, else what an artifact records, else the default 1xCx224x224.
 
@@ -102,15 +113,18 @@ def add_state_dict_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def allow_local_imports(arch: str | None) -> None:
-    """Let ``--arch module:factory`` find ``module`` in the current directory, as `python -m` would.
+def allow_local_imports(args: argparse.Namespace) -> None:
+    """Let code the user chose be found in the current directory, as `python -m` would find it.
 
-    Only for a module path given on the command line; a file never chooses code to import.
+    One rule for every command: a ``module:factory`` given to ``--arch`` or ``--as-arch``, and the
+    classes of a pickled module loaded with ``--trust-pickle``. A file never chooses code to import.
     """
     import os
     import sys
 
-    if arch and ":" in arch and os.getcwd() not in sys.path and "" not in sys.path:
+    named = any(":" in (getattr(args, flag, None) or "") for flag in ("arch", "as_arch"))
+    trusted = bool(getattr(args, "trust_pickle", False))
+    if (named or trusted) and os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
 
 
@@ -135,7 +149,6 @@ def load_model_from_args(
     from reparam.io import check_input_file
 
     path = check_input_file(checkpoint or args.checkpoint, "checkpoint")
-    allow_local_imports(args.arch)
     model = load_model(
         path,
         arch=args.arch,

@@ -17,6 +17,7 @@ import warnings
 
 from reparam import __version__
 from reparam.cli import console
+from reparam.cli.common import allow_local_imports
 from reparam.errors import user_error_from
 
 EXIT_BUG = 3
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     console.configure(quiet=getattr(args, "quiet", False))
+    allow_local_imports(args)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

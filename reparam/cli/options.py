@@ -8,6 +8,8 @@ import sys
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """--inputs / --input-shape / --batches / --batch-size / --seed (shared with `reparam deploy`)."""
+    from reparam.cli.common import input_shape_help
+
     src = parser.add_mutually_exclusive_group()
     src.add_argument(
         "--inputs",
@@ -17,7 +19,7 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--input-shape",
         metavar="NxCxHxW",
-        help="shape of each seeded random batch (default 1xCx224x224, C from the first conv)",
+        help=input_shape_help("shape of each seeded random batch"),
     )
     parser.add_argument(
         "--batches", type=int, default=None, help="number of batches (random: default 2; .npz: default all)"

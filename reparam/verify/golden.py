@@ -118,6 +118,23 @@ def load_golden(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.n
         raise ReparamError(
             f"golden results {str(root)!r} are not a directory", hint="pass the DIR given to --save-golden"
         )
+    manifest = read_golden_manifest(root)
+    data = check_input_file(root / ARRAYS, "golden arrays").read_bytes()
+    expected = (manifest.get("files") or {}).get(ARRAYS, {}).get("sha256")
+    if _sha256(data) != expected:
+        raise _bad(root, f"{ARRAYS} does not match the checksum in {MANIFEST} (changed or truncated)")
+    import io
+
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise _bad(root, f"{ARRAYS} cannot be read ({exc})") from exc
+    return manifest, arrays
+
+
+def read_golden_manifest(root: Path) -> dict[str, Any]:
+    """The checked ``golden.json`` of a golden directory (format and version), without the arrays."""
     manifest_path = check_input_file(root / MANIFEST, "golden manifest")
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -131,18 +148,28 @@ def load_golden(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.n
             f"format version {manifest.get('version')!r}; this reparam reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}",
         )
-    data = check_input_file(root / ARRAYS, "golden arrays").read_bytes()
-    expected = (manifest.get("files") or {}).get(ARRAYS, {}).get("sha256")
-    if _sha256(data) != expected:
-        raise _bad(root, f"{ARRAYS} does not match the checksum in {MANIFEST} (changed or truncated)")
-    import io
+    return manifest
 
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise _bad(root, f"{ARRAYS} cannot be read ({exc})") from exc
-    return manifest, arrays
+
+def golden_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """What a golden directory holds (for `reparam inspect`): its manifest and whether the arrays are intact."""
+    from reparam.io import file_sha256
+
+    root = Path(path)
+    manifest = read_golden_manifest(root)
+    arrays = root / ARRAYS
+    expected = (manifest.get("files") or {}).get(ARRAYS, {}).get("sha256")
+    state = "missing" if not arrays.is_file() else "ok" if file_sha256(arrays) == expected else "changed"
+    keep = ("version", "reparam_version", "provenance", "batches", "input_names", "input_shapes")
+    return {
+        "path": str(root),
+        "kind": "golden",
+        "bytes": sum(p.stat().st_size for p in root.iterdir() if p.is_file()),
+        **{k: manifest.get(k) for k in keep},
+        "output_names": manifest.get("output_names") or [],
+        "blocks": len(manifest.get("blocks") or []),
+        "arrays": state,
+    }
 
 
 def _per_batch(arrays: Mapping[str, np.ndarray], kind: str, batch: int) -> dict[str, np.ndarray]:

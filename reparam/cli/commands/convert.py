@@ -10,7 +10,7 @@ SUMMARY_ROWS = 20  # fusions listed one by one in the printed report
 
 
 def register(subparsers) -> None:
-    from reparam.cli.common import add_model_arguments
+    from reparam.cli.common import add_model_arguments, input_shape_help
     from reparam.engine.passes import DEFAULT_ORDER
 
     parser = subparsers.add_parser(
@@ -25,8 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--input-shape",
         metavar="NxCxHxW",
-        help="example input shape for the check and the export (default: guessed from "
-        "the first layer, 1xCx32x32)",
+        help=input_shape_help("example input shape for the check and the export"),
     )
     parser.add_argument("--report", metavar="FILE", help="also write the report JSON here")
     parser.add_argument(
@@ -117,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         from reparam.expansion.plain import write_plain_checkpoint
 
         as_kwargs = parse_json_kwargs(args.as_arch_kwargs)
-        plain = build_model(args.as_arch, as_kwargs)  # a bad --as-arch fails before the conversion
+        # a bad --as-arch fails before the conversion
+        plain = build_model(args.as_arch, as_kwargs, option="--as-arch")
     progress(f"loading {args.checkpoint}")
     model = load_model_from_args(args)
     shape = input_shape_for(model, args.input_shape)

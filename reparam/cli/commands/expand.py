@@ -7,7 +7,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from reparam.cli.common import add_model_arguments
+    from reparam.cli.common import add_model_arguments, input_shape_help
     from reparam.expansion.core import INITS
     from reparam.expansion.schemes import SCHEMES
 
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--input-shape",
         metavar="NxCxHxW",
-        help="example input shape for the checks (default: guessed from the first layer, 1xCx32x32)",
+        help=input_shape_help("example input shape for the checks"),
     )
     parser.add_argument("--report", metavar="FILE", help="also write the expansion report as JSON")
     parser.set_defaults(func=run)
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from reparam.cli.common import load_model_from_args, parse_json_kwargs, parse_shape
+    from reparam.cli.common import input_shape_for, load_model_from_args, parse_json_kwargs
     from reparam.errors import ReparamError
     from reparam.expansion.checkpoint import load_hint, resolve_arch, save_expanded
     from reparam.expansion.core import INITS, expand
@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
     check_scheme(args.scheme)
     if args.init not in INITS:
         raise ReparamError(f"unknown init {args.init!r}", hint=f"choose one of: {', '.join(INITS)}")
-    shape = parse_shape(args.input_shape) if args.input_shape else None
     given_kwargs = parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None
     arch, arch_kwargs = resolve_arch(args.checkpoint, args.arch, given_kwargs, args.trust_pickle)
     model = load_model_from_args(args)
+    shape = input_shape_for(model, args.input_shape)
     expanded, report = expand(model, args.scheme, init=args.init, input_shape=shape)
     sys.stdout.write(report.render() + "\n")
     save_expanded(out, expanded, arch, arch_kwargs, args.scheme)

@@ -1,4 +1,4 @@
-"""`reparam inspect FILE`: what an ONNX file, TensorRT engine or .pt2 artifact holds."""
+"""`reparam inspect FILE`: what an artifact, a checkpoint, a deploy or a golden directory holds."""
 
 from __future__ import annotations
 
@@ -8,19 +8,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reparam.errors import ReparamError
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "inspect",
-        help="show the inputs, outputs, ops and metadata of an .onnx, engine or .pt2 file",
+        help="show what an .onnx, engine, .pt2, checkpoint, deploy or golden directory holds",
         description="ONNX: inputs/outputs with shapes, op counts, opset and reparam metadata. TensorRT engine: "
         "what the header tells without a GPU, and the JSON sidecar written at build time. .pt2: inputs, "
-        "outputs and the embedded reparam metadata.",
+        "outputs and the embedded reparam metadata. A checkpoint (any other file): its entries, recorded "
+        "architecture and tensors, read without running code from it. A directory: the manifest of "
+        "`reparam deploy` or of golden results (`verify --save-golden`).",
     )
     parser.add_argument(
         "file",
         metavar="FILE",
-        help=".onnx, .engine/.plan/.trt or .pt2 file, or a directory written by `reparam deploy`",
+        help=".onnx, .engine/.plan/.trt, .pt2 or checkpoint file, or a directory written by "
+        "`reparam deploy` or `reparam verify --save-golden`",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
@@ -109,11 +116,25 @@ def engine_summary(path: Path) -> dict[str, Any]:
 def summarize(path: Path) -> dict[str, Any]:
     """The summary for any supported file kind, or for a directory written by `reparam deploy`."""
     from reparam.io import check_input_file
-    from reparam.runners import artifact_kind
+    from reparam.runners import SUFFIX_KINDS, artifact_kind
 
     if path.is_dir():
+        if (path / "golden.json").is_file():
+            from reparam.verify.golden import golden_summary
+
+            return golden_summary(path)
         return deploy_dir_summary(path)
     check_input_file(path, "file")
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        from reparam.checkpoint import checkpoint_summary
+
+        return checkpoint_summary(path)  # tensors and plain containers only: nothing is unpickled
+    if path.suffix.lower() not in SUFFIX_KINDS:
+        raise ReparamError(
+            f"cannot tell what kind of file {path.name} is from its suffix {path.suffix!r}",
+            hint="inspect reads .pt2, .onnx, .engine/.plan/.trt, checkpoints "
+            f"({', '.join(CHECKPOINT_SUFFIXES)}) and directories of `reparam deploy` or golden results",
+        )
     kind = artifact_kind(path)
     if kind == "onnx":
         from reparam.exporters.onnx import onnx_summary
@@ -179,11 +200,47 @@ def _deploy_dir_lines(info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _golden_lines(info: dict[str, Any]) -> list[str]:
+    source = info.get("provenance") or {}
+    inputs = source.get("inputs") or {}
+    shapes = ", ".join("x".join(map(str, s)) for s in info.get("input_shapes") or []) or "?"
+    return [
+        f"golden results (format {info.get('version')}, reparam {info.get('reparam_version') or '?'}): "
+        f"{info.get('batches')} batch(es) of {shapes}, from {inputs.get('source') or '?'}",
+        f"reference: {source.get('reference') or '?'} (arch {source.get('arch') or '?'})",
+        f"inputs: {', '.join(info.get('input_names') or []) or '?'}; "
+        f"outputs: {', '.join(info['output_names']) or '?'}; {info['blocks']} block outputs",
+        f"arrays.npz: {info['arrays']}",
+    ]
+
+
+def _checkpoint_lines(info: dict[str, Any]) -> list[str]:
+    kwargs = json.dumps(info["arch_kwargs"]) if info.get("arch_kwargs") else ""
+    dtypes = ", ".join(f"{k} {v}" for k, v in info["dtypes"].items())
+    lines = [f"architecture: {info['arch'] or 'not recorded (pass --arch)'} {kwargs}".rstrip()]
+    if info["entries"]:
+        lines.append("entries:")
+        lines += [f"  {k}: {v}" for k, v in info["entries"].items()]
+    lines.append(
+        f"state dict: {info['tensors']} tensors, {info['elements']:,} values ({dtypes}), "
+        f"{info['batch_counters']} BatchNorm batch counters"
+    )
+    lines += [f"  {k}: {'x'.join(map(str, v)) or 'scalar'}" for k, v in info["first_tensors"].items()]
+    if info["tensors"] > len(info["first_tensors"]):
+        lines.append(f"  ... ({info['tensors'] - len(info['first_tensors'])} more)")
+    lines += [f"note: {n}" for n in info["notes"]]
+    return lines
+
+
 def render(info: dict[str, Any]) -> str:
     """Plain-text view of a summary."""
     lines = [f"{info['path']} ({info['kind']}, {info['bytes']:,} bytes)"]
     if info["kind"] == "deploy-dir":
         lines += _deploy_dir_lines(info)
+    elif info["kind"] == "golden":
+        lines += _golden_lines(info)
+    elif info["kind"] == "checkpoint":
+        lines += _checkpoint_lines(info)
     elif info["kind"] in ("onnx", "pt2"):
         lines += _io_lines("inputs", info["inputs"]) + _io_lines("outputs", info["outputs"])
         if info["kind"] == "onnx":
