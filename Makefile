@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[onnx,dev]"
 	# timm's models are tested as model code this project did not write; without its dependencies
 	# (torchvision does not load beside the pinned CPU torch; tests/_stubs stands in for the names it imports).
-	$(BIN)/pip install -q --no-deps timm
+	$(BIN)/pip install -q --no-deps timm==1.0.31
 	touch $(STAMP)
 
 venv: $(STAMP)
