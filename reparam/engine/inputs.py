@@ -13,6 +13,9 @@ from reparam.errors import ReparamError
 from reparam.limits import check_input_budget
 from reparam.tensors import module_dtype
 
+# The one default image side of every command and library call that has to choose an input shape.
+DEFAULT_IMAGE_SIZE = 224
+
 
 def make_inputs(
     model: nn.Module,
@@ -23,8 +26,9 @@ def make_inputs(
 ) -> tuple[tuple | None, str | None]:
     """Example inputs as a tuple, plus a note when their shape had to be guessed.
 
-    Given inputs win; else random inputs of ``input_shape``; else ``1×C×32×32`` (one 32 per spatial
-    dim) from the first conv's ``in_channels``, or ``1×F`` from the first linear layer.
+    Given inputs win; else random inputs of ``input_shape``; else ``1×C×224×224`` (224 per spatial
+    dim, as every command defaults) from the first conv's ``in_channels``, or ``1×F`` from the first
+    linear layer.
     """
     if example_inputs is not None:
         if isinstance(example_inputs, torch.Tensor):
@@ -43,7 +47,7 @@ def make_inputs(
         input_shape = (
             (1, m.in_features)
             if isinstance(m, nn.Linear)
-            else (1, m.in_channels) + (32,) * len(m.kernel_size)
+            else (1, m.in_channels) + (DEFAULT_IMAGE_SIZE,) * len(m.kernel_size)
         )
         note = (
             f"input shape {'x'.join(map(str, input_shape))} inferred from the first layer {name!r}; "

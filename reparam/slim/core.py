@@ -17,6 +17,7 @@ from reparam.slim.budget import parse_budget
 from reparam.slim.select import WITHIN, Selection, select_channels
 from reparam.slim.surgery import allocations, check_allocation, copy_weights, slim_kwargs, structure_of
 from reparam.slim.units import SAUnit, check_batchnorms, find_units, measure
+from reparam.verify.inputs import default_input_shape
 
 
 @dataclass
@@ -28,12 +29,6 @@ class SlimResult:
     arch_kwargs: dict[str, Any]
     structure: list[list[int]]
     report: dict[str, Any]
-
-
-def default_input_shape(model: nn.Module) -> tuple[int, ...]:
-    """1×C×224×224 with C the first conv's input channels (the published structures' resolution)."""
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return (1, first.in_channels if first is not None else 3, 224, 224)
 
 
 def slim_model(

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from reparam.engine.inputs import DEFAULT_IMAGE_SIZE
 from reparam.errors import ReparamError
 from reparam.io import check_input_file
 
 Batch = dict[str, np.ndarray]
-
-DEFAULT_IMAGE_SIZE = 224
 
 
 def random_batches(

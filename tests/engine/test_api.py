@@ -202,8 +202,8 @@ def test_input_shape_given_or_inferred():
     result = convert(model, input_shape=(1, 4, 12, 12))
     assert result.report.check.input_shapes == [[1, 4, 12, 12]]
     guessed = convert(model)
-    assert guessed.report.check.input_shapes == [[1, 4, 32, 32]]
-    assert any("inferred" in n and "1x4x32x32" in n for n in guessed.report.notes)
+    assert guessed.report.check.input_shapes == [[1, 4, 224, 224]]  # the default of every command
+    assert any("inferred" in n and "1x4x224x224" in n for n in guessed.report.notes)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
