@@ -335,3 +335,28 @@ def test_a_forward_that_caches_leaves_the_callers_model_as_it_was(shape_if):
         result = convert(model, torch.randn(1, 3, 8, 8))
         assert all(type(v) is torch.Tensor for v in model.cache.values()) and count(result.model, BN) == 0
     _agrees(model, result.model, torch.randn(2, 3, 8, 8))
+
+
+class NormDropLinear(nn.Module):
+    """A classifier head BatchNorm1d -> Dropout -> Linear behind a shape ``if`` (EfficientViT's):
+    torch.export writes the eval-mode dropout as a copy between the BatchNorm and the Linear."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.bn, self.drop, self.fc = nn.BatchNorm1d(8), nn.Dropout(p), nn.Linear(8, 4)
+
+    def forward(self, x):
+        if x.shape[1] > 4:
+            x = x * 1.0
+        return self.fc(self.drop(self.bn(x)))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_an_eval_dropout_captured_by_torch_export_does_not_stop_a_fold(p):
+    model = _prepared(lambda: NormDropLinear(p))
+    result = convert(model, torch.randn(2, 8))
+    assert "torch.export" in result.report.tracing and count(result.model, BN) == 0
+    for batch in (1, 3):
+        x = torch.randn(batch, 8)
+        with torch.no_grad():
+            assert scale_relative_error(model(x).numpy(), result.model(x).numpy()) <= 1e-5

@@ -1,6 +1,8 @@
 """Remove modules that are the identity at inference (``nn.Identity``, dropout in eval mode).
 
-Also dropped: torch.export's metadata checks on a constant the model owns (``w.to(device)`` of a
+Also dropped: what torch.export writes for them (an eval-mode dropout is captured as
+``aten.clone``, or ``aten.dropout`` with ``train=False``; a functional graph's clone without a
+memory format computes its input), and torch.export's metadata checks on a constant the model owns (``w.to(device)`` of a
 plain tensor attribute is captured as ``_assert_tensor_metadata(w, ...)``). They compute nothing,
 held when the model was captured, and would otherwise keep the constant, and refuse the deploy
 model on another device, after the layer that read it is fused.
@@ -39,6 +41,11 @@ class RemoveIdentity:
                 gm.graph.erase_node(node)
                 changed = True
                 continue
+            if _identity_call(node):
+                node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
+                changed = True
+                continue
             mod = module_of(gm, node)
             if not isinstance(mod, _IDENTITY) or len(node.args) != 1 or node.kwargs:
                 continue
@@ -60,3 +67,20 @@ def _constant_metadata_check(node: fx.Node) -> bool:
         return False
     checked = node.args[0] if node.args else None
     return not node.users and isinstance(checked, fx.Node) and checked.op == "get_attr"
+
+
+_KEEPS_LAYOUT = (None, torch.contiguous_format, torch.preserve_format)
+
+
+def _identity_call(node: fx.Node) -> bool:
+    """``aten.clone`` that keeps the layout, or ``aten.dropout(x, p, train=False)``, of a tensor node."""
+    if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if any(u.op == "output" for u in node.users):
+        return False  # a returned copy stays a copy: the caller may write into it
+    if node.target is torch.ops.aten.clone.default:
+        return set(node.kwargs) <= {"memory_format"} and node.kwargs.get("memory_format") in _KEEPS_LAYOUT
+    if node.target is torch.ops.aten.dropout.default:
+        train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train")
+        return train is False
+    return False
