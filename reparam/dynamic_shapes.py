@@ -5,7 +5,7 @@ the batch axis and the spatial axes (2 and up) of every tensor input to stay sym
 torch.export decide (``Dim.AUTO``): an axis that the model's computation ties to one size (a
 ``Linear`` after a flatten of H×W, a size read in ``forward`` used as a constant, a reshape to a
 literal) is specialized, and the program's guards refuse any other size. What was fixed is read
-back from the program's input placeholders and reported.
+back from the program's input placeholders and its guards, and reported.
 """
 
 from __future__ import annotations
@@ -61,10 +61,6 @@ class FixedAxis:
 
     def to_dict(self) -> dict[str, Any]:
         return {"input": self.input, "axis": self.axis, "name": self.name, "size": self.size}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], ndim: int = 4) -> FixedAxis:
-        return cls(int(d["input"]), int(d["axis"]), int(d["size"]), ndim)
 
 
 FIXED_BY_MODEL = (
