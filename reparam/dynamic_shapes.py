@@ -22,7 +22,7 @@ from torch import nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int, statically_known_true
 
 from reparam.numerics import scale_relative_error
-from reparam.tensors import batch_of_two, tensor_leaves
+from reparam.tensors import batch_of_two, fresh, tensor_leaves
 
 _SPATIAL = {3: ("length",), 4: ("height", "width"), 5: ("depth", "height", "width")}
 
@@ -186,11 +186,13 @@ def export_with_free_axes(
     if any(a is not b for a, b in zip(two, args)):
         tried.append(two)
     tried.append(args)
+    # each capture gets copies: torch.export marks the tensors it is given with the sizes it was
+    # asked to leave free, and a later capture of the same tensors would inherit them
     for example in tried:
         try:
             with warnings.catch_warnings(), global_pools_stay_free():
                 warnings.simplefilter("ignore")
-                program = export(example, auto_dynamic_shapes(example))
+                program = export(fresh(example), auto_dynamic_shapes(example))
                 module = program.module()
         except Exception as exc:  # this model cannot be captured with free axes: try the next form
             text = str(exc).strip()
@@ -209,7 +211,7 @@ def export_with_free_axes(
         # the sizes held are the example's (the doubled batch is never among them)
         fixed = [FixedAxis(f.input, f.axis, int(args[f.input].shape[f.axis]), f.ndim) for f in fixed]
         return program, module, fixed, ""
-    program = export(args, None)
+    program = export(fresh(args), None)
     every = [
         FixedAxis(i, ax, int(a.shape[ax]), a.dim()) for i, a in enumerate(args) for ax in varying_axes(a)
     ]

@@ -69,17 +69,22 @@ def _constant_metadata_check(node: fx.Node) -> bool:
     return not node.users and isinstance(checked, fx.Node) and checked.op == "get_attr"
 
 
-_KEEPS_LAYOUT = (None, torch.contiguous_format, torch.preserve_format)
+_VIEWS = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default}
 
 
 def _identity_call(node: fx.Node) -> bool:
-    """``aten.clone`` that keeps the layout, or ``aten.dropout(x, p, train=False)``, of a tensor node."""
+    """``aten.dropout(x, p, train=False)``, or an ``aten.clone`` that keeps the layout and feeds no
+    view (a reshape is captured as a contiguous clone and a view: that copy is needed)."""
     if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
         return False
     if any(u.op == "output" for u in node.users):
         return False  # a returned copy stays a copy: the caller may write into it
     if node.target is torch.ops.aten.clone.default:
-        return set(node.kwargs) <= {"memory_format"} and node.kwargs.get("memory_format") in _KEEPS_LAYOUT
+        return (
+            set(node.kwargs) <= {"memory_format"}
+            and node.kwargs.get("memory_format") in (None, torch.preserve_format)
+            and not any(u.target in _VIEWS for u in node.users)
+        )
     if node.target is torch.ops.aten.dropout.default:
         train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train")
         return train is False
