@@ -98,21 +98,9 @@ class FoldBN:
                         f"outputs (output shape here: {shape or 'unknown'})",
                     )
                     continue
-            mean, var, gamma, beta = _bn_tensors(bn)
-            weight = layer.weight.detach().double()
-            bias = None if layer.bias is None else layer.bias.detach().double()
-            if isinstance(layer, CONV_T):
-                w, b = fold_bn_transposed(weight, bias, mean, var, gamma, beta, bn.eps, groups=layer.groups)
-            else:
-                w, b = fold_bn(weight, bias, mean, var, gamma, beta, bn.eps)
-            try:
-                weight_param = ctx.parameter(w, layer.weight, "weight")
-                bias_param = ctx.parameter(b, layer.weight, "bias")
-            except NotRepresentable as exc:
-                ctx.leave(where, f"{where} not folded into {prod.target}: {exc}")
+            new = _folded_copy(ctx, layer, bn, where, str(prod.target))
+            if new is None:
                 continue
-            new = shallow_copy(layer)
-            new.weight, new.bias = weight_param, bias_param
             calls = names.count(str(prod.target))
             leaving = {node, prod}
             name = choose_name(
@@ -128,6 +116,27 @@ class FoldBN:
             fused.append(ctx.record(name, new, [str(prod.target), where], detail))
         fused += _fold_through_reshapes(gm, ctx, gone, names)
         return PassResult(gm, bool(fused), fused)
+
+
+def _folded_copy(ctx: PassContext, layer: nn.Module, bn: BN, where: str, target: str) -> nn.Module | None:
+    """A copy of ``layer`` with the BatchNorm after it folded in (float64 arithmetic); None, with the
+    reason left in ``ctx``, when the folded values do not fit the layer's dtype."""
+    mean, var, gamma, beta = _bn_tensors(bn)
+    weight = layer.weight.detach().double()
+    bias = None if layer.bias is None else layer.bias.detach().double()
+    if isinstance(layer, CONV_T):
+        w, b = fold_bn_transposed(weight, bias, mean, var, gamma, beta, bn.eps, groups=layer.groups)
+    else:
+        w, b = fold_bn(weight, bias, mean, var, gamma, beta, bn.eps)
+    try:
+        weight_param = ctx.parameter(w, layer.weight, "weight")
+        bias_param = ctx.parameter(b, layer.weight, "bias")
+    except NotRepresentable as exc:
+        ctx.leave(where, f"{where} not folded into {target}: {exc}")
+        return None
+    new = shallow_copy(layer)
+    new.weight, new.bias = weight_param, bias_param
+    return new
 
 
 def _reshaped(node: fx.Node) -> bool:
@@ -209,17 +218,9 @@ def _fold_through_reshapes(
         if reason:
             ctx.leave(where, f"{where} not folded into {lin.target} through the reshapes between: {reason}")
             continue
-        mean, var, gamma, beta = _bn_tensors(bn)
-        bias = None if layer.bias is None else layer.bias.detach().double()
-        w, b = fold_bn(layer.weight.detach().double(), bias, mean, var, gamma, beta, bn.eps)
-        try:
-            weight_param = ctx.parameter(w, layer.weight, "weight")
-            bias_param = ctx.parameter(b, layer.weight, "bias")
-        except NotRepresentable as exc:
-            ctx.leave(where, f"{where} not folded into {lin.target}: {exc}")
+        new = _folded_copy(ctx, layer, bn, where, str(lin.target))
+        if new is None:
             continue
-        new = shallow_copy(layer)
-        new.weight, new.bias = weight_param, bias_param
         sources = [str(lin.target), where]
         name = choose_name(gm, [ctx.parent_of_sources(sources), str(lin.target)], {lin, node}, names)
         install(gm, name, new, lin, lin.args, (), names)
