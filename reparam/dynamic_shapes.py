@@ -151,19 +151,27 @@ def _guards_pass(guards: Any, args: Sequence[Any], index: int, sizes: dict[int, 
 _SAME_PATH = 1e-3
 
 
-def _same_at_batch_one(captured: nn.Module, reference: nn.Module, args: Sequence[Any]) -> bool:
-    """Whether the captured module computes the reference's output on the example's first row alone."""
+def _batch_one_judge(reference: nn.Module, args: Sequence[Any]) -> Callable[[nn.Module], bool]:
+    """Whether a captured module computes ``reference``'s output on the example's first row alone
+    (the reference runs once, on the first question)."""
     one = tuple(a[:1] if isinstance(a, torch.Tensor) and a.dim() else a for a in args)
-    try:
-        with torch.no_grad():
-            want, got = tensor_leaves(reference(*one)), tensor_leaves(captured(*one))
-    except Exception:  # the capture refuses batch 1 (a guard) or fails there: not the same
-        return False
-    return len(want) == len(got) and all(
-        w.shape == g.shape
-        and scale_relative_error(w.detach().double().numpy(), g.detach().double().numpy()) <= _SAME_PATH
-        for w, g in zip(want, got)
-    )
+    want: list[torch.Tensor] = []
+
+    def same(captured: nn.Module) -> bool:
+        try:
+            with torch.no_grad():
+                if not want:
+                    want.extend(tensor_leaves(reference(*fresh(one))))
+                got = tensor_leaves(captured(*fresh(one)))
+        except Exception:  # the capture refuses batch 1 (a guard) or fails there: not the same
+            return False
+        return len(want) == len(got) and all(
+            w.shape == g.shape
+            and scale_relative_error(w.detach().double().numpy(), g.detach().double().numpy()) <= _SAME_PATH
+            for w, g in zip(want, got)
+        )
+
+    return same
 
 
 def export_with_free_axes(
@@ -182,6 +190,7 @@ def export_with_free_axes(
     """
     reasons = []
     tried = []
+    same_at_batch_one = _batch_one_judge(reference, args) if reference is not None else None
     two = batch_of_two(args)
     if any(a is not b for a, b in zip(two, args)):
         tried.append(two)
@@ -205,7 +214,7 @@ def export_with_free_axes(
         batch_free = not any(f.axis == 0 for f in fixed)
         if example is two and not batch_free:
             continue  # the batch was fixed at the doubled size: the example's own batch is the one to keep
-        if batch_free and reference is not None and not _same_at_batch_one(module, reference, args):
+        if batch_free and same_at_batch_one is not None and not same_at_batch_one(module):
             reasons.append("with a free batch it computes another path at batch 1")
             continue
         # the sizes held are the example's (the doubled batch is never among them)
@@ -284,7 +293,7 @@ def global_pools_stay_free() -> Iterator[None]:
         ceil_mode=False,
         count_include_pad=True,
         divisor_override=None,
-    ):  # noqa: E501
+    ):
         if divisor_override is None and _global_pool_kernel(input, kernel_size, stride, padding):
             return F.adaptive_avg_pool2d(input, 1)
         return original(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
