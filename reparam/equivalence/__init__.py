@@ -2,8 +2,9 @@
 
 - :mod:`~reparam.equivalence.capture`: run a model and read its outputs and block outputs
   (module hooks, fx graph nodes, ONNX tensors);
-- :mod:`~reparam.equivalence.metrics` and :mod:`~reparam.equivalence.compare`: error metrics and
-  per-output verdicts;
+- :mod:`~reparam.equivalence.metrics`: error metrics, accumulated batch by batch;
+- :mod:`~reparam.equivalence.judge`: the one judge of outputs (torch or numpy, streaming), with the
+  verdicts of :mod:`~reparam.equivalence.compare`;
 - :mod:`~reparam.equivalence.tolerance`: tolerance profiles (the fp32 noise rule);
 - :mod:`~reparam.equivalence.noise`: the reference's own fp32 noise against float64;
 - :mod:`~reparam.equivalence.localize`: the first diverging block;
@@ -23,7 +24,8 @@ from reparam.equivalence.capture import (
     run_with_block_hooks,
 )
 from reparam.equivalence.check import ErrorVerdict, judge_error
-from reparam.equivalence.compare import BlockError, CandidateResult, Divergence, OutputResult, compare_outputs
+from reparam.equivalence.compare import BlockError, CandidateResult, Divergence, OutputResult
+from reparam.equivalence.judge import OutputJudge, compare_outputs, judge_outputs, named_outputs
 from reparam.equivalence.localize import block_metrics, locate_divergence
 from reparam.equivalence.metrics import ErrorSummary, OutputMetrics, compute_metrics, output_error
 from reparam.equivalence.noise import block_noise, float64_copy, fp32_noise, output_noise
@@ -47,6 +49,7 @@ __all__ = [
     "ErrorSummary",
     "ErrorVerdict",
     "OutputMetrics",
+    "OutputJudge",
     "OutputResult",
     "Tolerance",
     "ToleranceProfile",
@@ -59,8 +62,10 @@ __all__ = [
     "fp32_noise",
     "graph_boundaries",
     "judge_error",
+    "judge_outputs",
     "locate_divergence",
     "make_tolerance",
+    "named_outputs",
     "onnx_block_outputs",
     "output_error",
     "output_noise",

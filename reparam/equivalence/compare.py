@@ -1,16 +1,10 @@
-"""Compare dicts of named outputs (reference vs one candidate) and judge them against a tolerance."""
+"""Verdicts: one output, one block, one candidate (see :mod:`reparam.equivalence.judge` for the judge)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from reparam.equivalence.metrics import OutputMetrics, compute_metrics
-from reparam.equivalence.tolerance import Tolerance, judge, make_tolerance
-
-Outputs = Mapping[str, np.ndarray | Sequence[np.ndarray]]
+from reparam.equivalence.metrics import OutputMetrics
 
 
 @dataclass
@@ -20,6 +14,7 @@ class OutputResult:
     name: str
     metrics: OutputMetrics
     reasons: list[str] = field(default_factory=list)
+    limit: float | None = None  # the scale-relative limit applied (None: the profile has none)
 
     @property
     def passed(self) -> bool:
@@ -30,6 +25,7 @@ class OutputResult:
             "name": self.name,
             "passed": self.passed,
             "reasons": list(self.reasons),
+            "limit": self.limit,
             **self.metrics.to_dict(),
         }
 
@@ -92,6 +88,10 @@ class CandidateResult:
     def passed(self) -> bool:
         return not self.problems and all(o.passed for o in self.outputs.values())
 
+    def worst(self) -> OutputResult | None:
+        """The output with the largest error (NaN/Inf problems first); None without outputs."""
+        return max(self.outputs.values(), key=lambda o: o.metrics.badness(), default=None)
+
     def failure_summary(self) -> list[str]:
         """One line per problem or failing output."""
         lines = list(self.problems)
@@ -111,44 +111,3 @@ class CandidateResult:
             "outputs": [o.to_dict() for o in self.outputs.values()],
             "divergence": self.divergence.to_dict() if self.divergence else None,
         }
-
-
-def _batches(value: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
-    return [value] if isinstance(value, np.ndarray) else list(value)
-
-
-def compare_outputs(
-    reference: Outputs,
-    candidate: Outputs,
-    tolerance: str | Tolerance = "fp32",
-    *,
-    name: str = "candidate",
-    kind: str = "unknown",
-    noise: Mapping[str, float] | None = None,
-) -> CandidateResult:
-    """Compare every reference output with the candidate's output of the same name.
-
-    Values are arrays or lists of per-batch arrays. Missing outputs and shape mismatches are
-    problems (the candidate fails); extra candidate outputs are ignored. ``noise`` holds the
-    reference's fp32 noise floor per output (see ``ToleranceProfile.noise_multiple``).
-    """
-    tol = make_tolerance(tolerance)
-    result = CandidateResult(name=name, kind=kind, tolerance=tol.profile.name)
-    for out_name, ref_value in reference.items():
-        if out_name not in candidate:
-            result.problems.append(
-                f"output {out_name!r} missing from the candidate (it has: {', '.join(sorted(candidate)) or 'none'})"
-            )
-            continue
-        atol, rtol = tol.elementwise(out_name)
-        try:
-            metrics = compute_metrics(
-                _batches(ref_value), _batches(candidate[out_name]), atol=atol, rtol=rtol
-            )
-        except ValueError as exc:
-            result.problems.append(f"output {out_name!r}: {exc}")
-            continue
-        if noise and out_name in noise:
-            metrics.ref_noise = noise[out_name]
-        result.outputs[out_name] = OutputResult(out_name, metrics, judge(metrics, tol, out_name))
-    return result

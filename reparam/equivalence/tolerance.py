@@ -153,6 +153,8 @@ def judge(metrics: OutputMetrics, tolerance: Tolerance, output: str, *, use_top1
     reasons: list[str] = []
     if metrics.nonfinite:
         reasons.append(f"{metrics.nonfinite} NaN/Inf values where the reference is finite")
+    if metrics.nonfinite_differs:
+        reasons.append(f"{metrics.nonfinite_differs} values differ from the reference's NaN/Inf there")
     if metrics.ref_nonfinite == metrics.num_elements:
         return reasons
     atol, rtol = tolerance.elementwise(output)
