@@ -80,6 +80,16 @@ def fold_bn_before(
     conv adds no padding (padded zeros would otherwise stand for ``t``, not 0).
     """
     scale, shift = bn_scale_shift(running_mean, running_var, gamma, beta, eps)
+    return fold_scale_shift_before(kernel, bias, scale, shift, groups)
+
+
+def fold_scale_shift_before(
+    kernel: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor, groups: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Fold a per-input-channel affine map ``x*scale + shift`` into the unpadded conv/linear after it.
+
+    The kernel is ``[out, in/groups, ...]``; see :func:`fold_bn_before` for when this is exact.
+    """
     out_ch, in_per_group = kernel.shape[0], kernel.shape[1]
     # input channel read by kernel[o, j]: group of o times in/g, plus j
     group_of_out = torch.arange(out_ch, device=kernel.device) // (out_ch // groups)

@@ -1,0 +1,115 @@
+"""Read-only views of an ONNX graph: producers, consumers, constants, shapes and attributes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from reparam.errors import require
+
+
+def _onnx():
+    return require("onnx", "onnx", "Re-parameterizing an ONNX file")
+
+
+def subgraph_names(graph: Any) -> set[str]:
+    """Every tensor name read inside a subgraph (If/Loop/Scan bodies) of ``graph``'s nodes."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                for inner in sub.node:
+                    names.update(inner.input)
+                names |= subgraph_names(sub)
+    return names
+
+
+class GraphView:
+    """Indexes over one model's top-level graph; rebuild after every change (``refresh``)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.graph = model.graph
+        self.shapes = _inferred_shapes(model)
+        self.refresh()
+
+    def refresh(self) -> None:
+        g = self.graph
+        self.initializers = {i.name: i for i in g.initializer}
+        self.graph_inputs = {i.name for i in g.input}
+        self.graph_outputs = {o.name for o in g.output}
+        self.producer = {out: n for n in g.node for out in n.output if out}
+        uses = Counter(name for n in g.node for name in n.input if name)
+        for name in subgraph_names(g) | self.graph_outputs:
+            uses[name] += 1
+        self.uses = uses
+        self.consumers: dict[str, list[Any]] = {}
+        for n in g.node:
+            for name in n.input:
+                self.consumers.setdefault(name, []).append(n)
+
+    def private(self, name: str) -> bool:
+        """True when ``name`` is read once, by one node, and is no graph output."""
+        return self.uses.get(name, 0) == 1
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or a Constant node's output (None for anything else)."""
+        onnx = _onnx()
+        if name in self.initializers and name not in self.graph_inputs:
+            return onnx.numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant" and not node.domain:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return onnx.numpy_helper.to_array(attr.t)
+                if attr.name in ("value_float", "value_int"):
+                    return np.asarray(attr.f if attr.name == "value_float" else attr.i)
+                if attr.name in ("value_floats", "value_ints"):
+                    return np.asarray(list(attr.floats) if attr.name == "value_floats" else list(attr.ints))
+        return None
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return None if shape is None else len(shape)
+
+    def channels(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return shape[1] if shape and len(shape) > 1 and isinstance(shape[1], int) else None
+
+    def elem_type(self, name: str) -> int | None:
+        return self.shapes.get(("type", name))
+
+
+def _inferred_shapes(model: Any) -> dict:
+    """``{tensor: [dim or None]}`` and ``{("type", tensor): elem_type}`` from ONNX shape inference."""
+    onnx = _onnx()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # inference is a help, not a requirement: a tensor without a shape is not folded
+        inferred = model
+    out: dict = {}
+    g = inferred.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        t = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            continue
+        out[("type", vi.name)] = t.elem_type
+        if t.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    for init in model.graph.initializer:
+        out[init.name] = list(init.dims)
+        out[("type", init.name)] = init.data_type
+    return out
+
+
+def attributes(node: Any) -> dict[str, Any]:
+    """The node's attributes as Python values."""
+    onnx = _onnx()
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def describe_node(node: Any) -> str:
+    """A name for messages: the node's name, or its op and first output when it has none."""
+    return node.name or f"{node.op_type}->{node.output[0] if node.output else '?'}"
