@@ -157,7 +157,11 @@ class Walker:
             if producer is None:
                 details.append(f"'{s}' is a graph input or constant")
             elif not view.private(s):
-                details.append(f"'{s}' (from {producer.op_type} {describe_node(producer)}) is also read elsewhere")
+                details.append(
+                    f"'{s}' (from {producer.op_type} {describe_node(producer)}) is also read elsewhere"
+                )
             else:
-                details.append(f"'{s}' comes from {producer.op_type} {describe_node(producer)}, which is not linear")
+                details.append(
+                    f"'{s}' comes from {producer.op_type} {describe_node(producer)}, which is not linear"
+                )
         return "the branches read different tensors: " + "; ".join(details)

@@ -134,7 +134,9 @@ def _average_pool(view: GraphView, node: Any) -> Term | Reason:
     if channels is None:
         return "the AveragePool's channel count is unknown"
     kernel = km.avgpool_kernel(channels, channels, size, dtype=torch.float64)
-    return Term(kernel, torch.zeros(channels, dtype=torch.float64), channels, strides, dilations, begins, ends)
+    return Term(
+        kernel, torch.zeros(channels, dtype=torch.float64), channels, strides, dilations, begins, ends
+    )
 
 
 def channel_values(view: GraphView, c: np.ndarray, data: str, op: str) -> torch.Tensor | Reason:

@@ -226,7 +226,10 @@ def _merge_convs(terms: list[Term]) -> Term | Reason:
         for t in terms
     )
     if not aligned:  # taps of different dilations: spell every kernel out at dilation 1
-        terms = [replace(t, kernel=km.dilate_kernel(t.kernel, t.dilations), dilations=(1,) * spatial) for t in terms]
+        terms = [
+            replace(t, kernel=km.dilate_kernel(t.kernel, t.dilations), dilations=(1,) * spatial)
+            for t in terms
+        ]
         dilation = (1,) * spatial
     g = math.gcd(*(t.groups for t in terms))
     offsets = [tuple((top[d] - t.begins[d]) // dilation[d] for d in range(spatial)) for t in terms]
