@@ -27,7 +27,13 @@ from reparam.equivalence.check import ErrorVerdict, judge_error
 from reparam.equivalence.compare import BlockError, CandidateResult, Divergence, OutputResult
 from reparam.equivalence.judge import OutputJudge, compare_outputs, judge_outputs, named_outputs
 from reparam.equivalence.localize import block_metrics, locate_divergence
-from reparam.equivalence.metrics import ErrorSummary, OutputMetrics, compute_metrics, output_error
+from reparam.equivalence.metrics import (
+    ErrorSummary,
+    MetricsAccumulator,
+    OutputMetrics,
+    compute_metrics,
+    output_error,
+)
 from reparam.equivalence.noise import block_noise, float64_copy, fp32_noise, output_noise
 from reparam.equivalence.tolerance import (
     PROFILES,
@@ -49,6 +55,7 @@ __all__ = [
     "ErrorSummary",
     "ErrorVerdict",
     "OutputMetrics",
+    "MetricsAccumulator",
     "OutputJudge",
     "OutputResult",
     "Tolerance",

@@ -1,9 +1,15 @@
-"""Run a reference model and candidates on the same inputs and build a VerifyReport."""
+"""Run a reference and candidates on the same inputs, batch by batch, and build a VerifyReport.
+
+The loop streams: each batch runs through the reference and every candidate and is judged at once
+(:class:`~reparam.equivalence.OutputJudge`), so memory stays flat in the number of inputs. Only
+the batch where a candidate's error is largest is kept, to measure the reference's fp32 noise
+there (when the fixed limit is exceeded) and to localize the first diverging block.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,29 +17,30 @@ from typing import Any
 import numpy as np
 from torch import fx, nn
 
+from reparam import runners
+from reparam.artifact import read_artifact
+from reparam.engine.core import ConversionResult
 from reparam.equivalence import (
     Boundaries,
     BoundaryKind,
     CandidateResult,
     Divergence,
+    OutputJudge,
     Tolerance,
-    block_noise,
     block_outputs,
-    compare_outputs,
-    compute_metrics,
-    float64_copy,
     locate_divergence,
     onnx_block_outputs,
-    output_noise,
-    run_with_block_hooks,
 )
 from reparam.equivalence.capture import torch_args
 from reparam.equivalence.tolerance import make_tolerance
-from reparam.errors import ReparamError
+from reparam.errors import ReparamError, require
 from reparam.verify.quant import quantization_risk
+from reparam.verify.reference import BlockReference, LiveReference, SavedReference, run_batch
 from reparam.verify.report import VerifyReport
 
 Batch = Mapping[str, np.ndarray]
+Tick = Callable[[str, int, int], None]  # (what runs now, batch runs done, batch runs in all)
+LOCALIZE = ("always", "auto", "on_failure", "never")
 
 
 @dataclass
@@ -54,15 +61,24 @@ def _record_of(module: nn.Module, record: Any = None) -> Any:
     return record if record is not None else getattr(module, "reparam_record", None)
 
 
+def _file_candidate(path: Path, name: str | None, record: Any) -> Candidate:
+    if not path.is_file():
+        raise ReparamError(f"candidate file {str(path)!r} does not exist", hint="check the path")
+    kind = runners.artifact_kind(path)
+    if kind != "pt2":
+        return Candidate(name or path.name, kind, runners.runner_for(path), record=record, path=str(path))
+    artifact = read_artifact(path)
+    own = record if record is not None else artifact.record
+    module = artifact.module
+    return Candidate(name or path.name, "pt2", runners.TorchRunner(module), module, own, str(path))
+
+
 def make_candidate(obj: Any, *, name: str | None = None, record: Any = None) -> Candidate:
     """Wrap a module, a ConversionResult, a ``.pt2`` / ``.onnx`` / TensorRT engine path, or a Runner.
 
     ``record`` (a RewriteRecord) lets a module's blocks be localized; a ConversionResult and a
     ``.pt2`` artifact bring their own.
     """
-    from reparam import runners
-    from reparam.engine.core import ConversionResult
-
     if isinstance(obj, Candidate):
         return obj
     if isinstance(obj, ConversionResult):
@@ -76,78 +92,19 @@ def make_candidate(obj: Any, *, name: str | None = None, record: Any = None) -> 
     if isinstance(obj, runners.Runner):
         return Candidate(name or type(obj).__name__, "runner", obj, record=record)
     if isinstance(obj, str | os.PathLike):
-        path = Path(obj)
-        if not path.is_file():
-            raise ReparamError(f"candidate file {str(path)!r} does not exist", hint="check the path")
-        kind = runners.artifact_kind(path)
-        if kind == "pt2":
-            from reparam.artifact import read_artifact
-
-            artifact = read_artifact(path)
-            return Candidate(
-                name or path.name,
-                "pt2",
-                runners.TorchRunner(artifact.module),
-                artifact.module,
-                record if record is not None else artifact.record,
-                str(path),
-            )
-        return Candidate(name or path.name, kind, runners.runner_for(path), record=record, path=str(path))
+        return _file_candidate(Path(obj), name, record)
     raise ReparamError(
         f"cannot verify an object of type {type(obj).__name__}",
         hint="pass an nn.Module, a .pt2/.onnx/.engine path or a reparam Runner",
     )
 
 
-Tick = Callable[[str, int, int], None]  # (what runs now, batch runs done, batch runs in all)
+def _onnx_boundaries(path: str) -> Boundaries:
+    onnx = require("onnx", "onnx", "Reading ONNX metadata")
+    return Boundaries.read_onnx(onnx.load(path, load_external_data=False))
 
 
-def _run_all(
-    runner: Any, batches: Sequence[Batch], tick: Callable[..., None] | None = None
-) -> dict[str, list[np.ndarray]]:
-    out: dict[str, list[np.ndarray]] = {}
-    for batch in batches:
-        feeds = {n: batch[n] for n in runner.input_names if n in batch} or dict(batch)
-        for k, v in runner.run(feeds).items():
-            out.setdefault(k, []).append(np.asarray(v))
-        if tick is not None:
-            tick()
-    return out
-
-
-class _Counter:
-    """Counts batch runs for a `Tick` callback; ``step(label)`` gives the per-batch callback."""
-
-    def __init__(self, tick: Tick | None, total: int):
-        self.tick, self.total, self.done = tick, total, 0
-
-    def step(self, label: str) -> Callable[[], None]:
-        def advance(units: int = 1) -> None:
-            self.done = min(self.total, self.done + units)
-            if self.tick is not None:
-                self.tick(label, self.done, self.total)
-
-        if self.tick is not None:
-            self.tick(label, self.done, self.total)
-        return advance
-
-
-def _worst_batch(ref: Mapping[str, list[np.ndarray]], cand: Mapping[str, list[np.ndarray]]) -> int:
-    """Index of the batch with the largest error (non-finite counts as worst) for localization."""
-    scores = []
-    for i in range(len(next(iter(ref.values()), []))):
-        worst = 0.0
-        for name, arrays in ref.items():
-            if name in cand and i < len(cand[name]) and cand[name][i].shape == arrays[i].shape:
-                m = compute_metrics(arrays[i], cand[name][i])
-                worst = max(
-                    worst, np.inf if m.nonfinite else (m.scale_rel if np.isfinite(m.scale_rel) else 0.0)
-                )
-        scores.append(worst)
-    return int(np.argmax(scores)) if scores else 0
-
-
-def _candidate_blocks(cand: Candidate, batch: Batch, input_names: Sequence[str]) -> tuple[dict, str]:
+def candidate_blocks(cand: Candidate, batch: Batch, input_names: Sequence[str]) -> tuple[dict, str]:
     """Block outputs of a candidate keyed by original block path, or ({}, reason)."""
     if cand.kind == "onnx" and cand.path:
         boundaries = _onnx_boundaries(cand.path)
@@ -167,27 +124,144 @@ def _candidate_blocks(cand: Candidate, batch: Batch, input_names: Sequence[str])
     return block_outputs(cand.module, boundaries, torch_args(batch, input_names)), ""
 
 
-def reference_noise(
-    model64: nn.Module,
-    batches: Sequence[Batch],
-    input_names: Sequence[str],
-    ref_out: Mapping[str, list[np.ndarray]],
-) -> dict[str, float]:
-    """Scale-relative error of the fp32 reference outputs against the float64 reference, per output."""
-    return output_noise(model64, [torch_args(b, input_names) for b in batches], ref_out)
+class _Counter:
+    """Counts batch runs for a `Tick` callback."""
+
+    def __init__(self, tick: Tick | None, total: int):
+        self.tick, self.total, self.done = tick, total, 0
+
+    def start(self, label: str) -> None:
+        if self.tick is not None:
+            self.tick(label, self.done, self.total)
+
+    def advance(self, label: str) -> None:
+        self.done = min(self.total, self.done + 1) if self.total else self.done + 1
+        if self.tick is not None:
+            self.tick(label, self.done, self.total)
 
 
-def _onnx_boundaries(path: str) -> Boundaries:
-    from reparam.errors import require
+@dataclass
+class _Worst:
+    """The batch where a candidate's error was largest: kept to measure noise and localize on."""
 
-    onnx = require("onnx", "onnx", "Reading ONNX metadata")
-    return Boundaries.read_onnx(onnx.load(path, load_external_data=False))
+    badness: float = -1.0
+    index: int = 0
+    batch: Batch | None = None
+    reference: Mapping[str, np.ndarray] | None = None
+
+
+class _Lane:
+    """One candidate's state in the loop: its judge, its worst batch, or why it could not run."""
+
+    def __init__(self, cand: Candidate, tolerance: Tolerance, label: str):
+        self.cand, self.label = cand, label
+        self.judge = OutputJudge(cand.tolerance or tolerance, name=cand.name, kind=cand.kind)
+        self.worst = _Worst()
+        self.failure: str | None = None
+
+    def step(self, index: int, batch: Batch, reference: Mapping[str, np.ndarray]) -> None:
+        if self.failure is not None:
+            return
+        try:
+            out = run_batch(self.cand.runner, batch)
+        except ReparamError:
+            raise
+        except Exception as exc:  # a broken artifact is a verification failure, not a crash
+            self.failure = f"failed to run: {type(exc).__name__}: {exc}"
+            return
+        badness = self.judge.add(reference, out)
+        if badness > self.worst.badness:
+            self.worst = _Worst(badness, index, batch, reference)
+
+
+def _stream(reference: Any, lanes: list[_Lane], batches: Iterable[Batch], counter: _Counter) -> int:
+    """Run every batch through the reference and each candidate; returns the number of batches."""
+    count = 0
+    for index, batch in enumerate(batches):
+        label = f"reference {reference.name}"
+        counter.start(label)
+        ref_out = reference.outputs(index, batch)
+        counter.advance(label)
+        for lane in lanes:
+            counter.start(lane.label)
+            lane.step(index, batch, ref_out)
+            counter.advance(lane.label)
+        count += 1
+    return count
+
+
+def _needs_blocks(localize: str, lane: _Lane, result: CandidateResult) -> bool:
+    if lane.failure is not None or localize == "never":
+        return False
+    if localize == "always" or not result.passed:
+        return True
+    limit = lane.judge.tolerance.profile.max_scale_rel
+    # "auto": a pass that needed the noise allowance gets its blocks checked too (a damped bug)
+    return (
+        localize == "auto"
+        and limit is not None
+        and any(o.metrics.scale_rel > limit for o in result.outputs.values())
+    )
+
+
+def _localize(reference: Any, lane: _Lane, result: CandidateResult) -> Divergence:
+    worst = lane.worst
+    if not reference.localizes:
+        return Divergence(note=reference.no_blocks_reason)
+    try:
+        cand_blocks, reason = candidate_blocks(lane.cand, worst.batch, reference.input_names)
+    except ReparamError:
+        raise
+    except Exception as exc:  # localization is a diagnostic; never let it hide the verdict
+        return Divergence(note=f"could not localize: {type(exc).__name__}: {exc}")
+    if not cand_blocks:
+        return Divergence(note=reason or "no block boundary values could be read from this candidate")
+    ref: BlockReference = reference.blocks(worst.index, worst.batch, list(cand_blocks))
+    return locate_divergence(
+        ref.values,
+        cand_blocks,
+        ref.order,
+        lane.judge.tolerance,
+        output_failed=not result.passed,
+        noise=ref.noise,
+    )
+
+
+def _finish(reference: Any, lane: _Lane, localize: str) -> CandidateResult:
+    """The candidate's verdict: noise measured where needed, blocks localized where asked."""
+    if lane.failure is not None:
+        return CandidateResult(lane.cand.name, lane.cand.kind, problems=[lane.failure])
+    worst = lane.worst
+
+    def noise() -> dict[str, float]:
+        scale = {n: a.result().ref_max_abs for n, a in lane.judge.accumulators.items()}
+        return reference.noise(worst.batch, worst.reference, scale)
+
+    result = lane.judge.result(noise)
+    if _needs_blocks(localize, lane, result):
+        result.divergence = _localize(reference, lane, result)
+    return result
+
+
+def _reference(reference: Any, name: str) -> LiveReference | SavedReference:
+    if isinstance(reference, LiveReference | SavedReference):
+        return reference
+    return LiveReference(make_candidate(reference, name=name), name)
+
+
+def _check_arguments(batches: Iterable[Batch], candidates: Sequence[Any], localize: str) -> None:
+    if isinstance(batches, Sequence) and not batches:
+        raise ReparamError("no input batches to verify with", hint="pass --inputs DATA.npz or --input-shape")
+    if not candidates:
+        raise ReparamError("nothing to verify: no candidate given", hint="pass --deploy, --onnx or --engine")
+    if localize not in LOCALIZE:
+        raise ValueError(f"localize must be one of {', '.join(LOCALIZE)}, not {localize!r}")
 
 
 def verify(
     reference: Any,
     candidates: Sequence[Any],
-    batches: Sequence[Batch],
+    batches: Iterable[Batch],
     *,
     tolerance: str | Tolerance = "fp32",
     atol: float | dict[str, float] | None = None,
@@ -198,118 +272,40 @@ def verify(
     quant: bool = True,
     tick: Tick | None = None,
 ) -> VerifyReport:
-    """Compare every candidate with ``reference`` on ``batches``.
-
-    ``tick(label, done, total)`` is called as each batch run starts and ends (reference, its float64
-    noise run, each candidate), for a progress display.
+    """Compare every candidate with ``reference`` on ``batches`` (any iterable; read once, in order).
 
     ``reference`` and each candidate may be an nn.Module (run in eval mode), a ``.pt2`` / ``.onnx``
-    / TensorRT engine path or a Runner; blocks can only be localized when the reference is a module.
+    / TensorRT engine path or a Runner; ``reference`` may also be saved run results
+    (:class:`~reparam.verify.reference.SavedReference`, golden results). Blocks can only be
+    localized against a module or saved block outputs.
 
     ``localize``: "always" computes per-block errors for every candidate that allows it,
-    "on_failure" only for failing ones, "never" skips it.
+    "on_failure" only for failing ones, "auto" also for those that passed only thanks to the
+    reference's noise allowance, "never" skips it. ``tick(label, done, total)`` is called as
+    each batch run starts and ends, for a progress display (``total`` is 0 for an iterable of
+    unknown length).
     """
-    if not batches:
-        raise ReparamError("no input batches to verify with", hint="pass --inputs DATA.npz or --input-shape")
+    _check_arguments(batches, candidates, localize)
     tol = make_tolerance(tolerance, atol, rtol)
     cands = [make_candidate(c) for c in candidates]
-    if not cands:
-        raise ReparamError("nothing to verify: no candidate given", hint="pass --deploy, --onnx or --engine")
-    ref_cand = make_candidate(reference, name=reference_name)
-    reference = ref_cand.module
-    if reference is not None and ref_cand.kind == "torch":
-        reference.eval()  # exported (.pt2) modules have no train/eval switch
-    input_names = list(ref_cand.runner.input_names)
-    uses_noise = any((c.tolerance or tol).profile.noise_multiple for c in cands)
-    float64 = reference is not None and ref_cand.kind == "torch" and uses_noise
-    counter = _Counter(tick, len(batches) * (1 + len(cands) + float64))
-    try:
-        ref_out = _run_all(ref_cand.runner, batches, counter.step(f"reference {reference_name}"))
-    except ReparamError:
-        raise
-    except Exception as exc:
-        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batches[0].items())
-        raise ReparamError(
-            f"the reference model failed on the inputs ({shapes}): {type(exc).__name__}: {exc}",
-            hint="check --input-shape / --inputs against the model's expected input",
-        ) from exc
-    report = VerifyReport(reference_name, tol, dict(inputs_info or {}))
-    ref_block_cache: dict[tuple, tuple[dict, list[str], dict]] = {}
-    model64 = None
-    noise: dict[str, float] = {}
-    if float64:
-        ran = counter.step("reference in float64 (noise floor)")
-        model64 = float64_copy(reference)
-        try:
-            noise = reference_noise(model64, batches, input_names, ref_out) if model64 is not None else {}
-        except Exception:  # some ops have no float64 kernel: keep the fixed limits
-            model64, noise = None, {}
-        ran(len(batches))
-        if not noise:
-            report.notes.append(
-                "the reference could not be run in float64; fixed scale-relative limits apply"
-            )
-
-    for k, cand in enumerate(cands, 1):
-        start, advance = counter.done, counter.step(f"candidate {k}/{len(cands)} {cand.name}")
-        try:
-            cand_out = _run_all(cand.runner, batches, advance)
-        except ReparamError:
-            raise
-        except Exception as exc:  # a broken artifact is a verification failure, not a crash
-            result = CandidateResult(
-                cand.name, cand.kind, problems=[f"failed to run: {type(exc).__name__}: {exc}"]
-            )
-            report.candidates.append(result)
-            advance(start + len(batches) - counter.done)
-            continue
-        cand_tol = cand.tolerance or tol
-        result = compare_outputs(ref_out, cand_out, cand_tol, name=cand.name, kind=cand.kind, noise=noise)
-        if localize == "always" or (localize == "on_failure" and not result.passed):
-            result.divergence = _localize(
-                reference,
-                model64,
-                cand,
-                ref_out,
-                cand_out,
-                batches,
-                input_names,
-                cand_tol,
-                ref_block_cache,
-                not result.passed,
-            )
-        report.candidates.append(result)
-
+    ref = _reference(reference, reference_name)
+    lanes = [_Lane(c, tol, f"candidate {k}/{len(cands)} {c.name}") for k, c in enumerate(cands, 1)]
+    total = len(batches) * (1 + len(lanes)) if isinstance(batches, Sequence) else 0
+    if not _stream(ref, lanes, batches, _Counter(tick, total)):
+        raise ReparamError("no input batches to verify with", hint="pass --inputs DATA.npz or --input-shape")
+    report = VerifyReport(ref.name, tol, dict(inputs_info or {}))
+    report.candidates = [_finish(ref, lane, localize) for lane in lanes]
+    report.notes.extend(dict.fromkeys(ref.notes))
     if quant:
-        with_weights = [
-            c for c in cands if c.module is not None and c.record is not None and c.kind in ("torch", "pt2")
-        ]
-        src = min(with_weights, key=lambda c: c.kind != "torch", default=None)  # prefer the in-memory model
-        if src is not None and reference is not None:
-            report.quant_risk = quantization_risk(reference, src.module, src.record)
+        report.quant_risk = _quant_risk(ref.quantization_source(), cands)
     return report
 
 
-def _localize(
-    reference, model64, cand, ref_out, cand_out, batches, input_names, tol, cache, failed
-) -> Divergence:
-    if reference is None:
-        return Divergence(note="blocks can only be localized against a training-form nn.Module reference")
-    idx = _worst_batch(ref_out, cand_out)
-    batch = batches[idx]
-    try:
-        cand_blocks, reason = _candidate_blocks(cand, batch, input_names)
-    except ReparamError:
-        raise
-    except Exception as exc:  # localization is a diagnostic; never let it hide the verdict
-        return Divergence(note=f"could not localize: {type(exc).__name__}: {exc}")
-    if not cand_blocks:
-        return Divergence(note=reason or "no block boundary values could be read from this candidate")
-    key = (idx, frozenset(cand_blocks))
-    if key not in cache:
-        args = torch_args(batch, input_names)
-        run = run_with_block_hooks(reference, list(cand_blocks), lambda: reference(*args))
-        noise = block_noise(model64, args, run.values) if model64 is not None else {}
-        cache[key] = (run.values, run.order, noise)
-    ref_blocks, order, noise = cache[key]
-    return locate_divergence(ref_blocks, cand_blocks, order, tol, output_failed=failed, noise=noise)
+def _quant_risk(reference: nn.Module | None, cands: Sequence[Candidate]) -> Any:
+    with_weights = [
+        c for c in cands if c.module is not None and c.record is not None and c.kind in ("torch", "pt2")
+    ]
+    src = min(with_weights, key=lambda c: c.kind != "torch", default=None)  # prefer the in-memory model
+    if src is None or reference is None:
+        return []
+    return quantization_risk(reference, src.module, src.record)

@@ -6,7 +6,9 @@
     G/arrays.npz    inputs/<batch>/<name>, outputs/<batch>/<name>, blocks/<batch>/<block path>/<k>
                     (the k-th output of a block; format version 1 kept one output per block)
 
-`verify_golden` compares ONNX files, engines or ``.pt2`` artifacts with it on another machine,
+Golden results are a saved run of the reference: `verify_golden` reads them back as a
+:class:`~reparam.verify.reference.SavedReference` and compares ONNX files, engines or ``.pt2``
+artifacts with it in the verifier's own loop (`reparam.verify.core.verify`), on another machine,
 without the checkpoint or the training code. Arrays are read with ``allow_pickle=False``; nothing in
 a golden directory is executed.
 """
@@ -14,6 +16,7 @@ a golden directory is executed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -23,10 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
+from reparam import __version__
+from reparam.engine import convert
+from reparam.equivalence import float64_copy, output_noise, run_with_block_hooks
+from reparam.equivalence.capture import torch_args
 from reparam.errors import ReparamError
-from reparam.io import atomic_files, check_input_file
+from reparam.io import atomic_files, check_input_file, file_sha256
+from reparam.runners import TorchRunner
+from reparam.verify.core import make_candidate, verify
+from reparam.verify.reference import SavedReference, run_batch
+from reparam.verify.report import VerifyReport
 
 FORMAT, VERSION = "reparam-golden", 2
 READABLE_VERSIONS = (1, 2)
@@ -40,12 +52,30 @@ def _sha256(data: bytes) -> str:
 
 def _block_paths(model: nn.Module, batch: Batch, input_names: Sequence[str]) -> list[str]:
     """The training blocks a deploy artifact can map back to (the rewrite record's boundaries)."""
-    import torch
-
-    from reparam.engine import convert
-
     example = tuple(torch.from_numpy(np.asarray(batch[n])) for n in input_names)
     return list(convert(model, example, check=False).record.boundaries)
+
+
+def _recorded_run(
+    model: nn.Module, batches: Sequence[Batch], input_names: Sequence[str]
+) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]], list[str]]:
+    """The arrays of a golden directory (inputs, outputs, block outputs per batch), outputs by name, block order."""
+    runner = TorchRunner(model, input_names)
+    blocks = _block_paths(model, batches[0], input_names)
+    arrays: dict[str, np.ndarray] = {}
+    outputs: dict[str, list[np.ndarray]] = {}
+    order: list[str] = []
+    for i, batch in enumerate(batches):
+        args = torch_args(batch, input_names)
+        run = run_with_block_hooks(model, blocks, lambda args=args: model(*args))
+        out = run_batch(runner, batch)
+        order = order or run.order
+        arrays |= {f"inputs/{i}/{n}": np.asarray(batch[n]) for n in input_names}
+        arrays |= {f"outputs/{i}/{n}": v for n, v in out.items()}
+        arrays |= {f"blocks/{i}/{p}/{k}": a for p, value in run.values.items() for k, a in enumerate(value)}
+        for n, v in out.items():
+            outputs.setdefault(n, []).append(v)
+    return arrays, outputs, order
 
 
 def save_golden(
@@ -56,30 +86,12 @@ def save_golden(
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Run ``model`` (eval mode) on ``batches`` and write the golden directory ``path`` atomically."""
-    import io
-
-    from reparam import __version__
-    from reparam.equivalence import float64_copy, run_with_block_hooks
-    from reparam.equivalence.capture import torch_args
-    from reparam.runners import TorchRunner
-    from reparam.verify.core import _run_all, reference_noise
-
     model.eval()
-    runner = TorchRunner(model)
-    input_names = list(runner.input_names)
-    outputs = _run_all(runner, batches)
-    blocks = _block_paths(model, batches[0], input_names)
-    arrays: dict[str, np.ndarray] = {}
-    order: list[str] = []
-    for i, batch in enumerate(batches):
-        args = torch_args(batch, input_names)
-        run = run_with_block_hooks(model, blocks, lambda args=args: model(*args))
-        order = order or run.order
-        arrays |= {f"inputs/{i}/{n}": np.asarray(batch[n]) for n in input_names}
-        arrays |= {f"outputs/{i}/{n}": v[i] for n, v in outputs.items()}
-        arrays |= {f"blocks/{i}/{p}/{k}": a for p, value in run.values.items() for k, a in enumerate(value)}
+    input_names = list(TorchRunner(model).input_names)
+    arrays, outputs, order = _recorded_run(model, batches, input_names)
     model64 = float64_copy(model)
-    noise = reference_noise(model64, batches, input_names, outputs) if model64 is not None else {}
+    runs = [torch_args(b, input_names) for b in batches]
+    noise = output_noise(model64, runs, outputs) if model64 is not None else {}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     data = buf.getvalue()
@@ -123,8 +135,6 @@ def load_golden(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.n
     expected = (manifest.get("files") or {}).get(ARRAYS, {}).get("sha256")
     if _sha256(data) != expected:
         raise _bad(root, f"{ARRAYS} does not match the checksum in {MANIFEST} (changed or truncated)")
-    import io
-
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -153,8 +163,6 @@ def read_golden_manifest(root: Path) -> dict[str, Any]:
 
 def golden_summary(path: str | os.PathLike) -> dict[str, Any]:
     """What a golden directory holds (for `reparam inspect`): its manifest and whether the arrays are intact."""
-    from reparam.io import file_sha256
-
     root = Path(path)
     manifest = read_golden_manifest(root)
     arrays = root / ARRAYS
@@ -197,77 +205,41 @@ def _check_names(manifest: Mapping[str, Any], cand: Any, golden: Path) -> None:
         )
 
 
-def _candidate_blocks(cand: Any, batch: Batch) -> tuple[dict[str, np.ndarray], str]:
-    from reparam.verify.core import _candidate_blocks as blocks_of
+def saved_reference(
+    root: Path, manifest: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+) -> SavedReference:
+    """The run results of a golden directory as a reference for the verifier's loop."""
+    n = int(manifest["batches"])
+    names = list(manifest["output_names"])
+    outputs = [{k: v for k, v in _per_batch(arrays, "outputs", i).items() if k in names} for i in range(n)]
+    return SavedReference(
+        str(manifest.get("provenance", {}).get("reference", root)),
+        [_per_batch(arrays, "inputs", i) for i in range(n)],
+        outputs,
+        [_block_values(arrays, i) for i in range(n)],
+        manifest["blocks"],
+        manifest.get("fp32_noise") or {},
+        manifest["input_names"],
+    )
 
-    try:
-        return blocks_of(cand, batch, list(batch))
-    except ReparamError:
-        raise
-    except Exception as exc:  # localization is a diagnostic; never let it hide the verdict
-        return {}, f"could not localize: {type(exc).__name__}: {exc}"
 
-
-def verify_golden(golden: str | os.PathLike, candidates: Sequence[Any], *, tolerance: Any = "fp32") -> Any:
-    """Compare candidates with golden results; a VerifyReport like `reparam.verify.core.verify`'s.
+def verify_golden(
+    golden: str | os.PathLike, candidates: Sequence[Any], *, tolerance: Any = "fp32"
+) -> VerifyReport:
+    """Compare candidates with golden results in the verifier's loop; a VerifyReport like `verify`'s.
 
     A candidate may carry its own tolerance (``Candidate.tolerance``); block outputs are compared
     in the recorded execution order and the first one beyond the limit is named.
     """
-    from reparam.equivalence import CandidateResult, Divergence, compare_outputs, locate_divergence
-    from reparam.equivalence.tolerance import make_tolerance
-    from reparam.verify.core import _run_all, _worst_batch, make_candidate
-    from reparam.verify.report import VerifyReport
-
     root = Path(golden)
     manifest, arrays = load_golden(root)
-    n = int(manifest["batches"])
-    batches = [_per_batch(arrays, "inputs", i) for i in range(n)]
-    ref_out = {
-        name: [_per_batch(arrays, "outputs", i)[name] for i in range(n)] for name in manifest["output_names"]
-    }
-    tol = make_tolerance(tolerance)
+    reference = saved_reference(root, manifest, arrays)
+    cands = [make_candidate(c) for c in candidates]
+    for cand in cands:
+        _check_names(manifest, cand, root)
     info = {
         "source": f"golden results {root}",
-        "batches": n,
+        "batches": len(reference.batches),
         "shape": "x".join(map(str, manifest["input_shapes"][0])),
     }
-    report = VerifyReport(str(manifest.get("provenance", {}).get("reference", root)), tol, info)
-    for cand in (make_candidate(c) for c in candidates):
-        _check_names(manifest, cand, root)
-        cand_tol = cand.tolerance or tol
-        try:
-            cand_out = _run_all(cand.runner, batches)
-        except ReparamError:
-            raise
-        except Exception as exc:
-            report.candidates.append(
-                CandidateResult(
-                    cand.name, cand.kind, problems=[f"failed to run: {type(exc).__name__}: {exc}"]
-                )
-            )
-            continue
-        result = compare_outputs(
-            ref_out,
-            cand_out,
-            cand_tol,
-            name=cand.name,
-            kind=cand.kind,
-            noise=manifest.get("fp32_noise") or {},
-        )
-        idx = _worst_batch(ref_out, cand_out)
-        cand_blocks, reason = _candidate_blocks(cand, batches[idx])
-        if cand_blocks:
-            result.divergence = locate_divergence(
-                _block_values(arrays, idx),
-                cand_blocks,
-                manifest["blocks"],
-                cand_tol,
-                output_failed=not result.passed,
-            )
-        else:
-            result.divergence = Divergence(
-                note=reason or "no block outputs could be read from this candidate"
-            )
-        report.candidates.append(result)
-    return report
+    return verify(reference, cands, reference.batches, tolerance=tolerance, inputs_info=info, quant=False)
