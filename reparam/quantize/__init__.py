@@ -7,15 +7,9 @@ float until an agreement target is met.
 
 from reparam.quantize.calib import InputSpec, load_calibration, load_labels, onnx_input_specs
 from reparam.quantize.evaluate import Int8Verification, int8_tolerance, verify_int8
-from reparam.quantize.qdq import (
-    METHODS,
-    QuantizeResult,
-    check_qdq_layout,
-    is_qdq,
-    quantize,
-    weighted_layers,
-)
+from reparam.quantize.qdq import METHODS, check_qdq_layout, is_qdq, weighted_layers
 from reparam.quantize.sensitivity import LayerSensitivity, RepairResult, layer_sensitivity, repair
+from reparam.quantize.write import QuantizeResult, quantize
 
 __all__ = [
     "METHODS",

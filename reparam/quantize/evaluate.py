@@ -18,7 +18,9 @@ from torch import nn
 
 from reparam.equivalence.tolerance import PROFILES, Tolerance
 from reparam.errors import ReparamError
+from reparam.runners import OnnxRuntimeRunner, TorchRunner
 from reparam.runners.base import Runner
+from reparam.verify.core import Candidate, verify
 from reparam.verify.report import VerifyReport
 
 Batch = Mapping[str, np.ndarray]
@@ -88,9 +90,6 @@ class Int8Verification:
 
 
 def _onnx_candidate(path: str | os.PathLike, name: str, record: Any, tolerance: Tolerance | None):
-    from reparam.runners import OnnxRuntimeRunner
-    from reparam.verify.core import Candidate
-
     runner = RecordingRunner(OnnxRuntimeRunner(str(path)))
     return Candidate(name, "onnx", runner, record=record, path=str(path), tolerance=tolerance)
 
@@ -112,8 +111,6 @@ def verify_int8(
     ``batches`` should be held out from the calibration data. ``labels`` (one per sample, in batch
     order) add each model's accuracy; ``target`` replaces the int8 profile's top-1 agreement limit.
     """
-    from reparam.runners import TorchRunner
-    from reparam.verify.core import Candidate, verify
 
     samples = sum(len(next(iter(b.values()))) for b in batches)
     if labels is not None and len(labels) != samples:

@@ -17,6 +17,7 @@ import numpy as np
 
 from reparam.equivalence.metrics import OutputMetrics, compute_metrics
 from reparam.equivalence.tolerance import judge
+from reparam.quantize.evaluate import int8_tolerance
 from reparam.quantize.qdq import Calibrated, module_of, quantize_proto
 
 Batch = Mapping[str, np.ndarray]
@@ -144,7 +145,6 @@ def repair(
     layers may stay float (None: all of them if needed); ``keep`` are nodes the caller keeps float
     anyway (not counted, not in the result's list).
     """
-    from reparam.quantize.evaluate import int8_tolerance
 
     tolerance = int8_tolerance(target)
     reference = run_onnx(model, batches)

@@ -156,7 +156,7 @@ def _summary(result, verification, risks) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from reparam.quantize.evaluate import verify_int8
-    from reparam.quantize.qdq import quantize
+    from reparam.quantize.write import quantize
     from reparam.verify.quant import quantization_risk
 
     _check_args(args)
