@@ -52,21 +52,26 @@ class Walker:
         """The longest exact chain ending at ``tensor``."""
         view = self.view
         node = view.producer.get(tensor)
-        if node is None or (not root and not view.private(tensor)):
+        if node is None or not node.input or (not root and not view.private(tensor)):
             return Chain(tensor, terms.identity())
         if node.op_type in ("Add", "Sum") and not node.domain and len(self._data_inputs(node)) > 1:
             return self._branch_sum(node, tensor)
         if node.op_type == "Pad" and not node.domain:
             return self._pad(node, tensor)
-        step = steps.node_term(view, node)
+        affine = node.op_type in steps.AFFINE_OPS and not node.domain
+        if affine and len(self._data_inputs(node)) != 1:
+            return Chain(tensor, terms.identity())
+        data = node.input[self._data_inputs(node)[0]] if affine else node.input[0]
+        # the chain before a Mul/Add tells its channel count where shape inference does not
+        inner = self.chain(data, root=False) if affine else None
+        step = steps.node_term(view, node, inner.term.out_channels if inner else None)
         if step is None:
             return Chain(tensor, terms.identity())
         if isinstance(step, str):
             if node.op_type == "BatchNormalization" or node.op_type in steps.ANCHORS:
                 self.note(node, step)
             return Chain(tensor, terms.identity())
-        data = node.input[self._data_inputs(node)[0]] if node.op_type in steps.AFFINE_OPS else node.input[0]
-        return self._extend(self.chain(data, root=False), node, step, data)
+        return self._extend(inner or self.chain(data, root=False), node, step, data)
 
     def _extend(self, inner: Chain, node: Any, step: Term, data: str) -> Chain:
         combined = terms.then(inner.term, step)

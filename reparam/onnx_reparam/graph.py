@@ -70,6 +70,30 @@ class GraphView:
                     return np.asarray(list(attr.floats) if attr.name == "value_floats" else list(attr.ints))
         return None
 
+    def computed_constant(self, name: str, limit: int = 64) -> np.ndarray | None:
+        """A constant, or the value of a small subgraph that reads only constants (shape plumbing
+        such as the pads of a Pad node); None when it depends on a graph input."""
+        value = self.constant(name)
+        if value is not None or name not in self.producer:
+            return value
+        nodes, stack, seen = [], [name], set()
+        while stack:
+            tensor = stack.pop()
+            if tensor in seen or not tensor:
+                continue
+            seen.add(tensor)
+            node = self.producer.get(tensor)
+            if self.constant(tensor) is not None:
+                if node is not None:  # a Constant node: the evaluated graph needs it too
+                    nodes.append(node)
+                continue
+            if node is None or node.domain not in ("", "ai.onnx") or len(nodes) >= limit:
+                return None
+            if node not in nodes:
+                nodes.append(node)
+            stack.extend(node.input)
+        return _evaluate(self.model, nodes, name)
+
     def rank(self, name: str) -> int | None:
         shape = self.shapes.get(name)
         return None if shape is None else len(shape)
@@ -80,6 +104,23 @@ class GraphView:
 
     def elem_type(self, name: str) -> int | None:
         return self.shapes.get(("type", name))
+
+
+def _evaluate(model: Any, nodes: list[Any], name: str) -> np.ndarray | None:
+    """Run ``nodes`` (which read only constants) with ONNX's reference evaluator; None on failure."""
+    onnx = _onnx()
+    from onnx.reference import ReferenceEvaluator
+
+    order = [n for n in model.graph.node if n in nodes]
+    needed = {i for n in order for i in n.input} - {o for n in order for o in n.output}
+    inits = [i for i in model.graph.initializer if i.name in needed]
+    out = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
+    graph = onnx.helper.make_graph(order, "constants", [], [out], inits)
+    try:
+        sub = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
+        return np.asarray(ReferenceEvaluator(sub).run(None, {})[0])
+    except Exception:  # anything the evaluator cannot run stays unknown, so nothing is folded
+        return None
 
 
 def _inferred_shapes(model: Any) -> dict:

@@ -32,10 +32,15 @@ def _consts(view: GraphView, node: Any, names: list[str]) -> list[np.ndarray | N
     return values
 
 
-def node_term(view: GraphView, node: Any) -> Term | Reason | None:
-    """The term of a single-data-input linear node (see the module docstring)."""
+def node_term(view: GraphView, node: Any, channels: int | None = None) -> Term | Reason | None:
+    """The term of a single-data-input linear node (see the module docstring).
+
+    ``channels``: the data input's channel count when shape inference does not know it.
+    """
     if node.domain not in ("", "ai.onnx"):
         return None
+    if node.op_type in AFFINE_OPS:
+        return _elementwise(view, node, channels)
     reader = _READERS.get(node.op_type)
     return reader(view, node) if reader else None
 
@@ -139,9 +144,11 @@ def _average_pool(view: GraphView, node: Any) -> Term | Reason:
     )
 
 
-def channel_values(view: GraphView, c: np.ndarray, data: str, op: str) -> torch.Tensor | Reason:
+def channel_values(
+    view: GraphView, c: np.ndarray, data: str, op: str, channels: int | None = None
+) -> torch.Tensor | Reason:
     """A constant that broadcasts as one value per channel of ``data``, as a float64 vector."""
-    rank, channels = view.rank(data), view.channels(data)
+    rank, channels = view.rank(data), view.channels(data) or channels
     if rank is None or rank < 2 or c.ndim > rank:
         return f"{op} by a constant on an input of unknown or too small rank"
     shape = (1,) * (rank - c.ndim) + tuple(c.shape)
@@ -152,14 +159,14 @@ def channel_values(view: GraphView, c: np.ndarray, data: str, op: str) -> torch.
     return _f64(c).reshape(-1).expand(channels).clone()
 
 
-def _elementwise(view: GraphView, node: Any) -> Term | Reason | None:
+def _elementwise(view: GraphView, node: Any, channels: int | None = None) -> Term | Reason | None:
     """Mul/Add/Sub/Div of the data by one constant holding a value per channel (or one value)."""
     consts = [view.constant(n) for n in node.input]
     data = [i for i, c in enumerate(consts) if c is None]
     if len(data) != 1 or len(node.input) != 2:
         return None  # two data inputs: a branch sum (handled by the chain) or not linear at all
     d = data[0]
-    value = channel_values(view, consts[1 - d], node.input[d], node.op_type)
+    value = channel_values(view, consts[1 - d], node.input[d], node.op_type, channels)
     if isinstance(value, str):
         return value
     one, zero = torch.ones_like(value), torch.zeros_like(value)
@@ -188,7 +195,7 @@ def pad_step(view: GraphView, node: Any) -> tuple[tuple[int, ...], tuple[int, ..
         return "the Pad's input rank is unknown"
     if len(node.input) > 1:
         names = list(node.input[1:4])
-        values = [view.constant(n) if n else None for n in names]
+        values = [view.computed_constant(n) if n else None for n in names]
         if values[0] is None or any(n and v is None for n, v in zip(names, values)):
             return "the Pad's pads or value are computed, not constants"
         pads, value = values[0], values[1] if len(values) > 1 else None
@@ -224,5 +231,4 @@ _READERS = {
     "MatMul": _matmul,
     "AveragePool": _average_pool,
     "Pad": _pad,
-    **{op: _elementwise for op in AFFINE_OPS},
 }

@@ -38,6 +38,8 @@ class Term:
     ends: tuple[int, ...] = ()
     kind: str = "conv"
     node: Any = None  # convT: the original node, whose attributes the fused node keeps
+    # the largest bias seen on the way: float32 values that cancel in the bias are compared at this scale
+    bias_scale: float = 0.0
 
     @property
     def is_identity(self) -> bool:
@@ -122,7 +124,8 @@ def _scale_shift_after(a: Term, b: Term) -> Term:
         kernel, bias = km.fold_bn_transposed(a.kernel, a.bias, zero, one, scale, shift, 0.0, a.groups)
     else:
         kernel, bias = km.fold_scale_shift(a.kernel, a.bias, scale, shift)
-    return replace(a, kernel=kernel, bias=bias)
+    seen = max(a.bias_scale, float(a.bias.abs().amax()), float(shift.abs().amax()))
+    return replace(a, kernel=kernel, bias=bias, bias_scale=seen)
 
 
 def then(a: Term, b: Term) -> Term | Reason:
@@ -174,6 +177,13 @@ def _more_pads(a: Term, begins: tuple[int, ...], ends: tuple[int, ...]) -> Term:
     )
 
 
+def _same_in_float32(values: Tensor, target: float, scale: float) -> bool:
+    """Equal up to float32 rounding at ``scale``: a border value written by the training framework
+    (in fp32) next to the same value computed here in float64 from the BatchNorm's parameters."""
+    tol = 4 * torch.finfo(torch.float32).eps * torch.clamp(values.abs(), min=max(abs(target), scale))
+    return bool(torch.all((values - target).abs() <= tol))
+
+
 def pad_after(a: Term, begins: tuple[int, ...], ends: tuple[int, ...], value: float) -> Term | Reason:
     """The term equal to ``pad(a(x), value)``: exact when ``a`` is pointwise and ``a(0) == value``."""
     if a.is_identity:
@@ -182,7 +192,7 @@ def pad_after(a: Term, begins: tuple[int, ...], ends: tuple[int, ...], value: fl
         return _more_pads(a, begins, ends)
     if a.kind != "conv" or not a.pointwise:
         return f"a Pad after a {a.describe()} is not part of one convolution"
-    if bool(torch.any(a.bias != value)):
+    if not _same_in_float32(a.bias, value, a.bias_scale):
         return f"the Pad's value {value:g} differs from the border the fused convolution would give"
     return _more_pads(a, begins, ends)
 
