@@ -7,13 +7,19 @@ from reparam.errors import InternalError, MismatchError, ReparamError
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeployOptions",
+    "InputSpec",
     "InternalError",
+    "Judge",
     "MismatchError",
+    "ModelSource",
     "ReparamError",
     "__version__",
+    "convert",
     "deploy",
     "expand",
     "reparameterize",
+    "verify",
 ]
 
 
@@ -23,10 +29,10 @@ def __getattr__(name: str):
         from reparam.engine import reparameterize
 
         return reparameterize
-    if name == "deploy":
-        from reparam.pipeline import deploy
+    if name in ("deploy", "verify", "convert", "ModelSource", "InputSpec", "Judge", "DeployOptions"):
+        import reparam.api
 
-        return deploy
+        return getattr(reparam.api, name)
     if name == "expand":
         from reparam.expansion import expand
 

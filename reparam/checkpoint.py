@@ -33,13 +33,13 @@ _SHOW = 5
 _MAX_KWARG_ITEMS, _MAX_KWARG_DEPTH, _MAX_KWARG_STRING, _MAX_KWARG_NUMBER = 1000, 4, 4096, 10**6
 
 
-def _import_factory(arch: str, option: str) -> Any:
+def _import_factory(arch: str, param: str) -> Any:
     module_name, _, attr = arch.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ReparamError(
-            f"cannot import {module_name!r} for {option} {arch!r}: {exc}",
+            f"cannot import {module_name!r} for `{param}` {arch!r}: {exc}",
             hint="run from the directory that holds it, make the package importable (PYTHONPATH), "
             "or use a zoo model name",
         ) from exc
@@ -49,23 +49,23 @@ def _import_factory(arch: str, option: str) -> Any:
         if factory is None:
             raise ReparamError(
                 f"{module_name!r} has no attribute {attr!r}",
-                hint=f"write {option} as 'package.module:factory'",
+                hint=f"write `{param}` as 'package.module:factory'",
             )
     return factory
 
 
-def _call_factory(arch: str, factory: Any, kwargs: dict[str, Any], option: str) -> nn.Module:
+def _call_factory(arch: str, factory: Any, kwargs: dict[str, Any], param: str) -> nn.Module:
     try:
         model = factory(**kwargs)
     except TypeError as exc:
         raise ReparamError(
             f"calling {arch} with {kwargs} failed: {exc}",
-            hint=f"check {option}-kwargs against the factory's signature",
+            hint=f"check `{param}_kwargs` against the factory's signature",
         ) from exc
     if not isinstance(model, nn.Module):
         raise ReparamError(
             f"{arch} returned {type(model).__name__}, not a torch.nn.Module",
-            hint=f"point {option} at a function or class that builds the model",
+            hint=f"point `{param}` at a function or class that builds the model",
         )
     return model
 
@@ -75,20 +75,20 @@ def build_model(
     arch_kwargs: Mapping[str, Any] | None = None,
     *,
     max_bytes: int | str | None = None,
-    option: str = "--arch",
+    param: str = "arch",
 ) -> nn.Module:
     """Build an architecture by zoo name or ``package.module:factory`` with keyword arguments.
 
     The parameters are counted on the ``meta`` device first: a model over the memory limit
-    (:func:`reparam.limits.memory_limit`) is refused before anything is allocated. ``option`` is
-    the flag that named ``arch`` (``--arch``, ``--as-arch``), for errors.
+    (:func:`reparam.limits.memory_limit`) is refused before anything is allocated. ``param`` is
+    the parameter that named ``arch`` (``arch``, ``as_arch``), for errors.
     """
     kwargs = dict(arch_kwargs or {})
     if ":" in arch:
-        factory = _import_factory(arch, option)
+        factory = _import_factory(arch, param)
 
         def make() -> nn.Module:
-            return _call_factory(arch, factory, kwargs, option)
+            return _call_factory(arch, factory, kwargs, param)
     else:
         from reparam.zoo import create_model
 

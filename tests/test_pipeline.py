@@ -1,4 +1,4 @@
-"""`reparam.deploy`: the pipeline as a library call with explicit parameters (the CLI calls it)."""
+"""`reparam.deploy`: the pipeline as a library call with typed requests (the CLI calls it)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,11 @@ def ckpt(tmp_path):
 def test_deploy_library_call_writes_a_verified_directory(tmp_path, ckpt):
     lines: list[str] = []
     result = reparam.deploy(
-        ckpt, tmp_path / "out", targets=[], input_shape=(1, 3, 32, 32), progress=lines.append
+        reparam.ModelSource(ckpt),
+        tmp_path / "out",
+        options=reparam.DeployOptions(targets=[]),
+        inputs=reparam.InputSpec(input_shape=(1, 3, 32, 32)),
+        progress=lines.append,
     )
     assert result.passed and result.output == (tmp_path / "out").resolve()
     assert result.summary.startswith("converted:") and any("verifying" in line for line in lines)
@@ -40,8 +44,12 @@ def test_deploy_library_call_writes_a_verified_directory(tmp_path, ckpt):
 
 
 def test_deploy_input_error_leaves_nothing(tmp_path, ckpt):
-    with pytest.raises(ReparamError, match="unknown --to target"):
-        reparam.deploy(ckpt, tmp_path / "out", targets=["coreml"])
+    with pytest.raises(ReparamError, match=r"unknown target\(s\) in `targets`"):
+        reparam.deploy(reparam.ModelSource(ckpt), tmp_path / "out", options=reparam.DeployOptions(["coreml"]))
     with pytest.raises(ReparamError, match="architecture"):
-        reparam.deploy(ckpt, tmp_path / "out", arch="acb_resnet18", input_shape=(1, 3, 32, 32))
+        reparam.deploy(
+            reparam.ModelSource(ckpt, arch="acb_resnet18"),
+            tmp_path / "out",
+            inputs=reparam.InputSpec(input_shape=(1, 3, 32, 32)),
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.pth"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from reparam.api.requests import InputSpec, Judge, ModelSource
 from reparam.errors import ReparamError
 
 
@@ -128,16 +129,40 @@ def allow_local_imports(args: argparse.Namespace) -> None:
         sys.path.insert(0, os.getcwd())
 
 
-def model_source_options(args: argparse.Namespace) -> dict:
-    """The parsed --arch/--arch-kwargs/--trust-pickle/--max-memory/--state-dict-key/--strip-prefix."""
-    return {
-        "arch": args.arch,
-        "arch_kwargs": parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
-        "trust_pickle": args.trust_pickle,
-        "max_memory": args.max_memory,
-        "state_dict_key": getattr(args, "state_dict_key", None),
-        "strip_prefix": getattr(args, "strip_prefix", None),
-    }
+def model_source(args: argparse.Namespace, checkpoint: str | None = None) -> ModelSource:
+    """The parsed CKPT, --arch, --arch-kwargs, --trust-pickle, --max-memory, --state-dict-key, --strip-prefix."""
+    return ModelSource(
+        checkpoint if checkpoint is not None else args.checkpoint,
+        arch=args.arch,
+        arch_kwargs=parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
+        state_dict_key=getattr(args, "state_dict_key", None),
+        strip_prefix=getattr(args, "strip_prefix", None),
+        trust_pickle=args.trust_pickle,
+        max_memory=args.max_memory,
+    )
+
+
+def input_spec(args: argparse.Namespace) -> InputSpec:
+    """The parsed --inputs, --input-shape, --batches, --batch-size, --seed (those the command has)."""
+    shape = getattr(args, "input_shape", None)
+    return InputSpec(
+        inputs=getattr(args, "inputs", None),
+        input_shape=parse_shape(shape) if shape else None,
+        batches=getattr(args, "batches", None),
+        batch_size=getattr(args, "batch_size", 8),
+        seed=getattr(args, "seed", 0),
+    )
+
+
+def judge(args: argparse.Namespace) -> Judge:
+    """The parsed --tolerance, --atol, --rtol."""
+    from reparam.equivalence.tolerance import parse_tolerance_overrides
+
+    return Judge(
+        args.tolerance,
+        parse_tolerance_overrides(args.atol, "--atol"),
+        parse_tolerance_overrides(args.rtol, "--rtol"),
+    )
 
 
 def load_model_from_args(

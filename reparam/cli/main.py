@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 import traceback
 import warnings
+from typing import Any
 
 from reparam import __version__
 from reparam.cli import console
@@ -39,6 +41,7 @@ _COMMAND_ORDER = [
 
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
+        self.flag_names: dict[str, str] = {}  # parameter name -> the flag (or positional) that sets it
         super().__init__(*args, **kwargs)
         # On every (sub)parser, so `reparam convert ... --debug` works as well as `reparam --debug ...`.
         self.add_argument(
@@ -53,6 +56,24 @@ class _Parser(argparse.ArgumentParser):
             default=argparse.SUPPRESS,
             help="no progress lines or notes on stderr (errors and warnings still appear)",
         )
+
+    def add_subparsers(self, **kwargs):
+        action = super().add_subparsers(**kwargs)
+        self.nested_commands = [*getattr(self, "nested_commands", []), action]
+        return action
+
+    def add_argument(self, *names, **kwargs):
+        action = super().add_argument(*names, **kwargs)
+        longs = [n for n in names if n.startswith("--")]
+        shown = (
+            longs[0]
+            if longs
+            else names[0]
+            if names[0].startswith("-")
+            else action.metavar or action.dest.upper()
+        )
+        self.flag_names.setdefault(action.dest, shown)
+        return action
 
     def error(self, message: str):  # usage errors: one line and a hint, exit 2
         sys.stderr.write(f"error: {message}\n  hint: run '{self.prog} --help' for the options\n")
@@ -76,14 +97,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _command_modules():
         importlib.import_module(f"reparam.cli.commands.{name}").register(sub)
+    _remember_command_parsers(sub)
     return parser
+
+
+def _remember_command_parsers(sub: Any, parent: dict[str, str] | None = None) -> None:
+    """Each (nested) command parser records itself, so an error can name that command's flags."""
+    for command in sub.choices.values():
+        for name, flag in (parent or {}).items():
+            command.flag_names.setdefault(name, flag)
+        command.set_defaults(command_parser=command)
+        for nested in getattr(command, "nested_commands", ()):
+            _remember_command_parsers(nested, command.flag_names)
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def report_error(exc: BaseException, debug: bool) -> int:
+_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def speak_flags(text: str, flags: dict[str, str]) -> str:
+    """Library errors name parameters in backticks; show the flags that set them instead."""
+    return _PARAMETER.sub(lambda m: flags.get(m[1], m[0]), text)
+
+
+def _flags_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """Parameter -> flag for the command that ran (its own options, then the shared ones)."""
+    command = getattr(args, "command_parser", None)
+    names = dict(getattr(command, "flag_names", {}))
+    names.update(getattr(args, "field_flags", {}) or {})
+    return names
+
+
+def report_error(exc: BaseException, debug: bool, flags: dict[str, str] | None = None) -> int:
     """Write ``exc`` to stderr as one error line (and a hint line); return the exit code."""
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
@@ -95,9 +143,9 @@ def report_error(exc: BaseException, debug: bool) -> int:
             "  hint: re-run with --debug for the traceback and report it with the command line\n"
         )
         return EXIT_BUG
-    sys.stderr.write(f"error: {_one_line(user.message)}\n")
+    sys.stderr.write(f"error: {speak_flags(_one_line(user.message), flags or {})}\n")
     if user.hint:
-        sys.stderr.write(f"  hint: {_one_line(user.hint)}\n")
+        sys.stderr.write(f"  hint: {speak_flags(_one_line(user.hint), flags or {})}\n")
     return user.exit_code
 
 
@@ -121,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("interrupted\n")
         return 130
     except Exception as exc:
-        return report_error(exc, getattr(args, "debug", False))
+        return report_error(exc, getattr(args, "debug", False), _flags_of(parser, args))
 
 
 if __name__ == "__main__":

@@ -91,13 +91,14 @@ def test_existing_output_directory_needs_force(ckpt, tmp_path, capsys):
 
 def test_unknown_target_is_a_usage_error(ckpt, tmp_path, capsys):
     assert main(["deploy", str(ckpt), "--to", "coreml", "-o", str(tmp_path / "out")]) == 2
-    assert "unknown --to target" in capsys.readouterr().err
+    assert "unknown target(s) in --to: coreml" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_verification_failure_leaves_no_output_directory(ckpt, tmp_path, monkeypatch, capsys):
     import torch
 
+    import reparam.api.deploy_command
     import reparam.engine
 
     real_convert = reparam.engine.convert
@@ -109,7 +110,7 @@ def test_verification_failure_leaves_no_output_directory(ckpt, tmp_path, monkeyp
             result.model.get_submodule(entry.fused).weight.mul_(1.5)
         return result
 
-    monkeypatch.setattr(reparam.engine, "convert", broken_convert)
+    monkeypatch.setattr(reparam.api.deploy_command, "convert", broken_convert)
     rc = main(
         ["deploy", str(ckpt), "--input-shape", "1x3x32x32", "--to", "onnx", "-o", str(tmp_path / "out")]
     )

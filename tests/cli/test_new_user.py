@@ -185,7 +185,9 @@ def test_verify_shows_progress_with_counts_on_stderr_and_quiet_silences_it(tmp_p
 
 def test_manifest_records_the_model_input_shape_and_per_sample_report(tmp_path, ckpt):
     pytest.importorskip("onnxruntime")
-    result = reparam.deploy(ckpt, tmp_path / "out", input_shape=(4, 3, 32, 32))
+    result = reparam.deploy(
+        reparam.ModelSource(ckpt), tmp_path / "out", inputs=reparam.InputSpec(input_shape=(4, 3, 32, 32))
+    )
     assert result.passed
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["input_shape"] == "1x3x32x32" and manifest["verify_inputs"]["shape"] == "4x3x32x32"

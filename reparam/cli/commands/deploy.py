@@ -15,8 +15,6 @@ from reparam.cli.options import (
     write_reports,
 )
 
-TARGETS = ("onnx", "trt")
-
 DESCRIPTION = """\
 Convert a training checkpoint to its deploy form, export it (model.pt2, model.onnx, a TensorRT
 engine with --to trt), verify every artifact against the training model, and write the artifacts,
@@ -57,36 +55,26 @@ def register(subparsers) -> None:
         "--calib", metavar="DATA.npz", help="calibration inputs for --int8 (not the --inputs data)"
     )
     p.add_argument("--force", action="store_true", help="replace OUTDIR if it exists and is not empty")
+    p.set_defaults(field_flags={"targets": "--to"})
     add_input_arguments(p)
     add_tolerance_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.cli.common import model_source_options, parse_shape
+    from reparam.api import DeployOptions, deploy
+    from reparam.cli.common import input_spec, judge, model_source
     from reparam.cli.console import Bar, note, progress
-    from reparam.equivalence.tolerance import parse_tolerance_overrides
-    from reparam.pipeline import deploy
 
+    options = DeployOptions(args.to.split(","), args.fp16, args.int8, args.calib, args.force)
     bar = Bar()
     try:
         result = deploy(
-            args.checkpoint,
+            model_source(args),
             args.output,
-            **model_source_options(args),
-            targets=args.to.split(","),
-            fp16=args.fp16,
-            int8=args.int8,
-            calib=args.calib,
-            force=args.force,
-            inputs=args.inputs,
-            input_shape=parse_shape(args.input_shape) if args.input_shape else None,
-            batches=args.batches,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            tolerance=args.tolerance or "fp32",
-            atol=parse_tolerance_overrides(args.atol, "--atol"),
-            rtol=parse_tolerance_overrides(args.rtol, "--rtol"),
+            options=options,
+            inputs=input_spec(args),
+            judge=judge(args),
             progress=progress,
             tick=bar,
         )

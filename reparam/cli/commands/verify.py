@@ -80,11 +80,10 @@ def _reference(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.cli.common import model_source_options, parse_shape
+    from reparam.api import verify
+    from reparam.cli.common import input_spec, judge, model_source
     from reparam.cli.console import Bar, note, progress
-    from reparam.equivalence.tolerance import parse_tolerance_overrides
     from reparam.io import check_writable
-    from reparam.pipeline import verify_files
 
     _check_files(args.deploy, "--deploy")
     _check_files(args.onnx, "--onnx")
@@ -93,22 +92,16 @@ def run(args: argparse.Namespace) -> int:
         [Path(args.save_golden) / f for f in ("golden.json", "arrays.npz")] if args.save_golden else []
     )
     check_writable(args.report, args.markdown, args.plot, *golden_files)
+    reference = _reference(args)
     bar = Bar()
     try:
-        outcome = verify_files(
-            _reference(args),
+        outcome = verify(
+            model_source(args, reference) if reference is not None else None,
             [*args.deploy, *args.onnx, *args.engine],
+            inputs=input_spec(args),
+            judge=judge(args),
             golden=args.golden,
             save_golden=args.save_golden,
-            **model_source_options(args),
-            inputs=args.inputs,
-            input_shape=parse_shape(args.input_shape) if args.input_shape else None,
-            batches=args.batches,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            tolerance=args.tolerance,
-            atol=parse_tolerance_overrides(args.atol, "--atol"),
-            rtol=parse_tolerance_overrides(args.rtol, "--rtol"),
             progress=progress,
             tick=bar,
         )

@@ -1,0 +1,30 @@
+"""The application layer: one function per command, typed requests in, typed results out.
+
+`ModelSource`, `InputSpec` and `Judge` say where the model comes from, what the inputs look like
+and how outputs are judged; each resolves itself one way for every command. The functions here
+print nothing: the CLI parses flags into requests, calls them and renders what they return, and
+`reparam.deploy` is the same call with keyword arguments.
+"""
+
+from __future__ import annotations
+
+from reparam.api.convert_command import ConvertOutcome, PlainTarget, convert
+from reparam.api.deploy_command import DeployOptions, DeployResult, deploy
+from reparam.api.requests import Batches, InputSpec, Judge, LoadedModel, ModelSource
+from reparam.api.verify_command import VerifyOutcome, verify
+
+__all__ = [
+    "Batches",
+    "ConvertOutcome",
+    "DeployOptions",
+    "DeployResult",
+    "InputSpec",
+    "Judge",
+    "LoadedModel",
+    "ModelSource",
+    "PlainTarget",
+    "VerifyOutcome",
+    "convert",
+    "deploy",
+    "verify",
+]
