@@ -1,0 +1,209 @@
+"""Graphs in the shapes other frameworks write, and near misses that must stay as they are."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper
+from torch import nn
+
+from tests.onnx_reparam._helpers import (
+    assert_equal_in_ort,
+    bn_inits,
+    bn_node,
+    convert,
+    export,
+    hand_model,
+    ops,
+    tensor,
+)
+
+RNG_SEED = 3
+
+
+def _save(model, tmp_path, name="train.onnx"):
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def _conv(name, x, y, w, **attrs):
+    return helper.make_node("Conv", [x, w], [y], name=name, **attrs)
+
+
+def test_paddle_style_repvgg_with_odd_names_and_sum_of_three(tmp_path):
+    """BN without training_mode, unusual and empty node names, one Sum node over three branches."""
+    rng = np.random.default_rng(RNG_SEED)
+    c = 4
+    inits = [
+        tensor("w 3x3:0", rng.normal(0, 0.3, (c, c, 3, 3))),
+        tensor("w/1x1", rng.normal(0, 0.3, (c, c, 1, 1))),
+        *bn_inits("bn.a", c, rng),
+        *bn_inits("bn.b", c, rng),
+        *bn_inits("bn.id", c, rng),
+    ]
+    nodes = [
+        _conv("conv#1 (3x3)", "x", "a0", "w 3x3:0", pads=[1, 1, 1, 1]),
+        bn_node("bn.a", "a0", "a"),
+        _conv("", "x", "b0", "w/1x1"),
+        bn_node("bn.b", "b0", "b"),
+        bn_node("bn.id", "x", "i"),
+        helper.make_node("Sum", ["a", "b", "i"], ["s"], name=""),
+        helper.make_node("Relu", ["s"], ["y"], name="relu"),
+    ]
+    src = _save(hand_model(nodes, inits), tmp_path)
+    result = convert(src, tmp_path)
+    assert ops(result.output) == {"Conv": 1, "Relu": 1}
+    assert_equal_in_ort(src, result.output, (2, c, 9, 11))
+
+
+def test_mul_add_instead_of_bn_and_bias_add(tmp_path):
+    """TF-style: Conv with a bias, then a separate Add of a constant, Mul/Add for the BatchNorm."""
+    rng = np.random.default_rng(RNG_SEED)
+    c = 4
+    inits = [
+        tensor("w", rng.normal(0, 0.3, (6, c, 3, 3))),
+        tensor("b", rng.normal(0, 0.3, 6)),
+        tensor("extra", rng.normal(0, 0.3, (6, 1, 1))),
+        tensor("scale", rng.uniform(0.5, 1.5, (1, 6, 1, 1))),
+        tensor("shift", rng.normal(0, 0.3, (1, 6, 1, 1))),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "extra"], ["c2"]),
+        helper.make_node("Mul", ["scale", "c2"], ["m"]),
+        helper.make_node("Add", ["m", "shift"], ["y"]),
+    ]
+    src = _save(hand_model(nodes, inits), tmp_path)
+    result = convert(src, tmp_path)
+    assert ops(result.output) == {"Conv": 1}
+    assert_equal_in_ort(src, result.output, (1, c, 8, 8))
+
+
+def test_explicit_pad_and_pads_attribute_branches(tmp_path):
+    """A Pad node before an unpadded 3x3, a 3x1 with its own pads, a 1x1: one 3x3 conv."""
+    rng = np.random.default_rng(RNG_SEED)
+    c = 4
+    inits = [
+        tensor("k3", rng.normal(0, 0.3, (c, c, 3, 3))),
+        tensor("k31", rng.normal(0, 0.3, (c, c, 3, 1))),
+        tensor("k1", rng.normal(0, 0.3, (c, c, 1, 1))),
+        onnx.numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64), "pads"),
+    ]
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["p"]),
+        _conv("k3", "p", "a", "k3"),
+        _conv("k31", "x", "b", "k31", pads=[1, 0, 1, 0]),
+        _conv("k1", "x", "d", "k1"),
+        helper.make_node("Sum", ["a", "b", "d"], ["y"]),
+    ]
+    src = _save(hand_model(nodes, inits, opset=13), tmp_path)
+    result = convert(src, tmp_path)
+    assert ops(result.output) == {"Conv": 1}
+    assert_equal_in_ort(src, result.output, (1, c, 7, 9))
+
+
+def test_bn_in_training_mode_is_left_alone(tmp_path):
+    rng = np.random.default_rng(RNG_SEED)
+    inits = [tensor("w", rng.normal(0, 0.3, (4, 4, 1, 1))), *bn_inits("bn", 4, rng)]
+    bn = bn_node("bn", "c", "y", training_mode=1)
+    bn.output.extend(["running_mean", "running_var"])
+    nodes = [_conv("conv", "x", "c", "w"), bn]
+    src = _save(hand_model(nodes, inits), tmp_path)
+    result = convert(src, tmp_path, check=False)
+    assert ops(result.output)["BatchNormalization"] == 1
+    assert any("training mode" in x.reason for x in result.report.left_alone)
+
+
+def test_computed_weights_are_left_alone(tmp_path):
+    rng = np.random.default_rng(RNG_SEED)
+    inits = [tensor("w", rng.normal(0, 0.3, (4, 4, 1, 1))), *bn_inits("bn", 4, rng)]
+    nodes = [
+        helper.make_node("Identity", ["w"], ["w2"]),
+        _conv("conv", "x", "c", "w2"),
+        bn_node("bn", "c", "y"),
+    ]
+    src = _save(hand_model(nodes, inits), tmp_path)
+    result = convert(src, tmp_path)
+    assert ops(result.output)["BatchNormalization"] == 1
+    assert any("not constants" in x.reason for x in result.report.left_alone)
+
+
+class ReluInBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4))
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+class UnequalStrides(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4))
+        self.b = nn.Sequential(nn.Conv2d(4, 4, 7, bias=False), nn.BatchNorm2d(4))  # 12 -> 6 as well
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+class BranchUsedElsewhere(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4))
+        self.b = nn.Sequential(nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4))
+
+    def forward(self, x):
+        a = self.a(x)
+        return a + self.b(x), a
+
+
+@pytest.mark.parametrize(
+    ("model", "reason", "convs"),
+    [
+        (ReluInBranch(), "Relu", 2),
+        (UnequalStrides(), "strides differ", 2),
+        (BranchUsedElsewhere(), "also read elsewhere", 2),
+    ],
+)
+def test_near_misses_stay_with_a_reason(tmp_path, model, reason, convs):
+    names = ["y", "a"] if isinstance(model, BranchUsedElsewhere) else None
+    src = export(model, tmp_path / "train.onnx", (1, 4, 12, 12), dynamic=False, output_names=names)
+    result = convert(src, tmp_path)
+    after = ops(result.output)
+    assert after["Conv"] == convs and after["Add"] == 1 and "BatchNormalization" not in after
+    assert any(reason in x.reason for x in result.report.left_alone), result.report.left_alone
+    assert_equal_in_ort(src, result.output, (1, 4, 12, 12))
+
+
+def test_bn_before_padded_conv_stays(tmp_path):
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1))
+    src = export(model, tmp_path / "train.onnx", (1, 4, 12, 12))
+    result = convert(src, tmp_path)
+    assert ops(result.output)["BatchNormalization"] == 1
+    assert any("zero padding" in x.reason for x in result.report.left_alone)
+
+
+def test_a_wrong_rewrite_is_caught_and_not_written(tmp_path, monkeypatch):
+    """The check is real: a corrupted fused kernel fails, names the tensor, writes nothing."""
+    from reparam.onnx_reparam import terms
+
+    src = export(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)), tmp_path / "t.onnx")
+    original = terms._scale_shift_after
+
+    def corrupted(a, b):
+        out = original(a, b)
+        return terms.replace(out, kernel=out.kernel * 1.01)
+
+    monkeypatch.setattr(terms, "_scale_shift_after", corrupted)
+    from reparam.onnx_reparam.convert import convert_onnx
+
+    result = convert_onnx(src, tmp_path / "deploy.onnx")
+    assert not result.passed and result.output is None
+    assert not (tmp_path / "deploy.onnx").exists()
+    assert result.check.first_diverging and "output of" in result.check.first_diverging
+    torch.manual_seed(0)
