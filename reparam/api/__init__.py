@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from reparam.api.convert_command import ConvertOutcome, PlainTarget, convert
 from reparam.api.deploy_command import DeployOptions, DeployResult, deploy
+from reparam.api.export_command import (
+    EngineOptions,
+    OnnxOptions,
+    OnnxOutcome,
+    build_engine_file,
+    export_onnx_file,
+)
 from reparam.api.requests import Batches, InputSpec, Judge, LoadedModel, ModelSource
 from reparam.api.verify_command import VerifyOutcome, verify
 
@@ -18,13 +25,18 @@ __all__ = [
     "ConvertOutcome",
     "DeployOptions",
     "DeployResult",
+    "EngineOptions",
     "InputSpec",
     "Judge",
     "LoadedModel",
     "ModelSource",
+    "OnnxOptions",
+    "OnnxOutcome",
     "PlainTarget",
     "VerifyOutcome",
+    "build_engine_file",
     "convert",
     "deploy",
+    "export_onnx_file",
     "verify",
 ]

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-from reparam.io import check_input_file
 
 
 def register(subparsers) -> None:
@@ -63,7 +60,10 @@ def register(subparsers) -> None:
     )
     onnx.add_argument("--json", action="store_true", help="print the result as JSON")
     add_arch_arguments(onnx)
-    onnx.set_defaults(func=run_onnx)
+    onnx.set_defaults(
+        func=run_onnx,
+        field_flags={"simplify": "--no-simplify", "dynamo": "--legacy-exporter", "checkpoint": "MODEL"},
+    )
 
     trt = sub.add_parser(
         "trt",
@@ -100,6 +100,7 @@ def register(subparsers) -> None:
     )
     trt.add_argument("--timing-cache", metavar="FILE", help="load and update this timing cache")
     trt.add_argument("--workspace", type=int, metavar="MB", help="builder workspace limit in MiB")
+    trt.set_defaults(field_flags={"workspace_mb": "--workspace", "precision": "--fp16/--int8"})
     trt.add_argument("--no-progress", action="store_true", help="do not show build progress")
     trt.set_defaults(func=run_trt)
 
@@ -109,145 +110,33 @@ def _missing_target(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _load(args: argparse.Namespace):
-    """(model, example inputs, metadata, rewrite record or None) from a .pt2 artifact or a checkpoint."""
-    import torch
-
-    from reparam.checkpoint import file_sha256
-    from reparam.cli.common import input_shape_for, load_model_from_args
-    from reparam.cli.console import progress
-    from reparam.errors import ReparamError
-
-    src = check_input_file(args.checkpoint, "model file", hint="give a .pt2 artifact or a checkpoint")
-    meta = {"source": src.name, "source_sha256": file_sha256(src)}
-    if src.suffix.lower() == ".pt2":
-        from reparam.artifact import read_artifact
-        from reparam.describe import describe
-
-        if args.training_form:
-            raise ReparamError(
-                "a .pt2 artifact holds only the deploy form",
-                hint="pass the training checkpoint (with --arch if needed) for --training-form",
-            )
-        if args.arch or args.arch_kwargs or args.trust_pickle:
-            raise ReparamError(
-                "--arch/--arch-kwargs/--trust-pickle apply to checkpoints, not .pt2 artifacts",
-                hint="drop them; the artifact carries its own graph",
-            )
-        desc = describe(src)
-        artifact = read_artifact(src)
-        model = artifact.module
-        if args.input_shape is None and desc.example_shape() is None:
-            raise ReparamError(f"{src.name} records no input shape", hint="pass --input-shape NxCxHxW")
-        shape = input_shape_for(model, args.input_shape, desc)
-        desc.refuse_fixed(shape, set(parse_dynamic(args.dynamic, args.static)) if args.dynamic else set())
-        described = {"arch": desc.arch, "arch_kwargs": desc.arch_kwargs, "input_names": desc.input_names}
-        if desc.fixed_axes:
-            described["fixed_axes"] = desc.fixed_axes
-        return model, (torch.randn(shape),), meta | described | {"form": "deploy"}, artifact.record
-    from reparam.engine.inputs import make_inputs
-
-    progress(f"loading {src}")
-    model = load_model_from_args(args)
-    shape = input_shape_for(model, args.input_shape)
-    example, _ = make_inputs(model, None, shape)
-    source = getattr(model, "reparam_source", None) or {}
-    meta |= {"arch": source.get("arch"), "arch_kwargs": source.get("arch_kwargs"), "input_names": ["input"]}
-    if args.training_form:
-        return model, example, meta | {"form": "training"}, None
-    from reparam.engine import convert
-
-    progress("converting")
-    result = convert(model, example, check=True)
-    checked = result.report.check is not None
-    return result.model, example, meta | {"form": "deploy", "checked": checked}, result.record
-
-
-DIM_NAMES = {"batch": 0, "channels": 1, "height": 2, "width": 3}
-
-
-def parse_dynamic(text: str | None, static: bool) -> dict[int, str]:
-    """``--dynamic batch,height,width`` (names or axis numbers) as ``{axis: dim name}``."""
-    from reparam.errors import ReparamError
-
-    if static:
-        return {}
-    axes: dict[int, str] = {}
-    for item in (text or "batch").split(","):
-        item = item.strip().lower()
-        if item in DIM_NAMES:
-            axes[DIM_NAMES[item]] = item
-        elif item.isdigit():
-            axes[int(item)] = next((n for n, a in DIM_NAMES.items() if a == int(item)), f"dim{item}")
-        elif item:
-            raise ReparamError(
-                f"--dynamic: unknown axis {item!r}",
-                hint="name axes of the NxCxHxW input: --dynamic batch,height,width (or axis numbers)",
-            )
-    return axes
-
-
 def run_onnx(args: argparse.Namespace) -> int:
-    from reparam.cli.console import progress
-    from reparam.errors import ReparamError
-    from reparam.exporters.onnx import convert_onnx_to_fp16, export_onnx, publish_onnx_files
-    from reparam.io import atomic_files, staging_directory
+    from reparam.api import OnnxOptions, export_onnx_file
+    from reparam.cli.common import input_spec, model_source
+    from reparam.cli.console import note, progress
 
-    out = Path(args.output)
-    if out.is_dir():
-        raise ReparamError(f"output {str(out)!r} is a directory", hint="give a file path, e.g. -o model.onnx")
-    axes = parse_dynamic(args.dynamic, args.static)
-    model, example, meta, record = _load(args)
-    meta.pop("checked", None)
-    if not args.dynamic and any(int(f["axis"]) == 0 for f in meta.get("fixed_axes", [])):
-        axes.pop(0, None)  # the default dynamic batch, where the model holds the batch at one size
-    progress(f"exporting {out}")
-    fp16 = out.with_name(out.stem + ".fp16.onnx") if args.fp16 else None
-    # One transaction: the model, its fp16 copy and their sidecars appear together or not at all.
-    with atomic_files() as tx, staging_directory(out) as stage:
-        result = export_onnx(
-            model,
-            example,
-            stage / out.name,
-            opset=args.opset,
-            dynamic_batch=0 in axes,
-            dynamic_axes={"input": {a: n for a, n in axes.items() if a != 0}}
-            if len(axes) > (0 in axes)
-            else None,
-            simplify=not args.no_simplify,
-            dynamo=not args.legacy_exporter,
-            metadata=meta,
-            boundaries=record.boundaries if record is not None else None,
-            passes=record.pass_names() if record is not None else (),
-        )
-        if fp16 is not None:
-            convert_onnx_to_fp16(stage / out.name, stage / fp16.name)
-        publish_onnx_files(tx, stage, [out, *([fp16] if fp16 else [])])
-    result.path = out
-    result.sidecar = out.parent / result.sidecar.name if result.sidecar else None
+    options = OnnxOptions(
+        dynamic=args.dynamic,
+        static=args.static,
+        opset=args.opset,
+        simplify=not args.no_simplify,
+        dynamo=not args.legacy_exporter,
+        fp16=args.fp16,
+        training_form=args.training_form,
+    )
+    outcome = export_onnx_file(
+        model_source(args), args.output, inputs=input_spec(args), options=options, progress=progress
+    )
+    for text in outcome.notes:
+        note(text)
+    result, fp16 = outcome.result, outcome.fp16
     if args.json:
-        payload = {
-            "path": str(result.path),
-            "sidecar": str(result.sidecar) if result.sidecar else None,
-            "fp16": str(fp16) if fp16 else None,
-            "exporter": result.exporter,
-            "opset": result.opset,
-            "inputs": result.input_names,
-            "outputs": result.output_names,
-            "dynamic_axes": {k: {str(a): d for a, d in v.items()} for k, v in result.dynamic_axes.items()},
-            "simplified": result.simplified,
-            "op_counts": result.op_counts,
-            "metadata": result.metadata,
-            "block_boundaries": len(result.boundaries),
-            "notes": result.notes,
-            "seconds": result.seconds,
-        }
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        sys.stdout.write(json.dumps(_json_payload(result, fp16), indent=2) + "\n")
         return 0
     ops = ", ".join(f"{k} {v}" for k, v in result.op_counts.items())
     lines = [
         f"wrote {result.path}" + (f" and {result.sidecar.name}" if result.sidecar else ""),
-        f"  form {meta['form']}, {result.exporter} exporter, opset {result.opset}, "
+        f"  form {outcome.form}, {result.exporter} exporter, opset {result.opset}, "
         f"{'simplified' if result.simplified else 'not simplified'}",
         f"  inputs {result.input_names}, outputs {result.output_names}, dynamic axes "
         f"{ {k: v for k, v in result.dynamic_axes.items()} or 'none' }",
@@ -260,36 +149,35 @@ def run_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_trt(args: argparse.Namespace) -> int:
-    from reparam.cli.common import parse_shape
-    from reparam.exporters.tensorrt import (
-        BuildOptions,
-        build_engine,
-        derive_profiles,
-        onnx_input_dims,
-        onnx_is_fp16,
-        onnx_is_qdq,
-    )
+def _json_payload(result, fp16) -> dict:
+    return {
+        "path": str(result.path),
+        "sidecar": str(result.sidecar) if result.sidecar else None,
+        "fp16": str(fp16) if fp16 else None,
+        "exporter": result.exporter,
+        "opset": result.opset,
+        "inputs": result.input_names,
+        "outputs": result.output_names,
+        "dynamic_axes": {k: {str(a): d for a, d in v.items()} for k, v in result.dynamic_axes.items()},
+        "simplified": result.simplified,
+        "op_counts": result.op_counts,
+        "metadata": result.metadata,
+        "block_boundaries": len(result.boundaries),
+        "notes": result.notes,
+        "seconds": result.seconds,
+    }
 
-    src = check_input_file(args.onnx, "ONNX file", hint="export one with `reparam export onnx`")
+
+def run_trt(args: argparse.Namespace) -> int:
+    from reparam.api import EngineOptions, build_engine_file
+    from reparam.cli.common import parse_shape
+
     shapes = {
         k: parse_shape(getattr(args, k)) if getattr(args, k) else None
         for k in ("input_shape", "min_shape", "opt_shape", "max_shape")
     }
-    precision = "fp16" if args.fp16 else "int8" if args.int8 else None
-    # Validate everything that needs no GPU before importing TensorRT.
-    BuildOptions(
-        precision=precision,
-        workspace_mb=args.workspace,
-        calib=args.calib,
-        onnx_is_fp16=onnx_is_fp16(src),
-        onnx_is_qdq=onnx_is_qdq(src),
-    ).validate()
-    derive_profiles(onnx_input_dims(src), max_batch=args.max_batch, **shapes)
-    result = build_engine(
-        src,
-        args.output,
-        precision=precision,
+    options = EngineOptions(
+        precision="fp16" if args.fp16 else "int8" if args.int8 else None,
         max_batch=args.max_batch,
         workspace_mb=args.workspace,
         timing_cache=args.timing_cache,
@@ -297,6 +185,7 @@ def run_trt(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         **shapes,
     )
+    result = build_engine_file(args.onnx, args.output, options)
     info = result.info
     sys.stdout.write(
         f"wrote {result.path} and {result.sidecar.name}: TensorRT {info['tensorrt']} on "
