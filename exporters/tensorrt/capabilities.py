@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
-from reparam.errors import ReparamError
+from reparam.tensorrt_plan import INSTALL_HINT, import_tensorrt
 
-INSTALL_HINT = (
-    "pip install 'reparam[trt]' -- the TensorRT wheels come from NVIDIA's index "
-    "(pip install --extra-index-url https://pypi.nvidia.com tensorrt) and need an NVIDIA GPU "
-    "with a CUDA driver; see docs/export.md"
-)
-
-
-def import_tensorrt() -> ModuleType:
-    """``import tensorrt``, or a ReparamError saying how to install it."""
-    try:
-        return importlib.import_module("tensorrt")
-    except ImportError as exc:
-        raise ReparamError(
-            f"TensorRT is not installed ({exc}); building or running engines needs it", hint=INSTALL_HINT
-        ) from exc
+__all__ = ["INSTALL_HINT", "Capabilities", "capabilities_of", "import_tensorrt"]
 
 
 def _names(enum: Any) -> frozenset[str]:

@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from reparam.equivalence.boundaries import Boundaries, BoundaryKind
 from reparam.errors import require
+from reparam.onnxruntime_options import optimization_level
 from reparam.tensors import tensor_leaves, to_numpy
 
 BlockValue = tuple[np.ndarray, ...]
@@ -102,8 +103,6 @@ def onnx_tensor_values(
     """
     onnx = require("onnx", "onnx", "Reading block outputs of an ONNX model")
     ort = require("onnxruntime", "onnx", "Reading block outputs of an ONNX model")
-    from reparam.runners.onnxruntime_runner import optimization_level
-
     model = onnx.load(str(path))  # external weights load relative to the file
     produced = {o for node in model.graph.node for o in node.output}
     existing = {o.name for o in model.graph.output}

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from reparam.errors import ReparamError, require
+from reparam.onnxruntime_options import OPTIMIZATION_LEVELS, optimization_level
 from reparam.runners.base import Runner, TensorSpec
-
-OPTIMIZATION_LEVELS = ("all", "extended", "basic", "disable")
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -23,16 +22,6 @@ _ORT_TYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
-
-
-def optimization_level(ort, optimization: str):
-    """ONNX Runtime's graph optimization level for "all", "extended", "basic" or "disable"."""
-    return {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[optimization]
 
 
 class OnnxRuntimeRunner(Runner):

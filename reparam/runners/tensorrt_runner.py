@@ -11,6 +11,7 @@ import numpy as np
 
 from reparam.errors import ReparamError
 from reparam.runners.base import Runner, TensorSpec
+from reparam.tensorrt_plan import check_engine_version, import_tensorrt
 
 
 class TensorRTRunner(Runner):
@@ -21,9 +22,6 @@ class TensorRTRunner(Runner):
     """
 
     def __init__(self, engine_path: str | os.PathLike):
-        from reparam.exporters.tensorrt.capabilities import import_tensorrt
-        from reparam.exporters.tensorrt.header import check_engine_version
-
         self.path = str(engine_path)
         if not Path(engine_path).is_file():
             raise ReparamError(
