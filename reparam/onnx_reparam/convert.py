@@ -71,7 +71,12 @@ def provenance(source: Path, report: ConversionReport) -> dict[str, str]:
     from reparam.checkpoint import file_sha256
 
     fused = [{"node": e.fused, "from": e.sources} for e in report.fusions]
+    absorbed = Counter(op for e in report.fusions for op in _ops_of(e.detail))
+    summary = f"{len(report.fusions)} fused nodes from " + (
+        ", ".join(f"{n} {op}" for op, n in absorbed.most_common()) or "nothing"
+    )
     return {
+        "reparam.fused_summary": summary,
         "reparam.version": __version__,
         "reparam.form": "deploy",
         "reparam.passes": json.dumps(report.passes),
@@ -82,6 +87,16 @@ def provenance(source: Path, report: ConversionReport) -> dict[str, str]:
         "reparam.fused": json.dumps(fused),
         "reparam.left_alone": json.dumps([x.to_dict() for x in report.left_alone]),
     }
+
+
+def _ops_of(detail: str) -> list[str]:
+    """Op types absorbed by one fusion, read back from its detail ("8 nodes (Add: 2, Conv: 3, ...)")."""
+    inside = detail[detail.find("(") + 1 : detail.find(")")]
+    out = []
+    for part in inside.split(", "):
+        op, _, count = part.partition(": ")
+        out += [op] * int(count) if count.isdigit() else []
+    return out
 
 
 def _summary(check: OnnxCheck) -> CheckSummary:

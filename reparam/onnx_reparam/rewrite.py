@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +150,7 @@ def _drop_dead(model: Any) -> None:
 
 def _entry(chain: Chain, fused: tuple[Any, list[Any]]) -> FusionEntry:
     node = fused[0]
-    ops = [n.op_type for n in chain.nodes]
-    detail = f"{len(ops)} nodes ({', '.join(sorted(set(ops)))}) -> {node.op_type} {chain.term.describe()}"
+    ops = Counter(n.op_type for n in chain.nodes)
+    listed = ", ".join(f"{op}: {n}" for op, n in sorted(ops.items()))
+    detail = f"{len(chain.nodes)} nodes ({listed}) -> {node.op_type} {chain.term.describe()}"
     return FusionEntry(PASS_NAME, node.name, [describe_node(n) for n in chain.nodes], detail)

@@ -84,7 +84,9 @@ def tensor(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
 
 
-def hand_model(nodes, inits, shape=(1, 4, 10, 10), out_shape=("N", "Co", "Ho", "Wo"), opset: int = 17, outputs=("y",)):
+def hand_model(
+    nodes, inits, shape=(1, 4, 10, 10), out_shape=("N", "Co", "Ho", "Wo"), opset: int = 17, outputs=("y",)
+):
     """A model over input "x" [N, C, H, W] (N, H, W free) made of ``nodes`` and ``inits``."""
     dims = ["N", shape[1], "H", "W"]
     graph = helper.make_graph(

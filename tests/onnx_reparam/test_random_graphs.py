@@ -37,8 +37,16 @@ def branch(draw, stride: int):
     left = draw(st.integers(0, dil * (kw - 1)))
     relu = draw(st.booleans()) and draw(st.booleans())
     bn = draw(st.booleans()) or kind == "identity"
-    return {"kind": kind, "k": (kh, kw), "dil": dil, "groups": groups, "start": (top, left),
-            "stride": stride, "relu": relu, "bn": bn}
+    return {
+        "kind": kind,
+        "k": (kh, kw),
+        "dil": dil,
+        "groups": groups,
+        "start": (top, left),
+        "stride": stride,
+        "relu": relu,
+        "bn": bn,
+    }
 
 
 @st.composite
@@ -48,7 +56,11 @@ def block(draw):
     if stride == 2:  # an identity or pool keeps the size: give those branches a conv instead
         for b in branches:
             b["kind"] = "conv" if b["kind"] in ("identity", "avg") else b["kind"]
-    return {"branches": branches, "sum": draw(st.sampled_from(["Sum", "Add"])), "seed": draw(st.integers(0, 99))}
+    return {
+        "branches": branches,
+        "sum": draw(st.sampled_from(["Sum", "Add"])),
+        "seed": draw(st.integers(0, 99)),
+    }
 
 
 def _pads(b):
@@ -66,8 +78,11 @@ def _branch_nodes(b, i, rng, nodes, inits):
         nodes.append(bn_node(f"{p}.bn", "x", out))
         return out
     if kind == "avg":
-        nodes.append(helper.make_node("AveragePool", ["x"], [f"{p}.pool"], kernel_shape=[3, 3], pads=[1] * 4,
-                                      count_include_pad=1))
+        nodes.append(
+            helper.make_node(
+                "AveragePool", ["x"], [f"{p}.pool"], kernel_shape=[3, 3], pads=[1] * 4, count_include_pad=1
+            )
+        )
         inits += bn_inits(f"{p}.bn", C, rng)
         nodes.append(bn_node(f"{p}.bn", f"{p}.pool", out))
         return out
@@ -78,14 +93,25 @@ def _branch_nodes(b, i, rng, nodes, inits):
         src = f"{p}.c1"
     pads = _pads(b)
     if kind in ("pad_conv", "chain"):
-        inits.append(onnx.numpy_helper.from_array(np.array([0, 0, *pads[:2], 0, 0, *pads[2:]], np.int64), f"{p}.pads"))
+        inits.append(
+            onnx.numpy_helper.from_array(np.array([0, 0, *pads[:2], 0, 0, *pads[2:]], np.int64), f"{p}.pads")
+        )
         nodes.append(helper.make_node("Pad", [src, f"{p}.pads"], [f"{p}.padded"]))
         src, pads = f"{p}.padded", [0, 0, 0, 0]
     g = b["groups"]
     inits.append(tensor(f"{p}.w", rng.normal(0, 0.4, (C, C // g, *b["k"]))))
     conv_out = f"{p}.conv" if b["bn"] or b["relu"] else out
-    nodes.append(helper.make_node("Conv", [src, f"{p}.w"], [conv_out], pads=pads, strides=[b["stride"]] * 2,
-                                  dilations=[b["dil"]] * 2, group=g))
+    nodes.append(
+        helper.make_node(
+            "Conv",
+            [src, f"{p}.w"],
+            [conv_out],
+            pads=pads,
+            strides=[b["stride"]] * 2,
+            dilations=[b["dil"]] * 2,
+            group=g,
+        )
+    )
     last = conv_out
     if b["bn"]:
         inits += bn_inits(f"{p}.bn", C, rng)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from reparam.cli.commands import onnx_input
+
 SUMMARY_ROWS = 20  # fusions listed one by one in the printed report
 
 
@@ -59,6 +61,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (code := onnx_input.convert(args)) is not None:  # a training-form .onnx input
+        return code
     from reparam.api import PlainTarget, convert
     from reparam.cli.common import input_spec, model_source, parse_json_kwargs
     from reparam.cli.console import note, progress

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from reparam.cli.commands import onnx_input
 from reparam.cli.options import (
     add_input_arguments,
     add_tolerance_arguments,
@@ -62,6 +63,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (code := onnx_input.deploy(args)) is not None:  # a training-form .onnx input
+        return code
     from reparam.api import DeployOptions, deploy
     from reparam.cli.common import input_spec, judge, model_source
     from reparam.cli.console import Bar, note, progress

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from reparam.cli.commands import onnx_input
 from reparam.cli.options import (
     add_input_arguments,
     add_report_arguments,
@@ -80,6 +81,8 @@ def _reference(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (code := onnx_input.verify(args)) is not None:  # a training-form .onnx input
+        return code
     from reparam.api import verify
     from reparam.cli.common import input_spec, judge, model_source
     from reparam.cli.console import Bar, note, progress

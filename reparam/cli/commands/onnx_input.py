@@ -1,0 +1,121 @@
+"""convert / verify / deploy / inspect when the input is a training-form ONNX file.
+
+The commands' parsers are unchanged: each command hands its parsed namespace here when its input
+path ends in ``.onnx``, and this module calls :mod:`reparam.onnx_reparam` and prints the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SUMMARY_ROWS = 20
+
+
+def is_onnx(path: str | None) -> bool:
+    return bool(path) and str(path).lower().endswith(".onnx")
+
+
+def _tolerance(args: argparse.Namespace):
+    from reparam.equivalence.tolerance import make_tolerance, parse_tolerance_overrides
+
+    atol = parse_tolerance_overrides(getattr(args, "atol", None), "--atol")
+    rtol = parse_tolerance_overrides(getattr(args, "rtol", None), "--rtol")
+    return make_tolerance(getattr(args, "tolerance", None) or "fp32", atol or None, rtol or None)
+
+
+def _inputs(args: argparse.Namespace, reference: str):
+    """User inputs (--inputs DATA.npz) as input sets, or None for random ones over every free axis."""
+    path = getattr(args, "inputs", None)
+    if not path:
+        return None
+    from reparam.onnx_reparam.deploy import load_npz_inputs
+    from reparam.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    return load_npz_inputs(path, OnnxRuntimeRunner(reference).input_names)
+
+
+def _print_check(check) -> None:
+    for shapes in check.input_shapes:
+        sys.stdout.write(f"  inputs {shapes}\n")
+    for out in check.result.outputs.values():
+        verdict = "ok" if out.passed else "FAILED: " + "; ".join(out.reasons)
+        sys.stdout.write(f"  {out.name}: scale-relative error {out.metrics.scale_rel:.3g} {verdict}\n")
+    for line in check.result.problems + check.skipped:
+        sys.stdout.write(f"  {line}\n")
+    if check.first_diverging:
+        sys.stdout.write(f"  first diverging tensor: {check.first_diverging}\n")
+
+
+def convert(args: argparse.Namespace) -> int | None:
+    """`reparam convert model.onnx -o deploy.onnx`; None when the input is not an ONNX file."""
+    if not is_onnx(args.checkpoint):
+        return None
+    from reparam.onnx_reparam import convert_onnx
+
+    result = convert_onnx(
+        args.checkpoint, args.output, inputs=_inputs(args, args.checkpoint), check=not args.no_check
+    )
+    rows = None if args.verbose else SUMMARY_ROWS
+    sys.stdout.write(result.report.render(max_fusions=rows) + "\n")
+    if result.check is not None and not result.passed:
+        _print_check(result.check)
+        sys.stdout.write(f"not written: {args.output} differs from {args.checkpoint}\n")
+        return 1
+    if args.report:
+        Path(args.report).write_text(result.report.to_json())
+    sys.stdout.write(f"wrote {result.output} and {Path(str(result.output) + '.report.json').name}\n")
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int | None:
+    """`reparam verify deploy.onnx --reference model.onnx` (or `verify model.onnx --onnx deploy.onnx`)."""
+    positional, flag = args.reference, args.reference_flag
+    if is_onnx(flag) and is_onnx(positional):
+        reference, candidates = flag, [positional, *args.onnx]
+    elif is_onnx(positional) and args.onnx and not flag:
+        reference, candidates = positional, list(args.onnx)
+    else:
+        return None
+    from reparam.onnx_reparam import verify_onnx
+
+    passed = True
+    for candidate in candidates:
+        check = verify_onnx(
+            candidate, reference, tolerance=_tolerance(args), inputs=_inputs(args, reference), seed=args.seed
+        )
+        sys.stdout.write(f"{candidate} vs {reference}: {'PASSED' if check.passed else 'FAILED'}\n")
+        _print_check(check)
+        passed = passed and check.passed
+        if args.report:
+            import json
+
+            Path(args.report).write_text(json.dumps(check.to_dict(), indent=2, default=str))
+    return 0 if passed else 1
+
+
+def deploy(args: argparse.Namespace) -> int | None:
+    """`reparam deploy model.onnx -o out/`: convert -> (fp16) -> verify -> manifest."""
+    if not is_onnx(args.checkpoint):
+        return None
+    from reparam.onnx_reparam import deploy_onnx
+
+    result = deploy_onnx(
+        args.checkpoint,
+        args.output,
+        fp16=getattr(args, "fp16", False),
+        tolerance=_tolerance(args),
+        inputs=_inputs(args, args.checkpoint),
+        seed=getattr(args, "seed", 0),
+        force=getattr(args, "force", False),
+    )
+    sys.stdout.write(result.conversion.report.summary_line() + "\n")
+    for name, check in result.checks.items():
+        sys.stdout.write(f"{name}: {'PASSED' if check.passed else 'FAILED'}\n")
+        _print_check(check)
+    if not result.passed:
+        sys.stdout.write(f"not written: {args.output}\n")
+        return 1
+    sys.stdout.write(f"wrote {result.output}/ (model.onnx, report.json, manifest.json)\n")
+    return 0
