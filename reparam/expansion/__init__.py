@@ -6,12 +6,21 @@ whose fusion is exactly a conv of the original geometry. ``plain_weights(trained
 a trained model and writes its weights into the plain architecture, matched by graph structure.
 """
 
-from reparam.expansion.block import Branch, ExpandedConv
+from reparam.branching import (
+    INITS,
+    SCHEMES,
+    Branch,
+    ExpandedConv,
+    ExpandedLayer,
+    ExpandReport,
+    conv_layout,
+    expand_structure,
+    graph_signature,
+    op_counts,
+)
 from reparam.expansion.checkpoint import EXPANDED_ARCH, expanded_model, save_expanded
-from reparam.expansion.core import INITS, ExpandedLayer, ExpandReport, Expansion, expand, expand_structure
+from reparam.expansion.core import Expansion, expand
 from reparam.expansion.plain import LayerMatch, PlainWeights, plain_weights
-from reparam.expansion.schemes import SCHEMES
-from reparam.expansion.structure import conv_layout, graph_signature, op_counts
 
 __all__ = [
     "EXPANDED_ARCH",

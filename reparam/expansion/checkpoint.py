@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reparam.branching.expand import expand_structure
+from reparam.checkpoint import _read, build_model, recorded_architecture, save_checkpoint
 from reparam.errors import ReparamError
 from reparam.io import atomic_path
 
@@ -29,8 +31,6 @@ ZOO_EXPANDED = "expanded"
 
 def expanded_model(arch: str, arch_kwargs: Mapping[str, Any] | None = None, scheme: str = "acb") -> nn.Module:
     """The plain architecture ``arch`` expanded with ``scheme`` (fresh branches; weights come from a checkpoint)."""
-    from reparam.checkpoint import build_model
-    from reparam.expansion.core import expand_structure
 
     model = build_model(arch, arch_kwargs)
     expand_structure(model, scheme, "fresh")
@@ -59,7 +59,6 @@ def save_model(
     (``package.module:factory``) is never what a file asks to build: it is kept under
     ``built_with`` for the reader, and loading needs ``--arch`` again.
     """
-    from reparam.checkpoint import save_checkpoint
 
     if ":" not in arch:
         save_checkpoint(model, path, arch, arch_kwargs)
@@ -85,7 +84,6 @@ def save_expanded(
 
 def recorded_arch(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[str | None, dict[str, Any]]:
     """The ``(arch, arch_kwargs)`` a checkpoint records (``(None, {})`` when it records none)."""
-    from reparam.checkpoint import _read, recorded_architecture
 
     arch, kwargs = recorded_architecture(_read(Path(path), trust_pickle))
     return (arch if isinstance(arch, str) and arch else None), (

@@ -18,13 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from reparam.branching.structure import LAYERS, layer_geometry, layer_nodes, ordered_nodes, trace
+from reparam.checkpoint import record_architecture
+from reparam.engine import convert
 from reparam.engine.core import ConversionResult
 from reparam.engine.graph import BN, module_of
 from reparam.engine.inputs import make_inputs
-from reparam.equivalence import output_error
 from reparam.errors import MismatchError, ReparamError
-from reparam.expansion.core import eval_outputs, within_fp32_rule
-from reparam.expansion.structure import LAYERS, layer_geometry, layer_nodes, ordered_nodes, trace
+from reparam.expansion.core import eval_outputs, judge_against
+from reparam.io import atomic_path
 from reparam.tensors import eval_mode
 
 
@@ -273,8 +275,6 @@ def plain_weights(
         )
     inputs, _ = make_inputs(trained, example_inputs, input_shape)
     if converted is None:
-        from reparam.engine import convert
-
         with eval_mode(trained):  # the fused model is what eval mode computes
             converted = convert(trained, inputs)
     deploy = converted.model
@@ -299,8 +299,8 @@ def plain_weights(
                 "cannot check the plain weights without example inputs", hint="pass example_inputs"
             )
         reference = eval_outputs(deploy, inputs)
-        result.error = output_error(reference, eval_outputs(plain, inputs)).scale_rel
-        if not within_fp32_rule(deploy, inputs, reference, result.error):
+        passed, result.error = judge_against(deploy, inputs, reference, eval_outputs(plain, inputs))
+        if not passed:
             raise MismatchError(
                 f"the plain model loaded with the fused weights differs from the fused model "
                 f"(scale-relative error {result.error:.3g})",
@@ -324,8 +324,6 @@ def write_plain_checkpoint(
     The file is the plain class's state dict, loadable with ``load_state_dict(torch.load(path))``;
     ``arch`` and ``arch_kwargs`` ride in its metadata for reparam's own loaders.
     """
-    from reparam.checkpoint import record_architecture
-    from reparam.io import atomic_path
 
     result = plain_weights(trained, plain, example_inputs, converted=converted)
     payload = record_architecture(result.model.state_dict(), arch, arch_kwargs)

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from reparam.branching.expand import expand_structure
 from reparam.errors import ReparamError
 from reparam.zoo.registry import create_model, register_model
 
@@ -33,7 +34,6 @@ def expanded(
             hint="for your own class pass --arch reparam.expansion:expanded_model "
             '--arch-kwargs \'{"arch": "package.module:Class", "scheme": "acb"}\'',
         )
-    from reparam.expansion.core import expand_structure
 
     kwargs = dict(arch_kwargs or {})
     for key, value in (("num_classes", num_classes), ("in_chans", in_chans), ("width", width)):
