@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from reparam.errors import ReparamError
 
@@ -70,8 +71,6 @@ def make_entropy_calibrator(
     trt: Any, batches: list[dict[str, np.ndarray]], cache_path: str | None = None
 ) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` from CUDA memory (torch tensors)."""
-    import torch
-
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
