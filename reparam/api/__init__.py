@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from reparam.api.convert_command import ConvertOutcome, PlainTarget, convert
 from reparam.api.deploy_command import DeployOptions, DeployResult, deploy
+from reparam.api.expand_command import ExpandOutcome, expand_checkpoint
 from reparam.api.export_command import (
     EngineOptions,
     OnnxOptions,
@@ -17,7 +18,9 @@ from reparam.api.export_command import (
     build_engine_file,
     export_onnx_file,
 )
+from reparam.api.quantize_command import QuantizeOptions, QuantizeOutcome, quantize_onnx
 from reparam.api.requests import Batches, InputSpec, Judge, LoadedModel, ModelSource
+from reparam.api.slim_command import slim
 from reparam.api.verify_command import VerifyOutcome, verify
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "DeployOptions",
     "DeployResult",
     "EngineOptions",
+    "ExpandOutcome",
     "InputSpec",
     "Judge",
     "LoadedModel",
@@ -33,10 +37,15 @@ __all__ = [
     "OnnxOptions",
     "OnnxOutcome",
     "PlainTarget",
+    "QuantizeOptions",
+    "QuantizeOutcome",
     "VerifyOutcome",
     "build_engine_file",
     "convert",
     "deploy",
+    "expand_checkpoint",
     "export_onnx_file",
+    "quantize_onnx",
+    "slim",
     "verify",
 ]

@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reparam {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _command_modules():
-        importlib.import_module(f"reparam.cli.commands.{name}").register(sub)
+        module = importlib.import_module(f"reparam.cli.commands.{name}")
+        if hasattr(module, "register"):  # helpers shared by commands register nothing
+            module.register(sub)
     _remember_command_parsers(sub)
     return parser
 

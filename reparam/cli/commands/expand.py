@@ -8,8 +8,7 @@ import sys
 
 def register(subparsers) -> None:
     from reparam.cli.common import add_model_arguments, input_shape_help
-    from reparam.expansion.core import INITS
-    from reparam.expansion.schemes import SCHEMES
+    from reparam.expansion import INITS, SCHEMES
 
     parser = subparsers.add_parser(
         "expand",
@@ -43,33 +42,24 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
+    from reparam.api import expand_checkpoint
+    from reparam.cli.common import input_spec, model_source
+    from reparam.cli.console import note
 
-    from reparam.cli.common import input_shape_for, load_model_from_args, parse_json_kwargs
-    from reparam.errors import ReparamError
-    from reparam.expansion.checkpoint import load_hint, resolve_arch, save_expanded
-    from reparam.expansion.core import INITS, expand
-    from reparam.expansion.schemes import check_scheme
-    from reparam.io import atomic_write_text
-
-    out = Path(args.output)
-    if out.exists() and out.is_dir():
-        raise ReparamError(f"output {str(out)!r} is a directory", hint="give a file path, e.g. -o train.pth")
-    check_scheme(args.scheme)
-    if args.init not in INITS:
-        raise ReparamError(f"unknown init {args.init!r}", hint=f"choose one of: {', '.join(INITS)}")
-    given_kwargs = parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None
-    arch, arch_kwargs = resolve_arch(args.checkpoint, args.arch, given_kwargs, args.trust_pickle)
-    model = load_model_from_args(args)
-    shape = input_shape_for(model, args.input_shape)
-    expanded, report = expand(model, args.scheme, init=args.init, input_shape=shape)
-    sys.stdout.write(report.render() + "\n")
-    save_expanded(out, expanded, arch, arch_kwargs, args.scheme)
-    if args.report:
-        atomic_write_text(args.report, json.dumps(report.to_dict(), indent=2))
-    sys.stdout.write(f"wrote {out}\n")
-    hint = load_hint(arch, arch_kwargs, args.scheme)
-    if hint:
-        sys.stdout.write(f"note: {arch} is your own code, which a checkpoint never names to import; {hint}\n")
+    outcome = expand_checkpoint(
+        model_source(args),
+        args.output,
+        scheme=args.scheme,
+        init=args.init,
+        inputs=input_spec(args),
+        report=args.report,
+    )
+    for text in outcome.notes:
+        note(text)
+    sys.stdout.write(outcome.report.render() + "\n")
+    sys.stdout.write(f"wrote {outcome.output}\n")
+    if outcome.load_hint:
+        sys.stdout.write(
+            f"note: {outcome.arch} is your own code, which a checkpoint never names to import; {outcome.load_hint}\n"
+        )
     return 0

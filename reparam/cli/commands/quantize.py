@@ -7,14 +7,7 @@ agreement target (nothing written), 2 a usage or input error (nothing written).
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any
-
-from reparam.errors import ReparamError
 
 DESCRIPTION = """\
 Quantize a float deploy ONNX to int8 with QuantizeLinear/DequantizeLinear nodes (symmetric int8,
@@ -75,42 +68,7 @@ def register(subparsers) -> None:
     )
     add_arch_arguments(p)
     p.add_argument("--report", metavar="REPORT.json", help="write everything measured as JSON")
-    p.set_defaults(func=run)
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    if bool(args.reference) != bool(args.eval):
-        raise ReparamError(
-            "--reference and --eval go together",
-            hint="pass the training checkpoint and a held-out .npz, or neither",
-        )
-    if args.max_float is not None and args.max_float < 0:
-        raise ReparamError(f"--max-float must be >= 0, not {args.max_float}", hint="e.g. --max-float 3")
-    if args.max_float is not None and args.target is None:
-        raise ReparamError("--max-float only applies with --target", hint="add --target 0.99")
-    out = Path(args.output)
-    if out.is_dir():
-        raise ReparamError(
-            f"output {str(out)!r} is a directory", hint="give a file path, e.g. -o model.int8.onnx"
-        )
-
-
-def _reference(args: argparse.Namespace):
-    """(training model, held-out batches, labels, rewrite record, deploy module) for verification."""
-    import torch
-
-    from reparam.cli.common import load_model_from_args
-    from reparam.engine import convert
-    from reparam.quantize.calib import load_calibration, load_labels, onnx_input_specs
-    from reparam.quantize.qdq import load_onnx
-
-    model = load_model_from_args(args, args.reference)
-    specs = onnx_input_specs(load_onnx(args.onnx))
-    held_out = load_calibration(args.eval, specs, batch_size=64)
-    labels = load_labels(args.eval)
-    example = tuple(torch.from_numpy(held_out[0][s.name][:1]) for s in specs)
-    converted = convert(model, example, check=False)
-    return model, held_out, labels, converted.record, converted.model
+    p.set_defaults(func=run, field_flags={"eval_data": "--eval", "checkpoint": "--reference"})
 
 
 def _num(value: float | None) -> str:
@@ -155,95 +113,32 @@ def _summary(result, verification, risks) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.quantize.evaluate import verify_int8
-    from reparam.quantize.write import quantize
-    from reparam.verify.quant import quantization_risk
+    from reparam.api import QuantizeOptions, quantize_onnx
+    from reparam.cli.common import model_source
 
-    _check_args(args)
-    ref = _reference(args) if args.reference else None
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        staged = tmp / out.name
-        result = quantize(
-            args.onnx,
-            staged,
-            args.calib,
-            method=args.method,
-            percentile=args.percentile,
-            exclude=args.exclude,
-            batch_size=args.batch_size,
-            max_samples=args.max_samples,
-            repair_target=args.target,
-            max_float=args.max_float,
-        )
-        verification, risks = None, []
-        if ref is not None:
-            model, held_out, labels, record, deploy = ref
-            risks = quantization_risk(model, deploy, record)
-            verification = verify_int8(
-                model,
-                staged,
-                held_out,
-                labels=labels,
-                float_onnx=args.onnx,
-                target=args.target,
-                reference_name=str(args.reference),
-                inputs_info={
-                    "source": str(args.eval),
-                    "samples": sum(len(b[next(iter(b))]) for b in held_out),
-                },
-            )
-            verification.report.render()
-        sys.stdout.write("\n".join(_summary(result, verification, risks)) + "\n")
-        ok = (verification is None or verification.passed) and (result.repair is None or result.repair.met)
-        result.path = out if ok else None
-        if args.report:
-            _write_report(args.report, result, verification, risks)
-        if not ok:
-            sys.stdout.write(f"int8 model misses the target: nothing was written to {out}\n")
-            raise _missed(result, verification)
-        staged.replace(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    sys.stdout.write(f"wrote {out}\n")
-    return 0
-
-
-def _missed(result, verification) -> ReparamError:
-    """Why the int8 model was not written, and what to try next (exit 1)."""
-    from reparam.errors import MismatchError
-
-    repair = result.repair
-    if repair is not None and not repair.met:
-        return MismatchError(
-            f"top-1 target {repair.target:g} not met on the calibration data ({repair.cost()})",
-            hint="allow more float layers (--max-float), lower --target, or try --method percentile",
-        )
-    top1 = _num(verification.metric("int8 Q/DQ ONNX", "top1"))
-    if repair is not None:
-        margin = repair.target + (1.0 - repair.target) / 2
-        return MismatchError(
-            f"top-1 target {repair.target:g} was met on the {result.calibration_samples} calibration "
-            f"samples but not on the held-out data (agreement {top1}): the calibration data does not "
-            "show what int8 does to the held-out data",
-            hint=f"calibrate on more, more varied samples (--calib; the target is judged on them), or "
-            f"ask for a margin: --target {margin:g} keeps more layers float",
-        )
-    return MismatchError(
-        f"the int8 model misses the int8 profile on the held-out data (top-1 agreement {top1})",
-        hint=f"keep the most int8-sensitive layers float: add --target "
-        f"{verification.report.tolerance.profile.min_top1 or 0.99:g}",
+    options = QuantizeOptions(
+        method=args.method,
+        percentile=args.percentile,
+        exclude=args.exclude,
+        batch_size=args.batch_size,
+        max_samples=args.max_samples,
+        target=args.target,
+        max_float=args.max_float,
     )
-
-
-def _write_report(path: str, result, verification, risks) -> None:
-    from reparam.io import atomic_write_text
-
-    payload: dict[str, Any] = {
-        "quantization": result.to_dict(),
-        "verification": verification.to_dict() if verification is not None else None,
-        "quantization_risk": [r.to_dict() for r in risks],
-    }
-    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+    outcome = quantize_onnx(
+        args.onnx,
+        args.output,
+        args.calib,
+        options=options,
+        reference=model_source(args, args.reference) if args.reference else None,
+        eval_data=args.eval,
+        report=args.report,
+    )
+    if outcome.verification is not None:
+        outcome.verification.report.render()
+    sys.stdout.write("\n".join(_summary(outcome.result, outcome.verification, outcome.risks)) + "\n")
+    if outcome.missed is not None:
+        sys.stdout.write(f"int8 model misses the target: nothing was written to {args.output}\n")
+        raise outcome.missed
+    sys.stdout.write(f"wrote {outcome.written}\n")
+    return 0

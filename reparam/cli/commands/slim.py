@@ -47,21 +47,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.cli.common import parse_json_kwargs, parse_shape
-    from reparam.slim import slim_checkpoint
+    from reparam.api import slim
+    from reparam.cli.common import input_spec, model_source
 
-    shape = parse_shape(args.input_shape) if args.input_shape else None
-    result, paths = slim_checkpoint(
-        args.checkpoint,
+    result, paths = slim(
+        model_source(args),
         args.output,
         args.macs,
-        arch=args.arch,
-        arch_kwargs=parse_json_kwargs(args.arch_kwargs) if args.arch_kwargs else None,
-        structure_path=args.structure,
-        report_path=args.report,
-        input_shape=shape,
+        structure=args.structure,
+        report=args.report,
+        inputs=input_spec(args),
         reinit=args.reinit,
-        trust_pickle=args.trust_pickle,
     )
     r = result.report
     sys.stdout.write(
