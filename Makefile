@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv demo expand-demo slim-demo test test-fast lint bench clean
+.PHONY: venv demo expand-demo slim-demo test test-fast test-torch-range lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,29 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"
+
+# The lowest and the newest torch that pyproject.toml admits, each in an environment of its own
+# (.venv-torch-X; the package index serves CUDA builds, which run on the CPU): the engine, export and
+# CLI tests, then convert, export onnx and verify on a zoo checkpoint (.ci/torch_smoke.sh).
+TORCH_LOWEST := 2.12.1
+TORCH_NEWEST := 2.15.0
+TORCH_RANGE_TESTS := tests/engine tests/exporters tests/cli tests/test_torch_compat.py
+
+# the machine's pip constraints may cap torch below the newest release: none apply here
+.venv-torch-%/.installed: pyproject.toml
+	$(PY) -m venv .venv-torch-$*
+	.venv-torch-$*/bin/pip install -q --upgrade pip
+	PIP_CONSTRAINT=/dev/null .venv-torch-$*/bin/pip install -q torch==$*
+	PIP_CONSTRAINT=/dev/null .venv-torch-$*/bin/pip install -q -e ".[onnx,dev]"
+	.venv-torch-$*/bin/pip install -q --no-deps timm==1.0.31
+	touch $@
+
+test-torch-range: .venv-torch-$(TORCH_LOWEST)/.installed .venv-torch-$(TORCH_NEWEST)/.installed
+	for v in $(TORCH_LOWEST) $(TORCH_NEWEST); do \
+	  .venv-torch-$$v/bin/python -m pytest -n 2 -q -m "not slow" -p no:cacheprovider $(TORCH_RANGE_TESTS) \
+	    || exit $$?; \
+	  bash .ci/torch_smoke.sh .venv-torch-$$v || exit $$?; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check reparam exporters tests examples benchmarks

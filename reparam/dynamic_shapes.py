@@ -23,6 +23,7 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int, statically_kn
 
 from reparam.numerics import scale_relative_error
 from reparam.tensors import batch_of_two, fresh, tensor_leaves
+from reparam.torch_compat import avg_pool2d_bindings
 
 _SPATIAL = {3: ("length",), 4: ("height", "width"), 5: ("depth", "height", "width")}
 
@@ -298,9 +299,12 @@ def global_pools_stay_free() -> Iterator[None]:
             return F.adaptive_avg_pool2d(input, 1)
         return original(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
-    # torch.nn.functional's is the builtin itself; a traced graph calls it as torch._C._nn.avg_pool2d
-    F.avg_pool2d = torch._C._nn.avg_pool2d = avg_pool2d
+    # torch.nn.functional's is the builtin itself; a traced graph calls it from where it is defined
+    bindings = avg_pool2d_bindings()
+    for where in bindings:
+        where.avg_pool2d = avg_pool2d
     try:
         yield
     finally:
-        F.avg_pool2d = torch._C._nn.avg_pool2d = original
+        for where in bindings:
+            where.avg_pool2d = original

@@ -14,21 +14,21 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from reparam import __version__
 from reparam.dynamic_shapes import global_pools_stay_free
+from reparam.engine.core import ConversionResult
 from reparam.equivalence.boundaries import ONNX_METADATA_KEY, Boundaries, BoundaryKind
 from reparam.errors import ReparamError, require
-from reparam.exporters.onnx.save import save_onnx
+from reparam.exporters.onnx.save import needs_external_data, save_onnx
 from reparam.numerics import scale_relative_error
 from reparam.tensors import as_args, batch_of_two, eval_mode, tensor_leaves
 from reparam.tensors import output_names as conventional_output_names
-
-if TYPE_CHECKING:
-    from reparam.engine.core import ConversionResult
+from reparam.torch_compat import node_leaves
 
 BATCH_DIM = "batch"
 META_PREFIX = "reparam."
@@ -100,7 +100,7 @@ def _boundary_module(
             out_node = node
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])
-    leaves, _ = torch.utils._pytree.tree_flatten(out_node.args[0])
+    leaves = node_leaves(out_node.args[0])
     if len(leaves) != n_outputs or not all(isinstance(n, torch.fx.Node) for n in leaves):
         return model, {}
     # A loaded .pt2 renamed the nodes: in_graph follows their provenance to the deploy graph's.
@@ -309,8 +309,6 @@ def provenance(
     metadata: Mapping[str, Any] | None,
 ) -> dict[str, str]:
     """The ``reparam.*`` metadata_props: version, passes, input shapes, precision, form, caller metadata."""
-    from reparam import __version__
-
     meta = {
         "reparam.version": __version__,
         "reparam.form": form,
@@ -379,6 +377,134 @@ def _check_free_spatial_axes(
 _FREE_AXIS_HINT = "export with the batch axis alone dynamic (--dynamic batch), or at the size you need"
 
 
+def _source(model: nn.Module | ConversionResult, boundaries: Boundaries | None, passes: Sequence[str]):
+    """The module to export, its boundaries and passes (a ConversionResult brings its own)."""
+    if isinstance(model, ConversionResult):
+        boundaries = model.record.boundaries if boundaries is None else boundaries
+        passes = passes or model.record.pass_names()
+        model = model.model
+    return model, boundaries, passes
+
+
+def _check_arguments(args: tuple, input_names: list[str], opset: int | None) -> None:
+    if len(input_names) != len(args):
+        raise ReparamError(
+            f"{len(args)} example input(s) but {len(input_names)} input name(s) {input_names}",
+            hint="give one name per example input",
+        )
+    if opset is not None and not 7 <= int(opset) <= 25:
+        raise ReparamError(
+            f"opset {opset} is out of range", hint="use an opset between 7 and 25, e.g. 17 or 18"
+        )
+
+
+def _named_outputs(model: nn.Module, args: tuple, output_names: Sequence[str] | None) -> list[str]:
+    """The names of the model's output tensors (given, or the conventional ones)."""
+    with torch.no_grad():
+        n_out = len(tensor_leaves(model(*args)))
+    if n_out == 0:
+        raise ReparamError(
+            "the model returned no tensors", hint="forward() must return a tensor or tuple of tensors"
+        )
+    out_names = list(output_names) if output_names is not None else conventional_output_names(n_out)
+    if len(out_names) != n_out:
+        raise ReparamError(
+            f"the model returns {n_out} tensor(s) but {len(out_names)} output name(s) were given",
+            hint="give one name per output, or leave output_names unset",
+        )
+    return out_names
+
+
+@dataclass
+class _Job:
+    """One export: arguments, names and axes, and what it noted and timed on the way."""
+
+    args: tuple
+    input_names: list[str]
+    out_names: list[str]
+    axes: dict[str, dict[int, str]]
+    dynamo: bool
+    opset: int | None
+    notes: list[str] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def exporter(self) -> str:
+        return "dynamo" if self.dynamo else "legacy"
+
+
+def _export_graph(
+    model: nn.Module, job: _Job, boundaries: Boundaries | None, dynamic_batch: bool
+) -> tuple[Any, dict[str, str], dict[str, dict[int, str]]]:
+    """The exported graph with each block boundary as an extra output where the exporter takes them.
+
+    Returns the proto, ``{boundary node: output name}`` and the dynamic axes of every output.
+    """
+    target, mapping = _boundary_module(model, job.args, len(job.out_names), boundaries)
+    all_out = job.out_names + list(dict.fromkeys(mapping.values()))
+    all_axes = dict(job.axes)
+    if dynamic_batch:
+        all_axes.update({name: {0: BATCH_DIM} for name in mapping.values()})
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="reparam-onnx-") as tmp:
+
+        def run(module: nn.Module, names: list[str], dyn: dict) -> Any:
+            return _run_exporter(
+                module,
+                job.args,
+                dynamo=job.dynamo,
+                opset=job.opset,
+                input_names=job.input_names,
+                output_names=names,
+                axes=dyn,
+                workdir=Path(tmp),
+            )
+
+        try:
+            proto = run(target, all_out, all_axes)
+        except ReparamError:
+            if target is model:
+                raise
+            job.notes.append("exporting with block-boundary outputs failed; exported without them")
+            mapping, all_axes = {}, job.axes
+            proto = run(model, job.out_names, job.axes)
+    job.times["export"] = time.perf_counter() - start
+    return proto, mapping, all_axes
+
+
+def _checked_graph(
+    proto: Any, model: nn.Module, job: _Job, all_axes: dict[str, dict[int, str]], simplify: bool
+) -> tuple[Any, bool]:
+    """Dynamic axes named and kept, the graph simplified (when asked); returns it and whether it was."""
+    _rename_dims(proto, all_axes)
+    lost = check_dynamic_axes(proto, all_axes)
+    if lost:
+        raise ReparamError(
+            f"the exporter made {', '.join(lost)} static",
+            hint="the model's forward fixes that size (e.g. a reshape with a constant batch); "
+            "export with --static or fix the reshape to use -1",
+        )
+    if not simplify:
+        return proto, False
+    start = time.perf_counter()
+    proto, note = _simplify(proto, job.args, job.input_names, all_axes)
+    if note:
+        job.notes.append(note)
+    job.times["simplify"] = time.perf_counter() - start
+    return proto, not note
+
+
+def _verified(proto: Any, model: nn.Module, job: _Job) -> Any:
+    """The graph checked at other sizes along its free axes and shape-inferred (when held in memory)."""
+    if needs_external_data(proto):
+        return proto
+    onnx = require("onnx", "onnx", "ONNX export")
+    start = time.perf_counter()
+    _check_free_spatial_axes(proto, model, job.args, job.input_names, job.axes)
+    job.times["free_axes_check"] = time.perf_counter() - start
+    return onnx.shape_inference.infer_shapes(proto, check_type=True)
+
+
 def export_onnx(
     model: nn.Module | ConversionResult,
     example_inputs: Any,
@@ -411,111 +537,37 @@ def export_onnx(
     named tensors listed in ``reparam.boundaries``, so a divergence in the file can be localized.
     The form defaults to "deploy" when boundaries or passes are given, else "training".
     """
-    onnx = require("onnx", "onnx", "ONNX export")
-    from reparam.engine.core import ConversionResult
-
-    if isinstance(model, ConversionResult):
-        boundaries = model.record.boundaries if boundaries is None else boundaries
-        passes = passes or model.record.pass_names()
-        model = model.model
+    require("onnx", "onnx", "ONNX export")
+    model, boundaries, passes = _source(model, boundaries, passes)
     args = as_args(example_inputs)
     input_names = list(input_names)
-    if len(input_names) != len(args):
-        raise ReparamError(
-            f"{len(args)} example input(s) but {len(input_names)} input name(s) {input_names}",
-            hint="give one name per example input",
-        )
-    if opset is not None and not 7 <= int(opset) <= 25:
-        raise ReparamError(
-            f"opset {opset} is out of range", hint="use an opset between 7 and 25, e.g. 17 or 18"
-        )
-    times: dict[str, float] = {}
+    _check_arguments(args, input_names, opset)
     with eval_mode(model):
-        with torch.no_grad():
-            n_out = len(tensor_leaves(model(*args)))
-        if n_out == 0:
-            raise ReparamError(
-                "the model returned no tensors", hint="forward() must return a tensor or tuple of tensors"
-            )
-        out_names = list(output_names) if output_names is not None else conventional_output_names(n_out)
-        if len(out_names) != n_out:
-            raise ReparamError(
-                f"the model returns {n_out} tensor(s) but {len(out_names)} output name(s) were given",
-                hint="give one name per output, or leave output_names unset",
-            )
+        out_names = _named_outputs(model, args, output_names)
         axes = normalize_dynamic_axes(input_names, out_names, dynamic_batch, dynamic_axes)
-        notes: list[str] = []
-        target, mapping = _boundary_module(model, args, n_out, boundaries)
-        all_out = out_names + list(dict.fromkeys(mapping.values()))
-        all_axes = dict(axes)
-        if dynamic_batch:
-            all_axes.update({name: {0: BATCH_DIM} for name in mapping.values()})
-        exporter = "dynamo" if dynamo else "legacy"
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="reparam-onnx-") as tmp:
-
-            def run(module: nn.Module, names: list[str], dyn: dict) -> Any:
-                return _run_exporter(
-                    module,
-                    args,
-                    dynamo=dynamo,
-                    opset=opset,
-                    input_names=input_names,
-                    output_names=names,
-                    axes=dyn,
-                    workdir=Path(tmp),
-                )
-
-            try:
-                proto = run(target, all_out, all_axes)
-            except ReparamError:
-                if target is model:
-                    raise
-                notes.append("exporting with block-boundary outputs failed; exported without them")
-                mapping, all_out, all_axes = {}, out_names, axes
-                proto = run(model, out_names, axes)
-        times["export"] = time.perf_counter() - start
-        _rename_dims(proto, all_axes)
-        lost = check_dynamic_axes(proto, all_axes)
-        if lost:
-            raise ReparamError(
-                f"the exporter made {', '.join(lost)} static",
-                hint="the model's forward fixes that size (e.g. a reshape with a constant batch); "
-                "export with --static or fix the reshape to use -1",
-            )
-        simplified = False
-        if simplify:
-            start = time.perf_counter()
-            proto, note = _simplify(proto, args, input_names, all_axes)
-            simplified = not note
-            if note:
-                notes.append(note)
-            times["simplify"] = time.perf_counter() - start
+        job = _Job(args, input_names, out_names, axes, dynamo, opset)
+        proto, mapping, all_axes = _export_graph(model, job, boundaries, dynamic_batch)
+        proto, simplified = _checked_graph(proto, model, job, all_axes, simplify)
         in_file = Boundaries(
-            BoundaryKind.ONNX_TENSOR, _strip_boundary_outputs(proto, n_out, mapping) if mapping else {}
+            BoundaryKind.ONNX_TENSOR,
+            _strip_boundary_outputs(proto, len(out_names), mapping) if mapping else {},
         )
-        from reparam.exporters.onnx.save import needs_external_data
-
-        if not needs_external_data(proto):
-            start = time.perf_counter()
-            _check_free_spatial_axes(proto, model, args, input_names, axes)
-            times["free_axes_check"] = time.perf_counter() - start
-            proto = onnx.shape_inference.infer_shapes(proto, check_type=True)
+        proto = _verified(proto, model, job)
         form = "deploy" if boundaries or passes else "training"
         meta = provenance(
-            args, form=form, passes=passes, precision="fp32", exporter=exporter, metadata=metadata
+            args, form=form, passes=passes, precision="fp32", exporter=job.exporter, metadata=metadata
         )
         if in_file:
             meta |= in_file.onnx_metadata()
         _set_metadata(proto, meta)
         start = time.perf_counter()
         sidecar = save_onnx(proto, path)
-        times["save"] = time.perf_counter() - start
+        job.times["save"] = time.perf_counter() - start
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     return OnnxExportResult(
         path=Path(path),
         sidecar=sidecar,
-        exporter=exporter,
+        exporter=job.exporter,
         opset=int(opset_used),
         input_names=input_names,
         output_names=out_names,
@@ -524,6 +576,6 @@ def export_onnx(
         op_counts=op_counts(proto),
         metadata=meta,
         boundaries=in_file,
-        notes=notes,
-        seconds=times,
+        notes=job.notes,
+        seconds=job.times,
     )

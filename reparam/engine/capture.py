@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from reparam.dynamic_shapes import FixedAxis, bounded_axes, export_with_free_axes
@@ -100,8 +99,8 @@ def _plain_calling_convention(gm: fx.GraphModule, out_spec: Any) -> None:
     """Drop export's pytree wrapping: placeholders are the flat inputs, the output keeps its structure."""
     output = next(n for n in gm.graph.nodes if n.op == "output")
     leaves = output.args[0]
-    gm.graph._codegen = fx.graph.CodeGen()
-    output.args = (pytree.tree_unflatten(list(leaves), out_spec),)
+    gm.graph.set_codegen(fx.graph.CodeGen())
+    output.args = (out_spec.unflatten(list(leaves)),)
     gm.recompile()
 
 
@@ -129,13 +128,13 @@ def export_capture(module: nn.Module, inputs: tuple) -> tuple[ExportCapture | No
     """
     try:
         with torch.no_grad(), _quiet_export_logs(), _caches_kept(module):
-            _, unlifted, fixed, static_reason = export_with_free_axes(
+            program, unlifted, fixed, static_reason = export_with_free_axes(
                 lambda example, shapes: _export(module, example, shapes), tuple(inputs), reference=module
             )
             # a plain GraphModule (the unlifted export module refuses eval()/train()) called like the
             # original: flat tensor arguments in, the original output structure out
             gm = fx.GraphModule(unlifted, unlifted.graph, type(module).__name__)
-            _plain_calling_convention(gm, unlifted._out_spec)
+            _plain_calling_convention(gm, program.call_spec.out_spec)
             bounded = bounded_axes(unlifted, tuple(inputs))
     except Exception as exc:  # export cannot capture this model: the caller converts parts instead
         return None, _first_line(exc)

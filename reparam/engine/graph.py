@@ -14,6 +14,7 @@ import torch
 from torch import fx, nn
 
 from reparam.engine.graphmodule import defer_recompile, referring_nodes
+from reparam.torch_compat import is_erased, set_conv_padding
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -125,9 +126,9 @@ def blank_conv(
     conv = shallow_copy(_BLANK_CONVS[kind])
     conv.in_channels, conv.out_channels, conv.groups = in_channels, out_channels, groups
     conv.kernel_size, conv.stride = tuple(kernel), tuple(stride)
-    conv.padding, conv.dilation = tuple(padding), tuple(dilation)
+    conv.dilation = tuple(dilation)
     conv.output_padding = (0,) * len(kernel)
-    conv._reversed_padding_repeated_twice = tuple(p for p in reversed(conv.padding) for _ in range(2))
+    set_conv_padding(conv, padding)
     return conv
 
 
@@ -250,7 +251,7 @@ def _erase_unused(gm: fx.GraphModule, pending: set[fx.Node]) -> set[fx.Node]:
     Users go before the values they read, as erasing in reverse graph order would, without
     numbering the whole graph for a handful of nodes.
     """
-    pending = {n for n in pending if n.graph is gm.graph and not n._erased}
+    pending = {n for n in pending if n.graph is gm.graph and not is_erased(n)}
     erased: set[fx.Node] = set()
     while True:
         unused = [n for n in pending if not n.users]

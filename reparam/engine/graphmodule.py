@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from reparam.torch_compat import copy_tracer_info
+
 
 def referring_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     """The nodes that name a module path: ``call_module`` and ``get_attr`` (fx indexes nodes by op)."""
@@ -128,9 +130,7 @@ def graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphM
         _copy_attributes(root, gm, (str(n.target) for n in _referring_nodes_in(graph)))
         gm.graph = graph
         # what the constructor keeps of the graph's tracer (for pickling), as it would from ``graph``
-        if graph._tracer_cls and "<locals>" not in graph._tracer_cls.__qualname__:
-            gm._tracer_cls = graph._tracer_cls
-        gm._tracer_extras = graph._tracer_extras or {}
+        copy_tracer_info(graph, gm)
     finally:
         del cls.recompile
     defer_recompile(gm)

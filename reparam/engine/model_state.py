@@ -17,6 +17,7 @@ from torch import nn
 from reparam.engine.graph import BN
 from reparam.engine.report import ConversionReport
 from reparam.errors import ReparamError
+from reparam.torch_compat import fused_norms
 
 
 @torch.no_grad()
@@ -29,7 +30,7 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
     by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for t in tensors:
         by_dtype.setdefault((t.dtype, t.device), []).append(t)
-    return all(bool(torch.stack(torch._foreach_norm(ts, 2)).isfinite().all()) for ts in by_dtype.values())
+    return all(bool(torch.stack(fused_norms(ts, 2)).isfinite().all()) for ts in by_dtype.values())
 
 
 def _weights_and_statistics(model: nn.Module, *, named: bool = False) -> dict[Any, torch.Tensor]:
@@ -56,7 +57,7 @@ def refuse_nonfinite_weights(model: nn.Module) -> None:
     tensors = _weights_and_statistics(model, named=True)
     with torch.no_grad():
         # one fused reduction over every tensor: NaN and Inf both make the max-norm non-finite
-        peaks = torch._foreach_norm(list(tensors.values()), float("inf"))
+        peaks = fused_norms(list(tensors.values()), float("inf"))
     bad = [
         f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()})"
         for (name, t), peak in zip(tensors.items(), peaks)

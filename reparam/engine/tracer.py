@@ -17,54 +17,11 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.immutable_collections import immutable_dict
 from torch.fx.proxy import TracerBase
 
+from reparam.torch_compat import append_node, is_plain_function, target_to_str
+
 _SCALARS = frozenset({int, float, bool, str, type(None)})
-
-
-_HAS_GRAPH_INTERNALS = all(
-    hasattr(fx.Graph(), a)
-    for a in ("_graph_namespace", "_target_to_str", "_insert", "_find_nodes_lookup_table", "_len")
-)
-
-
-_NAMES: dict[Any, str] = {}
-
-
-def _name_for(graph: fx.Graph, target: Any) -> str:
-    """``graph._target_to_str(target)``, remembered: it depends on the target alone, and its
-    snake-casing (a regular expression) runs for every node otherwise."""
-    try:
-        return _NAMES[target]
-    except (KeyError, TypeError):  # TypeError: an unhashable target
-        name = graph._target_to_str(target)
-    try:
-        if len(_NAMES) < 100_000:
-            _NAMES[target] = name
-    except TypeError:
-        pass
-    return name
-
-
-def _append_node(
-    graph: fx.Graph, op: str, target: Any, args: tuple, kwargs: dict, name: str | None, type_expr: Any
-) -> fx.Node:
-    """``graph.create_node`` without its scan of every argument for raw symbolic sizes.
-
-    That scan only warns, and symbolic tracing passes no symbolic sizes; on large models it is a
-    large part of the tracing time. On a torch whose graph lacks the internals used here, the
-    graph's own method runs instead.
-    """
-    if not _HAS_GRAPH_INTERNALS:
-        return graph.create_node(op, target, args, kwargs, name, type_expr)
-    name = graph._graph_namespace.create_name(name if name is not None else _name_for(graph, target), None)
-    node = fx.Node(graph, name, op, target, args or (), kwargs or immutable_dict(), type_expr)
-    graph._graph_namespace.associate_name_with_obj(name, node)
-    graph._insert(node)
-    graph._find_nodes_lookup_table.insert(node)
-    graph._len += 1
-    return node
 
 
 def _tracer_of(args: tuple, kwargs: dict) -> TracerBase | None:
@@ -91,12 +48,11 @@ class _Proxy(fx.Proxy):
         args = args if args else ()
         kwargs = kwargs if kwargs else {}
         tracer = _tracer_of(args, kwargs)
-        plain = not isinstance(orig_method, (torch._C.ScriptMethod, torch._ops.HigherOrderOperator))
-        if tracer is None or not plain:
+        if tracer is None or not is_plain_function(orig_method):
             return super().__torch_function__(orig_method, types, args, kwargs)
         if torch.overrides.is_tensor_method_or_property(orig_method):
             return tracer.create_proxy("call_method", orig_method.__name__, args, kwargs)
-        name = _name_for(tracer.graph, orig_method.__name__)
+        name = target_to_str(orig_method.__name__)
         return tracer.create_proxy("call_function", orig_method, args, kwargs, name=name)
 
 
@@ -174,7 +130,7 @@ class Tracer(fx.Tracer):
         an enclosing export trace and stack traces when asked: none of it applies here, and the
         bookkeeping costs a large part of the tracing time on large models.
         """
-        node = _append_node(self.graph, kind, target, args, kwargs, name, type_expr)
+        node = append_node(self.graph, kind, target, args, kwargs, name, type_expr)
         if self.module_stack:
             node.meta["nn_module_stack"] = self.module_stack.copy()
         return node

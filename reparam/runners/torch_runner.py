@@ -14,6 +14,7 @@ from torch import nn
 from reparam.errors import ReparamError
 from reparam.runners.base import Runner, TensorSpec
 from reparam.tensors import eval_mode, module_dtype, output_names, tensor_leaves
+from reparam.torch_compat import node_leaves
 
 
 class TorchRunner(Runner):
@@ -58,7 +59,7 @@ class TorchRunner(Runner):
         if isinstance(graph, torch.fx.Graph):
             out = next((n for n in graph.nodes if n.op == "output"), None)
             if out is not None:
-                leaves, _ = torch.utils._pytree.tree_flatten(out.args[0])
+                leaves = node_leaves(out.args[0])
                 if leaves:
                     return output_names(len(leaves))
         return []

@@ -1,0 +1,191 @@
+"""Every private torch internal the project uses, each behind one function with a public-API fallback.
+
+torch gives no promise about names that start with an underscore: each one used here is looked up
+once, and where a torch lacks it (or it changed), the function computes the same result through
+public APIs only (usually slower). ``tests/test_torch_compat.py`` runs both paths. A feature the
+project cannot do without on an older torch raises a ReparamError naming the torch it needs
+(:func:`require_torch`) instead of computing something else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.immutable_collections import immutable_dict
+from torch.fx.node import map_aggregate
+
+from reparam.errors import ReparamError
+
+# the lowest torch the whole test suite passed on; pyproject.toml declares the same floor
+MIN_TORCH = (2, 12)
+
+
+def torch_version(version: str | None = None) -> tuple[int, int]:
+    """``(major, minor)`` of ``version`` (default: the installed torch)."""
+    match = re.match(r"(\d+)\.(\d+)", version or torch.__version__)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def require_torch(minimum: tuple[int, int], feature: str) -> None:
+    """Raise a ReparamError when the installed torch is older than ``minimum`` for ``feature``."""
+    if torch_version() < minimum:
+        needed = ".".join(map(str, minimum))
+        raise ReparamError(
+            f"{feature} needs torch >= {needed}; this is torch {torch.__version__}",
+            hint=f"pip install 'torch>={needed}'",
+        )
+
+
+# older torches were measured to convert some models less completely (README: Supported versions):
+# refuse them instead of fusing less
+require_torch(MIN_TORCH, "reparam")
+
+
+# --- torch.fx graphs -------------------------------------------------------------------------
+
+_GRAPH_INTERNALS = ("_graph_namespace", "_insert", "_find_nodes_lookup_table", "_len")
+_FAST_APPEND = all(hasattr(fx.Graph(), a) for a in _GRAPH_INTERNALS)
+
+
+def append_node(
+    graph: fx.Graph,
+    op: str,
+    target: Any,
+    args: tuple,
+    kwargs: dict,
+    name: str | None = None,
+    type_expr: Any = None,
+    *,
+    fast: bool | None = None,
+) -> fx.Node:
+    """``graph.create_node`` without its scan of every argument for raw symbolic sizes.
+
+    That scan only warns, and symbolic tracing passes no symbolic sizes; on large models it is a
+    large part of the tracing time. ``fast=False`` (or a graph without these internals) takes
+    ``create_node`` itself: the same node, the same name.
+    """
+    if not (_FAST_APPEND if fast is None else fast):
+        return graph.create_node(op, target, args, kwargs, name, type_expr)
+    name = graph._graph_namespace.create_name(name if name is not None else target_to_str(target), None)
+    node = fx.Node(graph, name, op, target, args or (), kwargs or immutable_dict(), type_expr)
+    graph._graph_namespace.associate_name_with_obj(name, node)
+    graph._insert(node)
+    graph._find_nodes_lookup_table.insert(node)
+    graph._len += 1
+    return node
+
+
+_SNAKE = re.compile(r"(?<=[a-z])([A-Z])")
+_NAMES: dict[Any, str] = {}
+
+
+def _public_target_to_str(target: Any) -> str:
+    """The node name fx derives from a target: its ``__name__`` or the string, magic underscores
+    dropped, snake-cased (``Graph._target_to_str``'s rule)."""
+    op = target.__name__ if callable(target) else str(target)
+    if not callable(target) and op.startswith("__") and op.endswith("__"):
+        op = op[2:-2]
+    return _SNAKE.sub(r"_\1", op).lower()
+
+
+def _private_target_to_str(target: Any) -> str:
+    return fx.Graph._target_to_str(None, target)  # uses no graph state
+
+
+_TARGET_TO_STR: Callable[[Any], str] = (
+    _private_target_to_str if hasattr(fx.Graph, "_target_to_str") else _public_target_to_str
+)
+
+
+def target_to_str(target: Any) -> str:
+    """The name fx gives a node of ``target``, remembered (its regular expression runs per node otherwise)."""
+    try:
+        return _NAMES[target]
+    except (KeyError, TypeError):  # TypeError: an unhashable target
+        name = _TARGET_TO_STR(target)
+    try:
+        if len(_NAMES) < 100_000:
+            _NAMES[target] = name
+    except TypeError:
+        pass
+    return name
+
+
+def _erased_by_membership(node: fx.Node) -> bool:
+    return all(n is not node for n in node.graph.nodes)
+
+
+def is_erased(node: fx.Node) -> bool:
+    """Whether ``node`` was erased from its graph (the node's own flag, else a walk of the graph)."""
+    erased = getattr(node, "_erased", None)
+    return erased if isinstance(erased, bool) else _erased_by_membership(node)
+
+
+def copy_tracer_info(graph: fx.Graph, gm: fx.GraphModule) -> None:
+    """What ``fx.GraphModule(root, graph)`` keeps of the graph's tracer (for pickling); nothing where
+    the graph records none."""
+    tracer_cls = getattr(graph, "_tracer_cls", None)
+    if tracer_cls and "<locals>" not in tracer_cls.__qualname__:
+        gm._tracer_cls = tracer_cls
+    if hasattr(graph, "_tracer_extras"):
+        gm._tracer_extras = graph._tracer_extras or {}
+
+
+def _special_callables() -> tuple[type, ...]:
+    """Callables fx's proxy dispatch treats apart: TorchScript methods and higher-order operators."""
+    found = [
+        getattr(getattr(torch, "_C", None), "ScriptMethod", None),
+        getattr(getattr(torch, "_ops", None), "HigherOrderOperator", None),
+    ]
+    return tuple(t for t in found if isinstance(t, type))
+
+
+SPECIAL_CALLABLES = _special_callables()
+
+
+def is_plain_function(fn: Any) -> bool:
+    """Whether a traced call of ``fn`` may be recorded as a plain ``call_function`` node."""
+    return not isinstance(fn, SPECIAL_CALLABLES)
+
+
+def node_leaves(value: Any) -> list[Any]:
+    """The leaves of a graph output's (nested tuple/list/dict) structure, in order, as torch's
+    pytree flattens it (``None`` is a leaf)."""
+    leaves: list[Any] = []
+    map_aggregate(value, leaves.append)
+    return leaves
+
+
+# --- tensors and modules ---------------------------------------------------------------------
+
+
+def fused_norms(
+    tensors: Sequence[torch.Tensor], ord: float, *, fused: bool | None = None
+) -> list[torch.Tensor]:
+    """The ``ord``-norm of each tensor (one fused kernel where torch has it; ``fused=False``: one
+    ``torch.linalg.vector_norm`` per tensor, the same values)."""
+    if (hasattr(torch, "_foreach_norm") if fused is None else fused) and tensors:
+        return list(torch._foreach_norm(list(tensors), ord))
+    return [torch.linalg.vector_norm(t, ord) for t in tensors]
+
+
+def set_conv_padding(conv: nn.Module, padding: tuple[int, ...]) -> None:
+    """Set a conv's numeric ``padding`` and the padding its non-zero padding modes derive from it
+    (kept as a field by torch's conv constructor, where it does)."""
+    conv.padding = tuple(padding)
+    if hasattr(conv, "_reversed_padding_repeated_twice"):
+        conv._reversed_padding_repeated_twice = tuple(p for p in reversed(conv.padding) for _ in range(2))
+
+
+def avg_pool2d_bindings() -> list[Any]:
+    """The modules ``avg_pool2d`` is bound in for traced code: ``torch.nn.functional`` and, where
+    that is the builtin itself, the module a traced graph calls it from."""
+    import torch.nn.functional as F
+
+    builtins = getattr(getattr(torch, "_C", None), "_nn", None)
+    same = builtins is not None and getattr(builtins, "avg_pool2d", None) is F.avg_pool2d
+    return [F, builtins] if same else [F]

@@ -1,0 +1,170 @@
+"""reparam.torch_compat: each private torch internal and its public-API fallback compute the same."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import tomllib
+import torch
+import torch.nn.functional as F
+import torch.utils._pytree as pytree
+from torch import fx, nn
+
+from reparam import torch_compat as tc
+from reparam.engine.capture import symbolic_trace
+from reparam.engine.graph import blank_conv
+from reparam.errors import ReparamError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Net(nn.Module):
+    """Module calls, torch functions, tensor methods, a magic method and a constant made in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        y = torch.relu(self.bn(self.conv(x)))
+        z = y.flatten(1).softmax(-1) + torch.ones(1)
+        return y * 2, {"flat": z, "none": None}
+
+
+def _graph_text(gm: fx.GraphModule) -> list[tuple]:
+    return [(n.name, n.op, str(n.target), str(n.args), str(n.kwargs)) for n in gm.graph.nodes]
+
+
+def test_tracing_through_the_public_fallbacks_records_the_same_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = _Net().eval()
+    x = torch.randn(2, 3, 5, 5)
+    private = symbolic_trace(net)
+    # as on a torch without the private names
+    monkeypatch.setattr(tc, "_FAST_APPEND", False)
+    monkeypatch.setattr(tc, "_TARGET_TO_STR", tc._public_target_to_str)
+    monkeypatch.setattr(tc, "_NAMES", {})
+    public = symbolic_trace(net)
+    assert _graph_text(public) == _graph_text(private)
+    assert [n.name for n in public.graph.nodes] == [n.name for n in fx.symbolic_trace(net).graph.nodes]
+    for gm in (public, private):
+        gm.graph.lint()
+        out, ref = gm(x), net(x)
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1]["flat"], ref[1]["flat"])
+
+
+def _small_graph(add: object) -> fx.Graph:
+    g = fx.Graph()
+    x = g.placeholder("x")
+    y = add(g, "call_function", torch.relu, (x,), {})
+    z = add(g, "call_method", "add", (y, y), {})
+    g.output(z)
+    return g
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_append_node_gives_what_create_node_gives(fast: bool) -> None:
+    ours = _small_graph(lambda g, *a: tc.append_node(g, *a, fast=fast))
+    theirs = _small_graph(lambda g, *a: g.create_node(*a))
+    ours.lint()
+    assert [(n.name, n.op, n.target) for n in ours.nodes] == [(n.name, n.op, n.target) for n in theirs.nodes]
+    assert len(list(ours.nodes)) == len(list(theirs.nodes)) == 4
+    assert ours.find_nodes(op="call_method", target="add")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [torch.relu, F.conv2d, "__add__", "camelCase", "ALL_CAPS", "conv.weight", "getitem", "pascalCaseName"],
+)
+def test_target_names_public_and_private_agree(target: object) -> None:
+    assert tc._public_target_to_str(target) == tc._private_target_to_str(target)
+    assert tc._public_target_to_str(target) == fx.Graph()._target_to_str(target)
+
+
+def test_erased_nodes_are_found_with_and_without_the_node_flag() -> None:
+    g = fx.Graph()
+    x = g.placeholder("x")
+    dead = g.call_function(torch.relu, (x,))
+    g.output(x)
+    assert not tc.is_erased(dead) and not tc._erased_by_membership(dead)
+    g.erase_node(dead)
+    assert tc.is_erased(dead) and tc._erased_by_membership(dead)
+    assert not tc._erased_by_membership(x)
+
+
+def test_tracer_information_is_copied_where_the_graph_has_it() -> None:
+    gm = fx.symbolic_trace(_Net())
+    fresh = fx.GraphModule(nn.Module(), fx.Graph())
+    tc.copy_tracer_info(gm.graph, fresh)
+    assert fresh._tracer_cls is fx.Tracer
+
+    class _Bare:  # a graph of a torch that records no tracer
+        pass
+
+    before = dict(vars(fresh))
+    tc.copy_tracer_info(_Bare(), fresh)
+    assert dict(vars(fresh)) == before
+
+
+def test_special_callables_are_not_plain_functions() -> None:
+    assert tc.is_plain_function(torch.relu) and tc.is_plain_function(F.conv2d)
+    cond = torch.ops.higher_order.cond
+    assert not tc.is_plain_function(cond)
+    assert all(isinstance(t, type) for t in tc.SPECIAL_CALLABLES)
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [(1, None, [2, {"a": 3, "b": (4,)}]), [], {"x": None}, ((), [None]), 7],
+)
+def test_node_leaves_flatten_as_torch_pytree_does(tree: object) -> None:
+    assert tc.node_leaves(tree) == pytree.tree_flatten(tree)[0]
+
+
+@pytest.mark.parametrize("ord", [2, float("inf")])
+def test_fused_and_public_norms_agree_and_see_nan_and_inf(ord: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    ts = [torch.randn(3, 4, generator=g), torch.randn(5, generator=g), torch.randn(2, 2, 2, generator=g)]
+    ts[1][2] = float("nan")
+    ts[2][0, 1, 1] = float("-inf")
+    fused, public = tc.fused_norms(ts, ord, fused=True), tc.fused_norms(ts, ord, fused=False)
+    assert torch.allclose(fused[0], public[0]) and torch.isfinite(public[0])
+    assert (
+        [bool(torch.isfinite(n)) for n in fused]
+        == [bool(torch.isfinite(n)) for n in public]
+        == [True, False, False]
+    )
+    assert tc.fused_norms([], ord) == []
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_a_blank_conv_pads_as_a_constructed_one_in_every_padding_mode(mode: str) -> None:
+    made = nn.Conv2d(3, 4, (3, 5), padding=(1, 2), padding_mode=mode)
+    blank = blank_conv(nn.Conv2d, 3, 4, (3, 5), stride=(1, 1), padding=(1, 2), dilation=(1, 1), groups=1)
+    blank.padding_mode = mode
+    blank.weight, blank.bias = made.weight, made.bias
+    x = torch.randn(1, 3, 6, 7)
+    assert torch.equal(blank(x), made(x))
+
+
+def test_avg_pool2d_bindings_name_functional_first() -> None:
+    bindings = tc.avg_pool2d_bindings()
+    assert bindings[0] is F and all(b.avg_pool2d is F.avg_pool2d for b in bindings)
+
+
+def test_versions_parse_and_a_missing_feature_names_the_torch_it_needs() -> None:
+    assert tc.torch_version("2.6.0+cu124") == (2, 6) and tc.torch_version("2.15.0") == (2, 15)
+    tc.require_torch((2, 0), "anything")
+    with pytest.raises(ReparamError, match=r"a feature needs torch >= 99\.0; this is torch") as err:
+        tc.require_torch((99, 0), "a feature")
+    assert "pip install 'torch>=99.0'" in str(err.value)
+
+
+def test_the_declared_torch_floor_is_the_one_the_code_names() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_spec = next(d for d in deps if re.match(r"torch\b", d))
+    floor = re.search(r">=\s*(\d+\.\d+)", torch_spec)
+    assert floor and tc.torch_version(floor.group(1)) == tc.MIN_TORCH
+    assert tc.torch_version() >= tc.MIN_TORCH
