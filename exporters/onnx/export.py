@@ -28,7 +28,6 @@ from reparam.exporters.onnx.save import needs_external_data, save_onnx
 from reparam.numerics import scale_relative_error
 from reparam.tensors import as_args, batch_of_two, eval_mode, tensor_leaves
 from reparam.tensors import output_names as conventional_output_names
-from reparam.torch_compat import node_leaves
 
 BATCH_DIM = "batch"
 META_PREFIX = "reparam."
@@ -100,7 +99,7 @@ def _boundary_module(
             out_node = node
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])
-    leaves = node_leaves(out_node.args[0])
+    leaves, _ = torch.utils._pytree.tree_flatten(out_node.args[0])
     if len(leaves) != n_outputs or not all(isinstance(n, torch.fx.Node) for n in leaves):
         return model, {}
     # A loaded .pt2 renamed the nodes: in_graph follows their provenance to the deploy graph's.
