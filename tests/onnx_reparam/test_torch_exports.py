@@ -143,3 +143,29 @@ def test_bn_after_conv_transpose(tmp_path):
     model = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), nn.BatchNorm2d(6))
     _, result = _fused(tmp_path, model)
     assert ops(result.output) == {"ConvTranspose": 1}
+
+
+def test_external_data_input(tmp_path):
+    src = export(ACB(4, 4, 3, padding=1), tmp_path / "train.onnx")
+    model = onnx.load(str(src))
+    external = tmp_path / "external.onnx"
+    onnx.save(model, str(external), save_as_external_data=True, location="external.bin", size_threshold=0)
+    assert (tmp_path / "external.bin").is_file()
+    result = convert(external, tmp_path)
+    assert ops(result.output) == {"Conv": 1}
+    assert_equal_in_ort(external, result.output, SHAPE)
+
+
+@pytest.mark.slow
+def test_torch_export_based_exporter(tmp_path):
+    """torch.onnx.export(dynamo=True): it folds Conv+BN itself; branches and the identity BN stay."""
+    model = nn.Sequential(ACB(4, 4, 3, padding=1), nn.ReLU(), RepVGGBlock(4, 4, 3))
+    from reparam.numerics import randomize_batchnorm
+
+    model = randomize_batchnorm(model, seed=0).eval()
+    src = tmp_path / "dynamo.onnx"
+    torch.onnx.export(model, (torch.randn(*SHAPE),), str(src), dynamo=True, input_names=["input"])
+    assert ops(src)["Add"] == 4
+    result = convert(src, tmp_path)
+    assert ops(result.output) == {"Conv": 2, "Relu": 2}
+    assert_equal_in_ort(src, result.output, SHAPE)
