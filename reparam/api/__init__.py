@@ -18,6 +18,7 @@ from reparam.api.export_command import (
     build_engine_file,
     export_onnx_file,
 )
+from reparam.api.inspect_command import inspect
 from reparam.api.quantize_command import QuantizeOptions, QuantizeOutcome, quantize_onnx
 from reparam.api.requests import Batches, InputSpec, Judge, LoadedModel, ModelSource
 from reparam.api.slim_command import slim
@@ -45,6 +46,7 @@ __all__ = [
     "deploy",
     "expand_checkpoint",
     "export_onnx_file",
+    "inspect",
     "quantize_onnx",
     "slim",
     "verify",
