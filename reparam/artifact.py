@@ -17,19 +17,18 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from reparam import __version__
 from reparam.dynamic_shapes import FixedAxis, export_with_free_axes, fixed_note, fixed_reason
+from reparam.engine.core import ConversionResult
 from reparam.engine.record import RewriteRecord
 from reparam.errors import ReparamError
 from reparam.io import FileTransaction, atomic_files, check_input_file
 from reparam.tensors import as_args
-
-if TYPE_CHECKING:
-    from reparam.engine.core import ConversionResult
 
 METADATA_FILE = "reparam.json"
 
@@ -91,8 +90,6 @@ def serialize_artifact(
 ) -> tuple[bytes, dict[str, Any] | None]:
     """The ``.pt2`` bytes of ``model`` and the report as a dict (see `save_artifact`), which also
     names the input axes the artifact holds at one size (``fixed_axes``)."""
-    from reparam import __version__
-    from reparam.engine.core import ConversionResult
 
     if isinstance(model, ConversionResult):
         report = model.report if report is None else report

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from reparam.errors import ReparamError
 from reparam.io import atomic_path, file_sha256  # noqa: F401  (file_sha256 is part of this module's API)
 from reparam.limits import memory_limit, parameter_bytes_of, refuse_over_limit
+from reparam.zoo import create_model
 
 CONTAINER_KEYS = ("state_dict", "model", "ema", "model_ema", "net", "state_dict_ema")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
@@ -90,7 +92,6 @@ def build_model(
         def make() -> nn.Module:
             return _call_factory(arch, factory, kwargs, param)
     else:
-        from reparam.zoo import create_model
 
         def make() -> nn.Module:
             return create_model(arch, **kwargs)
@@ -182,8 +183,6 @@ def _read(path: Path, trust_pickle: bool) -> Any:
     if not path.is_file():
         raise ReparamError(f"checkpoint {str(path)!r} does not exist", hint="check the path")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reparam.artifact import refuse_pickled_payloads
+from reparam.dynamic_shapes import axis_name
 from reparam.errors import ReparamError
+from reparam.exporters.onnx import onnx_summary
+from reparam.exporters.tensorrt.header import read_engine_sidecar
+from reparam.io import check_input_file
+from reparam.runners import artifact_kind
 
 PT2_METADATA = "reparam.json"
 
@@ -88,8 +94,6 @@ class Description:
 
 
 def _pt2(path: Path) -> Description:
-    from reparam.artifact import refuse_pickled_payloads
-
     refuse_pickled_payloads(path)  # also refuses zips that are not torch.export programs
     try:
         with zipfile.ZipFile(path) as z:
@@ -128,7 +132,6 @@ def _symbolic_shape(
     recorded: list[int] | None, fixed: list[dict[str, Any]], embedded: dict[str, Any]
 ) -> list[int | str] | None:
     """The recorded input shape with every free axis named (``batch``, ``height``, ...)."""
-    from reparam.dynamic_shapes import axis_name
 
     if not recorded:
         return None
@@ -140,8 +143,6 @@ def _symbolic_shape(
 
 
 def _onnx(path: Path) -> Description:
-    from reparam.exporters.onnx import onnx_summary
-
     info = onnx_summary(path)
     meta = info["metadata"]
     inputs = info["inputs"]
@@ -158,15 +159,12 @@ def _onnx(path: Path) -> Description:
 
 
 def _engine(path: Path) -> Description:
-    from reparam.exporters.tensorrt.header import read_engine_sidecar
-
     build = read_engine_sidecar(path) or {}
     return Description(str(path), "tensorrt", precision=build.get("precision"))
 
 
 def deploy_manifest(path: Path) -> dict[str, Any]:
     """The ``manifest.json`` of a directory written by `reparam deploy`; a ReparamError if there is none."""
-    from reparam.io import check_input_file
 
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
@@ -196,7 +194,6 @@ def _deploy_dir(path: Path) -> Description:
 
 def describe(path: str | os.PathLike) -> Description:
     """The self-description of a ``.pt2``, ``.onnx``, TensorRT engine or deploy directory."""
-    from reparam.runners import artifact_kind
 
     p = Path(path)
     if p.is_dir():

@@ -8,6 +8,8 @@ or a plain Python exception) and is shown with its traceback.
 
 from __future__ import annotations
 
+import importlib
+
 
 class ReparamError(Exception):
     """A problem with the user's input or environment, with a hint on how to fix it."""
@@ -37,7 +39,6 @@ class InternalError(RuntimeError):
 
 def require(module: str, extra: str, purpose: str):
     """Import an optional dependency, or raise a ReparamError saying how to install it."""
-    import importlib
 
     try:
         return importlib.import_module(module)

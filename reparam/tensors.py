@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from reparam.errors import ReparamError
+
 
 def tensor_leaves(value: Any) -> list[torch.Tensor]:
     """The tensors of a model output (tensor, tuple, list, dict), in pytree order."""
@@ -61,7 +63,6 @@ def fresh(inputs: tuple) -> tuple:
 
 def as_args(example_inputs: Any) -> tuple:
     """Example inputs as a tuple of positional arguments (a tensor, or a tuple/list of them)."""
-    from reparam.errors import ReparamError
 
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)

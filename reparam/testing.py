@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from reparam.equivalence.tolerance import Tolerance
 from reparam.verify.core import verify
@@ -25,8 +26,6 @@ __all__ = ["assert_equivalent"]
 
 def _to_numpy(x: Any) -> np.ndarray:
     try:
-        import torch
-
         if isinstance(x, torch.Tensor):
             return x.detach().cpu().numpy()
     except ImportError:  # pragma: no cover - torch is a hard dependency

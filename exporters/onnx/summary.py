@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from reparam.errors import ReparamError, require
+from reparam.exporters.onnx.export import op_counts
 from reparam.exporters.onnx.save import sidecar_path
 
 
@@ -36,7 +37,6 @@ def _meta_value(value: str) -> Any:
 def onnx_summary(path: str | os.PathLike) -> dict[str, Any]:
     """``{inputs, outputs, op_counts, opset, metadata, ...}`` of the ONNX file at ``path``."""
     onnx = require("onnx", "onnx", "Reading an ONNX file")
-    from reparam.exporters.onnx.export import op_counts
 
     p = Path(path)
     if not p.is_file():

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from reparam.errors import ReparamError
+from reparam.io import atomic_write_bytes
 
 
 def load_calibration_batches(
@@ -71,6 +72,7 @@ def make_entropy_calibrator(
     trt: Any, batches: list[dict[str, np.ndarray]], cache_path: str | None = None
 ) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` from CUDA memory (torch tensors)."""
+
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
@@ -99,8 +101,6 @@ def make_entropy_calibrator(
 
         def write_calibration_cache(self, cache: Any) -> None:
             if cache_path:
-                from reparam.io import atomic_write_bytes
-
                 atomic_write_bytes(cache_path, bytes(cache))
 
     return _Calibrator()

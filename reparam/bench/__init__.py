@@ -11,6 +11,8 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from reparam.bench.conversion import DEFAULT_CONVERSION_MODELS, ConversionCost, bench_conversion
 from reparam.bench.harness import Interleaved, Stats, paired_ratios, run_interleaved, summarize
 from reparam.bench.latency import BACKENDS, DEFAULT_MODELS, FORMS, LatencyCell, bench_model, build_forms
@@ -125,7 +127,6 @@ class BenchOptions:
 
 def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = None) -> BenchResults:
     """Measure latency and/or conversion cost as ``options`` say."""
-    import torch
 
     torch.set_num_threads(options.threads)
     ort_threads = options.threads if any(BACKENDS[b] for b in options.backends) and options.latency else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -349,7 +350,6 @@ def render_markdown(results: BenchResults) -> str:
 
 def render_console(results: BenchResults, width: int | None = None) -> str:
     """The tables as rich text for the terminal (at least 150 columns wide, so cells do not wrap)."""
-    import shutil
 
     from rich.console import Console
     from rich.table import Table

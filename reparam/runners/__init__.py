@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from reparam.errors import ReparamError
 from reparam.runners.base import Runner, TensorSpec
 from reparam.runners.onnxruntime_runner import OPTIMIZATION_LEVELS, OnnxRuntimeRunner
@@ -49,7 +51,6 @@ def runner_for(obj: Any, **kwargs: Any) -> Runner:
 
     ``kwargs`` go to the runner (e.g. ``optimization``/``threads`` for ONNX Runtime).
     """
-    import torch
 
     if isinstance(obj, Runner):
         return obj

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from reparam.errors import ReparamError
 from reparam.runners.base import Runner, TensorSpec
@@ -28,7 +29,6 @@ class TensorRTRunner(Runner):
                 f"engine file {self.path!r} does not exist", hint="build it with `reparam export trt`"
             )
         trt = import_tensorrt()
-        import torch
 
         if not torch.cuda.is_available():
             raise ReparamError(

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reparam.artifact import load_artifact
 from reparam.errors import ReparamError
 from reparam.runners.base import Runner, TensorSpec
 from reparam.tensors import eval_mode, module_dtype, output_names, tensor_leaves
@@ -29,8 +30,6 @@ class TorchRunner(Runner):
     def __init__(self, model: nn.Module | Any | str | os.PathLike, input_names: Sequence[str] = ("input",)):
         self.path: str | None = None
         if isinstance(model, str | os.PathLike):
-            from reparam.artifact import load_artifact
-
             self.path = str(model)
             if Path(model).suffix.lower() != ".pt2":
                 raise ReparamError(

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from reparam.kernel_math import identity_kernel, pad_kernel
+
 HIGH_RATIO = 10.0
 ELEVATED_RATIO = 4.0
 
@@ -188,7 +190,6 @@ def _bn_gain(bn: nn.BatchNorm2d) -> torch.Tensor:
 
 def _branch_kernel(parts: dict[str, nn.Module], fused: nn.Conv2d) -> torch.Tensor | None:
     """The branch's folded kernel in the fused kernel's shape, or None when it cannot be placed."""
-    from reparam.kernel_math import identity_kernel, pad_kernel
 
     size = tuple(fused.weight.shape[2:])
     conv, bn = parts.get("conv"), parts.get("bn")
