@@ -25,8 +25,9 @@ def test_convert_verify_deploy_inspect(tmp_path, capsys):
     np.savez(
         tmp_path / "x.npz", input=np.random.default_rng(0).standard_normal((3, 4, 9, 7)).astype(np.float32)
     )
-    assert main(["verify", str(src), "--onnx", str(out), "--inputs", str(tmp_path / "x.npz")]) == 0
+    assert main(["verify", str(out), "--reference", str(src), "--inputs", str(tmp_path / "x.npz")]) == 0
     assert "[3, 4, 9, 7]" in capsys.readouterr().out
+    assert main(["convert", str(src), "-o", str(tmp_path / "d2.onnx"), "--input-shape", "1x4x5x6"]) == 0
 
     assert main(["inspect", str(out)]) == 0
     assert "reparam.fused_summary" in capsys.readouterr().out

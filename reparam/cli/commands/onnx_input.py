@@ -26,14 +26,23 @@ def _tolerance(args: argparse.Namespace):
 
 
 def _inputs(args: argparse.Namespace, reference: str):
-    """User inputs (--inputs DATA.npz) as input sets, or None for random ones over every free axis."""
-    path = getattr(args, "inputs", None)
-    if not path:
+    """User inputs (--inputs DATA.npz, or one random batch of --input-shape) as input sets, or None
+    for random ones over every free axis."""
+    path, shape = getattr(args, "inputs", None), getattr(args, "input_shape", None)
+    if not path and not shape:
         return None
     from reparam.onnx_reparam.deploy import load_npz_inputs
     from reparam.runners.onnxruntime_runner import OnnxRuntimeRunner
 
-    return load_npz_inputs(path, OnnxRuntimeRunner(reference).input_names)
+    names = OnnxRuntimeRunner(reference).input_names
+    if path:
+        return load_npz_inputs(path, names)
+    import numpy as np
+
+    from reparam.cli.common import parse_shape
+
+    x = np.random.default_rng(getattr(args, "seed", 0)).standard_normal(parse_shape(shape))
+    return [{names[0]: x.astype(np.float32)}]
 
 
 def _print_check(check) -> None:
@@ -70,14 +79,11 @@ def convert(args: argparse.Namespace) -> int | None:
 
 
 def verify(args: argparse.Namespace) -> int | None:
-    """`reparam verify deploy.onnx --reference model.onnx` (or `verify model.onnx --onnx deploy.onnx`)."""
+    """`reparam verify deploy.onnx --reference model.onnx [--onnx more.onnx]`."""
     positional, flag = args.reference, args.reference_flag
-    if is_onnx(flag) and is_onnx(positional):
-        reference, candidates = flag, [positional, *args.onnx]
-    elif is_onnx(positional) and args.onnx and not flag:
-        reference, candidates = positional, list(args.onnx)
-    else:
-        return None
+    if not (is_onnx(flag) and is_onnx(positional)) or args.deploy or args.engine:
+        return None  # `verify model.onnx --onnx ...` stays with the general verifier
+    reference, candidates = flag, [positional, *args.onnx]
     from reparam.onnx_reparam import verify_onnx
 
     passed = True
