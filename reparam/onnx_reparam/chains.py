@@ -68,7 +68,8 @@ class Walker:
         if step is None:
             return Chain(tensor, terms.identity())
         if isinstance(step, str):
-            if node.op_type == "BatchNormalization" or node.op_type in steps.ANCHORS:
+            # a conv's own problem matters only when a BatchNorm or branch after it wanted it
+            if node.op_type == "BatchNormalization" or (node.op_type in steps.ANCHORS and not root):
                 self.note(node, step)
             return Chain(tensor, terms.identity())
         return self._extend(inner or self.chain(data, root=False), node, step, data)

@@ -41,7 +41,28 @@ def rewrite_graph(model: Any) -> RewriteResult:
             result.fusions.append(_entry(chain, fused))
     _drop_dead(model)
     result.left_alone = [x for x in walker.left_alone if _still_relevant(x, result.fusions)]
+    result.left_alone += _unexplained_batchnorms(model, result.left_alone)
     return result
+
+
+def _unexplained_batchnorms(model: Any, noted: list[LeftAlone]) -> list[LeftAlone]:
+    """A reason for every BatchNormalization still in the graph that has none yet (as the engine does)."""
+    view = GraphView(model)
+    where = {x.where for x in noted}
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization" or describe_node(node) in where:
+            continue
+        before = view.producer.get(node.input[0])
+        after = view.consumers.get(node.output[0], [])
+        source = f"{before.op_type} {describe_node(before)}" if before else "a graph input"
+        readers = ", ".join(sorted({n.op_type for n in after})) or "a graph output"
+        reason = (
+            f"BatchNorm stays: its input comes from {source}, which it cannot be folded into, "
+            f"and its output goes to {readers}, not to one unpadded Conv or Gemm"
+        )
+        out.append(LeftAlone(PASS_NAME, describe_node(node), reason))
+    return out
 
 
 def _still_relevant(entry: LeftAlone, fusions: list[FusionEntry]) -> bool:

@@ -207,3 +207,12 @@ def test_a_wrong_rewrite_is_caught_and_not_written(tmp_path, monkeypatch):
     assert not (tmp_path / "deploy.onnx").exists()
     assert result.check.first_diverging and "output of" in result.check.first_diverging
     torch.manual_seed(0)
+
+
+def test_every_remaining_bn_has_a_reason(tmp_path):
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.BatchNorm2d(4), nn.ReLU())
+    src = export(model, tmp_path / "train.onnx", (1, 4, 12, 12))
+    result = convert(src, tmp_path)
+    assert ops(result.output)["BatchNormalization"] == 1
+    [entry] = result.report.left_alone
+    assert "BatchNorm stays" in entry.reason and "Relu" in entry.reason
