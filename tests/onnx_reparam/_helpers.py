@@ -17,6 +17,7 @@ from reparam.numerics import randomize_batchnorm, scale_relative_error
 from reparam.onnx_reparam.convert import OnnxConversion, convert_onnx
 
 NEWEST_OPSET = 20  # the newest opset torch's TorchScript exporter writes
+NEWEST_ONNX_OPSET = onnx.defs.onnx_opset_version()  # for hand-built graphs
 
 
 def export(
@@ -97,7 +98,7 @@ def hand_model(
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
+    model.ir_version = 8 if opset <= 17 else onnx.helper.find_min_ir_version_for([model.opset_import[0]])
     onnx.checker.check_model(model)
     return model
 

@@ -10,6 +10,7 @@ from onnx import helper
 from torch import nn
 
 from tests.onnx_reparam._helpers import (
+    NEWEST_ONNX_OPSET,
     assert_equal_in_ort,
     bn_inits,
     bn_node,
@@ -33,7 +34,8 @@ def _conv(name, x, y, w, **attrs):
     return helper.make_node("Conv", [x, w], [y], name=name, **attrs)
 
 
-def test_paddle_style_repvgg_with_odd_names_and_sum_of_three(tmp_path):
+@pytest.mark.parametrize("opset", [13, NEWEST_ONNX_OPSET])
+def test_paddle_style_repvgg_with_odd_names_and_sum_of_three(tmp_path, opset):
     """BN without training_mode, unusual and empty node names, one Sum node over three branches."""
     rng = np.random.default_rng(RNG_SEED)
     c = 4
@@ -53,7 +55,7 @@ def test_paddle_style_repvgg_with_odd_names_and_sum_of_three(tmp_path):
         helper.make_node("Sum", ["a", "b", "i"], ["s"], name=""),
         helper.make_node("Relu", ["s"], ["y"], name="relu"),
     ]
-    src = _save(hand_model(nodes, inits), tmp_path)
+    src = _save(hand_model(nodes, inits, opset=opset), tmp_path)
     result = convert(src, tmp_path)
     assert ops(result.output) == {"Conv": 1, "Relu": 1}
     assert_equal_in_ort(src, result.output, (2, c, 9, 11))

@@ -169,3 +169,28 @@ def test_torch_export_based_exporter(tmp_path):
     result = convert(src, tmp_path)
     assert ops(result.output) == {"Conv": 2, "Relu": 2}
     assert_equal_in_ort(src, result.output, SHAPE)
+
+
+class Branches1d(nn.Module):
+    def __init__(self, conv=nn.Conv1d, bn=nn.BatchNorm1d):
+        super().__init__()
+        self.k3 = nn.Sequential(conv(4, 4, 3, padding=1, bias=False), bn(4))
+        self.k1 = nn.Sequential(conv(4, 4, 1, bias=False), bn(4))
+        self.identity = bn(4)
+
+    def forward(self, x):
+        return self.k3(x) + self.k1(x) + self.identity(x)
+
+
+@pytest.mark.parametrize(
+    ("shape", "conv", "bn"),
+    [
+        ((2, 4, 15), nn.Conv1d, nn.BatchNorm1d),
+        ((1, 4, 5, 6, 7), nn.Conv3d, nn.BatchNorm3d),
+    ],
+)
+def test_1d_and_3d_branches(tmp_path, shape, conv, bn):
+    src = export(Branches1d(conv, bn), tmp_path / "train.onnx", shape, dynamic=False)
+    result = convert(src, tmp_path)
+    assert ops(result.output) == {"Conv": 1}
+    assert_equal_in_ort(src, result.output, shape)
