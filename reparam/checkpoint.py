@@ -139,7 +139,7 @@ def validate_file_kwargs(kwargs: Any, source: str) -> dict[str, Any]:
 def _bad_kwargs(source: str, why: str) -> ReparamError:
     return ReparamError(
         f"the architecture keyword arguments recorded in {source} are refused: {why}",
-        hint="pass --arch and --arch-kwargs yourself to ignore what the file records",
+        hint="pass `arch` and `arch_kwargs` yourself to ignore what the file records",
     )
 
 
@@ -211,7 +211,7 @@ def _read(path: Path, trust_pickle: bool) -> Any:
             raise ReparamError(
                 f"checkpoint {str(path)!r} holds pickled code (objects beyond tensors and containers, e.g. a "
                 "whole nn.Module); loading it would execute code from the file",
-                hint="re-run with --trust-pickle (trust_pickle=True) if you trust the file, or save a "
+                hint="re-run with `trust_pickle` if you trust the file, or save a "
                 "state_dict instead",
             ) from exc
     except Exception as exc:  # torch.load reports damage as RuntimeError, EOFError, KeyError, IndexError...
@@ -250,18 +250,18 @@ def _no_entry(obj: Any, key: str, done: list[str], part: str) -> ReparamError:
     """``key`` names no entry: list the entries there and suggest those that hold weights."""
     if not isinstance(obj, Mapping):
         return ReparamError(
-            f"--state-dict-key {key!r}: {part!r} is inside a {type(obj).__name__}, not a mapping",
-            hint="drop --state-dict-key to use the state dict found automatically",
+            f"`state_dict_key` {key!r}: {part!r} is inside a {type(obj).__name__}, not a mapping",
+            hint="drop `state_dict_key` to use the state dict found automatically",
         )
     found = _listing([repr(k) for k in obj]) if obj else "nothing"
     options = [".".join([*done, str(k)]) for k in obj if isinstance(obj[k], Mapping | nn.Module)]
     hint = (
-        f"pass one that holds weights: {', '.join(f'--state-dict-key {o}' for o in options)}"
+        f"pass one that holds weights: {', '.join(f'`state_dict_key` {o}' for o in options)}"
         if options
-        else "drop --state-dict-key: no entry there holds a state dict"
+        else "drop `state_dict_key`: no entry there holds a state dict"
     )
     return ReparamError(
-        f"--state-dict-key {key!r}: the checkpoint has no entry {part!r} (it holds {found})", hint=hint
+        f"`state_dict_key` {key!r}: the checkpoint has no entry {part!r} (it holds {found})", hint=hint
     )
 
 
@@ -288,7 +288,7 @@ def _select(obj: Any, key: str | None, notes: list[str]) -> Any:
             listed = ", ".join(where + k for k in options)
             notes.append(
                 f"the checkpoint holds {len(options)} state dicts ({listed}); using {where + options[0]!r}"
-                f" (choose with --state-dict-key {where + options[1]})"
+                f" (choose with `state_dict_key` {where + options[1]})"
             )
         path.append(options[0])
         obj = obj[options[0]]
@@ -334,7 +334,7 @@ def extract_state_dict(
         )
     if strip_prefix and not any(k.startswith(strip_prefix) for k in sd):
         raise ReparamError(
-            f"--strip-prefix {strip_prefix!r}: no key of the state dict starts with it",
+            f"`strip_prefix` {strip_prefix!r}: no key of the state dict starts with it",
             hint=f"the keys look like {_listing(sorted(sd))}",
         )
     return {_strip(k, strip_prefix): v for k, v in sd.items()}
@@ -346,7 +346,7 @@ def _shared_prefix_hint(unexpected: list[str], expected: Mapping[str, Any]) -> s
         return None
     prefix = unexpected[0].split(".")[0] + "."
     if all(k.startswith(prefix) and k[len(prefix) :] in expected for k in unexpected):
-        return f"the keys carry a {prefix!r} prefix: pass --strip-prefix {prefix}"
+        return f"the keys carry a {prefix!r} prefix: pass `strip_prefix` {prefix}"
     return None
 
 
@@ -395,7 +395,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
             f"the checkpoint does not match the architecture{f' {arch!r}' if arch else ''}: "
             + "; ".join(parts),
             hint=_shared_prefix_hint(unexpected, expected)
-            or "check --arch and --arch-kwargs (e.g. width, num_classes, in_chans) against how the model "
+            or "check `arch` and `arch_kwargs` (e.g. width, num_classes, in_chans) against how the model "
             "was trained",
         )
     model.load_state_dict(state_dict, strict=True)
@@ -440,13 +440,13 @@ def _recorded_architecture(obj: Any, path: Path) -> tuple[str | None, Any]:
     if arch is not None and not isinstance(arch, str):
         raise ReparamError(
             f"checkpoint {str(path)!r} records an architecture of type {type(arch).__name__}",
-            hint="pass --arch (a zoo name, see `reparam zoo`, or 'package.module:factory')",
+            hint="pass `arch` (a zoo name, see `reparam zoo`, or 'package.module:factory')",
         )
     if arch and ":" in arch:
         raise ReparamError(
             f"checkpoint {str(path)!r} names code to import as its architecture ({arch[:80]!r}); "
             "reparam builds only zoo models from what a file records",
-            hint=f"if you trust that code, pass it yourself: --arch '{arch[:80]}'",
+            hint=f"if you trust that code, pass it yourself: `arch` '{arch[:80]}'",
         )
     return arch or None, kwargs
 
@@ -489,7 +489,7 @@ def load_model(
     if not arch:
         raise ReparamError(
             f"checkpoint {str(path)!r} does not record its architecture",
-            hint="pass --arch (a zoo name, see `reparam zoo`, or 'package.module:factory')",
+            hint="pass `arch` (a zoo name, see `reparam zoo`, or 'package.module:factory')",
         )
     notes: list[str] = []
     state_dict = extract_state_dict(obj, key=state_dict_key, strip_prefix=strip_prefix, notes=notes)

@@ -86,7 +86,7 @@ class Description:
                     f"{Path(self.path).name} holds the input's {name} (axis {axis}) at {size}, "
                     f"{asked} was asked for: {self.fixed_reason or 'fixed when it was exported'}",
                     hint=f"keep the {name} at {size}, or convert the model again at the size you need "
-                    "(reparam convert --input-shape)",
+                    "(reparam convert `input_shape`)",
                 )
 
     def shape_text(self) -> str:
@@ -207,10 +207,10 @@ def check_inputs_fit(descriptions: list[Description], shape: tuple[int, ...], in
         if d.fits(shape):
             continue
         fitting = d.example_shape(batch=shape[0])
-        source = f"--inputs {info['source']}" if "samples" in info else "--input-shape"
+        source = f"`inputs` {info['source']}" if "samples" in info else "`input_shape`"
         raise ReparamError(
             f"{Path(d.path).name} expects input {d.input_names[0]!r} of shape {d.shape_text()}, "
             f"but the inputs ({source}) are {'x'.join(map(str, shape))}",
-            hint=(f"pass --input-shape {'x'.join(map(str, fitting))}, or " if fitting else "")
-            + "re-export the artifact for this shape (--input-shape; `export onnx --dynamic batch,height,width`)",
+            hint=(f"pass `input_shape` {'x'.join(map(str, fitting))}, or " if fitting else "")
+            + "re-export the artifact for this shape (`input_shape`; `export onnx --dynamic batch,height,width`)",
         )

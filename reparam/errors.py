@@ -70,7 +70,7 @@ def user_error_from(exc: BaseException) -> ReparamError | None:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         return ReparamError(
             f"not enough memory ({first})",
-            hint="use a smaller --input-shape / --batch-size, or a machine with more memory",
+            hint="use a smaller `input_shape` / `batch_size`, or a machine with more memory",
         )
     if isinstance(exc, OSError) and exc.errno is not None:
         where = f" {str(exc.filename)!r}" if exc.filename else ""

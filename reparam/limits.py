@@ -31,7 +31,7 @@ def parse_bytes(text: str) -> int:
     if not number > 0:
         raise ReparamError(
             f"invalid memory size {text!r}",
-            hint=f"write a size such as 512M or 32G (flag --max-memory, {ENV_VAR})",
+            hint=f"write a size such as 512M or 32G (flag `max_memory`, {ENV_VAR})",
         )
     return int(number * _UNITS[unit])
 
@@ -57,7 +57,7 @@ def refuse_over_limit(what: str, needed: int, limit: int) -> None:
     if needed > limit:
         raise ReparamError(
             f"{what} needs about {_gib(needed)}, more than the memory limit of {_gib(limit)}",
-            hint=f"check the sizes; if they are right, raise the limit with --max-memory or {ENV_VAR}",
+            hint=f"check the sizes; if they are right, raise the limit with `max_memory` or {ENV_VAR}",
         )
 
 

@@ -64,7 +64,7 @@ def test_pickled_module_needs_trust_pickle(tmp_path, trained):
     torch.save(trained, path)
     with pytest.raises(ReparamError) as info:
         load_model(path)
-    assert "pickled code" in info.value.message and "--trust-pickle" in info.value.hint
+    assert "pickled code" in info.value.message and "`trust_pickle`" in info.value.hint
     assert _same(load_model(path, trust_pickle=True), trained)
 
 
@@ -128,7 +128,7 @@ def test_wrong_architecture_lists_missing_and_unexpected_keys(tmp_path, trained)
         "missing keys" in msg
         and "unexpected keys" in msg
         and "in all)" in msg
-        and "--arch" in info.value.hint
+        and "`arch`" in info.value.hint
     )
     assert msg.count(",") < 40  # first few keys only, with counts
 
@@ -171,7 +171,7 @@ def test_a_file_never_chooses_code_to_import(tmp_path, trained, container):
         )
     with pytest.raises(ReparamError, match="names code to import") as info:
         load_model(path)
-    assert "--arch" in info.value.hint
+    assert "`arch`" in info.value.hint
     assert not marker.exists()
 
 

@@ -94,7 +94,7 @@ def save_onnx(
             except onnx.checker.ValidationError as exc:
                 raise ReparamError(
                     f"the ONNX model failed onnx.checker: {str(exc).splitlines()[0]}",
-                    hint="export with another opset (--opset) or the other exporter",
+                    hint="export with another opset (`opset`) or the other exporter",
                 ) from exc
         mode = 0o666 & ~_umask()
         for f in tmpdir.iterdir():

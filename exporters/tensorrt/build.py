@@ -123,7 +123,7 @@ def _parse(
         errors = parser_errors(parser)
         raise ReparamError(
             f"TensorRT's ONNX parser rejected {onnx_path.name}: " + "; ".join(errors[:5]),
-            hint="check the named nodes; re-export with another opset (--opset) or simplify "
+            hint="check the named nodes; re-export with another opset (`opset`) or simplify "
             "the graph (onnxsim) and retry",
         )
     return network, parser
@@ -177,7 +177,7 @@ def _serialize(build: _Build, onnx_path: Path, progress: bool | Any, log_level: 
         if serialized is None:
             raise ReparamError(
                 f"TensorRT could not build an engine from {onnx_path.name}",
-                hint="rerun with log_level='VERBOSE' for TensorRT's reasons; a larger --workspace "
+                hint="rerun with log_level='VERBOSE' for TensorRT's reasons; a larger `workspace` "
                 "or another precision may help",
             )
         return bytes(serialized)

@@ -24,7 +24,7 @@ def load_calibration_batches(
     """
     p = Path(path)
     if not p.is_file():
-        raise ReparamError(f"calibration file {str(p)!r} does not exist", hint="check the --calib path")
+        raise ReparamError(f"calibration file {str(p)!r} does not exist", hint="check the `calib` path")
     if batch_size < 1:
         raise ReparamError(f"calibration batch size must be >= 1, not {batch_size}", hint="use the opt batch")
     try:

@@ -13,7 +13,7 @@ MODEL_OPTIMIZER_HINT = (
     "TensorRT 11 builds int8 only from explicitly quantized ONNX (Q/DQ nodes): quantize "
     "the model with `reparam quantize model.onnx --calib DATA.npz -o model.int8.onnx` (or NVIDIA Model "
     "Optimizer: pip install nvidia-modelopt; modelopt.onnx.quantization) and build that ONNX, "
-    "or use TensorRT 10 with --calib"
+    "or use TensorRT 10 with `calib`"
 )
 
 
@@ -37,18 +37,18 @@ class BuildOptions:
         if self.workspace_mb is not None and int(self.workspace_mb) <= 0:
             raise ReparamError(
                 f"workspace must be a positive number of MiB, not {self.workspace_mb}",
-                hint="e.g. --workspace 2048, or leave it unset for TensorRT's default",
+                hint="e.g. `workspace` 2048, or leave it unset for TensorRT's default",
             )
         if self.onnx_is_qdq:
             self._validate_qdq()
         elif self.precision == "int8" and self.calib is None:
             raise ReparamError(
                 "int8 needs calibration data for this float ONNX, or an explicitly quantized (Q/DQ) ONNX",
-                hint="quantize it first: reparam quantize model.onnx --calib DATA.npz -o model.int8.onnx "
-                "(the only int8 route on TensorRT 11); on TensorRT 10 --calib DATA.npz also works",
+                hint="quantize it first: reparam quantize model.onnx `calib` DATA.npz -o model.int8.onnx "
+                "(the only int8 route on TensorRT 11); on TensorRT 10 `calib` DATA.npz also works",
             )
         if self.calib is not None and self.precision != "int8":
-            raise ReparamError("--calib only applies to int8 builds", hint="add --int8 or drop --calib")
+            raise ReparamError("`calib` only applies to int8 builds", hint="add `int8` or drop `calib`")
         if self.calib is not None and not Path(self.calib).is_file():
             raise ReparamError(f"calibration file {str(self.calib)!r} does not exist", hint="check the path")
         if self.onnx_is_fp16 and self.precision in ("fp32", "int8") and not self.onnx_is_qdq:
@@ -65,8 +65,8 @@ class BuildOptions:
             )
         if self.calib is not None:
             raise ReparamError(
-                "the ONNX is already quantized (Q/DQ nodes carry its int8 scales); --calib does not apply",
-                hint="drop --calib; to recalibrate, run reparam quantize on the float ONNX",
+                "the ONNX is already quantized (Q/DQ nodes carry its int8 scales); `calib` does not apply",
+                hint="drop `calib`; to recalibrate, run reparam quantize on the float ONNX",
             )
 
 
@@ -95,7 +95,7 @@ def make_build_plan(options: BuildOptions, caps: Capabilities) -> BuildPlan:
     plan = BuildPlan(precision=precision, tensorrt=caps.version)
     if options.workspace_mb is not None:
         if not caps.has_memory_pool_limit:
-            raise ReparamError(f"TensorRT {caps.version} has no memory pool limits", hint="drop --workspace")
+            raise ReparamError(f"TensorRT {caps.version} has no memory pool limits", hint="drop `workspace`")
         plan.workspace_bytes = int(options.workspace_mb) << 20
     if precision == "fp16":
         if options.onnx_is_fp16:

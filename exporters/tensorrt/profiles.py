@@ -109,14 +109,14 @@ def derive_profiles(
     given = {
         k: _per_input(v, names, w)
         for k, v, w in (
-            ("min", min_shape, "--min-shape"),
-            ("opt", opt_shape, "--opt-shape"),
-            ("max", max_shape, "--max-shape"),
+            ("min", min_shape, "`min_shape`"),
+            ("opt", opt_shape, "`opt_shape`"),
+            ("max", max_shape, "`max_shape`"),
             ("hint", input_shape, "input shape"),
         )
     }
     if max_batch is not None and int(max_batch) < 1:
-        raise ReparamError(f"max batch must be >= 1, not {max_batch}", hint="e.g. --max-batch 32")
+        raise ReparamError(f"max batch must be >= 1, not {max_batch}", hint="e.g. `max_batch` 32")
     profiles: dict[str, Profile] = {}
     for name, dims in inputs.items():
         dims = list(dims)
@@ -142,7 +142,7 @@ def derive_profiles(
             if rest and hint is None:
                 raise ReparamError(
                     f"input {name!r} has dynamic dims {rest} besides the batch",
-                    hint="give --input-shape, or --min-shape/--opt-shape/--max-shape",
+                    hint="give `input_shape`, or `min_shape`/`opt_shape`/`max_shape`",
                 )
             template = list(hint) if hint is not None else [1 if _dynamic(d) else int(d) for d in dims]
             if 0 in dynamic:
@@ -151,7 +151,7 @@ def derive_profiles(
                 if hi_b < opt_b:
                     raise ReparamError(
                         f"max batch {hi_b} is below the batch {opt_b} of the input shape",
-                        hint="raise --max-batch or lower the input shape's batch",
+                        hint="raise `max_batch` or lower the input shape's batch",
                     )
                 lo = tuple([1, *template[1:]])
                 opt = tuple(template)

@@ -27,7 +27,7 @@ def unpack_timing_cache(data: bytes, tensorrt: str, gpu: str, *, path: str = "ti
     if not data.startswith(MAGIC):
         raise ReparamError(
             f"{path} was not written by reparam, so its TensorRT version and GPU are unknown",
-            hint="delete it (reparam writes a fresh one) or pass another --timing-cache path",
+            hint="delete it (reparam writes a fresh one) or pass another `timing_cache` path",
         )
     line, sep, raw = data[len(MAGIC) :].partition(b"\n")
     try:
@@ -43,7 +43,7 @@ def unpack_timing_cache(data: bytes, tensorrt: str, gpu: str, *, path: str = "ti
             f"{path} was made with TensorRT {header.get('tensorrt')} on {header.get('gpu')}, this build uses "
             f"TensorRT {tensorrt} on {gpu}",
             hint="timing caches only combine within one TensorRT version and GPU: use one cache file per pair, "
-            f"e.g. --timing-cache {default_cache_name(tensorrt, gpu)}",
+            f"e.g. `timing_cache` {default_cache_name(tensorrt, gpu)}",
         )
     return raw
 

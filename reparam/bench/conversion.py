@@ -426,7 +426,7 @@ def run_worker(spec: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]
     except subprocess.TimeoutExpired as exc:
         raise ReparamError(
             f"measuring the conversion of {spec['model']} took longer than {timeout_s:.0f} s",
-            hint="use a smaller --width or --input-shape, or run on a quieter machine",
+            hint="use a smaller `width` or `input_shape`, or run on a quieter machine",
         ) from exc
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(_MARKER):

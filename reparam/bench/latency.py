@@ -49,7 +49,7 @@ def parse_backends(text: str) -> list[str]:
             if name not in out:
                 out.append(name)
     if not out:
-        raise ReparamError("no backend given", hint="e.g. --backend torch,ort")
+        raise ReparamError("no backend given", hint="e.g. `backend` torch,ort")
     return out
 
 

@@ -325,7 +325,7 @@ def render_markdown(results: BenchResults) -> str:
         out += [
             "## Targets",
             "",
-            "Not judged: this run used tiny models and inputs (--quick); the targets apply to the "
+            "Not judged: this run used tiny models and inputs (`quick`); the targets apply to the "
             "full-size run (`reparam bench`).",
             "",
         ]

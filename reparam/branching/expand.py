@@ -136,6 +136,6 @@ def expand_structure(model: nn.Module, scheme: str, init: str = "preserve") -> E
         raise ReparamError(
             f"no conv in {type(model).__name__} can take the {scheme!r} scheme ({reasons})",
             hint="expansion needs a conv followed by BatchNorm (or with a bias) whose kernel suits the scheme; "
-            "try another --scheme",
+            "try another `scheme`",
         )
     return report

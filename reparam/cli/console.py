@@ -6,27 +6,38 @@ parseable. ``--quiet`` silences progress and notes, never errors.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
-_state = {"quiet": False, "start": time.monotonic()}
+_state: dict[str, Any] = {"quiet": False, "start": time.monotonic(), "flags": {}}
+_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
-def configure(*, quiet: bool) -> None:
-    """Set the verbosity for this command and restart its clock."""
+def configure(*, quiet: bool, flags: Mapping[str, str] | None = None) -> None:
+    """Set the verbosity and the command's parameter -> flag names; restart the clock."""
     _state["quiet"] = quiet
     _state["start"] = time.monotonic()
+    _state["flags"] = dict(flags or {})
+
+
+def speak(text: str, flags: Mapping[str, str] | None = None) -> str:
+    """Library messages name parameters in backticks; show the flags that set them instead."""
+    names = _state["flags"] if flags is None else flags
+    return _PARAMETER.sub(lambda m: names.get(m[1], m[0]), text)
 
 
 def note(text: str) -> None:
     """A one-line note (a choice made for the user, an assumption)."""
     if not _state["quiet"]:
-        sys.stderr.write(f"note: {text}\n")
+        sys.stderr.write(f"note: {speak(text)}\n")
 
 
 def warning(text: str) -> None:
     """A one-line warning (something the user should look at; shown even with --quiet)."""
-    sys.stderr.write(f"warning: {text}\n")
+    sys.stderr.write(f"warning: {speak(text)}\n")
 
 
 def progress(text: str) -> None:

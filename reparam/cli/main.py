@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
-import re
 import sys
 import traceback
 import warnings
@@ -64,16 +63,36 @@ class _Parser(argparse.ArgumentParser):
 
     def add_argument(self, *names, **kwargs):
         action = super().add_argument(*names, **kwargs)
-        longs = [n for n in names if n.startswith("--")]
-        shown = (
-            longs[0]
-            if longs
-            else names[0]
-            if names[0].startswith("-")
-            else action.metavar or action.dest.upper()
-        )
-        self.flag_names.setdefault(action.dest, shown)
+        self._remember_flag(names, action)
         return action
+
+    def add_argument_group(self, *args, **kwargs):
+        return self._recording(super().add_argument_group(*args, **kwargs))
+
+    def add_mutually_exclusive_group(self, **kwargs):
+        return self._recording(super().add_mutually_exclusive_group(**kwargs))
+
+    def _recording(self, group):
+        """Arguments added to a group are remembered like the parser's own."""
+        add = group.add_argument
+
+        def add_argument(*names, **kwargs):
+            action = add(*names, **kwargs)
+            self._remember_flag(names, action)
+            return action
+
+        group.add_argument = add_argument
+        return group
+
+    def _remember_flag(self, names: tuple, action: argparse.Action) -> None:
+        longs = [n for n in names if n.startswith("--")]
+        if longs:
+            shown = longs[0]
+        elif names and names[0].startswith("-"):
+            shown = names[0]
+        else:
+            shown = action.metavar or action.dest.upper()
+        self.flag_names.setdefault(action.dest, shown)
 
     def error(self, message: str):  # usage errors: one line and a hint, exit 2
         sys.stderr.write(f"error: {message}\n  hint: run '{self.prog} --help' for the options\n")
@@ -117,15 +136,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
-
-
-def speak_flags(text: str, flags: dict[str, str]) -> str:
-    """Library errors name parameters in backticks; show the flags that set them instead."""
-    return _PARAMETER.sub(lambda m: flags.get(m[1], m[0]), text)
-
-
-def _flags_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+def _flags_of(args: argparse.Namespace) -> dict[str, str]:
     """Parameter -> flag for the command that ran (its own options, then the shared ones)."""
     command = getattr(args, "command_parser", None)
     names = dict(getattr(command, "flag_names", {}))
@@ -133,7 +144,7 @@ def _flags_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict
     return names
 
 
-def report_error(exc: BaseException, debug: bool, flags: dict[str, str] | None = None) -> int:
+def report_error(exc: BaseException, debug: bool) -> int:
     """Write ``exc`` to stderr as one error line (and a hint line); return the exit code."""
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
@@ -145,9 +156,9 @@ def report_error(exc: BaseException, debug: bool, flags: dict[str, str] | None =
             "  hint: re-run with --debug for the traceback and report it with the command line\n"
         )
         return EXIT_BUG
-    sys.stderr.write(f"error: {speak_flags(_one_line(user.message), flags or {})}\n")
+    sys.stderr.write(f"error: {console.speak(_one_line(user.message))}\n")
     if user.hint:
-        sys.stderr.write(f"  hint: {speak_flags(_one_line(user.hint), flags or {})}\n")
+        sys.stderr.write(f"  hint: {console.speak(_one_line(user.hint))}\n")
     return user.exit_code
 
 
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    console.configure(quiet=getattr(args, "quiet", False))
+    console.configure(quiet=getattr(args, "quiet", False), flags=_flags_of(args))
     allow_local_imports(args)
     try:
         with warnings.catch_warnings():
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("interrupted\n")
         return 130
     except Exception as exc:
-        return report_error(exc, getattr(args, "debug", False), _flags_of(parser, args))
+        return report_error(exc, getattr(args, "debug", False))
 
 
 if __name__ == "__main__":

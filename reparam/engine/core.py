@@ -283,7 +283,7 @@ def _run_reference(
         raise ReparamError(
             f"the model fails on the example inputs {[tuple(t.shape) for t in inputs if hasattr(t, 'shape')]}: "
             f"{type(exc).__name__}: {exc}",
-            hint="pass example inputs or an input shape the model accepts (--input-shape NxCxHxW)",
+            hint="pass example inputs or an input shape the model accepts (`input_shape` NxCxHxW)",
         ) from exc
     finally:
         for h in handles:
@@ -394,7 +394,7 @@ def _run_deploy(deploy: nn.Module, inputs: tuple) -> tuple[Any, int]:
     except Exception as exc:
         raise InternalError(
             f"the converted model fails to run ({type(exc).__name__}: {exc}); "
-            "convert with the responsible pass skipped (--skip PASS) and report the model"
+            "convert with the responsible pass skipped (`skip` PASS) and report the model"
         ) from exc
     return out, known if known is not None else macs.total
 
@@ -445,7 +445,7 @@ def _check(
         f"the converted model differs from the original: max abs error {error.max_abs:.3g}, relative "
         f"error {error.scale_rel:.3g} > tolerance {verdict.limit:g}; diverging blocks: {blocks}"
         + (f"; fused modules there: {', '.join(fused_there[:8])}" if fused_there else ""),
-        hint="convert with the responsible pass skipped (--skip PASS) and report the model",
+        hint="convert with the responsible pass skipped (`skip` PASS) and report the model",
     )
 
 
@@ -512,7 +512,7 @@ def convert(
     if check and inputs is None:
         raise ReparamError(
             "cannot check the conversion: no example inputs and no input shape could be inferred",
-            hint="pass example_inputs or input_shape (--input-shape), or disable the check",
+            hint="pass example_inputs or input_shape (`input_shape`), or disable the check",
         )
     # the same paths in the deep copy, when one was made
     nonleaf = [n for n, m in modules if n and any(c is not None for c in m._modules.values())]

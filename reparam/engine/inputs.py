@@ -51,7 +51,7 @@ def make_inputs(
         )
         note = (
             f"input shape {'x'.join(map(str, input_shape))} inferred from the first layer {name!r}; "
-            "pass input_shape (--input-shape) to choose it"
+            "pass input_shape (`input_shape`) to choose it"
         )
     shape = tuple(int(d) for d in input_shape)
     if not shape or any(d <= 0 for d in shape):

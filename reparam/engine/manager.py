@@ -46,7 +46,7 @@ def run_passes(
                     p.name,
                     ctx.current_block,
                     f"{type(exc).__name__}: {exc}",
-                    hint=f"convert without it (skip=['{p.name}'] or --skip {p.name}) and report the model "
+                    hint=f"convert without it (skip=['{p.name}'] or `skip` {p.name}) and report the model "
                     "that triggers this",
                 ) from exc
             ctx.seconds[p.name] = ctx.seconds.get(p.name, 0.0) + time.perf_counter() - start

@@ -104,7 +104,7 @@ def resolve_arch(
     if not saved_arch:
         raise ReparamError(
             f"checkpoint {str(path)!r} does not record its architecture",
-            hint="pass --arch (a zoo name, see `reparam zoo`, or 'package.module:factory')",
+            hint="pass `arch` (a zoo name, see `reparam zoo`, or 'package.module:factory')",
         )
     return saved_arch, dict(arch_kwargs) if arch_kwargs is not None else saved_kwargs
 
@@ -114,4 +114,4 @@ def load_hint(arch: str, arch_kwargs: Mapping[str, Any] | None, scheme: str) -> 
     name, kwargs = expanded_arch(arch, arch_kwargs, scheme)
     if name == ZOO_EXPANDED:
         return None
-    return f"load it with --arch {name} --arch-kwargs '{json.dumps(kwargs)}'"
+    return f"load it with `arch` {name} `arch_kwargs` '{json.dumps(kwargs)}'"

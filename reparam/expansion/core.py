@@ -100,7 +100,7 @@ def expand(
         if inputs is None:
             raise ReparamError(
                 "cannot check the expansion: no example inputs and no input shape could be inferred",
-                hint="pass example_inputs or input_shape (--input-shape), or check=False",
+                hint="pass example_inputs or input_shape (`input_shape`), or check=False",
             )
         if init == "preserve":
             _check_preserved(model, work, inputs, report)

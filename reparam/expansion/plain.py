@@ -74,7 +74,7 @@ def _mismatch(
         f"the plain architecture does not match the fused model at {what} #{i + 1} in dataflow order: "
         f"plain {_describe(*p)} vs fused {_describe(*d)}",
         hint="pass the plain class the model was expanded from (same widths, kernels, strides, "
-        "padding and groups), with the same --as-arch-kwargs",
+        "padding and groups), with the same `as_arch_kwargs`",
     )
 
 

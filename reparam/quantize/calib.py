@@ -55,7 +55,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise ReparamError(
             f"calibration file {str(path)!r} does not exist",
-            hint="pass --calib DATA.npz with representative model inputs (samples on axis 0)",
+            hint="pass `calib` DATA.npz with representative model inputs (samples on axis 0)",
         )
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -104,7 +104,7 @@ def split_batches(
 ) -> list[Batch]:
     """Cut the arrays (samples on axis 0) into batches; a fixed batch dim drops the remainder."""
     if batch_size < 1:
-        raise ReparamError(f"batch size must be at least 1 (got {batch_size})", hint="e.g. --batch-size 8")
+        raise ReparamError(f"batch size must be at least 1 (got {batch_size})", hint="e.g. `batch_size` 8")
     size = fixed_batch or batch_size
     n = len(next(iter(arrays.values())))
     stop = n - n % size if fixed_batch else n

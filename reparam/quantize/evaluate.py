@@ -55,7 +55,7 @@ def int8_tolerance(target: float | None = None) -> Tolerance:
     profile = PROFILES["int8"]
     if target is not None:
         if not 0.0 < target <= 1.0:
-            raise ReparamError(f"agreement target {target} is not in (0, 1]", hint="e.g. --target 0.99")
+            raise ReparamError(f"agreement target {target} is not in (0, 1]", hint="e.g. `target` 0.99")
         profile = dataclasses.replace(profile, min_top1=float(target))
     return Tolerance(profile)
 

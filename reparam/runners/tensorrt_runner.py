@@ -86,7 +86,7 @@ class TensorRTRunner(Runner):
                     raise ReparamError(
                         f"input {name!r} shape {list(value.shape)} is outside the engine's profile "
                         f"(min {list(lo)}, max {list(hi)})",
-                        hint="rebuild with --min-shape/--max-shape covering it",
+                        hint="rebuild with `min_shape`/`max_shape` covering it",
                     )
             if not self.context.set_input_shape(name, tuple(value.shape)):
                 raise ReparamError(

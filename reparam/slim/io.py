@@ -33,7 +33,7 @@ def output_paths(output: str | os.PathLike, structure: str | None, report: str |
     if len(set(paths.values())) != len(paths):
         raise ReparamError(
             f"two slim outputs would share a path: {sorted(map(str, paths.values()))}",
-            hint="give -o, --structure and --report distinct names",
+            hint="give -o, `structure` and `report` distinct names",
         )
     for p in paths.values():
         if p.is_dir():
@@ -69,13 +69,13 @@ def load_seed(
     if arch is None and rec_arch and ":" in rec_arch:
         raise ReparamError(
             f"checkpoint {str(checkpoint)!r} names the architecture {rec_arch!r}, code outside the zoo",
-            hint="pass --arch yourself if you trust that code; slim does not import a module a file names",
+            hint="pass `arch` yourself if you trust that code; slim does not import a module a file names",
         )
     arch = arch or rec_arch
     if not arch:
         raise ReparamError(
             f"checkpoint {str(checkpoint)!r} does not record its architecture",
-            hint="pass --arch (a zoo model name such as scalenet50)",
+            hint="pass `arch` (a zoo model name such as scalenet50)",
         )
     kwargs = dict(arch_kwargs) if arch_kwargs is not None else dict(recorded or {})
     try:

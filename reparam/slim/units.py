@@ -68,7 +68,7 @@ def find_units(model: nn.Module) -> list[SAUnit]:
     if not units:
         raise ReparamError(
             "the model has no SA (scale aggregation) block, so there is no per-scale allocation to learn",
-            hint="slim a ScaleNet (e.g. --arch scalenet50), a model built from reparam.blocks.SABlock",
+            hint="slim a ScaleNet (e.g. `arch` scalenet50), a model built from reparam.blocks.SABlock",
         )
     if len(units) != total:
         raise ReparamError(

@@ -128,7 +128,7 @@ def load_golden(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.n
     root = Path(path)
     if not root.is_dir():
         raise ReparamError(
-            f"golden results {str(root)!r} are not a directory", hint="pass the DIR given to --save-golden"
+            f"golden results {str(root)!r} are not a directory", hint="pass the DIR given to `save_golden`"
         )
     manifest = read_golden_manifest(root)
     data = check_input_file(root / ARRAYS, "golden arrays").read_bytes()

@@ -21,7 +21,7 @@ def random_batches(
 ) -> list[Batch]:
     """``batches`` float32 batches of standard-normal noise, reproducible from ``seed``."""
     if batches < 1:
-        raise ReparamError(f"--batches must be at least 1 (got {batches})", hint="e.g. --batches 2")
+        raise ReparamError(f"`batches` must be at least 1 (got {batches})", hint="e.g. `batches` 2")
     rng = np.random.default_rng(seed)
     return [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(batches)]
 
@@ -38,7 +38,7 @@ def _check_npz_magic(p: Path) -> None:
         return
     if head.startswith(_NPY_MAGIC):
         raise ReparamError(
-            f"{p.name} is a single .npy array; --inputs takes an .npz archive",
+            f"{p.name} is a single .npy array; `inputs` takes an .npz archive",
             hint=f"convert it: python -c \"import numpy as n; n.savez('{p.stem}.npz', input=n.load('{p.name}'))\"",
         )
     what = "an empty file" if not head else "not a zip archive"
@@ -91,14 +91,14 @@ def load_npz_batches(
             hint="stack the samples along the first axis",
         )
     if batch_size < 1:
-        raise ReparamError(f"--batch-size must be at least 1 (got {batch_size})", hint="e.g. --batch-size 8")
+        raise ReparamError(f"`batch_size` must be at least 1 (got {batch_size})", hint="e.g. `batch_size` 8")
     array = array.astype(np.float32, copy=False)
     out = [
         {name: np.ascontiguousarray(array[i : i + batch_size])} for i in range(0, array.shape[0], batch_size)
     ]
     if batches is not None:
         if batches < 1:
-            raise ReparamError(f"--batches must be at least 1 (got {batches})", hint="e.g. --batches 2")
+            raise ReparamError(f"`batches` must be at least 1 (got {batches})", hint="e.g. `batches` 2")
         out = out[:batches]
     return out
 
@@ -109,7 +109,7 @@ def default_input_shape(model: nn.Module, batch: int = 1, size: int = DEFAULT_IM
         if isinstance(m, nn.Conv2d):
             return (batch, m.in_channels, size, size)
     raise ReparamError(
-        "cannot infer the input shape: the model has no Conv2d", hint="pass --input-shape NxCxHxW"
+        "cannot infer the input shape: the model has no Conv2d", hint="pass `input_shape` NxCxHxW"
     )
 
 
@@ -130,11 +130,11 @@ def resolve_input_shape(
             f"input shape {'x'.join(map(str, recorded))} as recorded in {Path(description.path).name}",
         )
     if model is None:
-        raise ReparamError("cannot tell the input shape", hint="pass --input-shape NxCxHxW")
+        raise ReparamError("cannot tell the input shape", hint="pass `input_shape` NxCxHxW")
     default = default_input_shape(model)
     return (
         default,
-        f"no --input-shape given: using {'x'.join(map(str, default))}, the default of every command",
+        f"no `input_shape` given: using {'x'.join(map(str, default))}, the default of every command",
     )
 
 

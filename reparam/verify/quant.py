@@ -252,14 +252,14 @@ def attribute(original: nn.Module, fused: nn.Module, sources: list[str]) -> list
 
 REMEDIES = {
     "bn": [
-        "keep the layer reading these channels float (reparam quantize --target/--exclude)",
-        "calibrate with --method percentile or entropy so outlier channels do not set the activation scale",
+        "keep the layer reading these channels float (reparam quantize `target`/`exclude`)",
+        "calibrate with `method` percentile or entropy so outlier channels do not set the activation scale",
         "train a quantization-friendly form (QARepVGG: no BN on the identity and 1x1 branches) or "
         "quantization-aware training",
     ],
     "weights": [
         "per-channel weight scales (reparam quantize uses them)",
-        "keep this layer float (reparam quantize --exclude) or quantization-aware training",
+        "keep this layer float (reparam quantize `exclude`) or quantization-aware training",
     ],
 }
 

@@ -64,7 +64,7 @@ class LiveReference:
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items())
             raise ReparamError(
                 f"the reference model failed on the inputs ({shapes}): {type(exc).__name__}: {exc}",
-                hint="check --input-shape / --inputs against the model's expected input",
+                hint="check `input_shape` / `inputs` against the model's expected input",
             ) from exc
 
     def float64(self) -> nn.Module | None:

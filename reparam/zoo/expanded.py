@@ -31,8 +31,8 @@ def expanded(
     if not isinstance(arch, str) or ":" in arch:
         raise ReparamError(
             f"the zoo's 'expanded' model takes a zoo architecture, got {arch!r}",
-            hint="for your own class pass --arch reparam.expansion:expanded_model "
-            '--arch-kwargs \'{"arch": "package.module:Class", "scheme": "acb"}\'',
+            hint="for your own class pass `arch` reparam.expansion:expanded_model "
+            '`arch_kwargs` \'{"arch": "package.module:Class", "scheme": "acb"}\'',
         )
 
     kwargs = dict(arch_kwargs or {})

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from reparam.api import expand_checkpoint
     from reparam.cli.common import input_spec, model_source
-    from reparam.cli.console import note
+    from reparam.cli.console import note, speak
 
     outcome = expand_checkpoint(
         model_source(args),
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(f"wrote {outcome.output}\n")
     if outcome.load_hint:
         sys.stdout.write(
-            f"note: {outcome.arch} is your own code, which a checkpoint never names to import; {outcome.load_hint}\n"
+            f"note: {outcome.arch} is your own code, which a checkpoint never names to import; "
+            f"{speak(outcome.load_hint)}\n"
         )
     return 0
