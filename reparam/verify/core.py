@@ -1,7 +1,8 @@
 """Run a reference and candidates on the same inputs, batch by batch, and build a VerifyReport.
 
-The loop streams: each batch runs through the reference and every candidate and is judged at once
-(:class:`~reparam.equivalence.OutputJudge`), so memory stays flat in the number of inputs. Only
+The loop streams: batches run through the reference and every candidate a chunk at a time and are
+judged at once (:class:`~reparam.equivalence.OutputJudge`), so memory stays flat in the number of
+inputs. Only
 the batch where a candidate's error is largest is kept, to measure the reference's fp32 noise
 there (when the fixed limit is exceeded) and to localize the first diverging block.
 """
@@ -9,7 +10,7 @@ there (when the fixed limit is exceeded) and to localize the first diverging blo
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from reparam.verify.report import VerifyReport
 Batch = Mapping[str, np.ndarray]
 Tick = Callable[[str, int, int], None]  # (what runs now, batch runs done, batch runs in all)
 LOCALIZE = ("always", "auto", "on_failure", "never")
+CHUNK_BATCHES = 16  # batches each runtime runs in turn (see _stream)
 
 
 @dataclass
@@ -174,19 +176,38 @@ class _Lane:
             self.worst = _Worst(badness, index, batch, reference)
 
 
+def _chunks(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
+    chunk: list[Batch] = []
+    for batch in batches:
+        chunk.append(batch)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _stream(reference: Any, lanes: list[_Lane], batches: Iterable[Batch], counter: _Counter) -> int:
-    """Run every batch through the reference and each candidate; returns the number of batches."""
+    """Run every batch through the reference and each candidate; returns the number of batches.
+
+    Batches go in chunks of ``CHUNK_BATCHES``, each runtime running a whole chunk in turn: one
+    runtime's worker threads do not slow the next one down batch after batch, and memory holds
+    one chunk whatever the number of inputs.
+    """
     count = 0
-    for index, batch in enumerate(batches):
+    for chunk in _chunks(batches, CHUNK_BATCHES):
         label = f"reference {reference.name}"
-        counter.start(label)
-        ref_out = reference.outputs(index, batch)
-        counter.advance(label)
+        ref_outs = []
+        for index, batch in enumerate(chunk, count):
+            counter.start(label)
+            ref_outs.append(reference.outputs(index, batch))
+            counter.advance(label)
         for lane in lanes:
-            counter.start(lane.label)
-            lane.step(index, batch, ref_out)
-            counter.advance(lane.label)
-        count += 1
+            for index, (batch, ref_out) in enumerate(zip(chunk, ref_outs), count):
+                counter.start(lane.label)
+                lane.step(index, batch, ref_out)
+                counter.advance(lane.label)
+        count += len(chunk)
     return count
 
 
@@ -251,9 +272,9 @@ def _reference(reference: Any, name: str) -> LiveReference | SavedReference:
 
 def _check_arguments(batches: Iterable[Batch], candidates: Sequence[Any], localize: str) -> None:
     if isinstance(batches, Sequence) and not batches:
-        raise ReparamError("no input batches to verify with", hint="pass --inputs DATA.npz or --input-shape")
+        raise ReparamError("no input batches to verify with", hint="pass `inputs` DATA.npz or `input_shape`")
     if not candidates:
-        raise ReparamError("nothing to verify: no candidate given", hint="pass --deploy, --onnx or --engine")
+        raise ReparamError("nothing to verify: no candidate given", hint="pass `deploy`, `onnx` or `engine`")
     if localize not in LOCALIZE:
         raise ValueError(f"localize must be one of {', '.join(LOCALIZE)}, not {localize!r}")
 
@@ -292,7 +313,7 @@ def verify(
     lanes = [_Lane(c, tol, f"candidate {k}/{len(cands)} {c.name}") for k, c in enumerate(cands, 1)]
     total = len(batches) * (1 + len(lanes)) if isinstance(batches, Sequence) else 0
     if not _stream(ref, lanes, batches, _Counter(tick, total)):
-        raise ReparamError("no input batches to verify with", hint="pass --inputs DATA.npz or --input-shape")
+        raise ReparamError("no input batches to verify with", hint="pass `inputs` DATA.npz or `input_shape`")
     report = VerifyReport(ref.name, tol, dict(inputs_info or {}))
     report.candidates = [_finish(ref, lane, localize) for lane in lanes]
     report.notes.extend(dict.fromkeys(ref.notes))
