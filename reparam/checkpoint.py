@@ -341,7 +341,7 @@ def extract_state_dict(
 
 
 def _shared_prefix_hint(unexpected: list[str], expected: Mapping[str, Any]) -> str | None:
-    """``--strip-prefix P`` when removing P from the unexpected keys makes them the expected ones."""
+    """``strip_prefix`` P when removing P from the unexpected keys makes them the expected ones."""
     if not unexpected or "." not in unexpected[0]:
         return None
     prefix = unexpected[0].split(".")[0] + "."

@@ -1,6 +1,6 @@
 """Memory budgets checked before anything large is allocated.
 
-A checkpoint recording ``width=2000`` or a flag such as ``--input-shape 1x3x100000x100000`` would
+A checkpoint recording ``width=2000`` or an input shape such as ``1x3x100000x100000`` would
 otherwise allocate until the process dies. Parameters are counted on the ``meta`` device (no
 storage) and activations by a forward pass over meta tensors, then compared with a limit:
 ``REPARAM_MAX_MEMORY`` (e.g. ``32G``) or half of the machine's physical memory.

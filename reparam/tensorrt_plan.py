@@ -24,7 +24,7 @@ from reparam.errors import ReparamError
 
 INSTALL_HINT = (
     "pip install 'reparam[trt]' -- the TensorRT wheels come from NVIDIA's index "
-    "(pip install --extra-index-url https://pypi.nvidia.com tensorrt) and need an NVIDIA GPU "
+    "(`pip install --extra-index-url https://pypi.nvidia.com tensorrt`) and need an NVIDIA GPU "
     "with a CUDA driver; see docs/export.md"
 )
 

@@ -110,7 +110,10 @@ def get_profile(name: str) -> ToleranceProfile:
 
 
 def parse_tolerance_overrides(values: list[str] | None, option: str) -> dict[str, float]:
-    """Parse repeated ``--atol 1e-3`` / ``--atol output1=1e-3`` values into ``{output or '*': value}``."""
+    """Parse repeated tolerance values into ``{output or '*': value}``.
+
+    ``1e-3`` applies to every output, ``output1=1e-3`` to one; ``option`` names them in errors.
+    """
     out: dict[str, float] = {}
     for raw in values or []:
         name, _, number = raw.rpartition("=")

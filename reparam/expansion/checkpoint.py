@@ -6,7 +6,7 @@ the plain zoo architecture, its keyword arguments and the scheme. ``reparam.chec
 on the plain graph and the scheme) and loads the weights strictly, so every command that takes a
 checkpoint (convert, export, verify, deploy, expand) takes an expanded one as is. A file never
 names code to import, so the expansion of a user's own class keeps
-``reparam.expansion:expanded_model`` and its arguments under ``built_with``, for ``--arch``.
+``reparam.expansion:expanded_model`` and its arguments under ``built_with``, for ``arch``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def expanded_arch(
 
     A zoo architecture becomes the zoo's ``expanded`` model, which a checkpoint may record; a
     user's ``package.module:factory`` needs this module's factory, which only the command line
-    (``--arch``) may name.
+    (``arch``) may name.
     """
     kwargs = {"arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "scheme": scheme}
     return (EXPANDED_ARCH if ":" in arch else ZOO_EXPANDED), kwargs
@@ -57,7 +57,7 @@ def save_model(
 
     A zoo name goes into ``{"arch", "arch_kwargs", "state_dict"}``. Code to import
     (``package.module:factory``) is never what a file asks to build: it is kept under
-    ``built_with`` for the reader, and loading needs ``--arch`` again.
+    ``built_with`` for the reader, and loading needs ``arch`` again.
     """
 
     if ":" not in arch:

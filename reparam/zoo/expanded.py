@@ -1,8 +1,8 @@
 """``expanded``: any zoo model in the training form ``reparam.expand`` gives it.
 
 This is what an expanded checkpoint records, so that loading it builds only zoo code: the plain
-architecture must be a zoo name (a user's own class is expanded with ``--arch
-reparam.expansion:expanded_model``, given on the command line).
+architecture must be a zoo name (a user's own class is expanded with ``arch``
+``reparam.expansion:expanded_model``, given by the caller).
 """
 
 from __future__ import annotations
