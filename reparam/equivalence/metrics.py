@@ -6,7 +6,8 @@ are candidate values that differ from a non-finite reference (NaN must meet NaN,
 
 Batches are taken one at a time (:class:`MetricsAccumulator`), so a long verification keeps
 memory flat in the number of inputs: every metric is exact except ``p99_abs``, read from a
-histogram of 64 bins per octave (within 1.1 % of the 99th percentile, never below it).
+histogram of 64 bins per octave: never below the 99th percentile, at most one bin (1.1 %) above the
+nearest-rank value.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class _Histogram:
         self.low, self.counts = new_low, grown
 
     def quantile(self, q: float) -> float:
-        """An upper bound of the ``q`` quantile within one bin (1.1 %); 0.0 when it falls on zeros."""
+        """The upper edge of the bin holding the nearest-rank ``q`` quantile; 0.0 when it falls on zeros."""
         total = self.zeros + int(self.counts.sum())
         rank = math.ceil(q * total)
         if rank <= self.zeros or not self.counts.size:
