@@ -83,7 +83,7 @@ class Walker:
         return Chain(inner.source, combined, [*inner.nodes, node], inner.merges)
 
     def _data_inputs(self, node: Any) -> list[int]:
-        return [i for i, name in enumerate(node.input) if name and self.view.constant(name) is None]
+        return [i for i, name in enumerate(node.input) if name and not self.view.is_constant(name)]
 
     def _pad(self, node: Any, tensor: str) -> Chain:
         step = steps.pad_step(self.view, node)
@@ -151,7 +151,7 @@ class Walker:
         cost = 0 if node.op_type in ("BatchNormalization", *steps.AFFINE_OPS) else 1
         if cost > budget:
             return False
-        inputs = [i for i in node.input if i and self.view.constant(i) is None]
+        inputs = [i for i in node.input if i and not self.view.is_constant(i)]
         return any(i in targets or self._reaches(i, targets, budget - cost) for i in inputs)
 
     def _why_apart(self, sources: list[str]) -> str:

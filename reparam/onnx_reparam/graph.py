@@ -45,6 +45,7 @@ class GraphView:
         for name in subgraph_names(g) | self.graph_outputs:
             uses[name] += 1
         self.uses = uses
+        self._values: dict[str, np.ndarray | None] = {}
         self.consumers: dict[str, list[Any]] = {}
         for n in g.node:
             for name in n.input:
@@ -54,8 +55,22 @@ class GraphView:
         """True when ``name`` is read once, by one node, and is no graph output."""
         return self.uses.get(name, 0) == 1
 
+    def is_constant(self, name: str) -> bool:
+        """Whether ``name`` is an initializer (not overridable as an input) or a Constant's output."""
+        node = self.producer.get(name)
+        if name in self.initializers:
+            return name not in self.graph_inputs
+        return node is not None and node.op_type == "Constant" and not node.domain
+
     def constant(self, name: str) -> np.ndarray | None:
         """The value of an initializer or a Constant node's output (None for anything else)."""
+        if not self.is_constant(name):
+            return None
+        if name not in self._values:
+            self._values[name] = self._read_constant(name)
+        return self._values[name]
+
+    def _read_constant(self, name: str) -> np.ndarray | None:
         onnx = _onnx()
         if name in self.initializers and name not in self.graph_inputs:
             return onnx.numpy_helper.to_array(self.initializers[name])

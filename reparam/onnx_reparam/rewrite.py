@@ -41,16 +41,16 @@ def rewrite_graph(model: Any) -> RewriteResult:
             result.fusions.append(_entry(chain, fused))
     _drop_dead(model)
     result.left_alone = [x for x in walker.left_alone if _still_relevant(x, result.fusions)]
-    result.left_alone += _unexplained_batchnorms(model, result.left_alone)
+    view.refresh()
+    result.left_alone += _unexplained_batchnorms(view, result.left_alone)
     return result
 
 
-def _unexplained_batchnorms(model: Any, noted: list[LeftAlone]) -> list[LeftAlone]:
+def _unexplained_batchnorms(view: GraphView, noted: list[LeftAlone]) -> list[LeftAlone]:
     """A reason for every BatchNormalization still in the graph that has none yet (as the engine does)."""
-    view = GraphView(model)
     where = {x.where for x in noted}
     out = []
-    for node in model.graph.node:
+    for node in view.graph.node:
         if node.op_type != "BatchNormalization" or describe_node(node) in where:
             continue
         before = view.producer.get(node.input[0])

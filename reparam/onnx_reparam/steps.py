@@ -14,7 +14,7 @@ import torch
 
 from reparam import kernel_math as km
 from reparam.onnx_reparam.graph import GraphView, attributes
-from reparam.onnx_reparam.terms import Reason, Term, affine, identity
+from reparam.onnx_reparam.terms import Reason, Term, affine
 
 ANCHORS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool"}
 AFFINE_OPS = {"Mul", "Add", "Sub", "Div"}
@@ -215,14 +215,6 @@ def pad_step(view: GraphView, node: Any) -> tuple[tuple[int, ...], tuple[int, ..
     return tuple(full[2:rank]), tuple(full[rank + 2 :]), fill
 
 
-def _pad(view: GraphView, node: Any) -> Term | Reason:
-    step = pad_step(view, node)
-    if isinstance(step, str):
-        return step
-    begins, ends, value = step
-    return identity(begins, ends) if value == 0.0 else f"a Pad with value {value:g}"
-
-
 _READERS = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
@@ -230,5 +222,4 @@ _READERS = {
     "Gemm": _gemm,
     "MatMul": _matmul,
     "AveragePool": _average_pool,
-    "Pad": _pad,
 }
