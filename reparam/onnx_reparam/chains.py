@@ -42,6 +42,7 @@ class Walker:
     def __init__(self, view: GraphView):
         self.view = view
         self.left_alone: list[LeftAlone] = []
+        self.crops = True  # walk through Slice crops (a fused conv then needs no crop of its own)
 
     def note(self, node: Any, reason: str) -> None:
         entry = LeftAlone(PASS_NAME, describe_node(node), reason)
@@ -58,6 +59,8 @@ class Walker:
             return self._branch_sum(node, tensor)
         if node.op_type == "Pad" and not node.domain:
             return self._pad(node, tensor)
+        if node.op_type == "Slice" and not node.domain:
+            return self._crop(node, tensor) if self.crops else Chain(tensor, terms.identity())
         affine = node.op_type in steps.AFFINE_OPS and not node.domain
         if affine and len(self._data_inputs(node)) != 1:
             return Chain(tensor, terms.identity())
@@ -96,6 +99,16 @@ class Walker:
                 return Chain(tensor, terms.identity())
             return Chain(node.input[0], terms.identity(step[0], step[1]), [node])
         return Chain(inner.source, padded, [*inner.nodes, node], inner.merges)
+
+    def _crop(self, node: Any, tensor: str) -> Chain:
+        step = steps.slice_step(self.view, node)
+        if isinstance(step, str):
+            return Chain(tensor, terms.identity())
+        inner = self.chain(node.input[0], root=False)
+        cropped = terms.crop_after(inner.term, *step)
+        if isinstance(cropped, str):
+            return Chain(node.input[0], terms.identity(*step), [node])
+        return Chain(inner.source, cropped, [*inner.nodes, node], inner.merges)
 
     def _branch_sum(self, node: Any, tensor: str) -> Chain:
         data = self._data_inputs(node)

@@ -33,7 +33,7 @@ def rewrite_graph(model: Any) -> RewriteResult:
         node = view.producer.get(tensor)
         if node is None:  # absorbed by a chain already rewritten
             continue
-        chain = walker.chain(tensor)
+        chain = _chain_without_negative_pads(walker, tensor)
         if chain.worth_rewriting and len(node.output) == 1:
             fused = _emit(chain, node.output[0], view, names)
             _replace(model, chain.nodes, fused)
@@ -63,6 +63,18 @@ def _unexplained_batchnorms(view: GraphView, noted: list[LeftAlone]) -> list[Lef
         )
         out.append(LeftAlone(PASS_NAME, describe_node(node), reason))
     return out
+
+
+def _chain_without_negative_pads(walker: Walker, tensor: str) -> Chain:
+    """The chain ending at ``tensor``; walked again without crops when it would need one itself."""
+    chain = walker.chain(tensor)
+    if min((*chain.term.begins, *chain.term.ends), default=0) >= 0:
+        return chain
+    walker.crops = False
+    try:
+        return walker.chain(tensor)
+    finally:
+        walker.crops = True
 
 
 def _still_relevant(entry: LeftAlone, fusions: list[FusionEntry]) -> bool:

@@ -215,6 +215,32 @@ def pad_step(view: GraphView, node: Any) -> tuple[tuple[int, ...], tuple[int, ..
     return tuple(full[2:rank]), tuple(full[rank + 2 :]), fill
 
 
+# Slice ends at or beyond this mean "to the end" (torch writes INT64_MAX, others INT32_MAX).
+TO_THE_END = 2**31 - 1
+
+
+def slice_step(view: GraphView, node: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | Reason:
+    """A Slice that crops spatial borders by a fixed amount, as negative ``(begins, ends)`` pads."""
+    rank = view.rank(node.input[0])
+    names = list(node.input[1:5])
+    values = [view.computed_constant(n) if n else None for n in names]
+    if rank is None or len(values) < 2 or any(n and v is None for n, v in zip(names, values)):
+        return "a Slice with computed bounds or an unknown input rank"
+    starts, ends = (np.asarray(v).reshape(-1).astype(np.int64) for v in values[:2])
+    axes = values[2] if len(values) > 2 and values[2] is not None else np.arange(len(starts))
+    steps_ = values[3] if len(values) > 3 and values[3] is not None else np.ones(len(starts))
+    begins, stops = [0] * (rank - 2), [0] * (rank - 2)
+    for start, end, axis, step in zip(
+        starts, ends, np.asarray(axes).reshape(-1), np.asarray(steps_).reshape(-1)
+    ):
+        axis = int(axis) % rank
+        if step != 1 or axis < 2 or start < 0 or (0 <= end < TO_THE_END):
+            return "a Slice that is not a fixed crop of spatial borders"
+        begins[axis - 2] = -int(start)
+        stops[axis - 2] = int(end) if end < 0 else 0
+    return tuple(begins), tuple(stops)
+
+
 _READERS = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,

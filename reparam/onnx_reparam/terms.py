@@ -110,10 +110,14 @@ def _regroup_pair(a: Term, b: Term) -> tuple[Tensor, Tensor, int]:
     return km.regroup_kernel(a.kernel, a.groups, g), km.regroup_kernel(b.kernel, b.groups, g), g
 
 
-def _add_pads(a: Term, b: Term) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    begins = tuple(x + y for x, y in zip(a.begins or (0,) * len(b.begins), b.begins))
-    ends = tuple(x + y for x, y in zip(a.ends or (0,) * len(b.ends), b.ends))
-    return begins, ends
+def _add_pads(a: Term, b: Term) -> tuple[tuple[int, ...], tuple[int, ...]] | Reason:
+    """``a``'s padding (negative: a crop), then ``b``'s, as one padding of the input."""
+    first = (*(a.begins or (0,) * len(b.begins)), *(a.ends or (0,) * len(b.ends)))
+    then_ = (*b.begins, *b.ends)
+    if any(x < 0 < y for x, y in zip(first, then_)):
+        return "a crop followed by a zero padding of the same border is not one padding"
+    total = tuple(x + y for x, y in zip(first, then_))
+    return total[: len(b.begins)], total[len(b.begins) :]
 
 
 def _scale_shift_after(a: Term, b: Term) -> Term:
@@ -135,8 +139,8 @@ def then(a: Term, b: Term) -> Term | Reason:
             return b
         if b.kind != "conv" or b.is_identity:
             return "a zero padding before a non-convolution"
-        begins, ends = _add_pads(a, b)
-        return replace(b, begins=begins, ends=ends)
+        pads = _add_pads(a, b)
+        return pads if isinstance(pads, str) else replace(b, begins=pads[0], ends=pads[1])
     if b.is_identity:
         return a if not b.padded else "a Pad after a spatial convolution is not a convolution"
     if b.diagonal and not b.padded:
@@ -158,7 +162,10 @@ def _pointwise_then(a: Term, b: Term) -> Term | Reason:
             f"the bias of the {a.describe()} before it would be seen through the {b.describe()}'s "
             "zero padding (it is exact only for an unpadded convolution)"
         )
-    begins, ends = _add_pads(a, b)
+    pads = _add_pads(a, b)
+    if isinstance(pads, str):
+        return pads
+    begins, ends = pads
     if a.diagonal:
         scale, shift = a.kernel.flatten(), a.bias
         kernel, bias = km.fold_scale_shift_before(b.kernel, b.bias, scale, shift, b.groups)
@@ -195,6 +202,13 @@ def pad_after(a: Term, begins: tuple[int, ...], ends: tuple[int, ...], value: fl
     if not _same_in_float32(a.bias, value, a.bias_scale):
         return f"the Pad's value {value:g} differs from the border the fused convolution would give"
     return _more_pads(a, begins, ends)
+
+
+def crop_after(a: Term, begins: tuple[int, ...], ends: tuple[int, ...]) -> Term | Reason:
+    """The term equal to ``a(x)`` with its borders cropped (``begins``/``ends`` <= 0)."""
+    if not a.is_identity and (a.kind != "conv" or not a.pointwise):
+        return f"a crop after a {a.describe()} is not part of one convolution"
+    return _more_pads(a, begins, ends)  # a crop after a padding removes that padding first
 
 
 def merge(terms: list[Term]) -> Term | Reason:

@@ -18,7 +18,7 @@ from onnx import helper
 from tests.onnx_reparam._helpers import assert_equal_in_ort, bn_inits, bn_node, hand_model, ops, tensor
 
 SETTINGS = settings(
-    max_examples=30,
+    max_examples=40,
     deadline=None,
     database=None,
     derandomize=True,
@@ -33,8 +33,9 @@ def branch(draw, stride: int):
     kh, kw = draw(st.sampled_from([(1, 1), (3, 3), (1, 3), (3, 1), (5, 5), (3, 5)]))
     dil = draw(st.sampled_from([1, 1, 2]))
     groups = draw(st.sampled_from([1, 2, 4]))
-    top = draw(st.integers(0, dil * (kh - 1)))
-    left = draw(st.integers(0, dil * (kw - 1)))
+    crop = draw(st.integers(0, 3)) == 0  # a crop (Slice) of the input instead of some padding
+    top = -draw(st.integers(1, 2)) if crop else draw(st.integers(0, dil * (kh - 1)))
+    left = draw(st.integers(-1 if crop else 0, dil * (kw - 1)))
     relu = draw(st.booleans()) and draw(st.booleans())
     bn = draw(st.booleans()) or kind == "identity"
     return {
@@ -92,6 +93,14 @@ def _branch_nodes(b, i, rng, nodes, inits):
         nodes.append(helper.make_node("Conv", ["x", f"{p}.w1"], [f"{p}.c1"]))
         src = f"{p}.c1"
     pads = _pads(b)
+    if min(pads) < 0:  # crop the input where the padding would be negative
+        starts = [max(0, -p) for p in pads[:2]]
+        ends = [-p if p < 0 else 2**62 for p in pads[2:]]
+        names = [f"{p}.{k}" for k in ("starts", "ends", "axes")]
+        for name, value in zip(names, (starts, ends, [2, 3])):
+            inits.append(onnx.numpy_helper.from_array(np.array(value, np.int64), name))
+        nodes.append(helper.make_node("Slice", [src, *names], [f"{p}.cropped"]))
+        src, pads = f"{p}.cropped", [max(0, q) for q in pads]
     if kind in ("pad_conv", "chain"):
         inits.append(
             onnx.numpy_helper.from_array(np.array([0, 0, *pads[:2], 0, 0, *pads[2:]], np.int64), f"{p}.pads")
@@ -148,5 +157,5 @@ def test_random_training_graphs_are_never_wrong(tmp_path, spec):
     result = convert_onnx(src, out, check=False)
     for shape in [(1, C, 11, 11), (2, C, 8, 13)]:
         assert_equal_in_ort(src, out, shape, seed=spec["seed"])
-    if not any(b["relu"] for b in spec["branches"]):
+    if not any(b["relu"] or min(_pads(b)) < 0 for b in spec["branches"]):
         assert ops(out) == {"Conv": 1}, (spec, result.report.left_alone)

@@ -194,3 +194,29 @@ def test_1d_and_3d_branches(tmp_path, shape, conv, bn):
     result = convert(src, tmp_path)
     assert ops(result.output) == {"Conv": 1}
     assert_equal_in_ort(src, result.output, shape)
+
+
+def test_acb_with_cropped_branches(tmp_path):
+    """ACB with padding 0: its 1x3 and 3x1 branches read a cropped input (Slice nodes)."""
+    src, result = _fused(tmp_path, ACB(4, 6, 3, padding=0))
+    assert ops(src)["Slice"] == 2
+    assert ops(result.output) == {"Conv": 1}
+
+
+class CropThenConv(nn.Module):
+    """A crop before a lone conv cannot join it (a Conv has no negative padding): the BN still folds."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+
+    def forward(self, x):
+        return self.body(x[:, :, 1:-1, 2:])
+
+
+def test_crop_before_a_lone_conv_stays(tmp_path):
+    src, result = _fused(tmp_path, CropThenConv())
+    after = ops(result.output)
+    assert (
+        after["Conv"] == 1 and after["Slice"] == ops(src)["Slice"] > 0 and "BatchNormalization" not in after
+    )
