@@ -218,3 +218,33 @@ def test_every_remaining_bn_has_a_reason(tmp_path):
     assert ops(result.output)["BatchNormalization"] == 1
     [entry] = result.report.left_alone
     assert "BatchNorm stays" in entry.reason and "Relu" in entry.reason
+
+
+def test_tf_style_dense_matmul_bias_and_batchnorm(tmp_path):
+    """tf2onnx writes Dense as MatMul + Add and Keras' BatchNormalization as Mul + Add."""
+    rng = np.random.default_rng(RNG_SEED)
+    inits = [
+        tensor("kernel", rng.normal(0, 0.3, (6, 5))),
+        tensor("bias", rng.normal(0, 0.3, 5)),
+        tensor("bn_scale", rng.uniform(0.5, 1.5, 5)),
+        tensor("bn_offset", rng.normal(0, 0.3, 5)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "kernel"], ["m"], name="dense/MatMul"),
+        helper.make_node("Add", ["m", "bias"], ["d"], name="dense/BiasAdd"),
+        helper.make_node("Mul", ["d", "bn_scale"], ["s"], name="bn/mul_1"),
+        helper.make_node("Add", ["s", "bn_offset"], ["y"], name="bn/add_1"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dense",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    src = _save(model, tmp_path)
+    result = convert(src, tmp_path)
+    assert ops(result.output) == {"Gemm": 1}
+    assert_equal_in_ort(src, result.output, (3, 6))
