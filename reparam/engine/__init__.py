@@ -6,6 +6,7 @@ and return it with a report and a rewrite record. Passes live in a registry (``r
 and can be picked or skipped by name.
 """
 
+from reparam.engine import passes  # noqa: F401  (registers the built-in passes and their order)
 from reparam.engine.base import (
     LeftAlone,
     Pass,

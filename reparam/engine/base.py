@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, fx, nn
 
+from reparam.engine.graph import ALIASES, common_parent
 from reparam.engine.record import FusionEntry
 from reparam.errors import ReparamError
 
@@ -65,11 +66,18 @@ def register_pass(p: Any) -> Any:
     return p
 
 
-def available_passes() -> list[str]:
-    """Names of the registered passes in their default order."""
-    from reparam.engine.passes import DEFAULT_ORDER  # registers the built-in passes
+_DEFAULT_ORDER: list[str] = []
 
-    return [*DEFAULT_ORDER, *(n for n in _REGISTRY if n not in DEFAULT_ORDER)]
+
+def set_default_order(names: Iterable[str]) -> None:
+    """The order registered passes run in by default (``reparam.engine.passes`` sets the built-in one)."""
+    _DEFAULT_ORDER[:] = list(names)
+
+
+def available_passes() -> list[str]:
+    """Names of the registered passes in their default order (the built-in ones are registered when
+    ``reparam.engine`` is imported)."""
+    return [*_DEFAULT_ORDER, *(n for n in _REGISTRY if n not in _DEFAULT_ORDER)]
 
 
 def get_pass(name: str) -> Pass:
@@ -145,14 +153,10 @@ class PassContext:
         sources: set[str] = set()
         for n in names:
             sources |= self.sources(n)
-        from reparam.engine.graph import common_parent
-
         return self.local(common_parent(sorted(sources)))
 
     def adopt_aliases(self, gm: fx.GraphModule) -> None:
         """Report modules that tracing re-registered under safe names by their original paths."""
-        from reparam.engine.graph import ALIASES
-
         for alias, original in getattr(gm, ALIASES, {}).items():
             self.provenance[alias] = {self.full(original)}
 

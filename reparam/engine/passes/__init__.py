@@ -1,5 +1,6 @@
 """Built-in rewrite passes and their default order."""
 
+from reparam.engine.base import set_default_order
 from reparam.engine.passes import border_fill, branches, canonical, fold_bn, identity, sequential  # noqa: F401
 
 # The order passes run in each round: graphs are first put into module form, identities dropped,
@@ -14,3 +15,4 @@ DEFAULT_ORDER = [
     "merge_kxk_1x1",
     "merge_branches",
 ]
+set_default_order(DEFAULT_ORDER)
