@@ -22,7 +22,11 @@ from reparam.api.requests import Batches, InputSpec, Judge, LoadedModel, ModelSo
 from reparam.artifact import save_artifact
 from reparam.engine import convert
 from reparam.errors import ReparamError
+from reparam.exporters.onnx import convert_fp16, export_onnx
+from reparam.exporters.tensorrt import build_engine
+from reparam.exporters.tensorrt.capabilities import import_tensorrt
 from reparam.io import clean_stale_temps, file_sha256, temp_name, write_error
+from reparam.quantize import quantize
 from reparam.verify.core import Candidate, Tick, make_candidate, verify
 
 TARGETS = ("onnx", "trt")
@@ -88,8 +92,6 @@ class DeployResult:
 
 
 def _require_tensorrt() -> None:
-    from reparam.exporters.tensorrt.capabilities import import_tensorrt
-
     trt = import_tensorrt()
     if not torch.cuda.is_available():
         raise ReparamError(
@@ -206,7 +208,6 @@ def _export_onnx(
     build: _Build, loaded: LoadedModel, options: DeployOptions, judge: Judge, say: Progress
 ) -> None:
     """Write model.onnx and the fp16 / int8 / TensorRT files derived from it."""
-    from reparam.exporters.onnx import export_onnx
 
     say("exporting model.onnx")
     description = _description(loaded, (1, *build.example[0].shape[1:]))
@@ -221,20 +222,14 @@ def _export_onnx(
     )
     source = build.add("model.onnx")
     if options.fp16:
-        from reparam.exporters.onnx import convert_fp16
-
         say("writing model.fp16.onnx")
         convert_fp16(source, build.workdir / "model.fp16.onnx")
         source = build.add("model.fp16.onnx", judge.for_profile("fp16"))
     if options.int8:
-        from reparam.quantize import quantize
-
         say("writing model.int8.onnx")
         quantize(build.workdir / "model.onnx", build.workdir / "model.int8.onnx", options.calib)
         source = build.add("model.int8.onnx", judge.for_profile("int8"))
     if "trt" in options.resolved_targets():
-        from reparam.exporters.tensorrt import build_engine
-
         say("building model.engine (TensorRT)")
         build_engine(source, build.workdir / "model.engine", input_shape=tuple(build.example[0].shape))
         reduced = "int8" if options.int8 else "fp16" if options.fp16 else None

@@ -17,6 +17,15 @@ from reparam.describe import describe
 from reparam.engine import convert
 from reparam.engine.inputs import make_inputs
 from reparam.errors import ReparamError
+from reparam.exporters.onnx import convert_onnx_to_fp16, export_onnx, publish_onnx_files
+from reparam.exporters.tensorrt import (
+    BuildOptions,
+    build_engine,
+    derive_profiles,
+    onnx_input_dims,
+    onnx_is_fp16,
+    onnx_is_qdq,
+)
 from reparam.io import atomic_files, check_input_file, staging_directory
 
 Progress = Callable[[str], None]
@@ -124,7 +133,6 @@ def export_onnx_file(
 
     The model, its fp16 copy and their external-data sidecars appear together or not at all.
     """
-    from reparam.exporters.onnx import convert_onnx_to_fp16, export_onnx, publish_onnx_files
 
     say = progress or (lambda _text: None)
     out = Path(output)
@@ -189,14 +197,6 @@ class EngineOptions:
 
 def build_engine_file(onnx: str | os.PathLike, output: str | os.PathLike, options: EngineOptions) -> Any:
     """Build a TensorRT engine from ``onnx``; everything that needs no GPU is checked first."""
-    from reparam.exporters.tensorrt import (
-        BuildOptions,
-        build_engine,
-        derive_profiles,
-        onnx_input_dims,
-        onnx_is_fp16,
-        onnx_is_qdq,
-    )
 
     src = check_input_file(onnx, "ONNX file", hint="export one with `reparam export onnx`")
     BuildOptions(

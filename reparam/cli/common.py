@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 from reparam.api.requests import InputSpec, Judge, ModelSource
+from reparam.checkpoint import load_model
+from reparam.cli.console import note
+from reparam.equivalence.tolerance import parse_tolerance_overrides
 from reparam.errors import ReparamError
+from reparam.io import check_input_file
+from reparam.verify.inputs import DEFAULT_IMAGE_SIZE, resolve_input_shape
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -26,7 +33,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def input_shape_help(what: str) -> str:
     """``--input-shape`` help stating the one default rule (`input_shape_for`)."""
-    from reparam.verify.inputs import DEFAULT_IMAGE_SIZE
 
     size = DEFAULT_IMAGE_SIZE
     return (
@@ -41,8 +47,6 @@ def input_shape_for(model, text: str | None, description=None) -> tuple[int, ...
     Every command uses this one rule (`reparam.verify.inputs.resolve_input_shape`) and says so in a
     note when it had to choose.
     """
-    from reparam.cli.console import note
-    from reparam.verify.inputs import resolve_input_shape
 
     shape, text_note = resolve_input_shape(model, parse_shape(text) if text else None, description)
     if text_note:
@@ -120,8 +124,6 @@ def allow_local_imports(args: argparse.Namespace) -> None:
     One rule for every command: a ``module:factory`` given to ``--arch`` or ``--as-arch``, and the
     classes of a pickled module loaded with ``--trust-pickle``. A file never chooses code to import.
     """
-    import os
-    import sys
 
     named = any(":" in (getattr(args, flag, None) or "") for flag in ("arch", "as_arch"))
     trusted = bool(getattr(args, "trust_pickle", False))
@@ -156,7 +158,6 @@ def input_spec(args: argparse.Namespace) -> InputSpec:
 
 def judge(args: argparse.Namespace) -> Judge:
     """The parsed --tolerance, --atol, --rtol."""
-    from reparam.equivalence.tolerance import parse_tolerance_overrides
 
     return Judge(
         args.tolerance,
@@ -169,9 +170,6 @@ def load_model_from_args(
     args: argparse.Namespace, checkpoint: str | None = None, described_by: dict | None = None
 ):
     """Build the training-form model from parsed arguments and load its weights (eval mode)."""
-    from reparam.checkpoint import load_model
-    from reparam.cli.console import note
-    from reparam.io import check_input_file
 
     path = check_input_file(checkpoint or args.checkpoint, "checkpoint")
     model = load_model(

@@ -16,6 +16,7 @@ import traceback
 import warnings
 from typing import Any
 
+import reparam.cli.commands as pkg
 from reparam import __version__
 from reparam.cli import console
 from reparam.cli.common import allow_local_imports
@@ -100,8 +101,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _command_modules() -> list[str]:
-    import reparam.cli.commands as pkg
-
     found = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
     return [n for n in _COMMAND_ORDER if n in found] + [n for n in found if n not in _COMMAND_ORDER]
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reparam.cli.common import input_shape_help
+from reparam.io import atomic_files
+
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """--inputs / --input-shape / --batches / --batch-size / --seed (shared with `reparam deploy`)."""
-    from reparam.cli.common import input_shape_help
 
     src = parser.add_mutually_exclusive_group()
     src.add_argument(
@@ -66,7 +68,6 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def write_reports(report, args: argparse.Namespace, console=None) -> None:
     """Print the terminal table and write the files asked for, all of them or none."""
-    from reparam.io import atomic_files
 
     report.render(console)
     note = None

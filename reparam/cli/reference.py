@@ -10,6 +10,8 @@ import argparse
 import os
 from collections.abc import Iterator
 
+from reparam.cli.main import build_parser
+
 WIDTH = "100"  # help is wrapped to $COLUMNS; fixed so the page does not depend on the terminal
 
 HEADER = """\
@@ -48,7 +50,6 @@ def _sections(parser: argparse.ArgumentParser, prefix: str) -> Iterator[str]:
 
 def render() -> str:
     """The whole reference page as markdown."""
-    from reparam.cli.main import build_parser
 
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = WIDTH

@@ -74,7 +74,7 @@ def test_export_checkpoint_deploy_form(checkpoint, tmp_path, capsys):
 def test_export_with_fp16_is_one_transaction(checkpoint, tmp_path, capsys, monkeypatch):
     """A failing fp16 conversion leaves the earlier files as they were; a success replaces both and
     removes a sidecar that belonged to the earlier, larger model."""
-    import reparam.exporters.onnx as onnx_exporters
+    import reparam.api.export_command
 
     ckpt, _ = checkpoint
     out = tmp_path / "m.onnx"
@@ -86,7 +86,7 @@ def test_export_with_fp16_is_one_transaction(checkpoint, tmp_path, capsys, monke
     def broken(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(onnx_exporters, "convert_onnx_to_fp16", broken)
+    monkeypatch.setattr(reparam.api.export_command, "convert_onnx_to_fp16", broken)
     assert main(args) != 0
     capsys.readouterr()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing else, nothing changed

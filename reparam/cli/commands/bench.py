@@ -5,6 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reparam.bench import (
+    DEFAULT_CONVERSION_MODELS,
+    DEFAULT_MODELS,
+    BenchOptions,
+    render_console,
+    render_markdown,
+    run_bench,
+    usable_cpus,
+)
+from reparam.bench.latency import parse_backends
+from reparam.cli.common import parse_shape
+from reparam.errors import ReparamError
+from reparam.io import atomic_write_text
+from reparam.zoo import model_info
+
 # --quick: tiny widths and inputs, few repeats; proves the command works, says nothing about speed.
 QUICK = {
     "width": 0.25,
@@ -107,8 +122,6 @@ def register(subparsers) -> None:
 
 
 def _int_list(text: str, what: str) -> list[int]:
-    from reparam.errors import ReparamError
-
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
@@ -122,8 +135,6 @@ def _int_list(text: str, what: str) -> list[int]:
 
 def _nchw(text: str) -> tuple[int, tuple[int, int, int]]:
     """``--input-shape NxCxHxW`` as (N, (C, H, W)); N is the batch unless --batch is given."""
-    from reparam.cli.common import parse_shape
-    from reparam.errors import ReparamError
 
     dims = parse_shape(text)
     if len(dims) != 4:
@@ -135,12 +146,6 @@ def _nchw(text: str) -> tuple[int, tuple[int, int, int]]:
 
 
 def _options(args: argparse.Namespace):
-    from reparam.bench import DEFAULT_CONVERSION_MODELS, DEFAULT_MODELS, BenchOptions, usable_cpus
-    from reparam.bench.latency import parse_backends
-    from reparam.cli.common import parse_shape
-    from reparam.errors import ReparamError
-    from reparam.zoo import model_info
-
     base = QUICK if args.quick else FULL
 
     def pick(name: str):
@@ -207,9 +212,6 @@ def _options(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.bench import render_console, render_markdown, run_bench
-    from reparam.io import atomic_write_text
-
     options = _options(args)
 
     def progress(message: str) -> None:

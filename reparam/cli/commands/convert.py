@@ -6,15 +6,22 @@ import argparse
 import sys
 from pathlib import Path
 
+from reparam.api import PlainTarget, convert
 from reparam.cli.commands import onnx_input
+from reparam.cli.common import (
+    add_model_arguments,
+    input_shape_help,
+    input_spec,
+    model_source,
+    parse_json_kwargs,
+)
+from reparam.cli.console import note, progress
+from reparam.engine.passes import DEFAULT_ORDER
 
 SUMMARY_ROWS = 20  # fusions listed one by one in the printed report
 
 
 def register(subparsers) -> None:
-    from reparam.cli.common import add_model_arguments, input_shape_help
-    from reparam.engine.passes import DEFAULT_ORDER
-
     parser = subparsers.add_parser(
         "convert",
         help="fuse a training checkpoint into its deploy form and save it as a .pt2 artifact",
@@ -63,9 +70,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if (code := onnx_input.convert(args)) is not None:  # a training-form .onnx input
         return code
-    from reparam.api import PlainTarget, convert
-    from reparam.cli.common import input_spec, model_source, parse_json_kwargs
-    from reparam.cli.console import note, progress
 
     plain = PlainTarget(args.as_arch, parse_json_kwargs(args.as_arch_kwargs)) if args.as_arch else None
     outcome = convert(
@@ -94,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _note_fixed_axes(desc) -> None:
     """Tell which input sizes the written artifact holds (and why), as `inspect` would."""
-    from reparam.cli.console import note
 
     path = Path(desc.path)
     if desc.fixed_axes:

@@ -7,14 +7,19 @@ verification included, succeeded; on any error or mismatch nothing is left behin
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
+from reparam.api import DeployOptions, deploy
 from reparam.cli.commands import onnx_input
+from reparam.cli.common import add_model_arguments, input_spec, judge, model_source
+from reparam.cli.console import Bar, note, progress
 from reparam.cli.options import (
     add_input_arguments,
     add_tolerance_arguments,
     write_reports,
 )
+from reparam.errors import MismatchError
 
 DESCRIPTION = """\
 Convert a training checkpoint to its deploy form, export it (model.pt2, model.onnx, a TensorRT
@@ -30,7 +35,6 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from reparam.cli.common import add_model_arguments
 
     add_model_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="directory to create")
@@ -65,9 +69,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if (code := onnx_input.deploy(args)) is not None:  # a training-form .onnx input
         return code
-    from reparam.api import DeployOptions, deploy
-    from reparam.cli.common import input_spec, judge, model_source
-    from reparam.cli.console import Bar, note, progress
 
     options = DeployOptions(args.to.split(","), args.fp16, args.int8, args.calib, args.force)
     bar = Bar()
@@ -98,9 +99,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _int8_failed(args: argparse.Namespace, result) -> None:
     """The int8 files failed alone: the fp32 ones were written; say what to try next (exit 1)."""
-    import shlex
-
-    from reparam.errors import MismatchError
 
     held_out = args.inputs or "HELD_OUT.npz"
     arch = f" --arch {shlex.quote(args.arch)}" if args.arch else ""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reparam.api import expand_checkpoint
+from reparam.cli.common import add_model_arguments, input_shape_help, input_spec, model_source
+from reparam.cli.console import note, speak
+from reparam.expansion import INITS, SCHEMES
+
 
 def register(subparsers) -> None:
-    from reparam.cli.common import add_model_arguments, input_shape_help
-    from reparam.expansion import INITS, SCHEMES
-
     parser = subparsers.add_parser(
         "expand",
         help="expand a plain CNN checkpoint into its re-parameterizable training form",
@@ -42,10 +44,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.api import expand_checkpoint
-    from reparam.cli.common import input_spec, model_source
-    from reparam.cli.console import note, speak
-
     outcome = expand_checkpoint(
         model_source(args),
         args.output,

@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 
+from reparam.api import EngineOptions, OnnxOptions, build_engine_file, export_onnx_file
+from reparam.cli.common import add_arch_arguments, input_spec, model_source, parse_shape
+from reparam.cli.console import note, progress
+
 
 def register(subparsers) -> None:
-    from reparam.cli.common import add_arch_arguments
-
     parser = subparsers.add_parser(
         "export",
         help="export a deploy model to ONNX, or build a TensorRT engine from ONNX",
@@ -111,10 +113,6 @@ def _missing_target(parser: argparse.ArgumentParser) -> int:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    from reparam.api import OnnxOptions, export_onnx_file
-    from reparam.cli.common import input_spec, model_source
-    from reparam.cli.console import note, progress
-
     options = OnnxOptions(
         dynamic=args.dynamic,
         static=args.static,
@@ -169,9 +167,6 @@ def _json_payload(result, fp16) -> dict:
 
 
 def run_trt(args: argparse.Namespace) -> int:
-    from reparam.api import EngineOptions, build_engine_file
-    from reparam.cli.common import parse_shape
-
     shapes = {
         k: parse_shape(getattr(args, k)) if getattr(args, k) else None
         for k in ("input_shape", "min_shape", "opt_shape", "max_shape")
@@ -194,6 +189,6 @@ def run_trt(args: argparse.Namespace) -> int:
     )
     for name, p in result.profiles.items():
         sys.stdout.write(f"  profile {name}: min {list(p.min)} opt {list(p.opt)} max {list(p.max)}\n")
-    for note in result.plan.notes:
-        sys.stdout.write(f"  note: {note}\n")
+    for text in result.plan.notes:
+        sys.stdout.write(f"  note: {text}\n")
     return 0

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reparam.api import inspect
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -130,8 +132,6 @@ def render(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.api import inspect
-
     info = inspect(Path(args.file))
     sys.stdout.write((json.dumps(info, indent=2, default=str) if args.json else render(info)) + "\n")
     return 0

@@ -7,8 +7,17 @@ path ends in ``.onnx``, and this module calls :mod:`reparam.onnx_reparam` and pr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+import numpy as np
+
+from reparam.cli.common import parse_shape
+from reparam.equivalence.tolerance import make_tolerance, parse_tolerance_overrides
+from reparam.onnx_reparam import convert_onnx, deploy_onnx, verify_onnx
+from reparam.onnx_reparam.deploy import load_npz_inputs
+from reparam.runners.onnxruntime_runner import OnnxRuntimeRunner
 
 SUMMARY_ROWS = 20
 
@@ -18,8 +27,6 @@ def is_onnx(path: str | None) -> bool:
 
 
 def _tolerance(args: argparse.Namespace):
-    from reparam.equivalence.tolerance import make_tolerance, parse_tolerance_overrides
-
     atol = parse_tolerance_overrides(getattr(args, "atol", None), "--atol")
     rtol = parse_tolerance_overrides(getattr(args, "rtol", None), "--rtol")
     return make_tolerance(getattr(args, "tolerance", None) or "fp32", atol or None, rtol or None)
@@ -31,15 +38,10 @@ def _inputs(args: argparse.Namespace, reference: str):
     path, shape = getattr(args, "inputs", None), getattr(args, "input_shape", None)
     if not path and not shape:
         return None
-    from reparam.onnx_reparam.deploy import load_npz_inputs
-    from reparam.runners.onnxruntime_runner import OnnxRuntimeRunner
 
     names = OnnxRuntimeRunner(reference).input_names
     if path:
         return load_npz_inputs(path, names)
-    import numpy as np
-
-    from reparam.cli.common import parse_shape
 
     x = np.random.default_rng(getattr(args, "seed", 0)).standard_normal(parse_shape(shape))
     return [{names[0]: x.astype(np.float32)}]
@@ -61,7 +63,6 @@ def convert(args: argparse.Namespace) -> int | None:
     """`reparam convert model.onnx -o deploy.onnx`; None when the input is not an ONNX file."""
     if not is_onnx(args.checkpoint):
         return None
-    from reparam.onnx_reparam import convert_onnx
 
     result = convert_onnx(
         args.checkpoint, args.output, inputs=_inputs(args, args.checkpoint), check=not args.no_check
@@ -84,7 +85,6 @@ def verify(args: argparse.Namespace) -> int | None:
     if not (is_onnx(flag) and is_onnx(positional)) or args.deploy or args.engine:
         return None  # `verify model.onnx --onnx ...` stays with the general verifier
     reference, candidates = flag, [positional, *args.onnx]
-    from reparam.onnx_reparam import verify_onnx
 
     passed = True
     for candidate in candidates:
@@ -95,8 +95,6 @@ def verify(args: argparse.Namespace) -> int | None:
         _print_check(check)
         passed = passed and check.passed
         if args.report:
-            import json
-
             Path(args.report).write_text(json.dumps(check.to_dict(), indent=2, default=str))
     return 0 if passed else 1
 
@@ -105,7 +103,6 @@ def deploy(args: argparse.Namespace) -> int | None:
     """`reparam deploy model.onnx -o out/`: convert -> (fp16) -> verify -> manifest."""
     if not is_onnx(args.checkpoint):
         return None
-    from reparam.onnx_reparam import deploy_onnx
 
     result = deploy_onnx(
         args.checkpoint,

@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reparam.api import QuantizeOptions, quantize_onnx
+from reparam.cli.common import add_arch_arguments, model_source
+from reparam.quantize.qdq import DEFAULT_PERCENTILE, METHODS
+
 DESCRIPTION = """\
 Quantize a float deploy ONNX to int8 with QuantizeLinear/DequantizeLinear nodes (symmetric int8,
 per-channel weights, per-tensor activations: what TensorRT 10.1+ and 11 build), calibrated on
@@ -20,9 +24,6 @@ agreement with the float model on the calibration data reaches the target.
 
 
 def register(subparsers) -> None:
-    from reparam.cli.common import add_arch_arguments
-    from reparam.quantize.qdq import DEFAULT_PERCENTILE, METHODS
-
     p = subparsers.add_parser(
         "quantize",
         help="int8 Q/DQ ONNX for TensorRT from a float deploy ONNX, calibrated and verified",
@@ -113,9 +114,6 @@ def _summary(result, verification, risks) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.api import QuantizeOptions, quantize_onnx
-    from reparam.cli.common import model_source
-
     options = QuantizeOptions(
         method=args.method,
         percentile=args.percentile,

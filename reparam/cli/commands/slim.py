@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reparam.api import slim
+from reparam.cli.common import add_model_arguments, input_spec, model_source
+
 
 def register(subparsers) -> None:
-    from reparam.cli.common import add_model_arguments
-
     parser = subparsers.add_parser(
         "slim",
         help="learn a ScaleNet allocation: keep the SA channels with the largest BN |γ| under a MAC budget",
@@ -47,9 +48,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reparam.api import slim
-    from reparam.cli.common import input_spec, model_source
-
     result, paths = slim(
         model_source(args),
         args.output,

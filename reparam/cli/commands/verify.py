@@ -8,13 +8,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from reparam.api import verify
 from reparam.cli.commands import onnx_input
+from reparam.cli.common import add_arch_arguments, add_state_dict_arguments, input_spec, judge, model_source
+from reparam.cli.console import Bar, note, progress
 from reparam.cli.options import (
     add_input_arguments,
     add_report_arguments,
     add_tolerance_arguments,
     write_reports,
 )
+from reparam.errors import ReparamError
+from reparam.io import check_input_file, check_writable
 
 DESCRIPTION = """\
 Run the training-form reference (eval mode) and each candidate -- a .pt2 deploy artifact, ONNX
@@ -38,7 +43,6 @@ def register(subparsers) -> None:
         help="the reference: a training checkpoint (usual), or a .pt2 / .onnx to compare against",
     )
     p.add_argument("--reference", dest="reference_flag", metavar="REFERENCE", help=argparse.SUPPRESS)
-    from reparam.cli.common import add_arch_arguments, add_state_dict_arguments
 
     add_arch_arguments(p)
     add_state_dict_arguments(p)
@@ -66,15 +70,11 @@ def register(subparsers) -> None:
 
 
 def _check_files(paths: list[str], option: str) -> None:
-    from reparam.io import check_input_file
-
     for p in paths:
         check_input_file(p, f"{option} file", hint=f"check the path given to {option}")
 
 
 def _reference(args: argparse.Namespace) -> str | None:
-    from reparam.errors import ReparamError
-
     if args.reference and args.reference_flag and args.reference != args.reference_flag:
         raise ReparamError("two references given", hint="give the reference once, as the first argument")
     return args.reference or args.reference_flag
@@ -83,10 +83,6 @@ def _reference(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     if (code := onnx_input.verify(args)) is not None:  # a training-form .onnx input
         return code
-    from reparam.api import verify
-    from reparam.cli.common import input_spec, judge, model_source
-    from reparam.cli.console import Bar, note, progress
-    from reparam.io import check_writable
 
     _check_files(args.deploy, "--deploy")
     _check_files(args.onnx, "--onnx")

@@ -6,6 +6,12 @@ import argparse
 import json
 import sys
 
+import torch
+
+from reparam.errors import ReparamError
+from reparam.profile import count_params
+from reparam.zoo import create_model, list_models, model_info
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -27,12 +33,6 @@ def _format_params(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from reparam.errors import ReparamError
-    from reparam.profile import count_params
-    from reparam.zoo import create_model, list_models, model_info
-
     if args.width <= 0:
         raise ReparamError(f"--width must be positive, got {args.width}", hint="e.g. --width 0.25")
     names = args.names or list_models()
