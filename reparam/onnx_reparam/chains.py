@@ -18,6 +18,7 @@ from reparam.onnx_reparam.graph import GraphView, describe_node
 from reparam.onnx_reparam.terms import Term
 
 PASS_NAME = "onnx"
+HINTED = {*steps.AFFINE_OPS, "BatchNormalization", "AveragePool"}  # they need rank or channels
 
 
 @dataclass
@@ -65,9 +66,13 @@ class Walker:
         if affine and len(self._data_inputs(node)) != 1:
             return Chain(tensor, terms.identity())
         data = node.input[self._data_inputs(node)[0]] if affine else node.input[0]
-        # the chain before a Mul/Add tells its channel count where shape inference does not
-        inner = self.chain(data, root=False) if affine else None
-        step = steps.node_term(view, node, inner.term.out_channels if inner else None)
+        # the chain before tells rank and channels where shape inference does not
+        inner = self.chain(data, root=False) if node.op_type in HINTED else None
+        if inner is not None and inner.term.kernel is not None:
+            view.hint(
+                data, inner.term.kernel.dim() if inner.term.kind == "conv" else 2, inner.term.out_channels
+            )
+        step = steps.node_term(view, node)
         if step is None:
             return Chain(tensor, terms.identity())
         if isinstance(step, str):

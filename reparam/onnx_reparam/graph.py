@@ -33,6 +33,7 @@ class GraphView:
         self.model = model
         self.graph = model.graph
         self.shapes = _inferred_shapes(model)
+        self.hints: dict[str, tuple[int | None, int | None]] = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -111,11 +112,18 @@ class GraphView:
 
     def rank(self, name: str) -> int | None:
         shape = self.shapes.get(name)
-        return None if shape is None else len(shape)
+        return len(shape) if shape is not None else self.hints.get(name, (None, None))[0]
 
     def channels(self, name: str) -> int | None:
         shape = self.shapes.get(name)
-        return shape[1] if shape and len(shape) > 1 and isinstance(shape[1], int) else None
+        if shape and len(shape) > 1 and isinstance(shape[1], int):
+            return shape[1]
+        return self.hints.get(name, (None, None))[1]
+
+    def hint(self, name: str, rank: int | None, channels: int | None) -> None:
+        """Rank and channel count of ``name`` known from the chain computing it (shape inference
+        may not know them, e.g. after a Pad whose pads it could not read)."""
+        self.hints[name] = (rank, channels)
 
     def elem_type(self, name: str) -> int | None:
         return self.shapes.get(("type", name))

@@ -32,15 +32,12 @@ def _consts(view: GraphView, node: Any, names: list[str]) -> list[np.ndarray | N
     return values
 
 
-def node_term(view: GraphView, node: Any, channels: int | None = None) -> Term | Reason | None:
-    """The term of a single-data-input linear node (see the module docstring).
-
-    ``channels``: the data input's channel count when shape inference does not know it.
-    """
+def node_term(view: GraphView, node: Any) -> Term | Reason | None:
+    """The term of a single-data-input linear node (see the module docstring)."""
     if node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type in AFFINE_OPS:
-        return _elementwise(view, node, channels)
+        return _elementwise(view, node)
     reader = _READERS.get(node.op_type)
     return reader(view, node) if reader else None
 
@@ -144,11 +141,9 @@ def _average_pool(view: GraphView, node: Any) -> Term | Reason:
     )
 
 
-def channel_values(
-    view: GraphView, c: np.ndarray, data: str, op: str, channels: int | None = None
-) -> torch.Tensor | Reason:
+def channel_values(view: GraphView, c: np.ndarray, data: str, op: str) -> torch.Tensor | Reason:
     """A constant that broadcasts as one value per channel of ``data``, as a float64 vector."""
-    rank, channels = view.rank(data), view.channels(data) or channels
+    rank, channels = view.rank(data), view.channels(data)
     if rank is None or rank < 2 or c.ndim > rank:
         return f"{op} by a constant on an input of unknown or too small rank"
     shape = (1,) * (rank - c.ndim) + tuple(c.shape)
@@ -159,14 +154,14 @@ def channel_values(
     return _f64(c).reshape(-1).expand(channels).clone()
 
 
-def _elementwise(view: GraphView, node: Any, channels: int | None = None) -> Term | Reason | None:
+def _elementwise(view: GraphView, node: Any) -> Term | Reason | None:
     """Mul/Add/Sub/Div of the data by one constant holding a value per channel (or one value)."""
     consts = [view.constant(n) for n in node.input]
     data = [i for i, c in enumerate(consts) if c is None]
     if len(data) != 1 or len(node.input) != 2:
         return None  # two data inputs: a branch sum (handled by the chain) or not linear at all
     d = data[0]
-    value = channel_values(view, consts[1 - d], node.input[d], node.op_type, channels)
+    value = channel_values(view, consts[1 - d], node.input[d], node.op_type)
     if isinstance(value, str):
         return value
     one, zero = torch.ones_like(value), torch.zeros_like(value)
