@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import gc
 import importlib.util
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,8 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import reparam.engine.core as core
 from reparam.bench.machine import OtherLoad
+from reparam.engine import convert
 from reparam.errors import MismatchError, ReparamError
+from reparam.exporters.onnx import export_onnx
+from reparam.numerics import randomize_batchnorm, scale_relative_error
+from reparam.zoo import create_model
 
 DEFAULT_CONVERSION_MODELS = ("acb_resnet50", "sknet50", "se_resnet50", "scalenet50")
 TIMM_MODELS = ("repvgg_a0", "mobileone_s0")
@@ -175,8 +185,6 @@ def _timed_attr(owner: Any, name: str, totals: dict[str, float], key: str) -> It
 
 def timed_convert(model: Any, example_inputs: tuple) -> tuple[Any, dict[str, float]]:
     """Run ``reparam.engine.convert(check=True)``; return the result and its phase times (seconds)."""
-    import reparam.engine.core as core
-    from reparam.engine import convert
 
     totals: dict[str, float] = {}
     with (
@@ -202,7 +210,6 @@ def repeated_convert(model: Any, example_inputs: tuple, runs: int) -> tuple[Any,
     The first run is cold (lazy imports, allocator growth) like a one-off `reparam convert`; later
     runs show how much of that is one-time. Every run's total is kept.
     """
-    import gc
 
     runs = max(1, runs)
     measured = []
@@ -231,7 +238,6 @@ def _param_bytes(model: Any) -> int:
 
 def _time_legacy_export(deploy: Any, example: tuple, notes: list[str]) -> float | None:
     """One ``export_onnx(simplify=True, dynamo=False)``: export + simplify time."""
-    from reparam.exporters.onnx import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="reparam-bench-") as tmp:
         start = time.perf_counter()
@@ -245,11 +251,6 @@ def _time_legacy_export(deploy: Any, example: tuple, notes: list[str]) -> float 
 
 def _time_export(deploy: Any, example: tuple, notes: list[str]) -> tuple[float | None, float | None]:
     """One cold ``export_onnx(simplify=True)``: (export time without simplification, simplify time)."""
-    try:
-        from reparam.exporters.onnx import export_onnx
-    except ImportError as exc:
-        notes.append(f"ONNX export not measured: reparam.exporters.onnx is not importable ({exc})")
-        return None, None
     with tempfile.TemporaryDirectory(prefix="reparam-bench-") as tmp:
         start = time.perf_counter()
         result = export_onnx(deploy, example, Path(tmp) / "model.onnx", simplify=True)
@@ -266,10 +267,6 @@ def measure_zoo_model(
     name: str, width: float, input_shape: list[int], export: bool, seed: int, runs: int = 3
 ) -> ConversionCost:
     """Build zoo model ``name``, convert it ``runs`` times and export it once, in this process."""
-    import torch
-
-    from reparam.numerics import randomize_batchnorm
-    from reparam.zoo import create_model
 
     torch.manual_seed(seed)
     model = randomize_batchnorm(create_model(name, width=width, in_chans=input_shape[1]).eval(), seed)
@@ -324,13 +321,6 @@ def measure_timm(name: str, input_shape: list[int], seed: int, runs: int = 3) ->
     if isinstance(found, str):
         return found
     timm, reparameterize_model = found
-    import copy
-    import gc
-    import statistics
-
-    import torch
-
-    from reparam.numerics import randomize_batchnorm, scale_relative_error
 
     torch.manual_seed(seed)
     model = randomize_batchnorm(timm.create_model(name, pretrained=False).eval(), seed)
@@ -381,7 +371,6 @@ def _worker_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reparam.bench.conversion")
     parser.add_argument("spec", help="JSON object: model, width, input_shape, export, seed, threads")
     spec = json.loads(parser.parse_args(argv).spec)
-    import torch
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))

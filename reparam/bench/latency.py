@@ -20,9 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
 from reparam.bench.harness import Interleaved, Stats, calibrate_number, run_interleaved
 from reparam.bench.machine import OtherLoad
-from reparam.errors import ReparamError
+from reparam.engine import reparameterize
+from reparam.errors import ReparamError, require
+from reparam.exporters.onnx import export_onnx
+from reparam.numerics import randomize_batchnorm
+from reparam.runners import OnnxRuntimeRunner
+from reparam.zoo import create_model, model_info
 
 FORMS = ("train", "deploy", "plain")
 # Backend name -> ONNX Runtime graph optimization level (None: PyTorch eager).
@@ -105,15 +114,12 @@ class ModelForms:
 
 def layer_shapes(model: Any) -> list[tuple[str, tuple[int, ...]]]:
     """Kind and weight shape of every conv and linear layer, in module order."""
-    from torch import nn
 
     kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     return [(type(m).__name__, tuple(m.weight.shape)) for m in model.modules() if isinstance(m, kinds)]
 
 
 def _batchnorms(model: Any) -> int:
-    from torch import nn
-
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
@@ -123,11 +129,6 @@ def build_forms(name: str, *, width: float, chw: tuple[int, int, int], seed: int
     BatchNorm statistics are randomized so the engine's built-in equivalence check is meaningful; the
     conversion raises if the deploy form does not match the training form.
     """
-    import torch
-
-    from reparam.engine import reparameterize
-    from reparam.numerics import randomize_batchnorm
-    from reparam.zoo import create_model, model_info
 
     info = model_info(name)
     plain_name = info["counterpart"]
@@ -153,8 +154,6 @@ def build_forms(name: str, *, width: float, chw: tuple[int, int, int], seed: int
 
 
 def _torch_callables(forms: ModelForms, batch: int, seed: int) -> dict[str, Callable[[], Any]]:
-    import torch
-
     x = torch.randn(batch, *forms.chw, generator=torch.Generator().manual_seed(seed))
     return {form: (lambda m=forms.modules[form]: m(x)) for form in FORMS}
 
@@ -162,18 +161,7 @@ def _torch_callables(forms: ModelForms, batch: int, seed: int) -> dict[str, Call
 @contextmanager
 def onnx_files(forms: ModelForms) -> Iterator[dict[str, Path]]:
     """Export each form to ONNX (dynamic batch) in a temporary directory; removed afterwards."""
-    import torch
-
-    from reparam.errors import require
-
     require("onnx", "onnx", "The ONNX Runtime benchmark")
-    try:
-        from reparam.exporters.onnx import export_onnx
-    except ImportError as exc:
-        raise ReparamError(
-            f"the ONNX exporter is not available ({exc})",
-            hint="install reparam with its exporters: pip install -e '.[onnx]'",
-        ) from exc
     example = (torch.randn(1, *forms.chw),)
     with tempfile.TemporaryDirectory(prefix="reparam-bench-") as tmp:
         paths = {}
@@ -187,10 +175,6 @@ def onnx_files(forms: ModelForms) -> Iterator[dict[str, Path]]:
 def _ort_callables(
     paths: dict[str, Path], level: str, threads: int | None, chw: tuple[int, int, int], batch: int, seed: int
 ) -> dict[str, Callable[[], Any]]:
-    import numpy as np
-
-    from reparam.runners import OnnxRuntimeRunner
-
     x = np.random.default_rng(seed).standard_normal((batch, *chw), dtype=np.float32)
     out = {}
     for form in FORMS:
@@ -249,7 +233,6 @@ def bench_model(
     progress: Callable[[str], None] | None = None,
 ) -> list[LatencyCell]:
     """Measure every (backend, batch) cell of one model."""
-    import torch
 
     cells: list[LatencyCell] = []
     if "torch" in backends:
