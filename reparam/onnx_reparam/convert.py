@@ -65,7 +65,20 @@ def _opset(model: Any) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def provenance(source: Path, report: ConversionReport) -> dict[str, str]:
+def _input_shapes(model: Any) -> list[list[int | str]]:
+    """Each graph input's dims, free ones by name ("?" when unnamed)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [
+        [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in i.type.tensor_type.shape.dim
+        ]
+        for i in model.graph.input
+        if i.name not in inits
+    ]
+
+
+def provenance(source: Path, model: Any, report: ConversionReport) -> dict[str, str]:
     """The ``reparam.*`` metadata of a converted file: version, source file, what was fused."""
     from reparam import __version__
     from reparam.checkpoint import file_sha256
@@ -81,6 +94,7 @@ def provenance(source: Path, report: ConversionReport) -> dict[str, str]:
         "reparam.form": "deploy",
         "reparam.passes": json.dumps(report.passes),
         "reparam.precision": "fp32",
+        "reparam.input_shapes": json.dumps(_input_shapes(model)),
         "reparam.exporter": "onnx_reparam",
         "reparam.source_onnx": json.dumps(source.name),
         "reparam.source_sha256": file_sha256(source),
@@ -133,7 +147,7 @@ def rewrite_onnx(path: str | os.PathLike) -> tuple[Any, ConversionReport]:
     rewritten = rewrite_graph(model)
     report.fusions, report.left_alone = rewritten.fusions, rewritten.left_alone
     report.after = onnx_stats(model)
-    _set_metadata(model, provenance(source, report))
+    _set_metadata(model, provenance(source, model, report))
     report.seconds["rewrite"] = time.perf_counter() - started
     return model, report
 
