@@ -60,7 +60,9 @@ class GraphView:
         """Whether ``name`` is an initializer (not overridable as an input) or a Constant's output."""
         node = self.producer.get(name)
         if name in self.initializers:
-            return name not in self.graph_inputs
+            # below IR 4 every initializer is listed as an input; from IR 4 on, one listed there is
+            # a default the caller may override, so it is no constant
+            return name not in self.graph_inputs or self.model.ir_version < 4
         return node is not None and node.op_type == "Constant" and not node.domain
 
     def constant(self, name: str) -> np.ndarray | None:

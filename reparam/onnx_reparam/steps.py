@@ -27,6 +27,9 @@ def _f64(a: np.ndarray) -> torch.Tensor:
 def _consts(view: GraphView, node: Any, names: list[str]) -> list[np.ndarray | None] | Reason:
     values = [view.constant(n) if n else None for n in names]
     missing = [n for n, v in zip(names, values) if n and v is None]
+    overridable = [n for n in missing if n in view.graph_inputs]
+    if overridable:
+        return f"{node.op_type} weights {overridable} are graph inputs (a caller may feed other values)"
     if missing:
         return f"{node.op_type} weights {missing} are computed, not constants"
     return values

@@ -248,3 +248,15 @@ def test_tf_style_dense_matmul_bias_and_batchnorm(tmp_path):
     result = convert(src, tmp_path)
     assert ops(result.output) == {"Gemm": 1}
     assert_equal_in_ort(src, result.output, (3, 6))
+
+
+def test_weights_listed_as_graph_inputs(tmp_path):
+    """From IR 4 on, an initializer that is also a graph input may be fed: it is not folded."""
+    rng = np.random.default_rng(RNG_SEED)
+    inits = [tensor("w", rng.normal(0, 0.3, (4, 4, 1, 1))), *bn_inits("bn", 4, rng)]
+    model = hand_model([_conv("conv", "x", "c", "w"), bn_node("bn", "c", "y")], inits)
+    model.graph.input.append(helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [4, 4, 1, 1]))
+    src = _save(model, tmp_path)
+    result = convert(src, tmp_path)
+    assert ops(result.output)["BatchNormalization"] == 1
+    assert any("graph inputs" in x.reason for x in result.report.left_alone)
