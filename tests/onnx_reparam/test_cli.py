@@ -44,3 +44,20 @@ def test_verify_mismatch_exits_1_and_names_the_tensor(tmp_path, capsys):
     b = export(ACB(4, 4, 3, padding=1), tmp_path / "b.onnx", seed=1)
     assert main(["verify", str(b), "--reference", str(a)]) == 1
     assert "first diverging tensor" in capsys.readouterr().out
+
+
+def test_a_wrong_rewrite_writes_nothing_and_exits_1(tmp_path, monkeypatch, capsys):
+    from reparam.onnx_reparam import terms
+
+    src = export(ACB(4, 4, 3, padding=1), tmp_path / "train.onnx")
+    original = terms._scale_shift_after
+    monkeypatch.setattr(
+        terms,
+        "_scale_shift_after",
+        lambda a, b: terms.replace(original(a, b), bias=original(a, b).bias + 0.5),
+    )
+    assert main(["convert", str(src), "-o", str(tmp_path / "deploy.onnx")]) == 1
+    assert "first diverging tensor" in capsys.readouterr().out
+    assert main(["deploy", str(src), "-o", str(tmp_path / "out")]) == 1
+    assert not (tmp_path / "deploy.onnx").exists() and not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["train.onnx"]
