@@ -72,6 +72,13 @@ class BenchOptions:
     export: bool = True
     timm: bool = True
     seed: int = 0
+    # `reparam deploy` against its parts, each a whole process (paired rounds)
+    deploy: bool = False
+    deploy_model: str = "acb_resnet50"
+    deploy_rounds: int = 2
+    # streaming verify against the raw runtimes (reparam.bench.verify_stream, where present)
+    verify: bool = False
+    verify_samples: int = 1000
 
     def command(self) -> str:
         """A `reparam bench` command line that reproduces these options exactly."""
@@ -109,6 +116,16 @@ class BenchOptions:
             ]
             if not self.export:
                 args.append("--no-export")
+        if self.deploy:
+            args += [
+                "--deploy",
+                "--deploy-model",
+                self.deploy_model,
+                "--deploy-rounds",
+                str(self.deploy_rounds),
+            ]
+        if self.verify:
+            args += ["--verify-stream", "--verify-samples", str(self.verify_samples)]
         args += ["--threads", str(self.threads), "--seed", str(self.seed)]
         return shlex.join(args)
 
@@ -168,4 +185,26 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
         )
         results.conversion.extend(rows)
         results.notes.extend(notes)
+    if options.deploy:
+        from reparam.bench.deploy_cost import bench_deploy
+
+        results.deploy.append(
+            bench_deploy(options.deploy_model, options.deploy_rounds, options.seed, progress)
+        )
+    if options.verify:
+        _bench_verify(options, results, progress)
     return results
+
+
+def _bench_verify(
+    options: BenchOptions, results: BenchResults, progress: Callable[[str], None] | None
+) -> None:
+    """Streaming verify vs the raw runs, where ``reparam.bench.verify_stream`` provides it."""
+    try:
+        from reparam.bench.verify_stream import bench_verify_stream
+    except ImportError as exc:
+        results.notes.append(f"verify vs raw runtimes not measured: reparam.bench.verify_stream ({exc})")
+        return
+    if progress:
+        progress(f"verify vs raw runtimes: {options.verify_samples} inputs")
+    results.verify.append(bench_verify_stream(samples=options.verify_samples, seed=options.seed))

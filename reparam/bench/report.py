@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reparam.bench.conversion import ConversionCost
+from reparam.bench.deploy_cost import TARGET_WALL_S, DeployCost
 from reparam.bench.harness import Stats
 from reparam.bench.latency import FORMS, LatencyCell
 from reparam.bench.machine import MachineInfo
@@ -20,7 +21,8 @@ CONVERSION_MODEL = "acb_resnet50"
 CONVERSION_MAX_S = 2.0
 PEAK_OVER_PARAMS_MAX = 3.0
 EXPORT_MAX_S = 10.0
-TIMM_RATIO_MAX = 2.0  # conversion incl. check vs the model authors' own unchecked fusion
+TIMM_RATIO_MAX = 1.0  # conversion incl. check vs the model authors' own unchecked fusion
+VERIFY_RATIO_MAX = 1.3  # streaming verify vs running reference and candidates in their runtimes
 # Above this share of all CPUs used by other processes during a measurement, its absolute times are
 # not trustworthy (paired ratios degrade more gracefully).
 BUSY_LOAD = 0.10
@@ -122,6 +124,23 @@ def conversion_targets(cost: ConversionCost) -> list[Target]:
     return out
 
 
+def deploy_targets(cost: DeployCost) -> list[Target]:
+    """`reparam deploy` wall time (median of the rounds) and its peak resident memory."""
+    out = [Target(f"reparam deploy wall time {cost.model}", cost.deploy_wall_s, TARGET_WALL_S, "s")]
+    limit = cost.peak_limit_bytes
+    if limit:
+        mib = 1024 * 1024
+        out.append(
+            Target(f"reparam deploy peak RSS {cost.model}", cost.deploy_peak_bytes / mib, limit / mib, "MiB")
+        )
+    return out
+
+
+def verify_target(cost: Any) -> Target:
+    """Streaming verify / raw runs (median of paired rounds)."""
+    return Target(f"verify / raw runs {cost.model}", cost.ratio.median, VERIFY_RATIO_MAX, "x")
+
+
 @dataclass
 class BenchResults:
     """Everything one `reparam bench` run measured, with the context to read it."""
@@ -131,6 +150,8 @@ class BenchResults:
     settings: dict[str, Any]
     latency: list[LatencyCell] = field(default_factory=list)
     conversion: list[ConversionCost] = field(default_factory=list)
+    deploy: list[DeployCost] = field(default_factory=list)
+    verify: list[Any] = field(default_factory=list)  # reparam.bench.verify_stream.VerifyStreamCost
     notes: list[str] = field(default_factory=list)
     judged: bool = True  # False for --quick: tiny models and inputs, targets do not apply
 
@@ -138,11 +159,14 @@ class BenchResults:
         out = [latency_target(c) for c in self.latency]
         for cost in self.conversion:
             out.extend(conversion_targets(cost))
+        for d in self.deploy:
+            out.extend(deploy_targets(d))
+        out.extend(verify_target(v) for v in self.verify)
         return out
 
     def busy_count(self) -> int:
         """Measurements during which other processes used more than BUSY_LOAD of the CPUs."""
-        rows = [*self.latency, *self.conversion]
+        rows = [*self.latency, *self.conversion, *self.deploy]
         return sum(1 for x in rows if x.other_load is not None and x.other_load > BUSY_LOAD)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +176,8 @@ class BenchResults:
             "settings": self.settings,
             "latency": [c.to_dict() for c in self.latency],
             "conversion": [c.to_dict() for c in self.conversion],
+            "deploy": [d.to_dict() for d in self.deploy],
+            "verify": [v.to_dict() for v in self.verify],
             "targets": [t.to_dict() for t in self.targets()] if self.judged else [],
             "targets_judged": self.judged,
             "notes": list(self.notes),
@@ -320,6 +346,8 @@ def render_markdown(results: BenchResults) -> str:
         for c in results.conversion:
             out += [f"- {c.model}: {n}" for n in c.notes]
         out.append("")
+    out += _deploy_section(results.deploy)
+    out += _verify_section(results.verify)
     targets = results.targets()
     if targets and not results.judged:
         out += [
@@ -346,6 +374,70 @@ def render_markdown(results: BenchResults) -> str:
     if results.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in results.notes] + [""]
     return "\n".join(out)
+
+
+DEPLOY_STAGES = ("start", "load", "convert", "pt2", "onnx", "verify")
+
+
+def _deploy_section(costs: list[DeployCost]) -> list[str]:
+    """Deploy vs its parts: stage times of both (medians of the rounds), the paired ratio, memory."""
+    if not costs:
+        return []
+    out = [
+        "## Deploy vs its parts",
+        "",
+        "Each round runs `reparam deploy CKPT --arch MODEL -o OUT --to onnx --force` and then the same work "
+        "from the public pieces (load, `convert`, `save_artifact`, `export_onnx`, `verify` of the in-memory "
+        "model, the `.pt2` and the ONNX file), each in a fresh process with its imports; deploy's stages "
+        "are read from its progress lines (start = interpreter and imports; verify runs to the process's "
+        "end). Ratio: deploy wall / parts wall per round. Peak: each process's maximum resident set; "
+        "limit: the parts process's RSS after importing and building the model plus 3x the parameter bytes.",
+        "",
+    ]
+    header = ["model", "form", *(f"{s} s" for s in DEPLOY_STAGES), "wall s", "peak MiB", "deploy/parts"]
+    rows = []
+    mib = 1024 * 1024
+    for c in costs:
+        for form, runs in (("deploy", c.deploy), ("parts", c.parts)):
+            stages = c.median_stages(runs)
+            wall = statistics.median(r.wall_s for r in runs)
+            peak = max(r.peak_rss_bytes for r in runs) / mib
+            ratio = fmt_ratio(c.ratio) if form == "deploy" else ""
+            cells = [_fmt_s(stages.get(s)) if s in stages else "-" for s in DEPLOY_STAGES]
+            rows.append([c.model, form, *cells, f"{wall:.2f}", f"{peak:.0f}", ratio])
+    out += _md_table(header, rows)
+    for c in costs:
+        out += [""] + [f"- {c.model}: {n}" for n in c.notes]
+        out.append(f"- {c.model}: others' CPU {fmt_load(c.other_load)}")
+    return [*out, ""]
+
+
+def _verify_section(costs: list[Any]) -> list[str]:
+    """Streaming verify vs the raw runs of the reference and every candidate."""
+    if not costs:
+        return []
+    out = [
+        "## Verify vs raw runtimes",
+        "",
+        "`reparam.verify.verify` on the same batches, candidates and batch size as running the reference "
+        "and each candidate in its own runtime, outputs dropped; interleaved rounds, ratio per round.",
+        "",
+    ]
+    header = ["model", "samples", "batch", "candidates", "verify s", "raw s", "verify/raw", "passed"]
+    rows = [
+        [
+            v.model,
+            str(v.samples),
+            str(v.batch_size),
+            ", ".join(v.candidates),
+            f"{v.verify_s.median:.2f}",
+            f"{v.raw_s.median:.2f}",
+            fmt_ratio(v.ratio),
+            str(v.passed),
+        ]
+        for v in costs
+    ]
+    return [*out, *_md_table(header, rows), ""]
 
 
 def render_console(results: BenchResults, width: int | None = None) -> str:
@@ -381,6 +473,8 @@ def render_console(results: BenchResults, width: int | None = None) -> str:
         for row in rows:
             table.add_row(*(Text(c) for c in row))
         console.print(table)
+    for line in [*_deploy_section(results.deploy), *_verify_section(results.verify)]:
+        console.print(line, highlight=False, markup=False)
     for cost in results.conversion:
         for note in cost.notes:
             console.print(f"note: {cost.model}: {note}", highlight=False, markup=False)
