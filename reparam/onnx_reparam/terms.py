@@ -193,6 +193,9 @@ def _same_in_float32(values: Tensor, target: float, scale: float) -> bool:
 
 def pad_after(a: Term, begins: tuple[int, ...], ends: tuple[int, ...], value: float) -> Term | Reason:
     """The term equal to ``pad(a(x), value)``: exact when ``a`` is pointwise and ``a(0) == value``."""
+    before = (*(a.begins or (0,) * len(begins)), *(a.ends or (0,) * len(ends)))
+    if any(x < 0 < y for x, y in zip(before, (*begins, *ends))):
+        return "a crop followed by a padding of the same border is not one padding"
     if a.is_identity:
         if value != 0.0:
             return f"a Pad with value {value:g} is not a zero padding"

@@ -260,3 +260,25 @@ def test_weights_listed_as_graph_inputs(tmp_path):
     result = convert(src, tmp_path)
     assert ops(result.output)["BatchNormalization"] == 1
     assert any("graph inputs" in x.reason for x in result.report.left_alone)
+
+
+def test_crop_then_pad_of_the_same_border_stays(tmp_path):
+    """Slice off a row, pad a zero row back: not the identity, so no net-zero padding."""
+    rng = np.random.default_rng(RNG_SEED)
+    ints = {
+        "starts": [1],
+        "ends": [2**62],
+        "axes": [2],
+        "pads": [0, 0, 1, 0, 0, 0, 0, 0],
+    }
+    inits = [tensor("w", rng.normal(0, 0.3, (4, 4, 3, 3)))]
+    inits += [onnx.numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+    nodes = [
+        helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["s"]),
+        helper.make_node("Pad", ["s", "pads"], ["p"]),
+        _conv("conv", "p", "y", "w", pads=[1, 1, 1, 1]),
+    ]
+    src = _save(hand_model(nodes, inits), tmp_path)
+    result = convert(src, tmp_path)
+    assert_equal_in_ort(src, result.output, (1, 4, 9, 9))
+    assert ops(result.output) == {"Slice": 1, "Conv": 1}  # the Pad joins the conv, the crop stays
