@@ -56,6 +56,8 @@ def _unexplained_batchnorms(view: GraphView, noted: list[LeftAlone]) -> list[Lef
         before = view.producer.get(node.input[0])
         after = view.consumers.get(node.output[0], [])
         source = f"{before.op_type} {describe_node(before)}" if before else "a graph input"
+        if before is not None and not view.private(node.input[0]):
+            source += " (its output is also read elsewhere)"
         readers = ", ".join(sorted({n.op_type for n in after})) or "a graph output"
         reason = (
             f"BatchNorm stays: its input comes from {source}, which it cannot be folded into, "

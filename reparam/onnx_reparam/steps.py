@@ -167,6 +167,8 @@ def _elementwise(view: GraphView, node: Any) -> Term | Reason | None:
     value = channel_values(view, consts[1 - d], node.input[d], node.op_type)
     if isinstance(value, str):
         return value
+    if node.op_type == "Div" and bool(torch.any(value == 0)):
+        return "a division by a constant holding zeros"
     one, zero = torch.ones_like(value), torch.zeros_like(value)
     scale, shift = {
         ("Mul", 0): (value, zero),
