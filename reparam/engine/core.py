@@ -30,7 +30,7 @@ from reparam.equivalence import (
     block_outputs,
     fp32_noise,
     graph_boundaries,
-    judge_error,
+    judge_model_outputs,
     locate_divergence,
     output_error,
     run_with_block_hooks,
@@ -412,20 +412,20 @@ def _check(
 ) -> CheckSummary:
     """Compare deploy and original outputs with the fp32 rule; a MismatchError names the diverging blocks."""
     dtype, _ = module_dtype(deploy)
-    error = output_error(ref.run.output, out)
     # Deep fp32 networks round more than the base tolerance on their own: past it, the original's
     # fp32 noise against float64 decides (measured before an in-place rewrite, else now).
-    verdict = judge_error(
-        error.scale_rel,
+    verdict = judge_model_outputs(
+        ref.run.output,
+        out,
         dtype,
         (lambda: noise_before) if inplace else (lambda: fp32_noise(model, fresh(inputs), ref.run.output)),
     )
     summary = CheckSummary(
         verdict.passed,
-        error.max_abs,
-        error.scale_rel,
+        verdict.max_abs,
+        verdict.scale_rel,
         verdict.limit,
-        error.ref_max_abs,
+        verdict.ref_max_abs,
         [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)],
         str(dtype),
         reference_noise=verdict.noise,
@@ -442,8 +442,8 @@ def _check(
         }
     )
     raise MismatchError(
-        f"the converted model differs from the original: max abs error {error.max_abs:.3g}, relative "
-        f"error {error.scale_rel:.3g} > tolerance {verdict.limit:g}; diverging blocks: {blocks}"
+        f"the converted model differs from the original: max abs error {verdict.max_abs:.3g}, relative "
+        f"error {verdict.scale_rel:.3g} > tolerance {verdict.limit:g}; diverging blocks: {blocks}"
         + (f"; fused modules there: {', '.join(fused_there[:8])}" if fused_there else ""),
         hint="convert with the responsible pass skipped (`skip` PASS) and report the model",
     )

@@ -23,7 +23,7 @@ from reparam.equivalence.capture import (
     onnx_block_outputs,
     run_with_block_hooks,
 )
-from reparam.equivalence.check import ErrorVerdict, judge_error
+from reparam.equivalence.check import ErrorVerdict, judge_error, judge_model_outputs
 from reparam.equivalence.compare import BlockError, CandidateResult, Divergence, OutputResult
 from reparam.equivalence.judge import OutputJudge, compare_outputs, judge_outputs, named_outputs
 from reparam.equivalence.localize import block_metrics, locate_divergence
@@ -69,6 +69,7 @@ __all__ = [
     "fp32_noise",
     "graph_boundaries",
     "judge_error",
+    "judge_model_outputs",
     "judge_outputs",
     "locate_divergence",
     "make_tolerance",

@@ -328,9 +328,16 @@ def output_error(reference: Any, candidate: Any) -> ErrorSummary:
         m = compute_metrics(to_numpy(r.double()), to_numpy(c.double()))
         bad = m.badness() == math.inf
         summary.max_abs = max(summary.max_abs, math.inf if bad else _finite_or(m.max_abs, 0.0))
-        summary.ref_max_abs = max(summary.ref_max_abs, _finite_or(m.ref_max_abs, 0.0))
+        summary.ref_max_abs = max(summary.ref_max_abs, finite_max_abs(r))
         summary.scale_rel = max(summary.scale_rel, math.inf if bad else _finite_or(m.scale_rel, 0.0))
     return summary
+
+
+def finite_max_abs(values: Any) -> float:
+    """Largest magnitude among the finite values of a tensor or array (0.0 when there is none)."""
+    array = np.abs(to_numpy(values) if hasattr(values, "detach") else np.asarray(values, np.float64))
+    finite = array[np.isfinite(array)]
+    return float(finite.max()) if finite.size else 0.0
 
 
 def _finite_or(value: float, default: float) -> float:
