@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -20,7 +19,7 @@ from reparam.branching.expand import (  # noqa: F401  (also reparam.expansion.co
 from reparam.branching.structure import conv_layout
 from reparam.engine import convert
 from reparam.engine.inputs import make_inputs
-from reparam.equivalence import fp32_noise, judge_outputs, profile_for_dtype
+from reparam.equivalence import fp32_noise, judge_model_outputs
 from reparam.errors import InternalError, MismatchError, ReparamError
 from reparam.tensors import eval_mode, module_dtype
 
@@ -42,15 +41,12 @@ def eval_outputs(model: nn.Module, inputs: tuple) -> Any:
 def judge_against(model: nn.Module, inputs: tuple, reference: Any, candidate: Any) -> tuple[bool, float]:
     """``candidate`` judged against ``model``'s output ``reference`` by the rule of the model's dtype.
 
-    Returns whether it passes and its error (scale-relative; inf for NaN/Inf or another structure).
-    The reference's fp32 noise is measured only when the fixed limit is exceeded.
+    Returns whether it passes and its scale-relative error (inf for NaN/Inf or another shape). The
+    reference's fp32 noise is measured only when the fixed limit is exceeded.
     """
     dtype, _ = module_dtype(model)
-    profile = profile_for_dtype(dtype)
-    result = judge_outputs(reference, candidate, profile, noise=lambda: fp32_noise(model, inputs, reference))
-    worst = result.worst()
-    error = math.inf if result.problems or worst is None else worst.metrics.badness()
-    return result.passed, error
+    verdict = judge_model_outputs(reference, candidate, dtype, lambda: fp32_noise(model, inputs, reference))
+    return verdict.passed, verdict.scale_rel
 
 
 def _check_preserved(plain: nn.Module, expanded: nn.Module, inputs: tuple, report: ExpandReport) -> None:
