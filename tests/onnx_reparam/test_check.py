@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from reparam.blocks.acb import ACB
 from reparam.onnx_reparam import noise
@@ -46,3 +47,13 @@ def test_an_implausible_float64_run_is_not_used(tmp_path, monkeypatch):
     feeds, outputs = _outputs(src)
     shifted = {k: [v[0] * 1.01] for k, v in outputs.items()}
     assert noise.reference_noise(src, feeds, shifted) is None
+
+
+def test_inputs_that_do_not_fit_are_a_user_error(tmp_path):
+    from reparam.errors import ReparamError
+    from reparam.onnx_reparam import check_onnx
+
+    fixed = export(ACB(4, 4, 3, padding=1), tmp_path / "a.onnx", (1, 4, 12, 12), dynamic=False)
+    free = export(ACB(4, 4, 3, padding=1), tmp_path / "b.onnx", (1, 4, 12, 12), dynamic=True)
+    with pytest.raises(ReparamError, match="shape"):
+        check_onnx(free, fixed, inputs=[{"input": np.zeros((2, 4, 12, 12), np.float32)}])
