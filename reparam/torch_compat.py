@@ -21,7 +21,7 @@ from torch.fx.node import map_aggregate
 from reparam.errors import ReparamError
 
 # the lowest torch the whole test suite passed on; pyproject.toml declares the same floor
-MIN_TORCH = (2, 12)
+MIN_TORCH = (2, 13)
 
 
 def torch_version(version: str | None = None) -> tuple[int, int]:

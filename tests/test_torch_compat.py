@@ -162,9 +162,20 @@ def test_versions_parse_and_a_missing_feature_names_the_torch_it_needs() -> None
     assert "pip install 'torch>=99.0'" in str(err.value)
 
 
-def test_the_declared_torch_floor_is_the_one_the_code_names() -> None:
+def test_the_declared_torch_range_is_the_one_tested() -> None:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     torch_spec = next(d for d in deps if re.match(r"torch\b", d))
     floor = re.search(r">=\s*(\d+\.\d+)", torch_spec)
+    ceiling = re.search(r"<\s*(\d+\.\d+)", torch_spec)
     assert floor and tc.torch_version(floor.group(1)) == tc.MIN_TORCH
     assert tc.torch_version() >= tc.MIN_TORCH
+    # make test runs on the floor, make test-torch-range on the newest release below the ceiling
+    makefile = (ROOT / "Makefile").read_text()
+    pinned = re.search(r"^TORCH_PIN := torch==(\S+)", makefile, re.M)
+    newest = re.search(r"^TORCH_NEWEST := (\S+)", makefile, re.M)
+    assert pinned and tc.torch_version(pinned.group(1)) == tc.MIN_TORCH
+    assert (
+        ceiling
+        and newest
+        and tc.MIN_TORCH < tc.torch_version(newest.group(1)) < tc.torch_version(ceiling.group(1))
+    )
