@@ -63,7 +63,10 @@ class GraphView:
             # below IR 4 every initializer is listed as an input; from IR 4 on, one listed there is
             # a default the caller may override, so it is no constant
             return name not in self.graph_inputs or self.model.ir_version < 4
-        return node is not None and node.op_type == "Constant" and not node.domain
+        if node is None or node.domain:
+            return False
+        # torch.onnx writes a tied weight once and reads it again through an Identity node
+        return node.op_type == "Constant" or (node.op_type == "Identity" and self.is_constant(node.input[0]))
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of an initializer or a Constant node's output (None for anything else)."""
@@ -75,6 +78,9 @@ class GraphView:
 
     def _read_constant(self, name: str) -> np.ndarray | None:
         onnx = _onnx()
+        node = self.producer.get(name)
+        if name not in self.initializers and node is not None and node.op_type == "Identity":
+            return self.constant(node.input[0])
         if name in self.initializers and name not in self.graph_inputs:
             return onnx.numpy_helper.to_array(self.initializers[name])
         node = self.producer.get(name)

@@ -14,7 +14,7 @@ import torch
 
 from reparam import kernel_math as km
 from reparam.onnx_reparam.graph import GraphView, attributes
-from reparam.onnx_reparam.terms import Reason, Term, affine
+from reparam.onnx_reparam.terms import Reason, Term, affine, identity
 
 ANCHORS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool"}
 AFFINE_OPS = {"Mul", "Add", "Sub", "Div"}
@@ -41,6 +41,8 @@ def node_term(view: GraphView, node: Any) -> Term | Reason | None:
         return None
     if node.op_type in AFFINE_OPS:
         return _elementwise(view, node)
+    if node.op_type == "Identity":
+        return identity()
     reader = _READERS.get(node.op_type)
     return reader(view, node) if reader else None
 

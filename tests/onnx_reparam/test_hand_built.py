@@ -123,7 +123,7 @@ def test_computed_weights_are_left_alone(tmp_path):
     rng = np.random.default_rng(RNG_SEED)
     inits = [tensor("w", rng.normal(0, 0.3, (4, 4, 1, 1))), *bn_inits("bn", 4, rng)]
     nodes = [
-        helper.make_node("Identity", ["w"], ["w2"]),
+        helper.make_node("Abs", ["w"], ["w2"]),
         _conv("conv", "x", "c", "w2"),
         bn_node("bn", "c", "y"),
     ]
@@ -282,3 +282,26 @@ def test_crop_then_pad_of_the_same_border_stays(tmp_path):
     result = convert(src, tmp_path)
     assert_equal_in_ort(src, result.output, (1, 4, 9, 9))
     assert ops(result.output) == {"Slice": 1, "Conv": 1}  # the Pad joins the conv, the crop stays
+
+
+def test_tied_weights_read_through_identity(tmp_path):
+    """torch.onnx writes a weight shared by two layers once, the second reader through an Identity."""
+    rng = np.random.default_rng(RNG_SEED)
+    inits = [
+        tensor("w", rng.normal(0, 0.3, (4, 4, 3, 3))),
+        *bn_inits("bn1", 4, rng),
+        *bn_inits("bn2", 4, rng),
+    ]
+    nodes = [
+        helper.make_node("Identity", ["w"], ["w_tied"]),
+        _conv("conv1", "x", "c1", "w", pads=[1, 1, 1, 1]),
+        bn_node("bn1", "c1", "b1"),
+        helper.make_node("Relu", ["b1"], ["r"]),
+        _conv("conv2", "r", "c2", "w_tied", pads=[1, 1, 1, 1]),
+        helper.make_node("Identity", ["c2"], ["c2_copy"]),
+        bn_node("bn2", "c2_copy", "y"),
+    ]
+    src = _save(hand_model(nodes, inits), tmp_path)
+    result = convert(src, tmp_path)
+    assert ops(result.output) == {"Conv": 2, "Relu": 1}
+    assert_equal_in_ort(src, result.output, (1, 4, 8, 8))
