@@ -56,7 +56,7 @@ class Walker:
         node = view.producer.get(tensor)
         if node is None or not node.input or (not root and not view.private(tensor)):
             return Chain(tensor, terms.identity())
-        if node.op_type in ("Add", "Sum") and not node.domain and len(self._data_inputs(node)) > 1:
+        if node.op_type in ("Add", "Sum", "Sub") and not node.domain and len(self._data_inputs(node)) > 1:
             return self._branch_sum(node, tensor)
         if node.op_type == "Pad" and not node.domain:
             return self._pad(node, tensor)
@@ -124,6 +124,12 @@ class Walker:
             if missed:
                 self.note(node, self._why_apart(missed))
             return Chain(tensor, terms.identity())
+        if node.op_type == "Sub":
+            negated = self._negated(chains, node.input[1])
+            if isinstance(negated, str):
+                self.note(node, f"branches not merged: {negated}")
+                return Chain(tensor, terms.identity())
+            chains[1] = Chain(chains[1].source, negated, chains[1].nodes, chains[1].merges)
         merged = terms.merge([c.term for c in chains])
         shift = self._constant_shift(node, data, sources[0])
         if isinstance(merged, Term) and shift is not None:
@@ -133,6 +139,16 @@ class Walker:
             return Chain(tensor, terms.identity())
         nodes = [n for c in chains for n in c.nodes]
         return Chain(sources[0], merged, [*nodes, node], sum(c.merges for c in chains) + 1)
+
+    def _negated(self, chains: list[Chain], tensor: str) -> Term | str:
+        """The second branch of a Sub, times -1."""
+        known = [c.term for c in chains if c.term.kernel is not None]
+        channels = known[0].out_channels if known else self.view.channels(tensor)
+        rank = (known[0].kernel.dim() if known[0].kind == "conv" else 2) if known else self.view.rank(tensor)
+        if channels is None or rank is None:
+            return "the channel count of a subtracted branch is unknown"
+        minus = torch.full((channels,), -1.0, dtype=torch.float64)
+        return terms.then(chains[1].term, terms.affine(minus, torch.zeros_like(minus), rank - 2))
 
     def _constant_shift(self, node: Any, data: list[int], source: str) -> Term | str | None:
         """The constant inputs of a Sum/Add as one per-channel shift (None when there are none)."""

@@ -305,3 +305,27 @@ def test_tied_weights_read_through_identity(tmp_path):
     result = convert(src, tmp_path)
     assert ops(result.output) == {"Conv": 2, "Relu": 1}
     assert_equal_in_ort(src, result.output, (1, 4, 8, 8))
+
+
+def test_repmixer_style_difference_of_branches(tmp_path):
+    """FastViT's RepMixer: x + layer_scale * (conv_bn(x) - bn(x)), a Sub of two branches."""
+    rng = np.random.default_rng(RNG_SEED)
+    c = 4
+    inits = [
+        tensor("dw", rng.normal(0, 0.3, (c, 1, 3, 3))),
+        tensor("layer_scale", rng.uniform(0.5, 1.5, (c, 1, 1))),
+        *bn_inits("mix.bn", c, rng),
+        *bn_inits("norm", c, rng),
+    ]
+    nodes = [
+        _conv("mixer.conv", "x", "m0", "dw", pads=[1, 1, 1, 1], group=c),
+        bn_node("mix.bn", "m0", "m"),
+        bn_node("norm", "x", "n"),
+        helper.make_node("Sub", ["m", "n"], ["d"]),
+        helper.make_node("Mul", ["d", "layer_scale"], ["s"]),
+        helper.make_node("Add", ["x", "s"], ["y"]),
+    ]
+    src = _save(hand_model(nodes, inits), tmp_path)
+    result = convert(src, tmp_path)
+    assert ops(result.output) == {"Conv": 1}
+    assert_equal_in_ort(src, result.output, (2, c, 9, 7))
