@@ -44,6 +44,7 @@ class Walker:
         self.view = view
         self.left_alone: list[LeftAlone] = []
         self.crops = True  # walk through Slice crops (a fused conv then needs no crop of its own)
+        self.branch_depth = 0  # inside a branch of a sum: costlier sequential merges are judged there
 
     def note(self, node: Any, reason: str) -> None:
         entry = LeftAlone(PASS_NAME, describe_node(node), reason)
@@ -83,7 +84,7 @@ class Walker:
         return self._extend(inner or self.chain(data, root=False), node, step, data)
 
     def _extend(self, inner: Chain, node: Any, step: Term, data: str) -> Chain:
-        combined = terms.then(inner.term, step)
+        combined = terms.then(inner.term, step, costlier_ok=self.branch_depth > 0)
         if isinstance(combined, str):
             if inner.nodes:
                 self.note(node, f"not fused with {describe_node(inner.nodes[-1])}: {combined}")
@@ -117,7 +118,11 @@ class Walker:
 
     def _branch_sum(self, node: Any, tensor: str) -> Chain:
         data = self._data_inputs(node)
-        chains = [self.chain(node.input[i], root=False) for i in data]
+        self.branch_depth += 1
+        try:
+            chains = [self.chain(node.input[i], root=False) for i in data]
+        finally:
+            self.branch_depth -= 1
         sources = [c.source for c in chains]
         if len(set(sources)) > 1:
             missed = self._near_misses(chains)
@@ -134,10 +139,16 @@ class Walker:
         shift = self._constant_shift(node, data, sources[0])
         if isinstance(merged, Term) and shift is not None:
             merged = shift if isinstance(shift, str) else terms.then(merged, shift)
+        nodes = [n for c in chains for n in c.nodes]
+        if isinstance(merged, Term) and self.branch_depth == 0:
+            before = sum(steps.node_cost(self.view, n) for n in nodes)
+            if terms.cost(merged) > before:
+                merged = (
+                    f"the merged convolution would cost {terms.cost(merged)} instead of {before} per pixel"
+                )
         if isinstance(merged, str):
             self.note(node, f"branches not merged: {merged}")
             return Chain(tensor, terms.identity())
-        nodes = [n for c in chains for n in c.nodes]
         return Chain(sources[0], merged, [*nodes, node], sum(c.merges for c in chains) + 1)
 
     def _negated(self, chains: list[Chain], tensor: str) -> Term | str:
@@ -178,15 +189,30 @@ class Walker:
         return missed
 
     def _reaches(self, tensor: str, targets: set[str], budget: int = 2) -> bool:
-        """Whether a target lies upstream of ``tensor`` within ``budget`` nodes (BatchNorms are free)."""
-        node = self.view.producer.get(tensor)
-        if node is None:
-            return False
-        cost = 0 if node.op_type in ("BatchNormalization", *steps.AFFINE_OPS) else 1
-        if cost > budget:
-            return False
-        inputs = [i for i in node.input if i and not self.view.is_constant(i)]
-        return any(i in targets or self._reaches(i, targets, budget - cost) for i in inputs)
+        """Whether a target lies upstream of ``tensor`` within ``budget`` nodes.
+
+        A BatchNorm or a constant scale/shift costs nothing (the engine folds them first); every
+        other node, a branch sum included, costs one, so the walk stays within a few nodes.
+        """
+        seen: set[tuple[str, int]] = set()
+        stack = [(tensor, budget)]
+        while stack:
+            name, left = stack.pop()
+            node = self.view.producer.get(name)
+            if node is None or (name, left) in seen:
+                continue
+            seen.add((name, left))
+            inputs = [i for i in node.input if i and not self.view.is_constant(i)]
+            free = node.op_type == "BatchNormalization" or (
+                node.op_type in steps.AFFINE_OPS and len(inputs) == 1
+            )
+            cost = 0 if free else 1
+            if cost > left:
+                continue
+            if any(i in targets for i in inputs):
+                return True
+            stack.extend((i, left - cost) for i in inputs)
+        return False
 
     def _why_apart(self, sources: list[str]) -> str:
         """Why branches summed by one node do not read the same tensor (for the report)."""

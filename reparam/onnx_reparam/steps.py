@@ -47,6 +47,17 @@ def node_term(view: GraphView, node: Any) -> Term | Reason | None:
     return reader(view, node) if reader else None
 
 
+def node_cost(view: GraphView, node: Any) -> int:
+    """Multiply-adds per output pixel of a convolution-like node (0 for the per-channel ones)."""
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1:
+        dims = view.shapes.get(node.input[1])
+        return int(np.prod(dims)) if dims and all(isinstance(d, int) for d in dims) else 0
+    if node.op_type == "AveragePool":
+        size = attributes(node).get("kernel_shape", [])
+        return int(np.prod(size)) * (view.channels(node.input[0]) or 0)
+    return 0
+
+
 def _spatial_attrs(attrs: dict, spatial: int, node: Any) -> tuple | Reason:
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad

@@ -132,8 +132,32 @@ def _scale_shift_after(a: Term, b: Term) -> Term:
     return replace(a, kernel=kernel, bias=bias, bias_scale=seen)
 
 
-def then(a: Term, b: Term) -> Term | Reason:
-    """The single term equal to ``b(a(x))``, or the reason why there is none."""
+def cost(term: Term) -> int:
+    """Multiply-adds per output pixel of the term as one convolution (its kernel's size)."""
+    return 0 if term.kernel is None else term.kernel.numel()
+
+
+def _costlier(a: Term, b: Term, merged_groups: int) -> Reason | None:
+    """Why merging ``b(a(x))`` into one kernel would cost more than running both (else None).
+
+    As the engine's sequential passes count it: per output pixel, kernel sizes only.
+    """
+    area = math.prod(a.kernel.shape[2:]) * math.prod(b.kernel.shape[2:])
+    after = b.out_channels * (a.in_channels // merged_groups) * area
+    before = cost(a) + cost(b)
+    if after > before:
+        return (
+            f"merging a {a.describe()} and a {b.describe()} would cost {after} instead of {before} per pixel"
+        )
+    return None
+
+
+def then(a: Term, b: Term, costlier_ok: bool = False) -> Term | Reason:
+    """The single term equal to ``b(a(x))``, or the reason why there is none.
+
+    A merge of two convolutions that costs more than both is refused unless ``costlier_ok`` (a
+    branch of a sum, whose merged whole is judged by its caller).
+    """
     if a.is_identity:
         if not a.padded:
             return b
@@ -147,6 +171,9 @@ def then(a: Term, b: Term) -> Term | Reason:
         return _scale_shift_after(a, b)
     if a.kind == "convT" or b.kind == "convT":
         return "a transposed convolution only absorbs a per-channel scale and shift after it"
+    sequential = (b.pointwise and not b.padded) or (a.pointwise and not a.diagonal)
+    if sequential and not costlier_ok and (why := _costlier(a, b, math.gcd(a.groups, b.groups))):
+        return why
     if b.pointwise and not b.padded:
         k1, k2, g = _regroup_pair(a, b)
         kernel, bias = km.merge_sequential_kxk_1x1(k1, a.bias, k2, b.bias, g)
@@ -242,6 +269,12 @@ def _extent(t: Term, dim: int) -> int:
 
 def _merge_convs(terms: list[Term]) -> Term | Reason:
     spatial = terms[0].kernel.dim() - 2
+    # a 1x1 kernel has no dilation to speak of: give it the others' so that it needs no spelling out
+    wide = [t.dilations for t in terms if any(k > 1 for k in t.kernel.shape[2:])]
+    if wide:
+        terms = [
+            t if any(k > 1 for k in t.kernel.shape[2:]) else replace(t, dilations=wide[0]) for t in terms
+        ]
     for d in range(spatial):
         # every output pixel i reads from i*stride - begin on: equal output sizes at every input size
         if len({t.begins[d] + t.ends[d] - _extent(t, d) for t in terms}) > 1:

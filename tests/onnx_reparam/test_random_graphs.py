@@ -158,4 +158,7 @@ def test_random_training_graphs_are_never_wrong(tmp_path, spec):
     for shape in [(1, C, 11, 11), (2, C, 8, 13)]:
         assert_equal_in_ort(src, out, shape, seed=spec["seed"])
     if not any(b["relu"] or min(_pads(b)) < 0 for b in spec["branches"]):
-        assert ops(out) == {"Conv": 1}, (spec, result.report.left_alone)
+        # merged into one conv, unless that conv would cost more than the branches (then: said so)
+        reasons = [x.reason for x in result.report.left_alone]
+        merged = ops(out) == {"Conv": 1}
+        assert merged or any("cost" in r for r in reasons), (spec, reasons, ops(out))
