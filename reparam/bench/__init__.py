@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import torch
 
 from reparam.bench.conversion import DEFAULT_CONVERSION_MODELS, ConversionCost, bench_conversion
+from reparam.bench.deploy_cost import bench_deploy
 from reparam.bench.harness import Interleaved, Stats, paired_ratios, run_interleaved, summarize
 from reparam.bench.latency import BACKENDS, DEFAULT_MODELS, FORMS, LatencyCell, bench_model, build_forms
 from reparam.bench.latency import default_input_chw as default_input_chw
 from reparam.bench.machine import MachineInfo, describe_machine
 from reparam.bench.report import BenchResults, Target, render_console, render_markdown
+from reparam.bench.verify_stream import bench_verify_stream
 
 __all__ = [
     "BACKENDS",
@@ -186,8 +188,6 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
         results.conversion.extend(rows)
         results.notes.extend(notes)
     if options.deploy:
-        from reparam.bench.deploy_cost import bench_deploy
-
         results.deploy.append(
             bench_deploy(options.deploy_model, options.deploy_rounds, options.seed, progress)
         )
@@ -199,12 +199,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
 def _bench_verify(
     options: BenchOptions, results: BenchResults, progress: Callable[[str], None] | None
 ) -> None:
-    """Streaming verify vs the raw runs, where ``reparam.bench.verify_stream`` provides it."""
-    try:
-        from reparam.bench.verify_stream import bench_verify_stream
-    except ImportError as exc:
-        results.notes.append(f"verify vs raw runtimes not measured: reparam.bench.verify_stream ({exc})")
-        return
+    """Streaming verify vs the raw runs (``reparam.bench.verify_stream``)."""
     if progress:
         progress(f"verify vs raw runtimes: {options.verify_samples} inputs")
     results.verify.append(bench_verify_stream(samples=options.verify_samples, seed=options.seed))
