@@ -211,8 +211,7 @@ def _read(path: Path, trust_pickle: bool) -> Any:
             raise ReparamError(
                 f"checkpoint {str(path)!r} holds pickled code (objects beyond tensors and containers, e.g. a "
                 "whole nn.Module); loading it would execute code from the file",
-                hint="re-run with `trust_pickle` if you trust the file, or save a "
-                "state_dict instead",
+                hint="re-run with `trust_pickle` if you trust the file, or save a state_dict instead",
             ) from exc
     except Exception as exc:  # torch.load reports damage as RuntimeError, EOFError, KeyError, IndexError...
         raise _corrupt(path, exc) from exc
