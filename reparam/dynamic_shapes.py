@@ -23,7 +23,7 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int, statically_kn
 
 from reparam.numerics import scale_relative_error
 from reparam.tensors import batch_of_two, fresh, tensor_leaves
-from reparam.torch_compat import avg_pool2d_bindings
+from reparam.torch_compat import avg_pool2d_bindings, size_guards
 
 _SPATIAL = {3: ("length",), 4: ("height", "width"), 5: ("depth", "height", "width")}
 
@@ -86,7 +86,7 @@ def fixed_axes(program: Any, guarded: nn.Module, args: Sequence[Any]) -> list[Fi
     """
     users = set(program.graph_signature.user_inputs)  # parameters and buffers are placeholders too
     placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in users]
-    guards = getattr(guarded, "_guards_fn", None)
+    guards = size_guards(guarded)
     fixed = []
     for i, (node, a) in enumerate(zip(placeholders, args)):
         shape = getattr(node.meta.get("val"), "shape", None)
@@ -116,7 +116,7 @@ def _guards_accept(guards: Any, args: Sequence[Any], index: int, axis: int) -> b
 
 def bounded_axes(guarded: nn.Module, args: Sequence[Any]) -> list[FixedAxis]:
     """The varying axes whose size guards refuse some of the probed sizes (a parity, a range, a value)."""
-    guards = getattr(guarded, "_guards_fn", None)
+    guards = size_guards(guarded)
     if guards is None:
         return []
     return [
@@ -208,7 +208,7 @@ def export_with_free_axes(
             text = str(exc).strip()
             reasons.append(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")
             continue
-        if not hasattr(module, "_guards_fn"):  # a torch whose exported module checks no sizes
+        if size_guards(module) is None:  # a torch whose exported module checks no sizes
             reasons.append("this torch keeps no size guards in an exported module")
             break
         fixed = fixed_axes(program, module, example)

@@ -181,6 +181,13 @@ def set_conv_padding(conv: nn.Module, padding: tuple[int, ...]) -> None:
         conv._reversed_padding_repeated_twice = tuple(p for p in reversed(conv.padding) for _ in range(2))
 
 
+def size_guards(exported: nn.Module) -> Callable[..., Any] | None:
+    """The input-size checks of a module that ``ExportedProgram.module()`` made, called with its
+    inputs; None where this torch keeps none there (a capture then has to hold every size)."""
+    guards = getattr(exported, "_guards_fn", None)
+    return guards if callable(guards) else None
+
+
 def avg_pool2d_bindings() -> list[Any]:
     """The modules ``avg_pool2d`` is bound in for traced code: ``torch.nn.functional`` and, where
     that is the builtin itself, the module a traced graph calls it from."""

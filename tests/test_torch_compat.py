@@ -149,6 +149,24 @@ def test_a_blank_conv_pads_as_a_constructed_one_in_every_padding_mode(mode: str)
     assert torch.equal(blank(x), made(x))
 
 
+def test_an_exported_module_with_a_free_batch_has_size_guards_that_refuse_what_the_program_cannot_take() -> (
+    None
+):
+    class _Halves(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(x.shape[0], 2, -1).sum(1)
+
+    x = torch.randn(2, 6)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(_Halves(), (x,), dynamic_shapes=({0: batch},), strict=False)
+    guards = tc.size_guards(program.module())
+    assert guards is not None
+    guards(torch.randn(5, 6))  # another batch passes
+    with pytest.raises(Exception):  # noqa: B017 - torch raises its own guard error types
+        guards(torch.randn(2, 8))
+    assert tc.size_guards(nn.Linear(2, 2)) is None  # no guards: the caller captures at fixed sizes
+
+
 def test_avg_pool2d_bindings_name_functional_first() -> None:
     bindings = tc.avg_pool2d_bindings()
     assert bindings[0] is F and all(b.avg_pool2d is F.avg_pool2d for b in bindings)
