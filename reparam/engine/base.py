@@ -13,6 +13,7 @@ from torch import Tensor, fx, nn
 
 from reparam.engine.graph import ALIASES, common_parent
 from reparam.engine.record import FusionEntry
+from reparam.engine.rowwise import magnitude
 from reparam.errors import ReparamError
 
 FP16_MAX = 65504.0
@@ -193,14 +194,22 @@ class PassContext:
         return entry
 
     @torch.no_grad()
-    def parameter(self, value: Tensor, like: Tensor, what: str) -> nn.Parameter:
+    def parameter(self, value: Tensor, like: Tensor, what: str, cast: Tensor | None = None) -> nn.Parameter:
         """Cast a float64 result to ``like``'s dtype/device as a Parameter; warn on float16 overflow.
 
         Raises NotRepresentable when the value is not finite in ``like``'s dtype (a fold that
-        overflows): the pass then leaves the pattern alone.
+        overflows): the pass then leaves the pattern alone. ``cast``, when given, is ``value``
+        already rounded to that dtype (computed block by block, see :mod:`reparam.engine.rowwise`);
+        ``value`` may then be a function computing the float64 value, called only for a message.
         """
-        # one reduction decides both: NaN makes the peak NaN, and a peak within range casts finite
-        peak = float(value.abs().amax()) if value.numel() else 0.0
+        if cast is None:
+            cast = value.to(dtype=like.dtype, device=like.device)
+        # one reduction of the cast values decides the common case; the float64 peak is read only
+        # near a limit, so every decision is the one the float64 values give
+        peak = magnitude(cast)
+        if not peak < min(FP16_MAX, torch.finfo(like.dtype).max):
+            exact = value() if callable(value) else value
+            peak = magnitude(exact)
         if not peak <= torch.finfo(like.dtype).max:
             raise NotRepresentable(
                 f"the fused {what} is not finite in {str(like.dtype).removeprefix('torch.')} "
@@ -216,7 +225,7 @@ class PassContext:
                     "export of this model would overflow"
                 )
             self.warn(msg)
-        return nn.Parameter(value.to(dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)
+        return nn.Parameter(cast, requires_grad=like.requires_grad)
 
 
 class NotRepresentable(ValueError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -36,12 +37,13 @@ from reparam.engine.graph import (
     replace_with,
     shape_of,
 )
+from reparam.engine.rowwise import BLOCK_ELEMENTS
 from reparam.engine.shapes import propagate_shapes
 from reparam.kernel_math import (
     add_kernel_at,
     avgpool_kernel,
+    bn_scale_shift,
     dilate_kernel,
-    fold_bn,
     identity_kernel,
     regroup_kernel,
     spread_pointwise,
@@ -532,7 +534,8 @@ def _kernel_bias(b: Plan, m: Branch) -> tuple[torch.Tensor, torch.Tensor]:
     device = next((x.conv.weight.device for x in b.members if x.weighted), None)
     nd = m.ndim
     if m.weighted:
-        k = m.conv.weight.detach().double()
+        # a copy of its own even in float64: the BatchNorm below scales it in place
+        k = m.conv.weight.detach().to(torch.float64, copy=True)
         if m.pointwise is not None:
             k = spread_pointwise(k, m.kernel)
         k = regroup_kernel(k, m.groups, b.groups)
@@ -547,8 +550,90 @@ def _kernel_bias(b: Plan, m: Branch) -> tuple[torch.Tensor, torch.Tensor]:
         bias = k.new_zeros(m.out_ch)
     bn = m.module if m.kind == "bn" else m.bn
     if bn is not None:
-        k, bias = fold_bn(k, bias, *_bn64(bn), bn.eps)
+        # ``k`` is this function's own tensor (every step above returns a new one or the copy):
+        # scaled in place, as fold_bn scales it, without a second float64 kernel
+        scale, shift = bn_scale_shift(*_bn64(bn), bn.eps)
+        k.mul_(scale.reshape((-1,) + (1,) * (k.dim() - 1)))
+        bias = bias * scale + shift
     return k, bias
+
+
+def _merged_kernel_bias(plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+    """The merged kernel and bias in float64, each member's kernel padded in at its offset."""
+    kernel = bias = None
+    for m, off in zip(plan.members, plan.offsets):
+        k, b = _kernel_bias(plan, m)
+        if kernel is None:
+            kernel = k.new_zeros(*k.shape[:2], *plan.kernel)
+        add_kernel_at(kernel, k, off)
+        bias = b if bias is None else bias + b
+    return kernel, bias
+
+
+RowsOf = Callable[[slice], torch.Tensor]
+
+
+def _member_rows(b: Plan, m: Branch) -> tuple[RowsOf, torch.Tensor | None, torch.Tensor]:
+    """Rows of the member's float64 kernel before its BatchNorm, that BatchNorm's scale, and the
+    member's bias with the BatchNorm folded in: the pieces :func:`_kernel_bias` combines."""
+    device = next((x.conv.weight.device for x in b.members if x.weighted), None)
+    if m.weighted:
+        weight = m.conv.weight.detach()
+        factor = tuple(m.dilation[d] // b.dilation[d] if m.kernel[d] > 1 else 1 for d in range(m.ndim))
+
+        def rows(block: slice) -> torch.Tensor:
+            k = weight[block].to(torch.float64, copy=True)
+            if m.pointwise is not None:
+                k = spread_pointwise(k, m.kernel)
+            return dilate_kernel(k, factor)
+
+        bias = m.conv.bias.detach().double() if m.conv.bias is not None else None
+    else:
+        size = m.kernel if m.kind == "pool" else (1,) * m.ndim
+        make = avgpool_kernel if m.kind == "pool" else identity_kernel
+        full = make(m.out_ch, b.groups, size, dtype=torch.float64, device=device)
+
+        def rows(block: slice) -> torch.Tensor:
+            return full[block].clone()
+
+        bias = None
+    bias = bias if bias is not None else torch.zeros(m.out_ch, dtype=torch.float64, device=device)
+    bn = m.module if m.kind == "bn" else m.bn
+    if bn is None:
+        return rows, None, bias
+    scale, shift = bn_scale_shift(*_bn64(bn), bn.eps)
+    return rows, scale, bias * scale + shift
+
+
+@torch.no_grad()
+def _merged_by_rows(plan: Plan, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`_merged_kernel_bias`'s kernel rounded to ``like``'s dtype, and its float64 bias,
+    computed a block of output rows at a time (see :mod:`reparam.engine.rowwise`): the same
+    float64 sums, bitwise, without a float64 copy of the whole kernel. None when a member must be
+    regrouped (a regrouped kernel's rows are not those of the member's)."""
+    members = plan.members
+    if any(m.weighted and m.groups != plan.groups for m in members):
+        return None
+    parts = [_member_rows(plan, m) for m in members]
+    out_ch, in_per_group = members[0].out_ch, members[0].in_ch // plan.groups
+    out = torch.empty(out_ch, in_per_group, *plan.kernel, dtype=like.dtype, device=like.device)
+    view = (-1,) + (1,) * (out.dim() - 1)
+    step = max(1, BLOCK_ELEMENTS // max(1, math.prod(out.shape[1:])))
+    for start in range(0, out_ch, step):
+        block = slice(start, start + step)
+        total = None
+        for (rows, scale, _), off in zip(parts, plan.offsets):
+            k = rows(block)
+            if scale is not None:
+                k.mul_(scale[block].reshape(view))
+            if total is None:
+                total = k.new_zeros(*k.shape[:2], *plan.kernel)
+            add_kernel_at(total, k, off)
+        out[block].copy_(total)
+    bias = parts[0][2]
+    for _, _, b in parts[1:]:
+        bias = bias + b
+    return out, bias
 
 
 def _bn64(bn: nn.Module) -> tuple:
@@ -687,14 +772,14 @@ class MergeBranches:
 
     def _rewrite(self, gm, ctx, root, terms, adds, plan: Plan, taken: ModuleNames):
         members = plan.members
-        kernel = bias = None
-        for m, off in zip(members, plan.offsets):
-            k, b = _kernel_bias(plan, m)
-            if kernel is None:
-                kernel = k.new_zeros(*k.shape[:2], *plan.kernel)
-            add_kernel_at(kernel, k, off)
-            bias = b if bias is None else bias + b
         like = next(m.conv.weight for m in members if m.weighted)
+        merged = _merged_by_rows(plan, like)
+        if merged is None:
+            kernel, bias = _merged_kernel_bias(plan)
+            weight = ctx.parameter(kernel, like, "weight")
+        else:
+            cast, bias = merged
+            weight = ctx.parameter(lambda: _merged_kernel_bias(plan)[0], like, "weight", cast)
         first = members[0]
         new = blank_conv(
             CONV_BY_DIM[first.ndim],
@@ -706,7 +791,7 @@ class MergeBranches:
             dilation=plan.dilation,
             groups=plan.groups,
         )
-        new.weight = ctx.parameter(kernel, like, "weight")
+        new.weight = weight
         new.bias = ctx.parameter(bias, like, "bias")
         # a term may appear several times (``y + y``): each merged member consumes one occurrence
         used = Counter(id(m.leaf) for m in members)

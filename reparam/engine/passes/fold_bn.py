@@ -25,8 +25,9 @@ from reparam.engine.graph import (
     shape_of,
 )
 from reparam.engine.record import FusionEntry
+from reparam.engine.rowwise import scaled_rows
 from reparam.engine.shapes import propagate_shapes
-from reparam.kernel_math import fold_bn, fold_bn_before, fold_bn_transposed
+from reparam.kernel_math import bn_scale_shift, fold_bn_before, fold_bn_transposed
 
 _LAYERS = CONV + CONV_T + (nn.Linear,)
 _aten = torch.ops.aten
@@ -122,14 +123,19 @@ def _folded_copy(ctx: PassContext, layer: nn.Module, bn: BN, where: str, target:
     """A copy of ``layer`` with the BatchNorm after it folded in (float64 arithmetic); None, with the
     reason left in ``ctx``, when the folded values do not fit the layer's dtype."""
     mean, var, gamma, beta = _bn_tensors(bn)
-    weight = layer.weight.detach().double()
     bias = None if layer.bias is None else layer.bias.detach().double()
-    if isinstance(layer, CONV_T):
-        w, b = fold_bn_transposed(weight, bias, mean, var, gamma, beta, bn.eps, groups=layer.groups)
-    else:
-        w, b = fold_bn(weight, bias, mean, var, gamma, beta, bn.eps)
     try:
-        weight_param = ctx.parameter(w, layer.weight, "weight")
+        if isinstance(layer, CONV_T):
+            weight = layer.weight.detach().double()
+            w, b = fold_bn_transposed(weight, bias, mean, var, gamma, beta, bn.eps, groups=layer.groups)
+            weight_param = ctx.parameter(w, layer.weight, "weight")
+        else:
+            # the kernel is scaled row by row in float64 and rounded once, without a float64 copy of it
+            scale, shift = bn_scale_shift(mean, var, gamma, beta, bn.eps)
+            b = (bias if bias is not None else torch.zeros_like(scale)) * scale + shift
+            weight = layer.weight.detach()
+            exact = lambda: weight.double() * _rows(scale, weight)  # noqa: E731 (read only for a message)
+            weight_param = ctx.parameter(exact, layer.weight, "weight", scaled_rows(weight, scale))
         bias_param = ctx.parameter(b, layer.weight, "bias")
     except NotRepresentable as exc:
         ctx.leave(where, f"{where} not folded into {target}: {exc}")
@@ -137,6 +143,11 @@ def _folded_copy(ctx: PassContext, layer: nn.Module, bn: BN, where: str, target:
     new = shallow_copy(layer)
     new.weight, new.bias = weight_param, bias_param
     return new
+
+
+def _rows(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``scale`` shaped to multiply the rows of ``like``."""
+    return scale.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def _reshaped(node: fx.Node) -> bool:
