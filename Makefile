@@ -78,8 +78,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check reparam exporters tests examples benchmarks
 
 bench: $(STAMP)
-	# timm's models are compared when timm imports; tests/_stubs stands in for the torchvision names it needs
-	PYTHONPATH=tests/_stubs $(BIN)/reparam bench --out benchmarks/results.md --report benchmarks/results.json
+	# timm's models are compared when timm imports; tests/_stubs stands in for the torchvision names it needs.
+	# --deploy: reparam deploy vs its parts; --verify-stream: verify vs the raw runtimes (paired ratios)
+	PYTHONPATH=tests/_stubs $(BIN)/reparam bench --deploy --verify-stream --out benchmarks/results.md --report benchmarks/results.json
 
 clean:
 	rm -rf $(VENV) demo-output slim-demo-output .pytest_cache .hypothesis

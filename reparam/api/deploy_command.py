@@ -342,6 +342,8 @@ def deploy(
             tolerance=judge.tolerance(),
             reference_name=str(source.checkpoint),
             inputs_info=batches.info,
+            # blocks are compared only for a candidate that fails, or passes on the noise allowance
+            localize="auto",
             tick=tick,
         )
         summary = build.result.report.summary_line()

@@ -111,6 +111,23 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for weights, BN statistics and inputs (default 0)"
     )
+    parser.add_argument(
+        "--deploy",
+        action="store_true",
+        help="also time `reparam deploy` against its parts, each a whole process (paired rounds)",
+    )
+    parser.add_argument(
+        "--deploy-model", default="acb_resnet50", help="zoo model for --deploy (default acb_resnet50)"
+    )
+    parser.add_argument("--deploy-rounds", type=int, default=2, help="paired rounds for --deploy (default 2)")
+    parser.add_argument(
+        "--verify-stream",
+        action="store_true",
+        help="also time streaming verify against the raw runtimes (paired rounds)",
+    )
+    parser.add_argument(
+        "--verify-samples", type=int, default=1000, help="inputs for --verify-stream (default 1000)"
+    )
     parser.add_argument("--out", help="write the results as markdown to this file")
     parser.add_argument(
         "--report", metavar="FILE", help="write the results (with every sample) as JSON to this file"
@@ -208,6 +225,11 @@ def _options(args: argparse.Namespace):
         export=not args.no_export,
         timm=not args.no_timm,
         seed=args.seed,
+        deploy=args.deploy,
+        deploy_model=args.deploy_model,
+        deploy_rounds=max(1, args.deploy_rounds),
+        verify=args.verify_stream,
+        verify_samples=max(1, args.verify_samples),
     )
 
 
