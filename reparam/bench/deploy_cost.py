@@ -8,7 +8,7 @@ One round runs two fresh processes on the same checkpoint, one after the other:
 - *parts*: ``python -m reparam.bench.deploy_cost parts SPEC``, which imports the same libraries
   and does the same work with the public pieces alone, one after the other: load the checkpoint,
   ``reparam.engine.convert``, ``reparam.artifact.save_artifact``, ``reparam.exporters.onnx.export_onnx``
-  and ``reparam.verify.verify`` of the three candidates on the same batches.
+  and ``reparam.verify.verify`` of the three candidates on the same batches, with deploy's settings.
 
 The ratio deploy / parts is taken per round (both processes wall time, imports included), so a
 drift of a shared machine hits both alike. Peak memory is each process's own maximum resident set
@@ -244,7 +244,8 @@ def _parts(checkpoint: str, arch: str, workdir: Path) -> dict[str, Any]:
     lap("onnx")
     candidates = [make_candidate(result.model, name="deploy model (in memory)", record=result.record)]
     candidates += [make_candidate(workdir / n, record=result.record) for n in ("model.pt2", "model.onnx")]
-    report = verify(model, candidates, data, tolerance="fp32", inputs_info=info)
+    # as deploy calls it: blocks compared only for a candidate that fails or needs the noise allowance
+    report = verify(model, candidates, data, tolerance="fp32", inputs_info=info, localize="auto")
     lap("verify")
     if not report.passed:
         raise ReparamError("the parts' verification failed: the measurement would not be comparable")
