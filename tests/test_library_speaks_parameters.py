@@ -11,6 +11,7 @@ import torch
 
 import reparam
 from reparam.checkpoint import save_checkpoint
+from reparam.cli.console import speak
 from reparam.cli.main import main
 from reparam.errors import ReparamError
 from reparam.zoo import create_model
@@ -72,3 +73,13 @@ def test_a_library_error_names_the_parameter_and_the_cli_the_flag(tmp_path, ckpt
     assert main(["deploy", str(ckpt), "--state-dict-key", "ema", "-o", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "--state-dict-key" in err and "`" not in err.replace("`reparam", "")
+
+
+def test_the_cli_shows_a_flag_for_a_parameter_and_for_a_parameter_value():
+    flags = {"opset": "--opset", "dynamo=False": "--legacy-exporter", "dynamic_batch": "--dynamic batch"}
+    assert speak("try `dynamo=False`, or another opset (`opset`)", flags) == (
+        "try --legacy-exporter, or another opset (--opset)"
+    )
+    assert speak("alone dynamic (`dynamic_batch`)", flags) == "alone dynamic (--dynamic batch)"
+    assert speak("set `opset=17`", flags) == "set --opset 17"
+    assert speak("unknown `other` and `other=1` stay", flags) == "unknown `other` and `other=1` stay"

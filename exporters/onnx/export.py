@@ -28,6 +28,7 @@ from reparam.exporters.onnx.save import needs_external_data, save_onnx
 from reparam.numerics import scale_relative_error
 from reparam.tensors import as_args, batch_of_two, eval_mode, tensor_leaves
 from reparam.tensors import output_names as conventional_output_names
+from reparam.torch_compat import node_leaves
 
 BATCH_DIM = "batch"
 META_PREFIX = "reparam."
@@ -99,7 +100,7 @@ def _boundary_module(
             out_node = node
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])
-    leaves, _ = torch.utils._pytree.tree_flatten(out_node.args[0])
+    leaves = node_leaves(out_node.args[0])
     if len(leaves) != n_outputs or not all(isinstance(n, torch.fx.Node) for n in leaves):
         return model, {}
     # A loaded .pt2 renamed the nodes: in_graph follows their provenance to the deploy graph's.
@@ -186,10 +187,10 @@ def _run_exporter(
         raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        other = "the legacy exporter (dynamo=False, --legacy-exporter)" if dynamo else "the dynamo exporter"
+        other = "the legacy exporter (`dynamo=False`)" if dynamo else "the dynamo exporter"
         raise ReparamError(
             f"torch.onnx ({'dynamo' if dynamo else 'legacy'} exporter) failed: {type(exc).__name__}: {first}",
-            hint=f"try {other}, or another opset (--opset)",
+            hint=f"try {other}, or another opset (`opset`)",
         ) from exc
     finally:
         registration.setLevel(level)
@@ -373,7 +374,7 @@ def _check_free_spatial_axes(
             )
 
 
-_FREE_AXIS_HINT = "export with the batch axis alone dynamic (--dynamic batch), or at the size you need"
+_FREE_AXIS_HINT = "export with the batch axis alone dynamic (`dynamic_batch`), or at the size you need"
 
 
 def _source(model: nn.Module | ConversionResult, boundaries: Boundaries | None, passes: Sequence[str]):
@@ -481,7 +482,7 @@ def _checked_graph(
         raise ReparamError(
             f"the exporter made {', '.join(lost)} static",
             hint="the model's forward fixes that size (e.g. a reshape with a constant batch); "
-            "export with --static or fix the reshape to use -1",
+            "export with static shapes (`dynamic_batch=False`) or fix the reshape to use -1",
         )
     if not simplify:
         return proto, False

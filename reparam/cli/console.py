@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 _state: dict[str, Any] = {"quiet": False, "start": time.monotonic(), "flags": {}}
-_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
+# `name` or `name=value`; a command may map either (a value can stand for a flag of its own)
+_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)(?:=([A-Za-z0-9_.]+))?`")
 
 
 def configure(*, quiet: bool, flags: Mapping[str, str] | None = None) -> None:
@@ -26,7 +27,16 @@ def configure(*, quiet: bool, flags: Mapping[str, str] | None = None) -> None:
 def speak(text: str, flags: Mapping[str, str] | None = None) -> str:
     """Library messages name parameters in backticks; show the flags that set them instead."""
     names = _state["flags"] if flags is None else flags
-    return _PARAMETER.sub(lambda m: names.get(m[1], m[0]), text)
+    return _PARAMETER.sub(lambda m: _flag_for(m, names), text)
+
+
+def _flag_for(match: re.Match, names: Mapping[str, str]) -> str:
+    whole, name, value = match[0].strip("`"), match[1], match[2]
+    if whole in names:
+        return names[whole]
+    if name in names:
+        return names[name] if value is None else f"{names[name]} {value}"
+    return match[0]
 
 
 def note(text: str) -> None:

@@ -247,7 +247,7 @@ def test_huge_input_shape_is_refused_before_allocation(monkeypatch):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
     with pytest.raises(ReparamError, match="more than the memory limit of 1 GiB") as info:
         convert(model, input_shape=(1, 3, 100000, 100000))
-    assert "--max-memory" in info.value.hint
+    assert "`max_memory`" in info.value.hint
     # activations count too: this input fits, its conv outputs do not
     with pytest.raises(ReparamError, match="a forward pass on inputs of shape 1x3x8000x8000"):
         convert(nn.Sequential(nn.Conv2d(3, 64, 3)).eval(), input_shape=(1, 3, 8000, 8000))

@@ -33,8 +33,10 @@ def test_training_vs_deploy_vs_onnx(arch, tmp_path):
     for cand in report.candidates:
         metrics = cand.outputs["output"].metrics
         # within fp32 rounding: 1e-5, or 10x the reference's own fp32 error on deep ill-conditioned nets
-        assert metrics.scale_rel <= max(1e-5, 10 * metrics.ref_noise) and metrics.top1 == 1.0
-        assert metrics.ref_noise < 1e-4
+        # (the verifier measures that error only when the plain rule alone would not pass)
+        noise = metrics.ref_noise
+        assert metrics.scale_rel <= (1e-5 if noise is None else max(1e-5, 10 * noise)) and metrics.top1 == 1.0
+        assert noise is None or noise < 1e-4
         # a meaningful comparison: outputs in a sane, non-degenerate range
         assert 1e-3 < metrics.ref_max_abs < 1e4 and np.isfinite(metrics.cosine)
     deploy_blocks = report.candidates[0].divergence.blocks

@@ -64,7 +64,14 @@ def register(subparsers) -> None:
     add_arch_arguments(onnx)
     onnx.set_defaults(
         func=run_onnx,
-        field_flags={"simplify": "--no-simplify", "dynamo": "--legacy-exporter", "checkpoint": "MODEL"},
+        field_flags={
+            "simplify": "--no-simplify",
+            "dynamo": "--legacy-exporter",
+            "dynamo=False": "--legacy-exporter",
+            "dynamic_batch": "--dynamic batch",
+            "dynamic_batch=False": "--static",
+            "checkpoint": "MODEL",
+        },
     )
 
     trt = sub.add_parser(
