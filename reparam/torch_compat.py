@@ -18,16 +18,13 @@ from torch import fx, nn
 from torch.fx.immutable_collections import immutable_dict
 from torch.fx.node import map_aggregate
 
+from reparam import refuse_at_import, release, torch_refusal
 from reparam.errors import ReparamError
-
-# the lowest torch the whole test suite passed on; pyproject.toml declares the same floor
-MIN_TORCH = (2, 13)
 
 
 def torch_version(version: str | None = None) -> tuple[int, int]:
     """``(major, minor)`` of ``version`` (default: the installed torch)."""
-    match = re.match(r"(\d+)\.(\d+)", version or torch.__version__)
-    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    return release(version or torch.__version__)
 
 
 def require_torch(minimum: tuple[int, int], feature: str) -> None:
@@ -40,9 +37,11 @@ def require_torch(minimum: tuple[int, int], feature: str) -> None:
         )
 
 
-# older torches were measured to convert some models less completely (README: Supported versions):
-# refuse them instead of fusing less
-require_torch(MIN_TORCH, "reparam")
+# `import reparam` read the version from the package metadata when torch was not loaded yet; the
+# torch actually imported decides (older ones were measured to fuse less: refused, not used)
+_refusal = torch_refusal(torch.__version__)
+if _refusal is not None:
+    refuse_at_import(_refusal)
 
 
 # --- torch.fx graphs -------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
+import reparam
 from reparam import torch_compat as tc
 from reparam.engine.capture import symbolic_trace
 from reparam.engine.graph import blank_conv
@@ -185,15 +190,138 @@ def test_the_declared_torch_range_is_the_one_tested() -> None:
     torch_spec = next(d for d in deps if re.match(r"torch\b", d))
     floor = re.search(r">=\s*(\d+\.\d+)", torch_spec)
     ceiling = re.search(r"<\s*(\d+\.\d+)", torch_spec)
-    assert floor and tc.torch_version(floor.group(1)) == tc.MIN_TORCH
-    assert tc.torch_version() >= tc.MIN_TORCH
+    assert torch_spec.replace(" ", "") == reparam.TORCH_REQUIREMENT  # what the refusal's hint installs
+    assert floor and tc.torch_version(floor.group(1)) == reparam.MIN_TORCH
+    assert tc.torch_version() >= reparam.MIN_TORCH
     # make test runs on the floor, make test-torch-range on the newest release below the ceiling
     makefile = (ROOT / "Makefile").read_text()
     pinned = re.search(r"^TORCH_PIN := torch==(\S+)", makefile, re.M)
     newest = re.search(r"^TORCH_NEWEST := (\S+)", makefile, re.M)
-    assert pinned and tc.torch_version(pinned.group(1)) == tc.MIN_TORCH
+    assert pinned and tc.torch_version(pinned.group(1)) == reparam.MIN_TORCH
     assert (
         ceiling
         and newest
-        and tc.MIN_TORCH < tc.torch_version(newest.group(1)) < tc.torch_version(ceiling.group(1))
+        and reparam.MIN_TORCH < tc.torch_version(newest.group(1)) < tc.torch_version(ceiling.group(1))
     )
+
+
+@pytest.mark.parametrize("version", ["2.12.1", "2.6.0+cu124", "1.13.1", None])
+def test_a_torch_below_the_floor_or_none_is_refused_with_the_declared_range(version: str | None) -> None:
+    with pytest.raises(ReparamError) as err:
+        reparam.check_torch(version)
+    assert err.value.hint == f"pip install '{reparam.TORCH_REQUIREMENT}'"
+    if version is None:
+        assert err.value.message == "reparam needs torch, which is not installed"
+    else:
+        assert err.value.message == f"reparam needs torch >= 2.13; this is torch {version}"
+
+
+@pytest.mark.parametrize("version", ["2.13.0", "2.13.0+cpu", "2.15.0", "2.14.0a0+git1234"])
+def test_a_torch_from_the_floor_up_is_taken(version: str) -> None:
+    reparam.check_torch(version)
+    assert reparam.torch_refusal(version) is None
+
+
+REFUSAL = (
+    "error: reparam needs torch >= 2.13; this is torch {version}\n"
+    f"  hint: pip install '{reparam.TORCH_REQUIREMENT}'\n"
+)
+
+
+def _python(code: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["zoo"],
+        ["convert", "ckpt.pth", "--arch", "acb_resnet18", "-o", "model.pt2"],
+        ["verify", "ckpt.pth", "--deploy", "model.pt2"],
+    ],
+)
+def test_every_command_on_an_old_torch_is_one_error_line_and_a_hint(tmp_path: Path, argv: list[str]) -> None:
+    """torch itself says it is 2.6.0 (imported first, as a training script would), then `reparam` runs."""
+    (tmp_path / "ckpt.pth").write_bytes(b"not read")
+    code = """
+        import runpy, sys
+        import torch
+        torch.__version__ = "2.6.0"
+        sys.argv = ["reparam", *sys.argv[1:]]
+        runpy.run_module("reparam", run_name="__main__")
+    """
+    proc = _python(code, *argv, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", REFUSAL.format(version="2.6.0"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]
+
+
+def test_the_installed_script_refuses_a_torch_whose_metadata_is_old_without_importing_it(
+    tmp_path: Path,
+) -> None:
+    """The `reparam` script as installed, with the package metadata saying torch 2.4.1."""
+    script = Path(sys.executable).with_name("reparam")
+    if not script.is_file():
+        pytest.skip("the reparam script is not installed next to this Python")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            """
+            import importlib.metadata as metadata
+            _version = metadata.version
+            metadata.version = lambda name: "2.4.1" if name == "torch" else _version(name)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run(
+        [str(script), "zoo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", REFUSAL.format(version="2.4.1"))
+
+
+def test_import_reparam_on_an_old_torch_raises_a_reparam_error_with_the_hint(tmp_path: Path) -> None:
+    code = """
+        import sys
+        import torch
+        torch.__version__ = "2.12.1"
+        try:
+            import reparam
+        except Exception as exc:
+            # `reparam` failed to load; its errors module did, and names the class raised
+            assert isinstance(exc, sys.modules["reparam.errors"].ReparamError)
+            print(exc.message)
+            print(exc.hint)
+            print(exc.exit_code)
+        else:
+            raise SystemExit("imported")
+    """
+    proc = _python(code, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "reparam needs torch >= 2.13; this is torch 2.12.1",
+        f"pip install '{reparam.TORCH_REQUIREMENT}'",
+        "2",
+    ]
+    # not caught: the same two lines as the CLI's, no traceback, exit 2
+    proc = _python("import torch; torch.__version__ = '2.12.1'; import reparam", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", REFUSAL.format(version="2.12.1"))
+
+
+def test_a_torch_loaded_after_reparam_is_checked_when_the_engine_loads(tmp_path: Path) -> None:
+    """`import reparam` read the metadata (a supported torch); the torch actually imported is older."""
+    code = """
+        import reparam
+        import torch
+        torch.__version__ = "2.8.0"
+        import reparam.engine
+    """
+    proc = _python(code, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", REFUSAL.format(version="2.8.0"))
