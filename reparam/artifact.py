@@ -29,6 +29,7 @@ from reparam.engine.record import RewriteRecord
 from reparam.errors import ReparamError
 from reparam.io import FileTransaction, atomic_files, check_input_file
 from reparam.tensors import as_args
+from reparam.torch_compat import export_graphs_unprinted
 
 METADATA_FILE = "reparam.json"
 
@@ -57,11 +58,12 @@ def export_program(model: nn.Module, example_inputs: Any) -> ExportedDeploy:
     args = as_args(example_inputs)
     model = model.eval()
     try:
-        program, _, fixed, static_reason = export_with_free_axes(
-            lambda example, shapes: torch.export.export(model, example, dynamic_shapes=shapes),
-            args,
-            reference=model,
-        )
+        with export_graphs_unprinted():
+            program, _, fixed, static_reason = export_with_free_axes(
+                lambda example, shapes: torch.export.export(model, example, dynamic_shapes=shapes),
+                args,
+                reference=model,
+            )
     except Exception as exc:
         raise ReparamError(
             f"torch.export could not capture the deploy model: {type(exc).__name__}: "

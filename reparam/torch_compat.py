@@ -9,8 +9,11 @@ project cannot do without on an older torch raises a ReparamError naming the tor
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -195,3 +198,23 @@ def avg_pool2d_bindings() -> list[Any]:
     builtins = getattr(getattr(torch, "_C", None), "_nn", None)
     same = builtins is not None and getattr(builtins, "avg_pool2d", None) is F.avg_pool2d
     return [F, builtins] if same else [F]
+
+
+# --- torch.export ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def export_graphs_unprinted() -> Iterator[None]:
+    """Keep torch.export from printing a failed capture's partial graph (often a hundred lines).
+
+    torch prints it to stderr before raising; the caller reports the failure in one line, and a
+    capture tried again in another form may succeed. Warnings raised meanwhile are shown after.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            shown = list(caught)
+    for w in shown:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -325,3 +326,28 @@ def test_a_torch_loaded_after_reparam_is_checked_when_the_engine_loads(tmp_path:
     """
     proc = _python(code, cwd=tmp_path)
     assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", REFUSAL.format(version="2.8.0"))
+
+
+class _Peeks(nn.Module):
+    """Reads a value from the data to pick a size: torch.export cannot capture it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, : int(x.abs().max().item()) % 2 + 1]
+
+
+def _export_peeks() -> None:
+    torch.export.export(_Peeks(), (torch.randn(1, 3),), strict=False)
+
+
+def test_a_failed_export_prints_no_partial_graph_and_warnings_still_show(capsys) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - torch's own error types
+        _export_peeks()
+    assert "def forward" in capsys.readouterr().err  # what torch prints on its own
+    with pytest.raises(Exception) as err, tc.export_graphs_unprinted():  # noqa: B017
+        _export_peeks()
+    assert "data-dependent" in str(err.value)
+    assert capsys.readouterr().err == ""
+    with pytest.warns(UserWarning, match="shown after"), tc.export_graphs_unprinted():
+        warnings.warn("shown after", UserWarning, stacklevel=1)
+        print("dropped", file=sys.stderr)
+    assert capsys.readouterr().err == ""

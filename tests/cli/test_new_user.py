@@ -153,6 +153,44 @@ def test_local_module_is_found_for_as_arch_and_trust_pickle(user_dir, capsys):
     assert not (user_dir / "q.pth").exists()
 
 
+# -- 8: a model torch.export cannot capture -------------------------------------------------------
+
+DATA_DEPENDENT_MODULE = """
+    import torch
+    from torch import nn
+
+    class Peeks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return y[:, : int(y.abs().max().item() * 3) % 3 + 1]  # channels chosen by the data
+"""
+
+
+@pytest.mark.parametrize("command", ["convert", "deploy"])
+def test_a_model_export_cannot_capture_is_one_error_without_torch_logging(user_dir, capsys, command):
+    (user_dir / "peeks.py").write_text(textwrap.dedent(DATA_DEPENDENT_MODULE))
+    sys.path.insert(0, str(user_dir))
+    try:
+        import peeks
+
+        torch.save(peeks.Peeks().eval().state_dict(), user_dir / "sd.pth")
+    finally:
+        sys.path.remove(str(user_dir))
+        sys.modules.pop("peeks", None)
+    out = "out.pt2" if command == "convert" else "out"
+    argv = [command, "sd.pth", "--arch", "peeks:Peeks", "--input-shape", "1x3x16x16", "-o", out]
+    err = _error(capsys, argv)
+    assert "torch.export could not capture the deploy model" in err
+    # progress lines, the error and its hint: nothing of torch's partial graph
+    assert all(line.startswith(("[", "error:", "  hint:", "note:")) for line in err.splitlines()), err
+    assert "def forward" not in err and not (user_dir / out).exists()
+
+
 # -- 10: a corrupt checkpoint -----------------------------------------------------------------------
 
 
