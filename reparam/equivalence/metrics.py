@@ -139,17 +139,28 @@ class _RelativeFrontier:
     """Exact ``max |d|/|r|`` over the elements with ``|r| > T`` for a threshold T known only at the end.
 
     Keeps the points no other point beats on both ``|r|`` and ratio (few in practice), dropping
-    those at or below a threshold that can only rise.
+    those at or below a threshold that can only rise. The last batch's points are reduced only when
+    another batch comes: a single batch (most judged arrays) is read with one pass, never sorted.
     """
 
     def __init__(self) -> None:
         self.scale = np.zeros(0)
         self.ratio = np.zeros(0)
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None
 
     def add(self, abs_ref: np.ndarray, diff: np.ndarray, floor: float) -> None:
+        self._reduce(floor)
         new = abs_ref > floor
-        scale = np.concatenate([self.scale, abs_ref[new]])
-        ratio = np.concatenate([self.ratio, diff[new] / abs_ref[new]])
+        scale = abs_ref[new]
+        self._pending = (scale, diff[new] / scale)
+
+    def _reduce(self, floor: float) -> None:
+        """Merge the pending batch into the frontier (a sort of its points above ``floor``)."""
+        if self._pending is None:
+            return
+        scale = np.concatenate([self.scale, self._pending[0]])
+        ratio = np.concatenate([self.ratio, self._pending[1]])
+        self._pending = None
         keep = scale > floor
         scale, ratio = scale[keep], ratio[keep]
         order = np.argsort(-scale, kind="stable")
@@ -160,7 +171,13 @@ class _RelativeFrontier:
 
     def max_above(self, threshold: float) -> float:
         above = np.nonzero(self.scale > threshold)[0]
-        return float(self.ratio[above[-1]]) if above.size else 0.0
+        best = float(self.ratio[above[-1]]) if above.size else 0.0
+        if self._pending is not None:
+            scale, ratio = self._pending
+            mask = scale > threshold
+            if mask.any():
+                best = max(best, float(ratio[mask].max()))
+        return best
 
 
 class MetricsAccumulator:
@@ -186,14 +203,16 @@ class MetricsAccumulator:
             raise ValueError(f"shape mismatch: reference {ref.shape} vs candidate {cand.shape}")
         self._add_shape(ref, cand)
         ref, cand = ref.reshape(-1), cand.reshape(-1)
+        self.num_elements += ref.size
         ref_finite, cand_finite = np.isfinite(ref), np.isfinite(cand)
+        if ref_finite.all() and cand_finite.all():  # the common case: no masked copies
+            return self._add_finite(ref, cand)
         nonfinite = int(np.count_nonzero(ref_finite & ~cand_finite))
         odd = ~ref_finite
         differs = int(np.count_nonzero(odd)) - int(np.count_nonzero(_same_nonfinite(ref[odd], cand[odd])))
         self.nonfinite += nonfinite
         self.nonfinite_differs += differs
         self.ref_nonfinite += int(np.count_nonzero(odd))
-        self.num_elements += ref.size
         both = ref_finite & cand_finite
         batch_rel = self._add_finite(ref[both], cand[both])
         return math.inf if nonfinite or differs else batch_rel

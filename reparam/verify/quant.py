@@ -88,11 +88,12 @@ class BranchRange:
 
 def channel_ranges(weight: torch.Tensor | np.ndarray) -> np.ndarray:
     """``max|w|`` per output channel (axis 0)."""
-    w = (
-        weight.detach().cpu().double().numpy()
-        if isinstance(weight, torch.Tensor)
-        else np.asarray(weight, float)
-    )
+    if isinstance(weight, torch.Tensor):
+        # max and min are exact in the weight's own dtype: cast the C ranges, not the whole kernel
+        w = weight.detach().cpu()
+        low, high = torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
+        return torch.maximum(high, -low).double().numpy()
+    w = np.asarray(weight, float)
     return np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
 
 
@@ -221,7 +222,8 @@ def _describe_branch(name: str, parts: dict[str, nn.Module], channels: int) -> B
     if ranges is None or ranges.shape[0] != channels:
         return None
     order = np.argsort(-ranges)
-    top = [int(c) for c in order if ranges[c] >= ELEVATED_RATIO * max(float(np.median(ranges)), 1e-30)][:8]
+    floor = ELEVATED_RATIO * max(float(np.median(ranges)), 1e-30)
+    top = [int(c) for c in order[:8] if ranges[c] >= floor]
     return BranchRange(
         branch=name,
         kind=kind,
