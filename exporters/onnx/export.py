@@ -28,7 +28,7 @@ from reparam.exporters.onnx.save import needs_external_data, save_onnx
 from reparam.numerics import scale_relative_error
 from reparam.tensors import as_args, batch_of_two, eval_mode, tensor_leaves
 from reparam.tensors import output_names as conventional_output_names
-from reparam.torch_compat import node_leaves
+from reparam.torch_compat import export_graphs_unprinted, node_leaves
 
 BATCH_DIM = "batch"
 META_PREFIX = "reparam."
@@ -146,7 +146,13 @@ def _run_exporter(
     registration.setLevel(logging.ERROR)
     try:
         # global pools written with sizes read in forward stay free along height and width
-        with contextlib.redirect_stdout(log), warnings.catch_warnings(), global_pools_stay_free():
+        # export_graphs_unprinted: a capture torch retries in another form prints its partial graph
+        with (
+            contextlib.redirect_stdout(log),
+            warnings.catch_warnings(),
+            global_pools_stay_free(),
+            export_graphs_unprinted(),
+        ):
             warnings.simplefilter("ignore")
             if dynamo:
                 # torch.export relates the sizes itself (a model may need height == width); an axis

@@ -171,8 +171,9 @@ DATA_DEPENDENT_MODULE = """
 """
 
 
-@pytest.mark.parametrize("command", ["convert", "deploy"])
-def test_a_model_export_cannot_capture_is_one_error_without_torch_logging(user_dir, capsys, command):
+@pytest.fixture
+def peeks_checkpoint(user_dir):
+    """sd.pth of peeks:Peeks, a model torch.export cannot capture, in the working directory."""
     (user_dir / "peeks.py").write_text(textwrap.dedent(DATA_DEPENDENT_MODULE))
     sys.path.insert(0, str(user_dir))
     try:
@@ -181,7 +182,13 @@ def test_a_model_export_cannot_capture_is_one_error_without_torch_logging(user_d
         torch.save(peeks.Peeks().eval().state_dict(), user_dir / "sd.pth")
     finally:
         sys.path.remove(str(user_dir))
-        sys.modules.pop("peeks", None)
+    yield user_dir
+    sys.modules.pop("peeks", None)
+
+
+@pytest.mark.parametrize("command", ["convert", "deploy"])
+def test_a_model_export_cannot_capture_is_one_error_without_torch_logging(peeks_checkpoint, capsys, command):
+    user_dir = peeks_checkpoint
     out = "out.pt2" if command == "convert" else "out"
     argv = [command, "sd.pth", "--arch", "peeks:Peeks", "--input-shape", "1x3x16x16", "-o", out]
     err = _error(capsys, argv)
@@ -189,6 +196,16 @@ def test_a_model_export_cannot_capture_is_one_error_without_torch_logging(user_d
     # progress lines, the error and its hint: nothing of torch's partial graph
     assert all(line.startswith(("[", "error:", "  hint:", "note:")) for line in err.splitlines()), err
     assert "def forward" not in err and not (user_dir / out).exists()
+
+
+def test_onnx_export_that_torch_retries_shows_no_partial_graph(peeks_checkpoint, capsys):
+    """The dynamo exporter retries a capture torch.export refuses; its first try prints nothing."""
+    pytest.importorskip("onnx")
+    argv = ["export", "onnx", "sd.pth", "--arch", "peeks:Peeks", "--input-shape", "1x3x16x16", "-o", "p.onnx"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "def forward" not in err and all(line.startswith(("[", "note:")) for line in err.splitlines()), err
+    assert (peeks_checkpoint / "p.onnx").is_file()
 
 
 # -- 10: a corrupt checkpoint -----------------------------------------------------------------------
