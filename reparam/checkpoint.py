@@ -179,7 +179,10 @@ def _corrupt(path: Path, exc: BaseException) -> ReparamError:
     )
 
 
-def _read(path: Path, trust_pickle: bool) -> Any:
+_TRUST_HINT = "re-run with `trust_pickle` if you trust the file, or save a state_dict instead"
+
+
+def _read(path: Path, trust_pickle: bool, pickled_hint: str = _TRUST_HINT) -> Any:
     if not path.is_file():
         raise ReparamError(f"checkpoint {str(path)!r} does not exist", hint="check the path")
     if path.suffix == ".safetensors":
@@ -211,7 +214,7 @@ def _read(path: Path, trust_pickle: bool) -> Any:
             raise ReparamError(
                 f"checkpoint {str(path)!r} holds pickled code (objects beyond tensors and containers, e.g. a "
                 "whole nn.Module); loading it would execute code from the file",
-                hint="re-run with `trust_pickle` if you trust the file, or save a state_dict instead",
+                hint=pickled_hint,
             ) from exc
     except Exception as exc:  # torch.load reports damage as RuntimeError, EOFError, KeyError, IndexError...
         raise _corrupt(path, exc) from exc
@@ -505,7 +508,11 @@ def checkpoint_summary(path: str | os.PathLike) -> dict[str, Any]:
     use. A file holding pickled code is refused, as `load_model` refuses it without ``trust_pickle``.
     """
     p = Path(path)
-    obj = _read(p, trust_pickle=False)
+    hint = (
+        "inspect never runs code from a file: save a state_dict to inspect it; convert, verify and "
+        "deploy load a file you trust with `trust_pickle`"
+    )
+    obj = _read(p, trust_pickle=False, pickled_hint=hint)
     arch, kwargs = recorded_architecture(obj)
     notes: list[str] = []
     sd = extract_state_dict(obj, notes=notes)

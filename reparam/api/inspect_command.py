@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,33 @@ from reparam.torch_compat import node_leaves
 from reparam.verify.golden import golden_summary
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+_SYMBOL = re.compile(r"\bs\d+\b")  # a free size in torch.export's naming
 
 
 def _dims(shape: Any) -> list[Any]:
     return [int(d) if isinstance(d, int) or str(d).isdigit() else str(d) for d in shape]
+
+
+def _name_axes(inputs: list[dict], outputs: list[dict], fixed_axes: list[dict]) -> None:
+    """Free input axes by name (batch, height, width), held ones by size; output sizes in those names.
+
+    torch.export calls a free size ``s77``; an output size is that symbol or an expression of
+    several (``((s53 - 1)//2) + 1``), shown with each symbol's axis name as ONNX files show theirs.
+    """
+    held = {(int(f["input"]), int(f["axis"])): int(f["size"]) for f in fixed_axes}
+    names: dict[str, str] = {}
+    for k, i in enumerate(inputs):
+        dims = i["shape"] or []
+        for a, d in enumerate(dims):
+            if isinstance(d, str) and (k, a) not in held:
+                names.setdefault(d, axis_name(len(dims), a))
+        i["shape"] = [held.get((k, a), names.get(d, d)) for a, d in enumerate(dims)]
+    for o in outputs:
+        if o["shape"] is not None:
+            o["shape"] = [
+                _SYMBOL.sub(lambda m: names.get(m[0], m[0]), d) if isinstance(d, str) else d
+                for d in o["shape"]
+            ]
 
 
 def pt2_summary(path: Path) -> dict[str, Any]:
@@ -52,14 +76,8 @@ def pt2_summary(path: Path) -> dict[str, Any]:
         o["name"] = name
     for i, name in zip(inputs, ["input"] if len(inputs) == 1 else [f"input{k}" for k in range(len(inputs))]):
         i["name"] = name
-    if "fixed_axes" in artifact.metadata:  # free axes by name (batch, height, width), held ones by size
-        held = {(int(f["input"]), int(f["axis"])): int(f["size"]) for f in artifact.metadata["fixed_axes"]}
-        for k, i in enumerate(inputs):
-            dims = i["shape"] or []
-            i["shape"] = [
-                held.get((k, a), axis_name(len(dims), a) if isinstance(d, str) else d)
-                for a, d in enumerate(dims)
-            ]
+    if "fixed_axes" in artifact.metadata:
+        _name_axes(inputs, outputs, artifact.metadata["fixed_axes"])
     meta = dict(artifact.metadata)
     report = meta.pop("report", None)
     meta.pop("record", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -66,8 +67,31 @@ def test_inspect_pt2(tmp_path, capsys):
     assert info["kind"] == "pt2" and info["inputs"][0]["name"] == "input"
     # a fully convolutional net with a global pool: batch, height and width stay free
     assert info["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
-    assert info["outputs"] == [{"name": "output", "shape": info["outputs"][0]["shape"], "dtype": "float32"}]
+    # the output's batch is the input's, named as in an ONNX file
+    assert info["outputs"] == [{"name": "output", "shape": ["batch", 5], "dtype": "float32"}]
     assert info["metadata"]["metadata"] == {"arch": "tiny"}
+    assert main(["inspect", str(tmp_path / "m.pt2")]) == 0
+    text = capsys.readouterr().out
+    assert "input: float32 [batchx3xheightxwidth]" in text and "output: float32 [batchx5]" in text
+
+
+def test_inspect_pt2_names_output_sizes_computed_from_input_sizes(tmp_path, capsys):
+    from reparam.artifact import save_artifact
+
+    torch.manual_seed(0)
+    strided = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU()).eval()
+    save_artifact(strided, (torch.randn(1, 3, 16, 20),), tmp_path / "s.pt2")
+    assert main(["inspect", str(tmp_path / "s.pt2"), "--json"]) == 0
+    batch, channels, height, width = json.loads(capsys.readouterr().out)["outputs"][0]["shape"]
+    assert (batch, channels) == ("batch", 4)
+    # torch.export writes each as an expression of the input's size: evaluate it at a size
+    for expr, size in ((height, 16), (width, 20)):
+        assert "s" not in expr.replace("height", "").replace("width", ""), expr
+        assert eval(expr, {}, {"height": size, "width": size}) == (size + 1) // 2, expr
+    assert main(["inspect", str(tmp_path / "s.pt2")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("output:"))
+    assert line.strip().startswith("output: float32 [batchx4x[") and "height" in line and "width" in line
+    assert not re.search(r"\bs\d+\b", line), line
 
 
 def test_inspect_errors(tmp_path, capsys):

@@ -277,3 +277,7 @@ def test_inspect_refuses_pickled_code_without_running_it(tmp_path, model, capsys
     torch.save(model, tmp_path / "whole.pt")
     err = _error(capsys, ["inspect", str(tmp_path / "whole.pt")])
     assert "pickled code" in err
+    # inspect has no flag to trust a file: the hint says which commands do
+    hint = err.split("hint:")[1]
+    assert "save a state_dict" in hint and "deploy load a file you trust with --trust-pickle" in hint
+    assert "`" not in err

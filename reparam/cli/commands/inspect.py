@@ -28,13 +28,20 @@ def register(subparsers) -> None:
         "`reparam deploy` or `reparam verify --save-golden`",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.set_defaults(func=run)
+    # inspect never loads pickled code; its refusal names the flag other commands take
+    parser.set_defaults(func=run, field_flags={"trust_pickle": "--trust-pickle"})
+
+
+def _dim_text(dim: Any) -> str:
+    """A size as written in a shape: a number, an axis name, or a size computed from them (bracketed)."""
+    text = str(dim).replace(" ", "")
+    return text if text.isidentifier() or text.isdigit() else f"[{text}]"
 
 
 def _io_lines(title: str, specs: list[dict[str, Any]]) -> list[str]:
     lines = [f"{title}:"]
     for s in specs:
-        shape = "?" if s.get("shape") is None else "x".join(str(d) for d in s["shape"])
+        shape = "?" if s.get("shape") is None else "x".join(_dim_text(d) for d in s["shape"])
         lines.append(f"  {s['name']}: {s.get('dtype') or '?'} [{shape}]")
     return lines
 
