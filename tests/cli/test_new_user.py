@@ -281,3 +281,18 @@ def test_inspect_refuses_pickled_code_without_running_it(tmp_path, model, capsys
     hint = err.split("hint:")[1]
     assert "save a state_dict" in hint and "deploy load a file you trust with --trust-pickle" in hint
     assert "`" not in err
+
+
+# -- the README's commands on a training-form ONNX file -----------------------------------------------
+
+
+def test_deploy_of_an_onnx_file_names_every_file_it_wrote(tmp_path, ckpt, capsys):
+    pytest.importorskip("onnxruntime")
+    model = tmp_path / "model.onnx"
+    argv = ["export", "onnx", str(ckpt), "--training-form", "--legacy-exporter", "--input-shape", "1x3x32x32"]
+    assert main([*argv, "-o", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["deploy", str(model), "-o", str(tmp_path / "out"), "--fp16"]) == 0
+    written = capsys.readouterr().out.splitlines()[-1]
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "model.fp16.onnx" in files and written == f"wrote {tmp_path / 'out'}/ ({', '.join(files)})"

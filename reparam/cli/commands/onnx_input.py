@@ -120,5 +120,6 @@ def deploy(args: argparse.Namespace) -> int | None:
     if not result.passed:
         sys.stdout.write(f"not written: {args.output}\n")
         return 1
-    sys.stdout.write(f"wrote {result.output}/ (model.onnx, report.json, manifest.json)\n")
+    written = ", ".join(sorted(p.name for p in Path(result.output).iterdir()))
+    sys.stdout.write(f"wrote {result.output}/ ({written})\n")
     return 0
