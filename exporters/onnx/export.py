@@ -79,19 +79,20 @@ def normalize_dynamic_axes(
 
 
 def _boundary_module(
-    model: nn.Module, args: tuple, n_outputs: int, boundaries: Boundaries | None
-) -> tuple[nn.Module, dict[str, str]]:
+    model: nn.Module, args: tuple, boundaries: Boundaries | None
+) -> tuple[nn.Module, dict[str, str], int | None]:
     """A copy of a deploy GraphModule that also returns each block-boundary value as an output.
 
-    Returns ``(module, {block path: output name})``; ``(model, {})`` when there are no graph-node
-    boundaries. Naming the boundary values as outputs pins their tensor names in the ONNX graph.
+    Returns ``(module, {block path: output name}, number of the model's own outputs)``; ``(model,
+    {}, None)`` when there are no graph-node boundaries. Naming the boundary values as outputs pins
+    their tensor names in the ONNX graph. The copy's one run also counts the model's outputs.
     """
     if (
         not isinstance(model, torch.fx.GraphModule)
         or not boundaries
         or boundaries.kind is not BoundaryKind.GRAPH_NODE
     ):
-        return model, {}
+        return model, {}, None
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
     out_node = None
@@ -101,8 +102,8 @@ def _boundary_module(
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])
     leaves = node_leaves(out_node.args[0])
-    if len(leaves) != n_outputs or not all(isinstance(n, torch.fx.Node) for n in leaves):
-        return model, {}
+    if not leaves or not all(isinstance(n, torch.fx.Node) for n in leaves):
+        return model, {}, None
     # A loaded .pt2 renamed the nodes: in_graph follows their provenance to the deploy graph's.
     boundaries = boundaries.in_graph(model)
     by_name = {n.name: n for n in model.graph.nodes}
@@ -113,17 +114,18 @@ def _boundary_module(
             continue
         chosen[path] = node
     if not chosen:
-        return model, {}
+        return model, {}, None
     # One value can end several blocks (a stage and its last block): one output, every path mapped to it.
     unique = list(dict.fromkeys(chosen.values()))
     graph.output(tuple(env[n] for n in [*leaves, *unique]))
     wrapper = torch.fx.GraphModule(model, graph)
     with torch.no_grad():
-        values = tensor_leaves(wrapper(*args))
-    if len(values) != n_outputs + len(unique):  # a boundary that is not one tensor: keep the plain model
-        return model, {}
+        values = wrapper(*args)
+    # every model output and every boundary one tensor, or keep the plain model
+    if len(values) != len(leaves) + len(unique) or not all(isinstance(v, torch.Tensor) for v in values):
+        return model, {}, None
     index = {node: i for i, node in enumerate(unique)}
-    return wrapper, {path: _BOUNDARY_OUTPUT.format(index[node]) for path, node in chosen.items()}
+    return wrapper, {path: _BOUNDARY_OUTPUT.format(index[node]) for path, node in chosen.items()}, len(leaves)
 
 
 def _run_exporter(
@@ -404,10 +406,15 @@ def _check_arguments(args: tuple, input_names: list[str], opset: int | None) -> 
         )
 
 
-def _named_outputs(model: nn.Module, args: tuple, output_names: Sequence[str] | None) -> list[str]:
-    """The names of the model's output tensors (given, or the conventional ones)."""
-    with torch.no_grad():
-        n_out = len(tensor_leaves(model(*args)))
+def _named_outputs(
+    model: nn.Module, args: tuple, output_names: Sequence[str] | None, counted: int | None = None
+) -> list[str]:
+    """The names of the model's output tensors (given, or the conventional ones); the model runs
+    to count them unless they were ``counted``."""
+    if counted is None:
+        with torch.no_grad():
+            counted = len(tensor_leaves(model(*args)))
+    n_out = counted
     if n_out == 0:
         raise ReparamError(
             "the model returned no tensors", hint="forward() must return a tensor or tuple of tensors"
@@ -440,13 +447,13 @@ class _Job:
 
 
 def _export_graph(
-    model: nn.Module, job: _Job, boundaries: Boundaries | None, dynamic_batch: bool
+    model: nn.Module, job: _Job, target: nn.Module, mapping: dict[str, str], dynamic_batch: bool
 ) -> tuple[Any, dict[str, str], dict[str, dict[int, str]]]:
-    """The exported graph with each block boundary as an extra output where the exporter takes them.
+    """The exported graph with each block boundary as an extra output where the exporter takes them
+    (``target``: the model with them as outputs, named by ``mapping``; see `_boundary_module`).
 
     Returns the proto, ``{boundary node: output name}`` and the dynamic axes of every output.
     """
-    target, mapping = _boundary_module(model, job.args, len(job.out_names), boundaries)
     all_out = job.out_names + list(dict.fromkeys(mapping.values()))
     all_axes = dict(job.axes)
     if dynamic_batch:
@@ -549,10 +556,11 @@ def export_onnx(
     input_names = list(input_names)
     _check_arguments(args, input_names, opset)
     with eval_mode(model):
-        out_names = _named_outputs(model, args, output_names)
+        target, mapping, counted = _boundary_module(model, args, boundaries)
+        out_names = _named_outputs(model, args, output_names, counted)
         axes = normalize_dynamic_axes(input_names, out_names, dynamic_batch, dynamic_axes)
         job = _Job(args, input_names, out_names, axes, dynamo, opset)
-        proto, mapping, all_axes = _export_graph(model, job, boundaries, dynamic_batch)
+        proto, mapping, all_axes = _export_graph(model, job, target, mapping, dynamic_batch)
         proto, simplified = _checked_graph(proto, model, job, all_axes, simplify)
         in_file = Boundaries(
             BoundaryKind.ONNX_TENSOR,

@@ -170,14 +170,24 @@ class _Build:
     workdir: Path
     result: Any  # ConversionResult
     example: tuple[torch.Tensor, ...]
-    candidates: list[Candidate] = field(default_factory=list)
+    files: list[tuple[str, Any]] = field(default_factory=list)  # (file name, tolerance or None)
 
     def add(self, name: str, tolerance: Any = None) -> Path:
-        path = self.workdir / name
-        cand = make_candidate(path, record=None if name == "model.engine" else self.result.record)
-        cand.tolerance = tolerance
-        self.candidates.append(cand)
-        return path
+        self.files.append((name, tolerance))
+        return self.workdir / name
+
+    def candidates(self) -> list[Candidate]:
+        """The in-memory deploy model and every file written, opened only now: a file's runtime
+        (its loaded program, its ONNX Runtime session) is not held while the next one is exported."""
+        cands = [
+            make_candidate(self.result.model, name="deploy model (in memory)", record=self.result.record)
+        ]
+        for name, tolerance in self.files:
+            record = None if name == "model.engine" else self.result.record
+            cand = make_candidate(self.workdir / name, record=record)
+            cand.tolerance = tolerance
+            cands.append(cand)
+        return cands
 
 
 def _convert_and_save(workdir: Path, loaded: LoadedModel, batches: Batches, say: Progress) -> _Build:
@@ -196,9 +206,6 @@ def _convert_and_save(workdir: Path, loaded: LoadedModel, batches: Batches, say:
         record=result.record,
         metadata=_description(loaded, (1, *example[0].shape[1:]))
         | {"checkpoint": str(loaded.path), "precision": "fp32"},
-    )
-    build.candidates.append(
-        make_candidate(result.model, name="deploy model (in memory)", record=result.record)
     )
     build.add("model.pt2")
     return build
@@ -333,11 +340,12 @@ def deploy(
         if "onnx" in targets:
             _export_onnx(build, loaded, options, judge, say)
         say(
-            f"verifying {len(build.candidates)} candidates on {batches.info['batches']} batch(es) of {batches.info['shape']}"
+            f"verifying {1 + len(build.files)} candidates on {batches.info['batches']} batch(es) of {batches.info['shape']}"
         )
+        candidates = build.candidates()
         report = verify(
             loaded.model,
-            build.candidates,
+            candidates,
             batches.data,
             tolerance=judge.tolerance(),
             reference_name=str(source.checkpoint),
