@@ -246,8 +246,12 @@ def attribute(original: nn.Module, fused: nn.Module, sources: list[str]) -> list
     target = fused.weight.detach().double()
     if branches and all(k is not None for k in kernels.values()):
         total = sum(kernels.values())
-        # the branches sum to the fused kernel by the rule of the fused layer's dtype (the one judge)
-        if judge_outputs(target, total, profile_for_dtype(fused.weight.dtype)).passed:
+        # the branches sum to the fused kernel by the rule of the fused layer's dtype (the one judge),
+        # which reads the float64 kernels as they are (named arrays are not copied)
+        verdict = judge_outputs(
+            {"output": target.numpy()}, {"output": total.numpy()}, profile_for_dtype(fused.weight.dtype)
+        )
+        if verdict.passed:
             for n, b in branches.items():
                 b.ratio_without = range_ratio(channel_ranges(target - kernels[n]))
     return list(branches.values())
