@@ -4,7 +4,8 @@ One round runs two fresh processes on the same checkpoint, one after the other:
 
 - *deploy*: ``reparam deploy CKPT --arch ARCH -o OUT --to onnx --force`` as a user runs it; its
   progress lines (``[  1.2s] converting`` on stderr) time each stage: load, convert, ``.pt2``,
-  ONNX export, verification, and the rest (reports, manifest, the move into place);
+  ONNX export, verification (which opens the written files: the ``.pt2`` loaded back, an ONNX
+  Runtime session), and the rest (reports, manifest, the move into place);
 - *parts*: ``python -m reparam.bench.deploy_cost parts SPEC``, which imports the same libraries
   and does the same work with the public pieces alone, one after the other: load the checkpoint,
   ``reparam.engine.convert``, ``reparam.artifact.save_artifact``, ``reparam.exporters.onnx.export_onnx``
