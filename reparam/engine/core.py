@@ -530,8 +530,8 @@ def convert(
     else:
         report.before = model_stats(work)
     # With inplace the original is about to be rewritten: measure its noise now, in case the check needs it.
-    fp32 = module_dtype(work)[0] == torch.float32
-    noise_before = fp32_noise(work, fresh(inputs), ref.run.output) if inplace and check and fp32 else None
+    fp32 = inplace and check and module_dtype(work)[0] == torch.float32
+    noise_before = fp32_noise(work, fresh(inputs), ref.run.output) if fp32 else None
     clock.lap("reference")
     if gm is not None:
         work = None  # of a copy, the graph holds the only references: a replaced layer is freed once fused

@@ -38,12 +38,12 @@ def test_default_passes_and_selection_by_name():
     assert available_passes() == [
         "canonicalize",
         "remove_identity",
+        "merge_branches",
         "fold_bn",
         "fold_bn_before",
         "border_fill",
         "merge_1x1_kxk",
         "merge_kxk_1x1",
-        "merge_branches",
     ]
     model = _acb_chain()
     x = torch.randn(2, 4, 9, 9)
@@ -145,7 +145,12 @@ def test_report_contents_and_serialisation():
     assert (
         data["after"]["macs"] < data["before"]["macs"] and data["after"]["params"] < data["before"]["params"]
     )
-    assert len(data["fused"]["fold_bn"]) == 6 and len(data["fused"]["merge_branches"]) == 2
+    # merge_branches runs first and folds each branch's BatchNorm inside the merge: fold_bn has none left
+    merged = data["fused"]["merge_branches"]
+    assert data["fused"]["fold_bn"] == [] and len(merged) == 2
+    assert sorted(s for e in merged for s in e["sources"] if ".n" in s) == sorted(
+        n for n, m in model.named_modules() if isinstance(m, BN)
+    )
     assert data["check"]["passed"] and data["check"]["relative_error"] <= 1e-5
     assert (
         data["check"]["max_abs_error"]
@@ -155,6 +160,16 @@ def test_report_contents_and_serialisation():
     for text in (report.render(plain=True), report.render()):
         assert "merge_branches" in text and "body.0" in text and "PASSED" in text
     assert result.model.reparam_report is report and result.model.reparam_record is result.record
+
+
+def test_report_summarizes_fusions_per_pass_beyond_the_row_limit():
+    model = _acb_chain()
+    report = convert(model, torch.randn(2, 4, 9, 9)).report
+    merged = [e.fused for e in report.fusions if e.pass_name == "merge_branches"]
+    assert len(merged) == 2
+    full, short = report.render(plain=True), report.render(plain=True, max_fusions=1)
+    assert all(name in full for name in merged) and "2 modules" not in full
+    assert "2 modules" in short and "body.0.tall" not in short
 
 
 def test_record_round_trip():

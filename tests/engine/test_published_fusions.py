@@ -76,8 +76,12 @@ def test_average_branch_fusion_is_reported_with_its_sources():
     model = _prepared(pub.DiverseBranchBlock(4, 4, 3))
     result = _converted(model, torch.randn(2, 4, 9, 9))
     merged = [e for e in result.report.fusions if e.pass_name == "merge_branches"]
-    assert len(merged) == 1 and "1x1 conv + pool 3x3" in merged[0].detail
-    assert {"dbb_avg.conv", "dbb_avg.bn.bn", "dbb_avg.avgbn"} <= set(merged[0].sources)
+    # the conv + BatchNorm branches merge first (their BatchNorms folded inside the merge); the
+    # average and 1x1-kxk branches join once fold_bn and merge_1x1_kxk made them convs of the input
+    assert len(merged) == 2 and "1x1 conv + pool 3x3" in merged[1].detail
+    assert {"dbb_origin.conv", "dbb_origin.bn", "dbb_1x1.conv", "dbb_1x1.bn"} == set(merged[0].sources)
+    assert {"dbb_avg.conv", "dbb_avg.bn.bn", "dbb_avg.avgbn", *merged[0].sources} <= set(merged[1].sources)
+    assert [e.fused for e in result.record.entries] == [merged[1].fused]
 
 
 def _avg_branch_near_miss(kind: str) -> nn.Module:

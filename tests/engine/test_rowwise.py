@@ -9,6 +9,7 @@ from torch import nn
 from reparam.engine import convert
 from reparam.engine.base import NotRepresentable, PassContext
 from reparam.engine.rowwise import BLOCK_ELEMENTS, magnitude, scaled_rows
+from reparam.kernel_math import bn_scale_shift
 from reparam.numerics import randomize_batchnorm
 
 
@@ -73,7 +74,9 @@ def test_row_blocks_give_the_whole_tensor_kernels_bitwise(groups, monkeypatch):
     torch.manual_seed(0)
     model = randomize_batchnorm(_Branches(groups=groups).eval(), 0)
     example = (torch.randn(1, 96, 12, 12),)
+    monkeypatch.setattr(branches, "MERGE_BLOCK_ELEMENTS", 1 << 9)  # several blocks for every group count
     deploy = convert(model, example).model
+    monkeypatch.undo()
     convs = [m for m in deploy.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 2 and not any(isinstance(m, nn.BatchNorm2d) for m in deploy.modules())
 
@@ -85,4 +88,39 @@ def test_row_blocks_give_the_whole_tensor_kernels_bitwise(groups, monkeypatch):
     reference = convert(model, example).model
     ref_convs = [m for m in reference.modules() if isinstance(m, nn.Conv2d)]
     for got, want in zip(convs, ref_convs, strict=True):
-        assert torch.equal(got.weight, want.weight) and torch.equal(got.bias, want.bias)
+        assert torch.equal(_bits(got.weight), _bits(want.weight)) and torch.equal(
+            _bits(got.bias), _bits(want.bias)
+        )
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The float32 values as their bit patterns: -0.0 and 0.0 differ."""
+    return t.detach().view(torch.int32)
+
+
+def _scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    d = {k: getattr(bn, k).detach().double() for k in ("running_mean", "running_var", "weight", "bias")}
+    return bn_scale_shift(d["running_mean"], d["running_var"], d["weight"], d["bias"], bn.eps)
+
+
+def test_branch_batchnorms_fold_inside_the_merge_rounded_once():
+    """Each branch's BatchNorm is applied in float64 inside the merge: the merged kernel is the exact
+    float64 sum rounded once, at least as close to it as folding each branch to float32 first."""
+    torch.manual_seed(1)
+    model = randomize_batchnorm(_Branches(c=24).eval(), 1)
+    example = (torch.randn(2, 24, 10, 10),)
+    result = convert(model, example)
+    merged = next(e for e in result.report.fusions if e.pass_name == "merge_branches")
+    assert {"k3.1", "k1.1", "id"} <= set(merged.sources)
+    assert not [e for e in result.report.fusions if e.pass_name == "fold_bn" and "k3.1" in e.sources]
+    (s3, t3), (s1, t1), (si, ti) = (_scale_shift(bn) for bn in (model.k3[1], model.k1[1], model.id))
+    kernel = model.k3[0].weight.detach().double() * s3[:, None, None, None]
+    kernel[:, :, 1, 1] += model.k1[0].weight.detach().double()[:, :, 0, 0] * s1[:, None]
+    kernel[:, :, 1, 1] += torch.diag(si)
+    bias = t3 + (model.k1[0].bias.detach().double() * s1 + t1) + ti
+    conv = result.model.get_submodule(merged.fused)
+    assert torch.equal(_bits(conv.weight), _bits(kernel.float())) and torch.equal(conv.bias, bias.float())
+    earlier = convert(model, example, passes=["fold_bn", "merge_branches"])
+    merged_there = next(e for e in earlier.report.fusions if e.pass_name == "merge_branches")
+    folded_first = earlier.model.get_submodule(merged_there.fused)
+    assert (conv.weight.double() - kernel).abs().max() <= (folded_first.weight.double() - kernel).abs().max()

@@ -37,7 +37,6 @@ from reparam.engine.graph import (
     replace_with,
     shape_of,
 )
-from reparam.engine.rowwise import BLOCK_ELEMENTS
 from reparam.engine.shapes import propagate_shapes
 from reparam.kernel_math import (
     add_kernel_at,
@@ -92,7 +91,13 @@ class Branch:
 
     def describe(self) -> str:
         size = "x".join(map(str, self.kernel))
-        return f"1x1 conv + pool {size}" if self.pointwise is not None else f"{self.kind} {size}"
+        if self.pointwise is not None:
+            return f"1x1 conv + pool {size}"
+        return (
+            f"conv {size} + {type(self.bn).__name__}"
+            if self.kind == "conv" and self.bn
+            else f"{self.kind} {size}"
+        )
 
     def reach(self) -> tuple[int, ...]:
         """``lo + hi - dilation * (kernel - 1)``: equal values give equal output sizes."""
@@ -331,47 +336,78 @@ def _pool_then_bn(gm: fx.GraphModule, leaf: fx.Node, bn: nn.Module, exclusive: b
     return b
 
 
+def _conv_branch(leaf: fx.Node, mod: nn.Module, users_outside: list[fx.Node]) -> Branch:
+    """``conv(x)`` (through constant crops and zero pads of ``x``) as a branch over ``x``."""
+    n = len(mod.kernel_size)
+    win = _window_of(leaf.args[0], n)
+    lo, hi = _conv_padding(mod)
+    pad_lo = [a + b for a, b in zip(lo, win.pad_lo)]
+    pad_hi = [a + b for a, b in zip(hi, win.pad_hi)]
+    b = Branch(
+        leaf,
+        win.source,
+        "conv",
+        n,
+        mod.in_channels,
+        mod.out_channels,
+        tuple(mod.kernel_size),
+        tuple(mod.stride),
+        tuple(mod.dilation),
+        tuple(a - c for a, c in zip(pad_lo, win.crop_lo)),
+        tuple(a - c for a, c in zip(pad_hi, win.crop_hi)),
+        mod.groups,
+        mod,
+        str(leaf.target),
+        [leaf, *win.nodes],
+    )
+    if any(c > 0 and p > 0 for c, p in zip([*win.crop_lo, *win.crop_hi], [*pad_lo, *pad_hi])):
+        # zeros padded where a crop removed input values: not a shorter padding of the input
+        b.problem = "it crops its input and zero-pads the same side"
+    if mod.padding_mode != "zeros" and (any(lo) or any(hi)):
+        b.problem = f"padding mode {mod.padding_mode!r} (only zero padding merges exactly)"
+    if users_outside:
+        b.problem = f"its output is also used outside the sum ({', '.join(u.name for u in users_outside)})"
+    return b
+
+
+def _plain_call(node: fx.Node) -> bool:
+    """A module called on one graph value and nothing else."""
+    return len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node)
+
+
+def _conv_then_bn(gm: fx.GraphModule, leaf: fx.Node, bn: nn.Module, outside: list[fx.Node]) -> Branch | None:
+    """``bn(conv(x))`` with the conv feeding only the BatchNorm: a conv branch with the BatchNorm
+    folded into the merge (in float64, rounded once with the sum); None when that is not the pattern.
+
+    A BatchNorm with batch statistics, or one over other features than the conv's outputs, is
+    not read this way: the term stays a BatchNorm over the conv's output, which merges with nothing.
+    """
+    src = leaf.args[0]
+    conv = module_of(gm, src)
+    if not isinstance(conv, CONV) or len(src.users) != 1 or not _plain_call(src):
+        return None
+    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+        return None
+    if bn.num_features != conv.out_channels:
+        return None
+    b = _conv_branch(src, conv, outside)
+    b.leaf, b.bn = leaf, bn
+    b.nodes = [leaf, *b.nodes]
+    b.parts.append(str(leaf.target))
+    return b
+
+
 def _interpret(gm: fx.GraphModule, leaf: fx.Node, tree: set[fx.Node]) -> Branch | None:
     """Read a summed term as a linear map of one input (None when it is not even a tensor term)."""
     mod = module_of(gm, leaf)
-    exclusive = all(u in tree for u in leaf.users)
-    if (
-        isinstance(mod, CONV)
-        and len(leaf.args) == 1
-        and not leaf.kwargs
-        and isinstance(leaf.args[0], fx.Node)
-    ):
-        n = len(mod.kernel_size)
-        win = _window_of(leaf.args[0], n)
-        lo, hi = _conv_padding(mod)
-        pad_lo = [a + b for a, b in zip(lo, win.pad_lo)]
-        pad_hi = [a + b for a, b in zip(hi, win.pad_hi)]
-        b = Branch(
-            leaf,
-            win.source,
-            "conv",
-            n,
-            mod.in_channels,
-            mod.out_channels,
-            tuple(mod.kernel_size),
-            tuple(mod.stride),
-            tuple(mod.dilation),
-            tuple(a - c for a, c in zip(pad_lo, win.crop_lo)),
-            tuple(a - c for a, c in zip(pad_hi, win.crop_hi)),
-            mod.groups,
-            mod,
-            str(leaf.target),
-            [leaf, *win.nodes],
-        )
-        if any(c > 0 and p > 0 for c, p in zip([*win.crop_lo, *win.crop_hi], [*pad_lo, *pad_hi])):
-            # zeros padded where a crop removed input values: not a shorter padding of the input
-            b.problem = "it crops its input and zero-pads the same side"
-        if mod.padding_mode != "zeros" and (any(lo) or any(hi)):
-            b.problem = f"padding mode {mod.padding_mode!r} (only zero padding merges exactly)"
-        if not exclusive:
-            b.problem = f"its output is also used outside the sum ({', '.join(u.name for u in leaf.users if u not in tree)})"
-        return b
-    if isinstance(mod, BN) and len(leaf.args) == 1 and isinstance(leaf.args[0], fx.Node):
+    outside = [u for u in leaf.users if u not in tree]
+    exclusive = not outside
+    if isinstance(mod, CONV) and _plain_call(leaf):
+        return _conv_branch(leaf, mod, outside)
+    if isinstance(mod, BN) and _plain_call(leaf):
+        conv_bn = _conv_then_bn(gm, leaf, mod, outside)
+        if conv_bn is not None:
+            return conv_bn
         pooled = _pool_then_bn(gm, leaf, mod, exclusive)
         if pooled is not None:
             return pooled
@@ -570,39 +606,57 @@ def _merged_kernel_bias(plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
     return kernel, bias
 
 
-RowsOf = Callable[[slice], torch.Tensor]
+# float64 elements of the merged kernel computed per block: 512 KiB, which with a member's rows
+# and their product stays in a core's L2 cache, in few enough blocks that the per-operation cost
+# of torch stays small next to the arithmetic
+MERGE_BLOCK_ELEMENTS = 1 << 16
 
 
-def _member_rows(b: Plan, m: Branch) -> tuple[RowsOf, torch.Tensor | None, torch.Tensor]:
-    """Rows of the member's float64 kernel before its BatchNorm, that BatchNorm's scale, and the
-    member's bias with the BatchNorm folded in: the pieces :func:`_kernel_bias` combines."""
+@dataclass
+class _Rows:
+    """One member's part of the merged kernel, read a block of output rows at a time.
+
+    ``source[rows]`` (made float64 and reshaped by ``shape`` when given), times ``scale[rows]``
+    (its BatchNorm's, when it has one), is added at ``index`` of the merged kernel; ``bias`` is
+    the member's bias with the BatchNorm folded in: the pieces :func:`_kernel_bias` combines.
+    """
+
+    source: torch.Tensor
+    shape: Callable[[torch.Tensor], torch.Tensor] | None
+    scale: torch.Tensor | None
+    bias: torch.Tensor
+    index: tuple[slice, ...]
+
+
+def _member_rows(b: Plan, m: Branch, offset: tuple[int, ...]) -> _Rows:
+    """The member's :class:`_Rows` at ``offset`` of the plan's kernel."""
     device = next((x.conv.weight.device for x in b.members if x.weighted), None)
+    shape = None
     if m.weighted:
-        weight = m.conv.weight.detach()
+        source = m.conv.weight.detach()
         factor = tuple(m.dilation[d] // b.dilation[d] if m.kernel[d] > 1 else 1 for d in range(m.ndim))
+        if m.pointwise is not None or any(f != 1 for f in factor):
 
-        def rows(block: slice) -> torch.Tensor:
-            k = weight[block].to(torch.float64, copy=True)
-            if m.pointwise is not None:
-                k = spread_pointwise(k, m.kernel)
-            return dilate_kernel(k, factor)
+            def shape(k: torch.Tensor) -> torch.Tensor:
+                if m.pointwise is not None:
+                    k = spread_pointwise(k, m.kernel)
+                return dilate_kernel(k, factor)
 
         bias = m.conv.bias.detach().double() if m.conv.bias is not None else None
     else:
         size = m.kernel if m.kind == "pool" else (1,) * m.ndim
         make = avgpool_kernel if m.kind == "pool" else identity_kernel
-        full = make(m.out_ch, b.groups, size, dtype=torch.float64, device=device)
-
-        def rows(block: slice) -> torch.Tensor:
-            return full[block].clone()
-
+        source = make(m.out_ch, b.groups, size, dtype=torch.float64, device=device)
         bias = None
     bias = bias if bias is not None else torch.zeros(m.out_ch, dtype=torch.float64, device=device)
+    spatial = shape(source[:1].double()).shape[2:] if shape is not None else source.shape[2:]
+    index = (slice(None), slice(None), *(slice(o, o + s) for o, s in zip(offset, spatial)))
     bn = m.module if m.kind == "bn" else m.bn
     if bn is None:
-        return rows, None, bias
+        return _Rows(source, shape, None, bias, index)
     scale, shift = bn_scale_shift(*_bn64(bn), bn.eps)
-    return rows, scale, bias * scale + shift
+    rows_view = scale.reshape((-1,) + (1,) * (source.dim() - 1))
+    return _Rows(source, shape, rows_view, bias * scale + shift, index)
 
 
 @torch.no_grad()
@@ -614,25 +668,26 @@ def _merged_by_rows(plan: Plan, like: torch.Tensor) -> tuple[torch.Tensor, torch
     members = plan.members
     if any(m.weighted and m.groups != plan.groups for m in members):
         return None
-    parts = [_member_rows(plan, m) for m in members]
+    parts = [_member_rows(plan, m, off) for m, off in zip(members, plan.offsets)]
     out_ch, in_per_group = members[0].out_ch, members[0].in_ch // plan.groups
     out = torch.empty(out_ch, in_per_group, *plan.kernel, dtype=like.dtype, device=like.device)
-    view = (-1,) + (1,) * (out.dim() - 1)
-    step = max(1, BLOCK_ELEMENTS // max(1, math.prod(out.shape[1:])))
+    step = max(1, MERGE_BLOCK_ELEMENTS // max(1, math.prod(out.shape[1:])))
+    work = torch.empty(min(step, out_ch), *out.shape[1:], dtype=torch.float64, device=out.device)
     for start in range(0, out_ch, step):
         block = slice(start, start + step)
-        total = None
-        for (rows, scale, _), off in zip(parts, plan.offsets):
-            k = rows(block)
-            if scale is not None:
-                k.mul_(scale[block].reshape(view))
-            if total is None:
-                total = k.new_zeros(*k.shape[:2], *plan.kernel)
-            add_kernel_at(total, k, off)
+        total = work[: min(step, out_ch - start)]
+        total.zero_()
+        for part in parts:
+            rows = part.source[block]
+            if part.shape is not None:
+                rows = part.shape(rows.to(torch.float64))
+            # float32 rows times a float64 scale (or added to float64) are computed in float64:
+            # the products and sums of the whole-tensor path, in its order
+            total[part.index].add_(rows if part.scale is None else rows * part.scale[block])
         out[block].copy_(total)
-    bias = parts[0][2]
-    for _, _, b in parts[1:]:
-        bias = bias + b
+    bias = parts[0].bias
+    for part in parts[1:]:
+        bias = bias + part.bias
     return out, bias
 
 
