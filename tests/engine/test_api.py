@@ -25,6 +25,7 @@ from reparam.engine import base as engine_base
 from reparam.engine.graph import block_path
 from reparam.equivalence import BoundaryKind
 from reparam.errors import MismatchError, ReparamError
+from reparam.zoo import create_model
 from tests.engine._models import Asym, Chain, Rep, assert_untouched, count, error, fingerprint, prepared
 
 BN = nn.modules.batchnorm._BatchNorm
@@ -394,3 +395,13 @@ def test_report_says_where_the_time_went():
     assert sum(seconds["passes"].values()) <= seconds["rewrite"] + 1e-6
     assert report.to_dict()["seconds"] == seconds
     assert report.timing_line().startswith("time: ") and "rewrite" in report.render(plain=True)
+
+
+def test_a_merged_conv_with_batchnorm_branches_keeps_the_branch_container_name():
+    """RepVGG's ``rbr_dense`` (conv ``.0`` + BatchNorm ``.1``) names the merged conv, as a fold would."""
+    torch.manual_seed(0)
+    model = prepared(create_model("repvgg_a0", num_classes=3, width=0.25))
+    result = convert(model, input_shape=(1, 3, 32, 32))
+    convs = [n for n, m in result.model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert "stage1.0.rbr_dense" in convs and "stage3.0.rbr_dense" in convs
+    assert not [n for n in convs if n.endswith((".0", ".1")) and "rbr_" in n], convs

@@ -863,7 +863,11 @@ class MergeBranches:
             leaving.update(m.nodes)
         names = [n for m in members for n in [m.module_name, *m.parts] if n]
         dominant = max((m for m in members if m.weighted), key=lambda m: math.prod(m.kernel))
-        name = choose_name(gm, [ctx.parent_of_sources(names), dominant.module_name], leaving, taken)
+        candidates = [ctx.parent_of_sources(names), dominant.module_name]
+        if dominant.kind == "conv" and dominant.bn is not None:
+            # the name fold_bn gives a conv and its BatchNorm (``rbr_dense`` for ``rbr_dense.0/.1``)
+            candidates.insert(1, ctx.parent_of_sources([dominant.module_name, *dominant.parts]))
+        name = choose_name(gm, candidates, leaving, taken)
         if not gm.add_submodule(name, new):
             raise RuntimeError(f"cannot add a module at {name!r}")
         with gm.graph.inserting_before(root):
