@@ -147,6 +147,7 @@ def _guards_pass(guards: Any, args: Sequence[Any], index: int, sizes: dict[int, 
     return True
 
 
+_OTHER_PATH = "with a free batch it computes another path at batch 1"
 # A capture whose output at batch 1 moves by more than this took another path there: a branch on a
 # size that torch.export took for at least 2, as it takes every free size.
 _SAME_PATH = 1e-3
@@ -175,8 +176,16 @@ def _batch_one_judge(reference: nn.Module, args: Sequence[Any]) -> Callable[[nn.
     return same
 
 
+class FreeCaptureRefused(Exception):
+    """The capture with free axes computes something else where the example's sizes are."""
+
+
 def export_with_free_axes(
-    export: Callable[[tuple, Any], Any], args: tuple, reference: nn.Module | None = None
+    export: Callable[[tuple, Any], Any],
+    args: tuple,
+    reference: nn.Module | None = None,
+    *,
+    free_only: bool = False,
 ) -> tuple[Any, nn.Module, list[FixedAxis], str]:
     """Run ``export(example, dynamic_shapes)`` so that as many axes as the model allows stay free.
 
@@ -188,6 +197,11 @@ def export_with_free_axes(
     torch.export takes every free size for at least 2, so a branch on ``x.size(0) > 1`` is traced
     as always taken without a guard: with ``reference`` (the module exported), a capture with a
     free batch must compute the reference's output at batch 1 too, or the next form is tried.
+
+    ``free_only``: the caller uses a capture only when every axis is free (the engine), so only the
+    first form is tried: the example's own batch of 1 is always held by torch.export, and a static
+    capture holds every axis. Its error is raised, a capture at another path at batch 1 raises
+    :class:`FreeCaptureRefused`, and a capture holding axes is returned with them.
     """
     reasons = []
     tried = []
@@ -205,18 +219,24 @@ def export_with_free_axes(
                 program = export(fresh(example), auto_dynamic_shapes(example))
                 module = program.module()
         except Exception as exc:  # this model cannot be captured with free axes: try the next form
+            if free_only:
+                raise
             text = str(exc).strip()
             reasons.append(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")
             continue
         if size_guards(module) is None:  # a torch whose exported module checks no sizes
             reasons.append("this torch keeps no size guards in an exported module")
+            if free_only:
+                raise FreeCaptureRefused(reasons[-1])
             break
         fixed = fixed_axes(program, module, example)
         batch_free = not any(f.axis == 0 for f in fixed)
-        if example is two and not batch_free:
+        if example is two and not batch_free and not free_only:
             continue  # the batch was fixed at the doubled size: the example's own batch is the one to keep
         if batch_free and same_at_batch_one is not None and not same_at_batch_one(module):
-            reasons.append("with a free batch it computes another path at batch 1")
+            if free_only:
+                raise FreeCaptureRefused(_OTHER_PATH)
+            reasons.append(_OTHER_PATH)
             continue
         # the sizes held are the example's (the doubled batch is never among them)
         fixed = [FixedAxis(f.input, f.axis, int(args[f.input].shape[f.axis]), f.ndim) for f in fixed]

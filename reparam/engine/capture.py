@@ -129,7 +129,10 @@ def export_capture(module: nn.Module, inputs: tuple) -> tuple[ExportCapture | No
     try:
         with torch.no_grad(), _quiet_export_logs(), _caches_kept(module):
             program, unlifted, fixed, static_reason = export_with_free_axes(
-                lambda example, shapes: _export(module, example, shapes), tuple(inputs), reference=module
+                lambda example, shapes: _export(module, example, shapes),
+                tuple(inputs),
+                reference=module,
+                free_only=True,
             )
             # a plain GraphModule (the unlifted export module refuses eval()/train()) called like the
             # original: flat tensor arguments in, the original output structure out
