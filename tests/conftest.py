@@ -4,7 +4,17 @@ import pytest
 import torch
 
 # Tests are sized for 2 cores; keep torch from oversubscribing when pytest-xdist runs two workers.
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // 2)))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // 2))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    """Commands run in-process (the demos, `reparam bench`) set torch's thread count for the
+    process: each test starts with the suite's, so one test cannot oversubscribe the next ones."""
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)

@@ -55,7 +55,7 @@ def _check_outputs(out: Path, names: list[str]) -> dict[str, float]:
 
 
 def test_checkpoint_format_and_reload(tmp_path, capsys):
-    assert demo.main(["--out", str(tmp_path), "--models", "se", "--epochs", "1"]) == 0
+    assert demo.main(["--out", str(tmp_path), "--models", "se", "--epochs", "1", "--threads", "1"]) == 0
     accuracies = _check_outputs(tmp_path, ["se"])
     printed = capsys.readouterr().out
     assert f"test accuracy {accuracies['se']:.4f}" in printed  # the reloaded model scores what was printed
@@ -72,7 +72,7 @@ def test_demo_reaches_90_percent_and_deploys_without_losing_accuracy(tmp_path, c
     """What `make demo` runs: train, `reparam deploy`, then accuracy of every artifact."""
     from reparam.cli.main import main as reparam_main
 
-    assert demo.main(["--out", str(tmp_path), "--seed", "0"]) == 0
+    assert demo.main(["--out", str(tmp_path), "--seed", "0", "--threads", str(torch.get_num_threads())]) == 0
     accuracies = _check_outputs(tmp_path, ["acb", "se"])
     assert accuracies["acb"] >= 0.9 and accuracies["se"] >= 0.9, accuracies
     data = str(tmp_path / "digits_test.npz")

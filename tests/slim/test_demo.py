@@ -20,7 +20,10 @@ def test_demo_runs_and_writes_its_table(tmp_path, capsys):
     demo = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("scalenet_slim_demo", demo)
     spec.loader.exec_module(demo)
-    assert demo.main(["--out", str(tmp_path), "--seeds", "0", "--epochs", "1", "--size", "16"]) == 0
+    assert (
+        demo.main(["--out", str(tmp_path), "--seeds", "0", "--epochs", "1", "--size", "16", "--threads", "1"])
+        == 0
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["slim_macs"] <= results["uniform_macs"]
     assert [r["seed"] for r in results["rows"]] == [0]
