@@ -46,6 +46,9 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     at export); they are left as they are.
     """
     modes = {m: m.training for module in modules for m in module.modules()}
+    if not any(modes.values()):  # already in eval mode (every batch of a verification): nothing to switch
+        yield
+        return
     for module in modules:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             module.eval()

@@ -137,6 +137,7 @@ class Judge:
     profile: str | None = None
     atol: Overrides = None
     rtol: Overrides = None
+    localize: str = "auto"  # which candidates get per-block errors: see reparam.verify.verify
 
     def tolerance(self, precision: str = "fp32") -> Tolerance:
         """The tolerance for an artifact of ``precision`` (the profile, when one was chosen, wins)."""

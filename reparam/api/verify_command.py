@@ -58,7 +58,7 @@ def _against_golden(
         )
     if not cands:
         raise ReparamError("nothing to verify against the golden results", hint="give `candidates`")
-    return VerifyOutcome(verify_golden(golden, cands, tolerance=judge.tolerance()))
+    return VerifyOutcome(verify_golden(golden, cands, tolerance=judge.tolerance(), localize=judge.localize))
 
 
 @dataclass
@@ -160,6 +160,7 @@ def verify(
         tolerance=judge.tolerance(),
         reference_name=str(reference.checkpoint),
         inputs_info=batches.info,
+        localize=judge.localize,
         tick=tick,
     )
     return VerifyOutcome(report, notes, written)

@@ -2,10 +2,11 @@
 
 One round runs, interleaved with the other (:func:`reparam.bench.harness.run_interleaved`):
 
-- *raw*: the training model, then every candidate, on all batches in their own runtimes (PyTorch,
-  ONNX Runtime), outputs dropped;
+- *raw*: the training model, then every candidate, on all batches in their own runtimes, called
+  directly (the module under ``torch.no_grad()``, ``InferenceSession.run``), outputs dropped;
 - *verify*: :func:`reparam.verify.verify` on the same batches, candidates and batch size, as
-  ``reparam verify`` runs it (fp32 rule, block localization and the quantization-risk table).
+  ``reparam verify`` runs it (fp32 rule, block localization where a candidate needs it, the
+  quantization-risk table).
 
 The result is the per-round ratio verify / raw (paired, so drifts of a shared machine cancel), the
 target being at most 1.3. Both sides get the same already loaded runners: loading a ``.pt2`` or
@@ -34,7 +35,6 @@ from reparam.exporters.onnx import export_onnx
 from reparam.numerics import calibrate_batchnorm
 from reparam.runners import TorchRunner
 from reparam.verify.core import Candidate, make_candidate, verify
-from reparam.verify.reference import run_batch
 from reparam.zoo import create_model
 
 TARGET_RATIO = 1.3
@@ -98,6 +98,21 @@ def _candidates(model: torch.nn.Module, chw: tuple[int, int, int], workdir: Path
     return [make_candidate(workdir / "model.pt2"), make_candidate(workdir / "model.onnx")]
 
 
+def _raw_call(runner: Any) -> Callable[[np.ndarray], Any]:
+    """The runner's own runtime, called as a user would call it without reparam."""
+    session = getattr(runner, "session", None)
+    if session is not None:
+        name = runner.input_names[0]
+        return lambda x: session.run(None, {name: x})
+    module = runner.module
+
+    def call(x: np.ndarray) -> Any:
+        with torch.no_grad():
+            return module(torch.from_numpy(x))
+
+    return call
+
+
 def _peak_traced(run: Callable[[], Any]) -> int:
     tracemalloc.start()
     try:
@@ -131,9 +146,9 @@ def bench_verify_stream(
         reports = []
 
         def raw() -> None:
-            for runner in runners:
+            for run in (_raw_call(r) for r in runners):
                 for batch in batches:
-                    run_batch(runner, batch)
+                    run(batch["input"])
 
         def verified() -> None:
             reports.append(verify(model, cands, batches))

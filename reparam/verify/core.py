@@ -289,7 +289,7 @@ def verify(
     rtol: float | dict[str, float] | None = None,
     reference_name: str = "reference",
     inputs_info: Mapping[str, Any] | None = None,
-    localize: str = "always",
+    localize: str = "auto",
     quant: bool = True,
     tick: Tick | None = None,
 ) -> VerifyReport:
@@ -300,9 +300,9 @@ def verify(
     (:class:`~reparam.verify.reference.SavedReference`, golden results). Blocks can only be
     localized against a module or saved block outputs.
 
-    ``localize``: "always" computes per-block errors for every candidate that allows it,
-    "on_failure" only for failing ones, "auto" also for those that passed only thanks to the
-    reference's noise allowance, "never" skips it. ``tick(label, done, total)`` is called as
+    ``localize``: "auto" (the default) computes per-block errors for a failing candidate and for
+    one that passed only thanks to the reference's noise allowance, "on_failure" only for failing
+    ones, "always" for every candidate that allows it, "never" for none. ``tick(label, done, total)`` is called as
     each batch run starts and ends, for a progress display (``total`` is 0 for an iterable of
     unknown length).
     """

@@ -224,7 +224,7 @@ def saved_reference(
 
 
 def verify_golden(
-    golden: str | os.PathLike, candidates: Sequence[Any], *, tolerance: Any = "fp32"
+    golden: str | os.PathLike, candidates: Sequence[Any], *, tolerance: Any = "fp32", localize: str = "auto"
 ) -> VerifyReport:
     """Compare candidates with golden results in the verifier's loop; a VerifyReport like `verify`'s.
 
@@ -242,4 +242,12 @@ def verify_golden(
         "batches": len(reference.batches),
         "shape": "x".join(map(str, manifest["input_shapes"][0])),
     }
-    return verify(reference, cands, reference.batches, tolerance=tolerance, inputs_info=info, quant=False)
+    return verify(
+        reference,
+        cands,
+        reference.batches,
+        tolerance=tolerance,
+        inputs_info=info,
+        quant=False,
+        localize=localize,
+    )

@@ -80,7 +80,7 @@ def test_perturbed_artifact_fails_with_exit_1_and_names_the_block(ckpt, tmp_path
             str(tmp_path / "r.json"),
         ]
     )
-    assert rc == 1
+    assert rc == 1  # the default localizes a failing candidate
     assert f"first diverging block: {block}" in capsys.readouterr().out
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["passed"] is False
@@ -107,21 +107,22 @@ def test_perturbed_onnx_fails_and_names_the_block_clean_onnx_passes(ckpt, tmp_pa
     weight.CopyFrom(onnx.numpy_helper.from_array(arr, weight.name))
     onnx.save(model, str(tmp_path / "bad.onnx"))
 
-    rc = main(
-        [
-            "verify",
-            "--reference",
-            str(ckpt),
-            "--onnx",
-            str(tmp_path / "good.onnx"),
-            "--onnx",
-            str(tmp_path / "bad.onnx"),
-            "--input-shape",
-            SHAPE,
-            "--report",
-            str(tmp_path / "r.json"),
-        ]
-    )
+    args = [
+        "verify",
+        "--reference",
+        str(ckpt),
+        "--onnx",
+        str(tmp_path / "good.onnx"),
+        "--onnx",
+        str(tmp_path / "bad.onnx"),
+        "--input-shape",
+        SHAPE,
+        "--report",
+        str(tmp_path / "r.json"),
+        "--localize",
+        "always",
+    ]
+    rc = main(args)
     assert rc == 1
     block = expected_block(result.record, entry.sources[0])
     assert f"bad.onnx: first diverging block: {block}" in capsys.readouterr().out
@@ -129,6 +130,10 @@ def test_perturbed_onnx_fails_and_names_the_block_clean_onnx_passes(ckpt, tmp_pa
     assert good["passed"] and good["divergence"]["first_diverging_block"] is None
     assert len(good["divergence"]["blocks"]) >= len(set(result.record.boundaries.values()))
     assert not bad["passed"] and bad["divergence"]["first_diverging_block"] == block
+    rc = main([a for a in args if a not in ("--localize", "always")])  # the default: the failing one only
+    good, bad = json.loads((tmp_path / "r.json").read_text())["candidates"]
+    assert rc == 1 and good["passed"] and good["divergence"] is None
+    assert bad["divergence"]["first_diverging_block"] == block
 
 
 def test_real_data_from_npz(ckpt, tmp_path):

@@ -97,7 +97,7 @@ def test_a_correct_conversion_passes_both():
     x = torch.randn(2, 4, 8, 8)
     good = convert(model, (x,))
     assert good.report.check.passed
-    report = verify(model, [good], [{"input": x.numpy()}])
+    report = verify(model, [good], [{"input": x.numpy()}], localize="always")
     assert report.passed
     assert [b.name for b in report.candidates[0].divergence.blocks] == ["split", "head"]
     assert all(b.passed for b in report.candidates[0].divergence.blocks)

@@ -40,8 +40,8 @@ def test_a_generator_gives_the_report_a_list_gives():
         make_candidate(gm, name="good", record=record),
         make_candidate(_broken(gm), name="bad", record=record),
     ]
-    from_list = verify(ref, cands, list(_batches(20)))
-    from_stream = verify(ref, cands, _batches(20))
+    from_list = verify(ref, cands, list(_batches(20)), localize="always")
+    from_stream = verify(ref, cands, _batches(20), localize="always")
     for a, b in zip(from_list.candidates, from_stream.candidates):
         assert a.passed == b.passed
         assert a.outputs["output"].metrics == b.outputs["output"].metrics
@@ -58,6 +58,8 @@ def test_blocks_are_localized_only_where_asked():
         make_candidate(gm, name="good", record=record),
         make_candidate(_broken(gm), name="bad", record=record),
     ]
+    good, bad = verify(ref, cands, _batches(3)).candidates  # the default: "auto"
+    assert good.divergence is None and bad.divergence.first_diverging == "layer1.1"
     for mode in ("on_failure", "auto"):
         good, bad = verify(ref, cands, _batches(3), localize=mode).candidates
         assert good.divergence is None

@@ -28,7 +28,7 @@ def test_training_vs_deploy_vs_onnx(arch, tmp_path):
     example = (torch.from_numpy(batches[0]["input"]),)
     result = convert(model, example, check=False)
     export_onnx(result, example, tmp_path / "m.onnx")
-    report = verify(model, [result, tmp_path / "m.onnx"], batches)
+    report = verify(model, [result, tmp_path / "m.onnx"], batches, localize="always")
     assert report.passed, report.render_text()
     for cand in report.candidates:
         metrics = cand.outputs["output"].metrics

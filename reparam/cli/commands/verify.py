@@ -6,6 +6,7 @@ Exit codes: 0 every candidate passes, 1 a mismatch, 2 a usage or input error.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from reparam.api import verify
@@ -19,6 +20,7 @@ from reparam.cli.options import (
     write_reports,
 )
 from reparam.errors import ReparamError
+from reparam.verify.core import LOCALIZE
 from reparam.io import check_input_file, check_writable
 
 DESCRIPTION = """\
@@ -65,6 +67,14 @@ def register(subparsers) -> None:
     )
     add_input_arguments(p)
     add_tolerance_arguments(p, default=None)
+    p.add_argument(
+        "--localize",
+        choices=LOCALIZE,
+        help="which candidates get per-block errors (the first diverging block): auto (the default) "
+        "a failing one and one that passed only within the reference's fp32 noise, on_failure, "
+        "always (every candidate, one more run of each on its worst batch; the default with "
+        "--plot), never",
+    )
     add_report_arguments(p)
     p.set_defaults(func=run)
 
@@ -98,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             model_source(args, reference) if reference is not None else None,
             [*args.deploy, *args.onnx, *args.engine],
             inputs=input_spec(args),
-            judge=judge(args),
+            judge=replace(judge(args), localize=args.localize or ("always" if args.plot else "auto")),
             golden=args.golden,
             save_golden=args.save_golden,
             progress=progress,
