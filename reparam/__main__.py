@@ -1,3 +1,3 @@
-from reparam.cli.main import main
+from reparam.cli.main import entry
 
-raise SystemExit(main())
+entry()

@@ -9,7 +9,11 @@ are one ``error:`` line and at most one ``hint:`` line on stderr; ``--debug`` ad
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import ctypes
 import importlib
+import os
 import pkgutil
 import sys
 import traceback
@@ -184,5 +188,23 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(exc, getattr(args, "debug", False))
 
 
+def entry() -> None:
+    """The installed `reparam` script and `python -m reparam`: run the command, then end the process.
+
+    The interpreter's own shutdown would tear down every module and run full garbage collections
+    over the millions of objects torch.export, sympy and the exporters leave behind: about 1.5 s
+    after a `deploy` on a 2-core machine, after the last output was written. Like mypy's
+    ``hard_exit``, the process ends once the exit handlers have run and every stream is flushed.
+    """
+    code = main()
+    atexit._run_exitfuncs()  # noqa: SLF001 -- what normal shutdown runs first (temp files, logging)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe must not change the exit code
+            stream.flush()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)  # output a C library buffered in stdio
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

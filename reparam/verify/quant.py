@@ -235,13 +235,19 @@ def _describe_branch(name: str, parts: dict[str, nn.Module], channels: int) -> B
     )
 
 
-def attribute(original: nn.Module, fused: nn.Module, sources: list[str]) -> list[BranchRange]:
-    """Per-branch ranges of a fused conv; ``ratio_without`` is set when the branches sum to its kernel."""
+def attribute(
+    original: nn.Module, fused: nn.Module, sources: list[str], *, decompose: bool = True
+) -> list[BranchRange]:
+    """Per-branch ranges of a fused conv; with ``decompose``, ``ratio_without`` is set when the
+    branches sum to its kernel (a float64 rebuild of every branch: only worth it where a culprit
+    is to be named)."""
     if not isinstance(fused, nn.Conv2d):
         return []
     groups = _branches(_leaf_sources(original, sources))
     described = {n: _describe_branch(n, p, fused.out_channels) for n, p in groups.items()}
     branches = {n: b for n, b in described.items() if b is not None}
+    if not decompose:
+        return list(branches.values())
     kernels = {n: _branch_kernel(groups[n], fused) for n in branches}
     target = fused.weight.detach().double()
     if branches and all(k is not None for k in kernels.values()):
@@ -324,7 +330,8 @@ def quantization_risk(original: nn.Module, deploy: nn.Module, record) -> list[La
         after_ratio = range_ratio(after)
         risk = classify(after_ratio)
         try:
-            branches = attribute(original, _fused_module(deploy, entry.fused), list(entry.sources))
+            module = _fused_module(deploy, entry.fused)
+            branches = attribute(original, module, list(entry.sources), decompose=risk != "low")
         except Exception:  # attribution is a diagnostic: an unusual source layout must not hide the table
             branches = []
         culprit, reason, remedies = _blame(branches, after_ratio) if risk != "low" else (None, "", [])

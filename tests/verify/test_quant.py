@@ -84,6 +84,8 @@ def test_risk_names_the_branch_and_factor_that_widened_the_fused_kernel():
 
     [benign] = _fused_repvgg(lambda b: None).values()
     assert benign.risk == "low" and benign.culprit is None and benign.remedies == []
+    # a low layer names no culprit, so its branches are not rebuilt in float64 to weigh each one
+    assert benign.branches and all(b.ratio_without is None for b in benign.branches)
 
 
 def test_acb_branch_pairs_are_found_by_definition_order():

@@ -20,8 +20,8 @@ from reparam.cli.options import (
     write_reports,
 )
 from reparam.errors import ReparamError
-from reparam.verify.core import LOCALIZE
 from reparam.io import check_input_file, check_writable
+from reparam.verify.core import LOCALIZE
 
 DESCRIPTION = """\
 Run the training-form reference (eval mode) and each candidate -- a .pt2 deploy artifact, ONNX
