@@ -25,6 +25,7 @@ from reparam.engine.core import ConversionResult
 from reparam.equivalence.boundaries import ONNX_METADATA_KEY, Boundaries, BoundaryKind
 from reparam.errors import ReparamError, require
 from reparam.exporters.onnx.save import needs_external_data, save_onnx
+from reparam.exporters.onnx.weightless import graft, infer_shapes, split_weights
 from reparam.numerics import scale_relative_error
 from reparam.tensors import as_args, batch_of_two, eval_mode, tensor_leaves
 from reparam.tensors import output_names as conventional_output_names
@@ -240,27 +241,38 @@ def check_dynamic_axes(model: Any, axes: dict[str, dict[int, str]]) -> list[str]
 def _simplify(
     model: Any, args: tuple, input_names: list[str], axes: dict[str, dict[int, str]]
 ) -> tuple[Any, str]:
-    """onnxsim with its own numeric check; dynamic dims stay symbolic. Returns (model, note)."""
+    """onnxsim with its own numeric check; dynamic dims stay symbolic. Returns (model, note).
+
+    Where onnxsim's rewrites cannot read the weights (`split_weights`), it works on the graph's
+    light view and its result is grafted into ``model``: the weights are never copied.
+    """
     onnxsim = require("onnxsim", "onnx", "ONNX simplification")
     shapes = {n: list(a.shape) for n, a in zip(input_names, args) if isinstance(a, torch.Tensor)}
+    split = split_weights(model)
+    source = split[0] if split else model
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            simplified, ok = onnxsim.simplify(model, check_n=0, test_input_shapes=shapes)
+            simplified, ok = onnxsim.simplify(source, check_n=0, test_input_shapes=shapes)
             # onnxsim's own check (both graphs run on random inputs) only where it changed something:
             # after the dynamo exporter's optimizer it usually changes nothing
-            if ok and not same_computation(simplified, model):
-                ok = onnxsim.model_checking.compare(simplified, model, 1, shapes, verbose=False)
+            changed = ok and not same_computation(simplified, source)
+            if changed:
+                ok = onnxsim.model_checking.compare(simplified, source, 1, shapes, verbose=False)
     except Exception as exc:
         return model, f"onnxsim failed ({type(exc).__name__}: {str(exc)[:200]}); kept the unsimplified graph"
     if not ok:
         return model, "onnxsim's check failed; kept the unsimplified graph"
+    lost = check_dynamic_axes(simplified, axes)
+    if lost:
+        return model, f"onnxsim made {', '.join(lost)} static; kept the unsimplified graph"
+    if not changed:
+        return model, ""
+    if split:
+        simplified = graft(model, simplified, split[1])
     # onnxsim records its settings and every removed node in metadata_props; keep the file's metadata ours.
     props = [p for p in simplified.metadata_props if not p.key.startswith("onnxsim.")]
     del simplified.metadata_props[:]
     simplified.metadata_props.extend(props)
-    lost = check_dynamic_axes(simplified, axes)
-    if lost:
-        return model, f"onnxsim made {', '.join(lost)} static; kept the unsimplified graph"
     return simplified, ""
 
 
@@ -511,11 +523,10 @@ def _verified(proto: Any, model: nn.Module, job: _Job) -> Any:
     """The graph checked at other sizes along its free axes and shape-inferred (when held in memory)."""
     if needs_external_data(proto):
         return proto
-    onnx = require("onnx", "onnx", "ONNX export")
     start = time.perf_counter()
     _check_free_spatial_axes(proto, model, job.args, job.input_names, job.axes)
     job.times["free_axes_check"] = time.perf_counter() - start
-    return onnx.shape_inference.infer_shapes(proto, check_type=True)
+    return infer_shapes(proto, check_type=True)
 
 
 def export_onnx(

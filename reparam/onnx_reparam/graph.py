@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from reparam.errors import require
+from reparam.exporters.onnx.weightless import light_view
 
 
 def _onnx():
@@ -159,30 +160,11 @@ def _evaluate(model: Any, nodes: list[Any], name: str) -> np.ndarray | None:
 _SHAPE_ONLY_ELEMENTS = 4096
 
 
-def _without_weight_data(model: Any) -> Any:
-    """A copy of ``model`` whose large initializers are graph inputs of the same type and shape."""
-    onnx = _onnx()
-    g = model.graph
-    big = [i for i in g.initializer if int(np.prod(i.dims)) > _SHAPE_ONLY_ELEMENTS]
-    big_names = {i.name for i in big}
-    inputs = [i for i in g.input if i.name not in big_names]
-    inputs += [onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in big]
-    small = [i for i in g.initializer if i.name not in big_names]
-    graph = onnx.helper.make_graph(
-        list(g.node), g.name, inputs, list(g.output), small, value_info=list(g.value_info)
-    )
-    light = onnx.helper.make_model(
-        graph, opset_imports=list(model.opset_import), functions=list(model.functions)
-    )
-    light.ir_version = model.ir_version
-    return light
-
-
 def _inferred_shapes(model: Any) -> dict:
     """``{tensor: [dim or None]}`` and ``{("type", tensor): elem_type}`` from ONNX shape inference."""
     onnx = _onnx()
     try:
-        light = _without_weight_data(model)
+        light, _ = light_view(model, _SHAPE_ONLY_ELEMENTS + 1)
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception:  # inference is a help, not a requirement: a tensor without a shape is not folded
         inferred = model
