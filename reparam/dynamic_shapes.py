@@ -127,6 +127,21 @@ def bounded_axes(guarded: nn.Module, args: Sequence[Any]) -> list[FixedAxis]:
     ]
 
 
+def nearest_taken_shape(guarded: nn.Module, args: Sequence[Any], steps: int = 64) -> tuple[int, ...] | None:
+    """The nearest larger size of the first input, all its spatial axes grown together, that the
+    program's size guards take (probed on meta tensors): what a refusal can suggest. None when
+    there are no guards, no spatial axis, or none of the ``steps`` sizes is taken."""
+    guards = size_guards(guarded)
+    if guards is None or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() < 3:
+        return None
+    shape = tuple(int(s) for s in args[0].shape)
+    for step in range(1, steps + 1):
+        sizes = {axis: shape[axis] + step for axis in range(2, len(shape))}
+        if _guards_pass(guards, args, 0, sizes):
+            return shape[:2] + tuple(sizes.values())
+    return None
+
+
 def _guards_pass(guards: Any, args: Sequence[Any], index: int, sizes: dict[int, int]) -> bool:
     """Whether the size guards pass (on meta tensors) with input ``index`` at ``sizes`` ({axis: size})."""
     probe = []

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from reparam.artifact import load_artifact
+from reparam.dynamic_shapes import nearest_taken_shape
 from reparam.errors import ReparamError
 from reparam.runners.base import Runner, TensorSpec
 from reparam.tensors import eval_mode, module_dtype, output_names, tensor_leaves
@@ -77,9 +78,12 @@ class TorchRunner(Runner):
                 raise
             # the size checks torch.export keeps in a program: the artifact does not take this size
             shapes = ", ".join("x".join(map(str, a.shape)) for a in args)
+            nearest = nearest_taken_shape(self.module, args)
+            taken = f"; the nearest larger size it takes is {'x'.join(map(str, nearest))}" if nearest else ""
             raise ReparamError(
-                f"{self.label()} does not take inputs of shape {shapes} ({exc})",
-                hint="`reparam inspect` shows the sizes it takes; convert the model again at the size you need",
+                f"{self.label()} does not take inputs of shape {shapes} ({exc}){taken}",
+                hint="its free axes are bounded by the size checks torch.export kept (for one, a last "
+                "feature map that would shrink to 1x1); convert the model again at the size you need",
             ) from exc
         names = output_names(len(out))
         self.output_names = names

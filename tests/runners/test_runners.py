@@ -127,3 +127,19 @@ def test_tensorrt_runner_without_tensorrt(tmp_path, monkeypatch):
     assert "reparam[trt]" in err.value.hint
     with pytest.raises(ReparamError, match="TensorRT is not installed"):
         runner_for(engine)
+
+
+def test_a_pt2_refusing_a_size_names_the_nearest_one_it_takes(tmp_path):
+    """Converted at 224x224, ACB-ResNet-18 is captured with free height and width, but torch.export
+    keeps a guard against a 1x1 last feature map: 32x32 is refused, 33x33 is the nearest it takes."""
+    from reparam.artifact import save_artifact
+    from reparam.engine import convert
+    from reparam.zoo import create_model
+
+    model = create_model("acb_resnet18", width=0.125, num_classes=10).eval()
+    x = torch.randn(1, 3, 224, 224)
+    save_artifact(convert(model, (x,), check=False), (x,), tmp_path / "m.pt2")
+    runner = TorchRunner(tmp_path / "m.pt2")
+    with pytest.raises(ReparamError, match="nearest larger size it takes is 1x3x33x33"):
+        runner.run({"input": np.zeros((1, 3, 32, 32), np.float32)})
+    assert runner.run({"input": np.zeros((1, 3, 33, 33), np.float32)})["output"].shape == (1, 10)
