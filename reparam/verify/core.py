@@ -72,7 +72,9 @@ def _file_candidate(path: Path, name: str | None, record: Any) -> Candidate:
     artifact = read_artifact(path)
     own = record if record is not None else artifact.record
     module = artifact.module
-    return Candidate(name or path.name, "pt2", runners.TorchRunner(module), module, own, str(path))
+    runner = runners.TorchRunner(module)
+    runner.path = str(path)  # messages name the file, not the loaded module's class
+    return Candidate(name or path.name, "pt2", runner, module, own, str(path))
 
 
 def make_candidate(obj: Any, *, name: str | None = None, record: Any = None) -> Candidate:

@@ -143,3 +143,17 @@ def test_a_pt2_refusing_a_size_names_the_nearest_one_it_takes(tmp_path):
     with pytest.raises(ReparamError, match="nearest larger size it takes is 1x3x33x33"):
         runner.run({"input": np.zeros((1, 3, 32, 32), np.float32)})
     assert runner.run({"input": np.zeros((1, 3, 33, 33), np.float32)})["output"].shape == (1, 10)
+
+
+def test_a_pt2_candidate_is_named_by_its_file_in_a_refusal(tmp_path):
+    from reparam.artifact import save_artifact
+    from reparam.engine import convert
+    from reparam.verify.core import make_candidate
+    from reparam.zoo import create_model
+
+    model = create_model("acb_resnet18", width=0.125, num_classes=10).eval()
+    x = torch.randn(1, 3, 224, 224)
+    save_artifact(convert(model, (x,), check=False), (x,), tmp_path / "m.pt2")
+    cand = make_candidate(tmp_path / "m.pt2")
+    with pytest.raises(ReparamError, match=r"m\.pt2\) does not take inputs of shape 1x3x32x32"):
+        cand.runner.run({"input": np.zeros((1, 3, 32, 32), np.float32)})
