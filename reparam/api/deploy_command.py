@@ -177,11 +177,13 @@ class _Build:
         return self.workdir / name
 
     def candidates(self) -> list[Candidate]:
-        """The in-memory deploy model and every file written, opened only now: a file's runtime
-        (its loaded program, its ONNX Runtime session) is not held while the next one is exported."""
-        cands = [
-            make_candidate(self.result.model, name="deploy model (in memory)", record=self.result.record)
-        ]
+        """The in-memory deploy model and every file written. The verifier opens each file's runtime
+        (its loaded program, its ONNX Runtime session) as it reaches it and lets it go once judged."""
+        in_memory = make_candidate(
+            self.result.model, name="deploy model (in memory)", record=self.result.record
+        )
+        in_memory.disposable = True  # the verifier lets it go once judged; the files are opened after it
+        cands = [in_memory]
         for name, tolerance in self.files:
             record = None if name == "model.engine" else self.result.record
             cand = make_candidate(self.workdir / name, record=record)
@@ -342,7 +344,9 @@ def deploy(
         say(
             f"verifying {1 + len(build.files)} candidates on {batches.info['batches']} batch(es) of {batches.info['shape']}"
         )
+        summary = build.result.report.summary_line()
         candidates = build.candidates()
+        del build  # the deploy model now lives in its candidate alone
         report = verify(
             loaded.model,
             candidates,
@@ -354,7 +358,6 @@ def deploy(
             localize="auto",
             tick=tick,
         )
-        summary = build.result.report.summary_line()
         dropped = [] if report.passed else _int8_failures(report, options)
         if dropped is None:
             shutil.rmtree(tmp, ignore_errors=True)

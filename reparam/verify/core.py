@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +47,71 @@ LOCALIZE = ("always", "auto", "on_failure", "never")
 CHUNK_BATCHES = 16  # batches each runtime runs in turn (see _stream)
 
 
-@dataclass
 class Candidate:
-    """Something to verify: a runner plus what is needed to localize a divergence in it."""
+    """Something to verify: a runner plus what is needed to localize a divergence in it.
 
-    name: str
-    kind: str  # "torch", "pt2", "onnx", "tensorrt" or "runner"
-    runner: Any
-    module: nn.Module | None = None
-    record: Any = None
-    path: str | None = None
-    tolerance: Tolerance | None = None  # overrides the run's tolerance for this candidate
+    A candidate made from a file opens its runtime (the loaded program, the ONNX Runtime session)
+    on first use of ``runner`` or ``module``. `verify` releases a runtime it opened, and a module
+    handed over with ``disposable=True``, once the candidate is judged: the files of a deploy
+    directory are then not held in memory together.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,  # "torch", "pt2", "onnx", "tensorrt" or "runner"
+        runner: Any = None,
+        module: nn.Module | None = None,
+        record: Any = None,
+        path: str | None = None,
+        tolerance: Tolerance | None = None,  # overrides the run's tolerance for this candidate
+        *,
+        opener: Callable[[], tuple[Any, nn.Module | None, Any]] | None = None,
+        disposable: bool = False,
+    ):
+        self.name, self.kind, self.path, self.tolerance = name, kind, path, tolerance
+        self._runner, self._module, self._record = runner, module, record
+        self._opener = opener  # (runner, module, record) of a file, read again after a release
+        self.disposable = disposable
+
+    @property
+    def is_open(self) -> bool:
+        return self._runner is not None
+
+    def open(self) -> None:
+        """Open the file's runtime if it is not open (a candidate without a file always is)."""
+        if self._runner is None and self._opener is not None:
+            self._runner, self._module, record = self._opener()
+            self._record = self._record if self._record is not None else record
+
+    def release(self) -> None:
+        """Drop the runtime (a file can open it again) or the module handed over as disposable."""
+        if self._opener is not None or self.disposable:
+            self._runner = self._module = None
+
+    @property
+    def runner(self) -> Any:
+        self.open()
+        return self._runner
+
+    @runner.setter
+    def runner(self, value: Any) -> None:
+        self._runner = value
+
+    @property
+    def module(self) -> nn.Module | None:
+        self.open()
+        return self._module
+
+    @property
+    def record(self) -> Any:
+        if self._record is None and self.kind == "pt2":
+            self.open()  # a .pt2 carries its own record
+        return self._record
+
+    @record.setter
+    def record(self, value: Any) -> None:
+        self._record = value
 
 
 def _record_of(module: nn.Module, record: Any = None) -> Any:
@@ -63,18 +119,23 @@ def _record_of(module: nn.Module, record: Any = None) -> Any:
     return record if record is not None else getattr(module, "reparam_record", None)
 
 
+def _open_pt2(path: Path) -> tuple[Any, nn.Module, Any]:
+    artifact = read_artifact(path)
+    runner = runners.TorchRunner(artifact.module)
+    runner.path = str(path)  # messages name the file, not the loaded module's class
+    return runner, artifact.module, artifact.record
+
+
+def _open_file(path: Path) -> tuple[Any, None, None]:
+    return runners.runner_for(path), None, None
+
+
 def _file_candidate(path: Path, name: str | None, record: Any) -> Candidate:
     if not path.is_file():
         raise ReparamError(f"candidate file {str(path)!r} does not exist", hint="check the path")
     kind = runners.artifact_kind(path)
-    if kind != "pt2":
-        return Candidate(name or path.name, kind, runners.runner_for(path), record=record, path=str(path))
-    artifact = read_artifact(path)
-    own = record if record is not None else artifact.record
-    module = artifact.module
-    runner = runners.TorchRunner(module)
-    runner.path = str(path)  # messages name the file, not the loaded module's class
-    return Candidate(name or path.name, "pt2", runner, module, own, str(path))
+    opener = partial(_open_pt2 if kind == "pt2" else _open_file, path)
+    return Candidate(name or path.name, kind, record=record, path=str(path), opener=opener)
 
 
 def make_candidate(obj: Any, *, name: str | None = None, record: Any = None) -> Candidate:
@@ -157,11 +218,13 @@ class _Worst:
 class _Lane:
     """One candidate's state in the loop: its judge, its worst batch, or why it could not run."""
 
-    def __init__(self, cand: Candidate, tolerance: Tolerance, label: str):
+    def __init__(self, cand: Candidate, tolerance: Tolerance, label: str, opened_here: bool):
         self.cand, self.label = cand, label
         self.judge = OutputJudge(cand.tolerance or tolerance, name=cand.name, kind=cand.kind)
         self.worst = _Worst()
         self.failure: str | None = None
+        self.opened_here = opened_here  # a runtime the verifier opens, the verifier releases
+        self.result: CandidateResult | None = None
 
     def step(self, index: int, batch: Batch, reference: Mapping[str, np.ndarray]) -> None:
         if self.failure is not None:
@@ -177,27 +240,40 @@ class _Lane:
         if badness > self.worst.badness:
             self.worst = _Worst(badness, index, batch, reference)
 
-
-def _chunks(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
-    chunk: list[Batch] = []
-    for batch in batches:
-        chunk.append(batch)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    def finish(self, reference: Any, localize: str) -> None:
+        """Judge the candidate (while its runtime is still open), then release what may go."""
+        self.result = _finish(reference, self, localize)
+        if self.opened_here or self.cand.disposable:
+            self.cand.release()
 
 
-def _stream(reference: Any, lanes: list[_Lane], batches: Iterable[Batch], counter: _Counter) -> int:
+_END = object()
+
+
+def _chunks(batches: Iterable[Batch], size: int) -> Iterator[tuple[list[Batch], bool]]:
+    """``size`` batches at a time, each chunk with whether it is the last (one batch read ahead)."""
+    it = iter(batches)
+    ahead = next(it, _END)
+    while ahead is not _END:
+        chunk = [ahead]
+        chunk.extend(islice(it, size - 1))
+        ahead = next(it, _END)
+        yield chunk, ahead is _END
+
+
+def _stream(
+    reference: Any, lanes: list[_Lane], batches: Iterable[Batch], counter: _Counter, localize: str
+) -> int:
     """Run every batch through the reference and each candidate; returns the number of batches.
 
     Batches go in chunks of ``CHUNK_BATCHES``, each runtime running a whole chunk in turn: one
     runtime's worker threads do not slow the next one down batch after batch, and memory holds
-    one chunk whatever the number of inputs.
+    one chunk whatever the number of inputs. In the last chunk each candidate is judged as soon as
+    it has run, and released: only one opened file is held at a time there (for inputs that fit in
+    one chunk, throughout).
     """
     count = 0
-    for chunk in _chunks(batches, CHUNK_BATCHES):
+    for chunk, last in _chunks(batches, CHUNK_BATCHES):
         label = f"reference {reference.name}"
         ref_outs = []
         for index, batch in enumerate(chunk, count):
@@ -209,6 +285,8 @@ def _stream(reference: Any, lanes: list[_Lane], batches: Iterable[Batch], counte
                 counter.start(lane.label)
                 lane.step(index, batch, ref_out)
                 counter.advance(lane.label)
+            if last:
+                lane.finish(reference, localize)
         count += len(chunk)
     return count
 
@@ -312,23 +390,29 @@ def verify(
     tol = make_tolerance(tolerance, atol, rtol)
     cands = [make_candidate(c) for c in candidates]
     ref = _reference(reference, reference_name)
-    lanes = [_Lane(c, tol, f"candidate {k}/{len(cands)} {c.name}") for k, c in enumerate(cands, 1)]
-    total = len(batches) * (1 + len(lanes)) if isinstance(batches, Sequence) else 0
-    if not _stream(ref, lanes, batches, _Counter(tick, total)):
-        raise ReparamError("no input batches to verify with", hint="pass `inputs` DATA.npz or `input_shape`")
     report = VerifyReport(ref.name, tol, dict(inputs_info or {}))
-    report.candidates = [_finish(ref, lane, localize) for lane in lanes]
-    report.notes.extend(dict.fromkeys(ref.notes))
-    if quant:
+    unopened = [not c.is_open for c in cands]
+    if quant:  # from the weights alone: before any candidate is released
         report.quant_risk = _quant_risk(ref.quantization_source(), cands)
+    lanes = [
+        _Lane(c, tol, f"candidate {k}/{len(cands)} {c.name}", fresh)
+        for k, (c, fresh) in enumerate(zip(cands, unopened), 1)
+    ]
+    total = len(batches) * (1 + len(lanes)) if isinstance(batches, Sequence) else 0
+    if not _stream(ref, lanes, batches, _Counter(tick, total), localize):
+        raise ReparamError("no input batches to verify with", hint="pass `inputs` DATA.npz or `input_shape`")
+    report.candidates = [lane.result for lane in lanes]
+    report.notes.extend(dict.fromkeys(ref.notes))
     return report
 
 
 def _quant_risk(reference: nn.Module | None, cands: Sequence[Candidate]) -> Any:
-    with_weights = [
-        c for c in cands if c.module is not None and c.record is not None and c.kind in ("torch", "pt2")
-    ]
-    src = min(with_weights, key=lambda c: c.kind != "torch", default=None)  # prefer the in-memory model
-    if src is None or reference is None:
+    """The int8 risk of the fused kernels, read from the in-memory deploy model when there is one
+    (a ``.pt2`` candidate is opened for it otherwise)."""
+    if reference is None:
+        return []
+    in_memory = [c for c in cands if c.kind == "torch" and c.module is not None and c.record is not None]
+    src = next(iter(in_memory), None) or next((c for c in cands if c.kind == "pt2"), None)
+    if src is None or src.module is None or src.record is None:
         return []
     return quantization_risk(reference, src.module, src.record)
