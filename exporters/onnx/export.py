@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -129,6 +130,24 @@ def _boundary_module(
     return wrapper, {path: _BOUNDARY_OUTPUT.format(index[node]) for path, node in chosen.items()}, len(leaves)
 
 
+def _forget_rewriter_matches() -> None:
+    """Clear the last match onnxscript's module-level rewrite rules keep after the dynamo exporter's optimizer.
+
+    That match holds a node of the exported graph, and through it every weight, for the rest of the process.
+    """
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("onnxscript.rewriter"):
+            continue
+        for value in list(vars(module).values()):
+            rules = vars(value).get("rules") if hasattr(value, "__dict__") else None
+            for rule in rules if isinstance(rules, list) else [value]:
+                matcher = vars(rule).get("_matcher") if hasattr(rule, "__dict__") else None
+                state = vars(matcher) if hasattr(matcher, "__dict__") else {}
+                for attr in ("_current_node", "_graph", "_tracer", "_match"):
+                    if attr in state:
+                        state[attr] = None
+
+
 def _run_exporter(
     model: nn.Module,
     args: tuple,
@@ -203,6 +222,8 @@ def _run_exporter(
         ) from exc
     finally:
         registration.setLevel(level)
+        if dynamo:
+            _forget_rewriter_matches()
     return proto
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reparam.errors import ReparamError, require
+from reparam.exporters.onnx.weightless import light_view
 from reparam.io import FileTransaction
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay clear of it. Tests lower this.
@@ -42,6 +43,79 @@ def tensor_bytes(model: Any) -> int:
             if attr.HasField("t"):
                 total += len(attr.t.raw_data) or attr.t.ByteSize()
     return total
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field_bytes(number: int, payload_size: int) -> bytes:
+    """The key and length that precede a length-delimited field ``number`` of ``payload_size`` bytes."""
+    return _varint(number << 3 | 2) + _varint(payload_size)
+
+
+def _fields(message: Any, keep: Any) -> bytes:
+    """``message`` serialized with only the fields whose number passes ``keep``."""
+    part = type(message)()
+    for fd, value in message.ListFields():
+        if keep(fd.number):
+            if fd.is_repeated:
+                getattr(part, fd.name).extend(value)
+            elif fd.message_type is not None:
+                getattr(part, fd.name).CopyFrom(value)
+            else:
+                setattr(part, fd.name, value)
+    return part.SerializeToString()
+
+
+def _has_unknown_fields(*messages: Any) -> bool:
+    try:
+        from google.protobuf.unknown_fields import UnknownFieldSet
+    except ImportError:  # protobuf < 4.23: cannot tell
+        return True
+    return any(len(UnknownFieldSet(m)) for m in messages)
+
+
+def _write_streamed(model: Any, path: Path) -> bool:
+    """Write ``model`` as ``SerializeToString`` would, one initializer at a time, so the file's bytes
+    are never all in memory at once (protobuf writes fields in number order; graph is field 7 of
+    ModelProto, initializer field 5 of GraphProto). False, and nothing written, where the model or
+    its graph carries fields this split would lose."""
+    graph = model.graph
+    if not model.HasField("graph") or _has_unknown_fields(model, graph):
+        return False
+    graph_head = _fields(graph, lambda n: n < 5)
+    graph_tail = _fields(graph, lambda n: n > 5)
+    # each size is a serialization of that tensor alone (upb measures by serializing)
+    inits = [(t, t.ByteSize()) for t in graph.initializer]
+    graph_size = len(graph_head) + len(graph_tail) + sum(len(_field_bytes(5, n)) + n for _, n in inits)
+    with open(path, "wb") as f:
+        f.write(_fields(model, lambda n: n < 7) + _field_bytes(7, graph_size) + graph_head)
+        for tensor, size in inits:
+            f.write(_field_bytes(5, size))
+            f.write(tensor.SerializeToString())
+        f.write(graph_tail + _fields(model, lambda n: n > 7))
+    return True
+
+
+def _check(model: Any, written: Path) -> None:
+    """onnx.checker (full check) on the model just written: its weights are checked one by one and
+    the graph on its light view, where they are inputs of the same type and shape (shape
+    inference reads no weight's values); the file itself where that view is not the same graph."""
+    onnx = require("onnx", "onnx", "Writing an ONNX file")
+    names = [t.name for t in model.graph.initializer]
+    if model.ir_version < 4 or len(set(names)) != len(names):  # weights must be inputs / names clash
+        onnx.checker.check_model(str(written), full_check=True)
+        return
+    light, weights = light_view(model)
+    for tensor in weights.values():
+        onnx.checker.check_tensor(tensor)
+    onnx.checker.check_model(light, full_check=True)
 
 
 def needs_external_data(model: Any, threshold: int | None = None) -> bool:
@@ -86,11 +160,14 @@ def save_onnx(
                 size_threshold=1024,
                 convert_attribute=True,
             )
-        else:
+        elif not _write_streamed(model, tmp_model):
             onnx.save_model(model, str(tmp_model))
         if check:
             try:
-                onnx.checker.check_model(str(tmp_model), full_check=True)
+                if external:
+                    onnx.checker.check_model(str(tmp_model), full_check=True)
+                else:
+                    _check(model, tmp_model)
             except onnx.checker.ValidationError as exc:
                 raise ReparamError(
                     f"the ONNX model failed onnx.checker: {str(exc).splitlines()[0]}",

@@ -37,6 +37,7 @@ from reparam.equivalence import (
 from reparam.equivalence.capture import torch_args
 from reparam.equivalence.tolerance import make_tolerance
 from reparam.errors import ReparamError, require
+from reparam.memory import release_freed_memory
 from reparam.verify.quant import quantization_risk
 from reparam.verify.reference import BlockReference, LiveReference, SavedReference, run_batch
 from reparam.verify.report import VerifyReport
@@ -245,6 +246,7 @@ class _Lane:
         self.result = _finish(reference, self, localize)
         if self.opened_here or self.cand.disposable:
             self.cand.release()
+            release_freed_memory()
 
 
 _END = object()

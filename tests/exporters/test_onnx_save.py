@@ -138,3 +138,56 @@ def test_fp16_copy_runs_in_onnxruntime_with_small_error(tmp_path):
         convert_onnx_to_fp16(out, tmp_path / "again.onnx")
     with pytest.raises(ReparamError, match="overwrite"):
         convert_onnx_to_fp16(tmp_path / "m.onnx", tmp_path / "m.onnx")
+
+
+def _matmul_model(weight: np.ndarray) -> onnx.ModelProto:
+    """y = x @ w with a weight large enough to be checked apart from the graph's light view."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weight.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", weight.shape[1]])],
+        initializer=[
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(np.ones(3, np.float32), "b"),
+        ],
+        doc_string="a graph",
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test")
+    helper.set_model_props(model, {"k": "v"})
+    return model
+
+
+def test_written_file_is_byte_for_byte_onnx_save_model(tmp_path):
+    """The file is written one initializer at a time, yet it is exactly what onnx.save_model writes."""
+    model = _matmul_model(np.random.default_rng(0).standard_normal((200, 150)).astype(np.float32))
+    save_onnx(model, tmp_path / "m.onnx")
+    onnx.save_model(model, str(tmp_path / "ref.onnx"))
+    assert (tmp_path / "m.onnx").read_bytes() == (tmp_path / "ref.onnx").read_bytes()
+
+
+def test_fields_unknown_to_this_onnx_are_kept(tmp_path):
+    """A model carrying a field this onnx does not know (a newer writer's) is written whole."""
+    raw = _matmul_model(np.ones((200, 150), np.float32)).SerializeToString() + b"\x98\x06\x01"  # field 99 = 1
+    model = onnx.ModelProto.FromString(raw)
+    save_onnx(model, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == model.SerializeToString()
+    assert (tmp_path / "m.onnx").read_bytes().endswith(b"\x98\x06\x01")
+
+
+def test_checker_failure_in_a_large_weight_writes_nothing(tmp_path):
+    model = _matmul_model(np.ones((200, 150), np.float32))
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
+    with pytest.raises(ReparamError, match="raw_data size"):
+        save_onnx(model, tmp_path / "m.onnx")
+    assert _files(tmp_path) == []
+
+
+def test_checker_failure_in_the_graph_of_a_large_model_writes_nothing(tmp_path):
+    model = _matmul_model(np.ones((200, 150), np.float32))
+    model.graph.node[0].input[1] = "missing"
+    with pytest.raises(ReparamError, match="onnx.checker"):
+        save_onnx(model, tmp_path / "m.onnx")
+    assert _files(tmp_path) == []
