@@ -25,7 +25,7 @@ from torch import nn
 
 from reparam.errors import ReparamError
 from reparam.io import atomic_path, file_sha256  # noqa: F401  (file_sha256 is part of this module's API)
-from reparam.limits import memory_limit, parameter_bytes_of, refuse_over_limit
+from reparam.limits import build_on_meta, memory_limit, refuse_over_limit, state_bytes
 from reparam.zoo import create_model
 
 CONTAINER_KEYS = ("state_dict", "model", "ema", "model_ema", "net", "state_dict_ema")
@@ -78,12 +78,15 @@ def build_model(
     *,
     max_bytes: int | str | None = None,
     param: str = "arch",
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Build an architecture by zoo name or ``package.module:factory`` with keyword arguments.
 
     The parameters are counted on the ``meta`` device first: a model over the memory limit
     (:func:`reparam.limits.memory_limit`) is refused before anything is allocated. ``param`` is
-    the parameter that named ``arch`` (``arch``, ``as_arch``), for errors.
+    the parameter that named ``arch`` (``arch``, ``as_arch``), for errors. ``state_dict`` is loaded
+    strictly (:func:`load_state_dict_strict`); where that is the same model, the one built on
+    ``meta`` takes its tensors as they are, and no random initialization or copy is made.
     """
     kwargs = dict(arch_kwargs or {})
     if ":" in arch:
@@ -96,10 +99,57 @@ def build_model(
         def make() -> nn.Module:
             return create_model(arch, **kwargs)
 
-    needed = parameter_bytes_of(make)
-    if needed is not None:
-        refuse_over_limit(f"the parameters of {arch} {kwargs}", needed, memory_limit(max_bytes))
-    return make()
+    meta = build_on_meta(make)
+    if meta is not None:
+        refuse_over_limit(f"the parameters of {arch} {kwargs}", state_bytes(meta), memory_limit(max_bytes))
+        if state_dict is not None and _takes_tensors_as_they_are(meta, state_dict):
+            load_state_dict_strict(meta, state_dict, arch, assign=True)
+            if not _holds_meta_tensors(meta):
+                return meta
+    model = make()
+    if state_dict is not None:
+        load_state_dict_strict(model, state_dict, arch)
+    return model
+
+
+def _takes_tensors_as_they_are(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether assigning the checkpoint's tensors gives what copying them would: no tied entries
+    in the model, and each tensor on the CPU, of the model's dtype, in a storage of its own."""
+    expected = model.state_dict(keep_vars=True)
+    if len({id(v) for v in expected.values()}) != len(expected):
+        return False
+    storages = set()
+    for key, wanted in expected.items():
+        tensor = state_dict.get(key)
+        if tensor is None:
+            continue  # load_state_dict_strict names what is missing
+        if (
+            not isinstance(tensor, torch.Tensor)
+            or tensor.dtype != wanted.dtype
+            or tensor.device.type != "cpu"
+        ):
+            return False
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in storages:
+            return False
+        storages.add(storage)
+    return True
+
+
+def _holds_meta_tensors(model: nn.Module) -> bool:
+    """A tensor the checkpoint did not replace (a non-persistent buffer, a plain attribute)."""
+    for module in model.modules():
+        for value in vars(module).values():
+            items = (
+                value.values()
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, list | tuple)
+                else [value]
+            )
+            if any(isinstance(v, torch.Tensor) and v.is_meta for v in items):
+                return True
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
 
 
 def validate_file_kwargs(kwargs: Any, source: str) -> dict[str, Any]:
@@ -371,7 +421,9 @@ def _with_batch_counters(
     return {**state_dict, **{k: expected[k] for k in absent}}
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str = "") -> None:
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str = "", *, assign: bool = False
+) -> None:
     """Load strictly; on any missing/unexpected key or shape mismatch raise one ReparamError listing them.
 
     Only BatchNorm's ``num_batches_tracked`` counters may be missing (see `_with_batch_counters`).
@@ -400,7 +452,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
             or "check `arch` and `arch_kwargs` (e.g. width, num_classes, in_chans) against how the model "
             "was trained",
         )
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def record_architecture(
@@ -495,8 +547,7 @@ def load_model(
         )
     notes: list[str] = []
     state_dict = extract_state_dict(obj, key=state_dict_key, strip_prefix=strip_prefix, notes=notes)
-    model = build_model(arch, arch_kwargs, max_bytes=max_bytes)
-    load_state_dict_strict(model, state_dict, arch)
+    model = build_model(arch, arch_kwargs, max_bytes=max_bytes, state_dict=state_dict)
     model.reparam_source = {"arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "notes": notes}
     return model.eval()
 

@@ -61,8 +61,8 @@ def refuse_over_limit(what: str, needed: int, limit: int) -> None:
         )
 
 
-def parameter_bytes_of(factory: Callable[[], nn.Module]) -> int | None:
-    """Bytes of the parameters and buffers ``factory()`` would allocate (built on ``meta``)."""
+def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module | None:
+    """``factory()`` built on the ``meta`` device (nothing allocated); None where it cannot be."""
     try:
         with torch.device("meta"):
             model = factory()
@@ -70,9 +70,18 @@ def parameter_bytes_of(factory: Callable[[], nn.Module]) -> int | None:
         raise
     except Exception:  # a factory that cannot build on meta is measured after building instead
         return None
-    if not isinstance(model, nn.Module):
-        return None
+    return model if isinstance(model, nn.Module) else None
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters and buffers of ``model``."""
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def parameter_bytes_of(factory: Callable[[], nn.Module]) -> int | None:
+    """Bytes of the parameters and buffers ``factory()`` would allocate (built on ``meta``)."""
+    model = build_on_meta(factory)
+    return None if model is None else state_bytes(model)
 
 
 def activation_bytes(model: nn.Module, shapes: Sequence[Sequence[int]], dtype: torch.dtype) -> int:

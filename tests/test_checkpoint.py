@@ -215,3 +215,65 @@ def test_save_checkpoint_takes_the_model_first_like_torch_save(tmp_path, trained
     with pytest.raises(TypeError, match="takes the model first"):
         save_checkpoint(tmp_path / "x.pth", trained, ARCH, KW)
     assert not (tmp_path / "x.pth").exists()
+
+
+class DerivedBuffer(nn.Module):
+    """A non-persistent buffer computed in ``__init__``: the checkpoint does not carry it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("scale", torch.arange(4.0).view(1, 4, 1, 1) + 1, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * self.scale
+
+
+class Tied(nn.Module):
+    """Two layers sharing one weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+def test_the_checkpoints_tensors_become_the_models_own(trained):
+    """No random initialization and no copy: the model holds the checkpoint's tensors."""
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    model = build_model(ARCH, KW, state_dict=state).eval()
+    assert model.fc.weight.data_ptr() == state["fc.weight"].data_ptr()
+    assert isinstance(model.fc.weight, nn.Parameter) and model.fc.weight.requires_grad
+    x = torch.randn(2, 3, 32, 32)
+    assert _same(model, trained) and torch.equal(model(x), trained.eval()(x))
+
+
+@pytest.mark.parametrize("case", ["derived buffer", "tied weights", "other dtype"])
+def test_models_the_checkpoint_cannot_simply_fill_are_built_and_copied_into(case):
+    torch.manual_seed(0)
+    arch = {
+        "derived buffer": "tests.test_checkpoint:DerivedBuffer",
+        "tied weights": "tests.test_checkpoint:Tied",
+    }
+    source = (
+        DerivedBuffer() if case == "derived buffer" else Tied() if case == "tied weights" else trained_half()
+    )
+    state = source.state_dict()
+    model = build_model(arch.get(case, ARCH), None if case in arch else KW, state_dict=state)
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    if case == "derived buffer":
+        assert torch.equal(model.scale.flatten(), torch.arange(4.0) + 1)
+        x = torch.randn(1, 3, 8, 8)
+        assert torch.equal(model(x), source(x))
+    elif case == "tied weights":
+        assert model.b.weight is model.a.weight and torch.equal(model.a.weight, source.a.weight)
+    else:
+        assert model.fc.weight.dtype == torch.float32
+        assert torch.equal(model.fc.weight, state["fc.weight"].float())
+
+
+def trained_half() -> nn.Module:
+    return create_model(ARCH, **KW).half()
