@@ -63,6 +63,7 @@ OPTIONAL_HEAVY = {
     "onnxruntime",
     "onnxsim",
     "onnxscript",
+    "google",  # protobuf, installed with onnx
     "onnxconverter_common",
     "tensorrt",
     "matplotlib",
