@@ -26,7 +26,6 @@ from reparam.exporters.onnx import convert_fp16, export_onnx
 from reparam.exporters.tensorrt import build_engine
 from reparam.exporters.tensorrt.capabilities import import_tensorrt
 from reparam.io import clean_stale_temps, file_sha256, temp_name, write_error
-from reparam.memory import release_freed_memory
 from reparam.quantize import quantize
 from reparam.verify.core import Candidate, Tick, make_candidate, verify
 
@@ -348,7 +347,6 @@ def deploy(
         summary = build.result.report.summary_line()
         candidates = build.candidates()
         del build  # the deploy model now lives in its candidate alone
-        release_freed_memory()  # what capture and export freed, before the runtimes open
         report = verify(
             loaded.model,
             candidates,

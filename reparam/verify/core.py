@@ -241,12 +241,14 @@ class _Lane:
         if badness > self.worst.badness:
             self.worst = _Worst(badness, index, batch, reference)
 
-    def finish(self, reference: Any, localize: str) -> None:
-        """Judge the candidate (while its runtime is still open), then release what may go."""
+    def finish(self, reference: Any, localize: str, others_follow: bool) -> None:
+        """Judge the candidate (while its runtime is still open), then release what may go; its
+        memory goes back to the system where another candidate is opened next."""
         self.result = _finish(reference, self, localize)
         if self.opened_here or self.cand.disposable:
             self.cand.release()
-            release_freed_memory()
+            if others_follow:
+                release_freed_memory()
 
 
 _END = object()
@@ -288,7 +290,7 @@ def _stream(
                 lane.step(index, batch, ref_out)
                 counter.advance(lane.label)
             if last:
-                lane.finish(reference, localize)
+                lane.finish(reference, localize, others_follow=lane is not lanes[-1])
         count += len(chunk)
     return count
 
