@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from reparam.errors import ReparamError, require
-from reparam.exporters.onnx.weightless import light_view
+from reparam.exporters.onnx.weightless import copy_fields, light_view
 from reparam.io import FileTransaction
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay clear of it. Tests lower this.
@@ -59,17 +60,10 @@ def _field_bytes(number: int, payload_size: int) -> bytes:
     return _varint(number << 3 | 2) + _varint(payload_size)
 
 
-def _fields(message: Any, keep: Any) -> bytes:
+def _fields(message: Any, keep: Callable[[int], bool]) -> bytes:
     """``message`` serialized with only the fields whose number passes ``keep``."""
     part = type(message)()
-    for fd, value in message.ListFields():
-        if keep(fd.number):
-            if fd.is_repeated:
-                getattr(part, fd.name).extend(value)
-            elif fd.message_type is not None:
-                getattr(part, fd.name).CopyFrom(value)
-            else:
-                setattr(part, fd.name, value)
+    copy_fields(message, part, lambda fd: keep(fd.number))
     return part.SerializeToString()
 
 

@@ -11,6 +11,7 @@ original proto, whose weights are never copied.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from reparam.errors import require
@@ -22,10 +23,11 @@ def _onnx() -> Any:
     return require("onnx", "onnx", "ONNX graph work")
 
 
-def _copy_fields(source: Any, into: Any, skip: frozenset[str]) -> None:
-    """Every set field of ``source`` but those in ``skip`` into ``into`` (messages copied, not shared)."""
+def copy_fields(source: Any, into: Any, keep: Callable[[Any], bool]) -> None:
+    """Every set field of ``source`` whose descriptor passes ``keep`` into ``into`` (messages copied,
+    not shared)."""
     for fd, value in source.ListFields():
-        if fd.name in skip:
+        if not keep(fd):
             continue
         if fd.is_repeated:
             getattr(into, fd.name).extend(value)
@@ -45,8 +47,8 @@ def light_view(model: Any, min_elements: int = LARGE_ELEMENTS) -> tuple[Any, dic
         t.name: t for t in graph.initializer if math.prod(t.dims) >= min_elements and t.name not in inputs
     }
     light = onnx.ModelProto()
-    _copy_fields(model, light, frozenset({"graph"}))
-    _copy_fields(graph, light.graph, frozenset({"initializer"}))
+    copy_fields(model, light, lambda fd: fd.name != "graph")
+    copy_fields(graph, light.graph, lambda fd: fd.name != "initializer")
     light.graph.initializer.extend(t for t in graph.initializer if t.name not in weights)
     light.graph.input.extend(
         onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)) for name, t in weights.items()
