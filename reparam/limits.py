@@ -78,12 +78,6 @@ def state_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
-def parameter_bytes_of(factory: Callable[[], nn.Module]) -> int | None:
-    """Bytes of the parameters and buffers ``factory()`` would allocate (built on ``meta``)."""
-    model = build_on_meta(factory)
-    return None if model is None else state_bytes(model)
-
-
 def activation_bytes(model: nn.Module, shapes: Sequence[Sequence[int]], dtype: torch.dtype) -> int:
     """Sum of the bytes of every leaf module's output for inputs of ``shapes`` (meta forward).
 

@@ -68,10 +68,8 @@ def _fields(message: Any, keep: Callable[[int], bool]) -> bytes:
 
 
 def _has_unknown_fields(*messages: Any) -> bool:
-    try:
-        from google.protobuf.unknown_fields import UnknownFieldSet
-    except ImportError:  # protobuf < 4.23: cannot tell
-        return True
+    from google.protobuf.unknown_fields import UnknownFieldSet  # protobuf comes with onnx
+
     return any(len(UnknownFieldSet(m)) for m in messages)
 
 
