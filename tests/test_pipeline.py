@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import pytest
 import torch
 
 import reparam
+from reparam.api import deploy_command
 from reparam.checkpoint import save_checkpoint
 from reparam.describe import describe
 from reparam.errors import ReparamError
@@ -53,3 +56,34 @@ def test_deploy_input_error_leaves_nothing(tmp_path, ckpt):
             inputs=reparam.InputSpec(input_shape=(1, 3, 32, 32)),
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.pth"]
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_deploy_lets_the_training_model_go_before_exporting(tmp_path, ckpt, monkeypatch, chunk):
+    """Inputs that fit in one chunk: its outputs are computed first and the model is freed; more
+    inputs: it is run batch by batch by the verifier, so it is held."""
+    if chunk is not None:
+        monkeypatch.setattr(deploy_command, "CHUNK_BATCHES", chunk)
+    trained, alive = [], []
+    convert, save = deploy_command.convert, deploy_command.save_artifact
+
+    def converting(model, *args, **kwargs):
+        trained.append(weakref.ref(model))
+        return convert(model, *args, **kwargs)
+
+    def saving(*args, **kwargs):
+        gc.collect()
+        alive.append(trained[0]() is not None)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(deploy_command, "convert", converting)
+    monkeypatch.setattr(deploy_command, "save_artifact", saving)
+    result = reparam.deploy(
+        reparam.ModelSource(ckpt),
+        tmp_path / "out",
+        options=reparam.DeployOptions(targets=[]),
+        inputs=reparam.InputSpec(input_shape=(1, 3, 32, 32)),
+    )
+    assert result.passed and alive == [chunk is not None]
+    manifest = json.loads((result.output / "manifest.json").read_text())
+    assert manifest["model_class"].endswith(".RepVGG") and result.report.quant_risk

@@ -26,8 +26,10 @@ from reparam.exporters.onnx import convert_fp16, export_onnx
 from reparam.exporters.tensorrt import build_engine
 from reparam.exporters.tensorrt.capabilities import import_tensorrt
 from reparam.io import clean_stale_temps, file_sha256, temp_name, write_error
+from reparam.memory import release_freed_memory
 from reparam.quantize import quantize
-from reparam.verify.core import Candidate, Tick, make_candidate, verify
+from reparam.verify.core import CHUNK_BATCHES, Candidate, Tick, compute_reference, make_candidate, verify
+from reparam.verify.quant import quantization_risk
 
 TARGETS = ("onnx", "trt")
 INT8_FILES = ("model.int8.onnx", "model.engine")
@@ -153,7 +155,23 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _description(loaded: LoadedModel, shape: tuple[int, ...]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Facts:
+    """What the manifest and the artifacts' descriptions say of the training model, kept after
+    the model itself is let go."""
+
+    path: Path
+    arch: str | None
+    arch_kwargs: dict[str, Any] | None
+    model_class: str
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> _Facts:
+        model = type(loaded.model)
+        return cls(loaded.path, loaded.arch, loaded.arch_kwargs, f"{model.__module__}.{model.__qualname__}")
+
+
+def _description(loaded: _Facts, shape: tuple[int, ...]) -> dict[str, Any]:
     """What model.pt2 and model.onnx record about themselves (see `reparam.describe`)."""
     return {
         "arch": loaded.arch,
@@ -192,13 +210,33 @@ class _Build:
         return cands
 
 
-def _convert_and_save(workdir: Path, loaded: LoadedModel, batches: Batches, say: Progress) -> _Build:
-    """Convert (checked by the verification that follows) and write model.pt2."""
+def _convert(workdir: Path, model: torch.nn.Module, batches: Batches) -> _Build:
+    """Convert (checked by the verification that follows)."""
     example = (torch.from_numpy(batches.data[0]["input"]),)
-    say("converting")
     # MACs and the report are per sample; the artifacts are captured on the whole first batch.
-    result = convert(loaded.model, (example[0][:1],), check=False)
-    build = _Build(workdir, result, example)
+    return _Build(workdir, convert(model, (example[0][:1],), check=False), example)
+
+
+def _reference(
+    model: torch.nn.Module, result: Any, batches: Batches, source: ModelSource
+) -> tuple[Any, list[Any] | None]:
+    """What verification compares with, and the int8 risk table if it was computed here.
+
+    Inputs that fit in one chunk of the verifier: the training model's outputs are computed now
+    and the model is let go before anything is exported (it is loaded again only if a candidate
+    needs its noise floor or its blocks), so it is not held beside the exporters and the runtimes;
+    the risk table, read from its weights, is computed first. More inputs: the model itself,
+    run batch by batch as the verifier streams.
+    """
+    if len(batches.data) > CHUNK_BATCHES:
+        return model, None
+    risk = quantization_risk(model, result.model, result.record)
+    return compute_reference(model, batches.data, lambda: source.load().model, str(source.checkpoint)), risk
+
+
+def _save_pt2(build: _Build, loaded: _Facts, say: Progress) -> None:
+    """Write model.pt2 with its report and its description."""
+    result, example, workdir = build.result, build.example, build.workdir
     say("writing model.pt2")
     save_artifact(
         result.model,
@@ -210,12 +248,9 @@ def _convert_and_save(workdir: Path, loaded: LoadedModel, batches: Batches, say:
         | {"checkpoint": str(loaded.path), "precision": "fp32"},
     )
     build.add("model.pt2")
-    return build
 
 
-def _export_onnx(
-    build: _Build, loaded: LoadedModel, options: DeployOptions, judge: Judge, say: Progress
-) -> None:
+def _export_onnx(build: _Build, loaded: _Facts, options: DeployOptions, judge: Judge, say: Progress) -> None:
     """Write model.onnx and the fp16 / int8 / TensorRT files derived from it."""
 
     say("exporting model.onnx")
@@ -255,7 +290,7 @@ def _int8_failures(report: Any, options: DeployOptions) -> list[str] | None:
 
 
 def _manifest(
-    loaded: LoadedModel,
+    loaded: _Facts,
     batches: Batches,
     options: DeployOptions,
     report: Any,
@@ -272,13 +307,12 @@ def _manifest(
     extras = (["onnx-fp16"] if options.fp16 and onnx else []) + (
         ["onnx-int8"] if options.int8 and onnx and not dropped else []
     )
-    model = loaded.model
     return {
         "reparam_version": __version__,
         "created_unix": int(time.time()),
         "checkpoint": _file_entry(loaded.path) | {"path": str(loaded.path)},
         "arch": loaded.arch,
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_class": loaded.model_class,
         "arch_kwargs": loaded.arch_kwargs,
         "input_shape": "x".join(map(str, (1, *batches.shape[1:]))),
         "verify_inputs": batches.info,
@@ -336,11 +370,17 @@ def deploy(
     loaded = source.load()
     batches = inputs.resolve(loaded.model)
     notes = loaded.notes + ([batches.note] if batches.note else [])
+    facts = _Facts.of(loaded)
     tmp = _make_temp_dir(out)
     try:
-        build = _convert_and_save(tmp, loaded, batches, say)
+        say("converting")
+        build = _convert(tmp, loaded.model, batches)
+        reference, risk = _reference(loaded.model, build.result, batches, source)
+        del loaded  # the training model now lives in `reference` alone, or nowhere
+        release_freed_memory()
+        _save_pt2(build, facts, say)
         if "onnx" in targets:
-            _export_onnx(build, loaded, options, judge, say)
+            _export_onnx(build, facts, options, judge, say)
         say(
             f"verifying {1 + len(build.files)} candidates on {batches.info['batches']} batch(es) of {batches.info['shape']}"
         )
@@ -348,7 +388,7 @@ def deploy(
         candidates = build.candidates()
         del build  # the deploy model now lives in its candidate alone
         report = verify(
-            loaded.model,
+            reference,
             candidates,
             batches.data,
             tolerance=judge.tolerance(),
@@ -356,6 +396,7 @@ def deploy(
             inputs_info=batches.info,
             # blocks are compared only for a candidate that fails, or passes on the noise allowance
             localize="auto",
+            quant_risk=risk,
             tick=tick,
         )
         dropped = [] if report.passed else _int8_failures(report, options)
@@ -363,7 +404,7 @@ def deploy(
             shutil.rmtree(tmp, ignore_errors=True)
             return DeployResult(None, report, notes=notes, summary=summary)
         files = _write_results(
-            tmp, report, _manifest(loaded, batches, options, report, judge, dropped), dropped
+            tmp, report, _manifest(facts, batches, options, report, judge, dropped), dropped
         )
         _publishable_modes(tmp)
         _replace_dir(tmp, out)

@@ -8,8 +8,10 @@ One round runs two fresh processes on the same checkpoint, one after the other:
   Runtime session), and the rest (reports, manifest, the move into place);
 - *parts*: ``python -m reparam.bench.deploy_cost parts SPEC``, which imports the same libraries
   and does the same work with the public pieces alone, one after the other: load the checkpoint,
-  ``reparam.engine.convert``, ``reparam.artifact.save_artifact``, ``reparam.exporters.onnx.export_onnx``
-  and ``reparam.verify.verify`` of the three candidates on the same batches, with deploy's settings.
+  ``reparam.engine.convert``, the reference outputs (``reparam.verify.compute_reference``, after
+  which the training model is let go, as deploy does), ``reparam.artifact.save_artifact``,
+  ``reparam.exporters.onnx.export_onnx`` and ``reparam.verify.verify`` of the three candidates on
+  the same batches, with deploy's settings.
 
 The ratio deploy / parts is taken per round (both processes wall time, imports included), so a
 drift of a shared machine hits both alike. Peak memory is each process's own maximum resident set
@@ -218,7 +220,8 @@ def _parts(checkpoint: str, arch: str, workdir: Path) -> dict[str, Any]:
     from reparam.checkpoint import load_model
     from reparam.engine import convert
     from reparam.exporters.onnx import export_onnx
-    from reparam.verify import verify
+    from reparam.memory import release_freed_memory
+    from reparam.verify import compute_reference, quantization_risk, verify
     from reparam.verify.core import make_candidate
     from reparam.verify.inputs import make_batches
 
@@ -238,6 +241,11 @@ def _parts(checkpoint: str, arch: str, workdir: Path) -> dict[str, Any]:
     data, info, _ = make_batches(model)
     example = (torch.from_numpy(data[0]["input"]),)
     result = convert(model, (example[0][:1],), check=False)
+    # as deploy does: the reference outputs and the int8 table first, then the training model goes
+    risk = quantization_risk(model, result.model, result.record)
+    reference = compute_reference(model, data, lambda: load_model(checkpoint, arch), checkpoint)
+    del model
+    release_freed_memory()
     lap("convert")
     save_artifact(result.model, example, workdir / "model.pt2", report=result.report, record=result.record)
     lap("pt2")
@@ -246,7 +254,9 @@ def _parts(checkpoint: str, arch: str, workdir: Path) -> dict[str, Any]:
     candidates = [make_candidate(result.model, name="deploy model (in memory)", record=result.record)]
     candidates += [make_candidate(workdir / n, record=result.record) for n in ("model.pt2", "model.onnx")]
     # as deploy calls it: blocks compared only for a candidate that fails or needs the noise allowance
-    report = verify(model, candidates, data, tolerance="fp32", inputs_info=info, localize="auto")
+    report = verify(
+        reference, candidates, data, tolerance="fp32", inputs_info=info, localize="auto", quant_risk=risk
+    )
     lap("verify")
     if not report.passed:
         raise ReparamError("the parts' verification failed: the measurement would not be comparable")

@@ -21,7 +21,7 @@ from reparam.equivalence import (
     locate_divergence,
 )
 from reparam.equivalence.tolerance import get_profile, judge, make_tolerance
-from reparam.verify.core import Candidate, make_candidate, verify
+from reparam.verify.core import Candidate, compute_reference, make_candidate, verify
 from reparam.verify.inputs import default_input_shape, load_npz_batches, random_batches
 from reparam.verify.quant import LayerRisk, quantization_risk
 from reparam.verify.report import VerifyReport
@@ -41,6 +41,7 @@ __all__ = [
     "VerifyReport",
     "compare_outputs",
     "compute_metrics",
+    "compute_reference",
     "default_input_shape",
     "get_profile",
     "judge",

@@ -39,7 +39,13 @@ from reparam.equivalence.tolerance import make_tolerance
 from reparam.errors import ReparamError, require
 from reparam.memory import release_freed_memory
 from reparam.verify.quant import quantization_risk
-from reparam.verify.reference import BlockReference, LiveReference, SavedReference, run_batch
+from reparam.verify.reference import (
+    BlockReference,
+    ComputedReference,
+    LiveReference,
+    SavedReference,
+    run_batch,
+)
 from reparam.verify.report import VerifyReport
 
 Batch = Mapping[str, np.ndarray]
@@ -340,7 +346,7 @@ def _finish(reference: Any, lane: _Lane, localize: str) -> CandidateResult:
 
     def noise() -> dict[str, float]:
         scale = {n: a.result().ref_max_abs for n, a in lane.judge.accumulators.items()}
-        return reference.noise(worst.batch, worst.reference, scale)
+        return reference.noise(worst.index, worst.batch, worst.reference, scale)
 
     result = lane.judge.result(noise)
     if _needs_blocks(localize, lane, result):
@@ -348,10 +354,20 @@ def _finish(reference: Any, lane: _Lane, localize: str) -> CandidateResult:
     return result
 
 
-def _reference(reference: Any, name: str) -> LiveReference | SavedReference:
-    if isinstance(reference, LiveReference | SavedReference):
+def _reference(reference: Any, name: str) -> LiveReference | ComputedReference | SavedReference:
+    if isinstance(reference, LiveReference | ComputedReference | SavedReference):
         return reference
     return LiveReference(make_candidate(reference, name=name), name)
+
+
+def compute_reference(
+    module: nn.Module, batches: Sequence[Batch], load: Callable[[], nn.Module], name: str = "reference"
+) -> ComputedReference:
+    """``module``'s outputs on ``batches``, computed now for a `verify` run after ``module`` is let
+    go; ``load`` builds it again only if a candidate needs its fp32 noise or its blocks."""
+    return ComputedReference(
+        _reference(module, name), batches, lambda: LiveReference(make_candidate(load(), name=name), name)
+    )
 
 
 def _check_arguments(batches: Iterable[Batch], candidates: Sequence[Any], localize: str) -> None:
@@ -375,20 +391,23 @@ def verify(
     inputs_info: Mapping[str, Any] | None = None,
     localize: str = "auto",
     quant: bool = True,
+    quant_risk: list[Any] | None = None,
     tick: Tick | None = None,
 ) -> VerifyReport:
     """Compare every candidate with ``reference`` on ``batches`` (any iterable; read once, in order).
 
     ``reference`` and each candidate may be an nn.Module (run in eval mode), a ``.pt2`` / ``.onnx``
     / TensorRT engine path or a Runner; ``reference`` may also be saved run results
-    (:class:`~reparam.verify.reference.SavedReference`, golden results). Blocks can only be
-    localized against a module or saved block outputs.
+    (:class:`~reparam.verify.reference.SavedReference`, golden results) or outputs computed before
+    its module was let go (`compute_reference`). Blocks can only be localized against a module or
+    saved block outputs.
 
     ``localize``: "auto" (the default) computes per-block errors for a failing candidate and for
     one that passed only thanks to the reference's noise allowance, "on_failure" only for failing
     ones, "always" for every candidate that allows it, "never" for none. ``tick(label, done, total)`` is called as
     each batch run starts and ends, for a progress display (``total`` is 0 for an iterable of
-    unknown length).
+    unknown length). ``quant_risk``: the int8 risk table computed before, for a reference whose
+    module is gone (else it is computed here when ``quant``).
     """
     _check_arguments(batches, candidates, localize)
     tol = make_tolerance(tolerance, atol, rtol)
@@ -397,7 +416,9 @@ def verify(
     report = VerifyReport(ref.name, tol, dict(inputs_info or {}))
     unopened = [not c.is_open for c in cands]
     if quant:  # from the weights alone: before any candidate is released
-        report.quant_risk = _quant_risk(ref.quantization_source(), cands)
+        report.quant_risk = (
+            quant_risk if quant_risk is not None else _quant_risk(ref.quantization_source(), cands)
+        )
     lanes = [
         _Lane(c, tol, f"candidate {k}/{len(cands)} {c.name}", fresh)
         for k, (c, fresh) in enumerate(zip(cands, unopened), 1)

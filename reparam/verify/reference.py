@@ -1,13 +1,15 @@
 """What candidates are compared with, batch by batch: a model run now, or its saved run results.
 
 :class:`LiveReference` runs a model (module, ``.pt2``, ``.onnx``, engine or runner);
-:class:`SavedReference` reads a run saved before (golden results: the inputs, outputs, block
-outputs and fp32 noise of the training model). The verifier's loop takes either.
+:class:`ComputedReference` holds a module's outputs computed up front, so the module can be let go
+before the candidates are built; :class:`SavedReference` reads a run saved before (golden results:
+the inputs, outputs, block outputs and fp32 noise of the training model). The verifier's loop
+takes any of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,9 +80,10 @@ class LiveReference:
         return self._model64
 
     def noise(
-        self, batch: Batch, outputs: Mapping[str, np.ndarray], scale: Mapping[str, float]
+        self, index: int, batch: Batch, outputs: Mapping[str, np.ndarray], scale: Mapping[str, float]
     ) -> dict[str, float]:
-        """The fp32 noise of ``outputs`` (the reference's on ``batch``) against a float64 run.
+        """The fp32 noise of ``outputs`` (the reference's on ``batch``, number ``index``) against a
+        float64 run.
 
         Each output's largest deviation is divided by ``scale`` (max|ref| over every batch), so the
         floor measured on one batch never exceeds the floor over all of them.
@@ -117,6 +120,76 @@ class LiveReference:
         return self.module
 
 
+# A module loaded again must reproduce the outputs computed before it was let go: far tighter than
+# any change of weights, looser than the run-to-run jitter of a threaded kernel.
+RELOAD_TOLERANCE = 1e-5
+
+
+class ComputedReference:
+    """A module's outputs on every batch, computed up front; the module itself is not held.
+
+    The outputs are what the verifier compares with. The float64 noise and the block values,
+    needed only by a candidate that fails or passes on the noise allowance, come from the module
+    built again by ``load`` (a LiveReference), which must first reproduce the outputs computed
+    before: a checkpoint changed on disk in between is an error, not a wrong verdict.
+    """
+
+    def __init__(self, live: LiveReference, batches: Sequence[Batch], load: Callable[[], LiveReference]):
+        self.name, self.input_names = live.name, live.input_names
+        self.localizes, self.no_blocks_reason = live.localizes, live.no_blocks_reason
+        self._outputs = [live.outputs(index, batch) for index, batch in enumerate(batches)]
+        self._load = load
+        self._live: LiveReference | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        return self._live.notes if self._live is not None else []
+
+    def outputs(self, index: int, batch: Batch) -> dict[str, np.ndarray]:
+        if index >= len(self._outputs):
+            raise ValueError(f"batch {index} was not among the {len(self._outputs)} computed up front")
+        return dict(self._outputs[index])
+
+    def _reloaded(self, index: int, batch: Batch) -> LiveReference:
+        if self._live is None:
+            live = self._load()
+            again = live.outputs(index, batch)
+            if not _reproduces(again, self._outputs[index]):
+                raise ReparamError(
+                    f"the reference {self.name} loaded again does not reproduce its outputs: "
+                    "the file changed during the run",
+                    hint="leave the checkpoint unchanged while the command runs, then run it again",
+                )
+            self._live = live
+        return self._live
+
+    def noise(
+        self, index: int, batch: Batch, outputs: Mapping[str, np.ndarray], scale: Mapping[str, float]
+    ) -> dict[str, float]:
+        return self._reloaded(index, batch).noise(index, batch, outputs, scale)
+
+    def blocks(self, index: int, batch: Batch, paths: Sequence[str]) -> BlockReference:
+        return self._reloaded(index, batch).blocks(index, batch, paths)
+
+    def quantization_source(self) -> nn.Module | None:
+        return None  # the module is gone: its table is computed before it is let go
+
+
+def _reproduces(again: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray]) -> bool:
+    if again.keys() != before.keys():
+        return False
+    for name, old in before.items():
+        new = np.asarray(again[name], dtype=np.float64)
+        old = np.asarray(old, dtype=np.float64)
+        if new.shape != old.shape or not np.array_equal(np.isfinite(new), np.isfinite(old)):
+            return False
+        finite = np.isfinite(old)
+        scale = max(float(np.abs(old[finite]).max(initial=0.0)), 1e-30)
+        if float(np.abs(new[finite] - old[finite]).max(initial=0.0)) > RELOAD_TOLERANCE * scale:
+            return False
+    return True
+
+
 class SavedReference:
     """A reference run saved before (golden results): outputs, block values and noise are read."""
 
@@ -139,7 +212,7 @@ class SavedReference:
         return dict(self._outputs[index])
 
     def noise(
-        self, batch: Batch, outputs: Mapping[str, np.ndarray], scale: Mapping[str, float]
+        self, index: int, batch: Batch, outputs: Mapping[str, np.ndarray], scale: Mapping[str, float]
     ) -> dict[str, float]:
         """The noise saved with the run (measured over every batch)."""
         return dict(self._noise)

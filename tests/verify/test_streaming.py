@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from reparam.equivalence import BoundaryKind
+from reparam.errors import ReparamError
 from reparam.verify import core as verify_core
 from reparam.verify import reference as verify_reference
-from reparam.verify.core import make_candidate, verify
+from reparam.verify.core import compute_reference, make_candidate, verify
 from reparam.verify.golden import save_golden, verify_golden
 from tests.verify._models import Record, tiny_pair
 
@@ -126,3 +127,55 @@ def test_golden_results_are_checked_by_the_loop_of_a_live_reference(tmp_path):
     assert not b.passed and b.divergence.first_diverging == a.divergence.first_diverging == "layer1.1"
     assert record.boundaries.kind is BoundaryKind.GRAPH_NODE
     assert saved.inputs["source"].startswith("golden results")
+
+
+def _nudged(gm):
+    nudged = copy.deepcopy(gm)
+    with torch.no_grad():
+        nudged.fc.bias.add_(3e-5 * nudged.fc.bias.abs().max())
+    return nudged
+
+
+def test_a_reference_computed_up_front_gives_the_live_reports_and_loads_only_when_needed():
+    ref, gm, boundaries = tiny_pair()
+    record = Record(boundaries)
+    batches = list(_batches(4))
+    loads = []
+
+    def load():
+        loads.append(1)
+        return copy.deepcopy(ref)
+
+    def computed():
+        return compute_reference(copy.deepcopy(ref), batches, load, name="reference")
+
+    exact = verify(computed(), [make_candidate(gm, record=record)], batches, quant=False)
+    assert exact.passed and loads == []  # nothing needed the module again
+    cands = [
+        make_candidate(gm, name="good", record=record),
+        make_candidate(_nudged(gm), name="nudged", record=record),
+        make_candidate(_broken(gm), name="bad", record=record),
+    ]
+    live = verify(ref, cands, batches, quant=False)
+    up_front = verify(computed(), cands, batches, quant=False)
+    assert loads == [1]  # once, for the noise floor and the blocks of both
+    for a, b in zip(live.candidates, up_front.candidates):
+        assert a.passed == b.passed and a.outputs["output"].metrics == b.outputs["output"].metrics
+        assert (a.divergence is None) == (b.divergence is None)
+        if a.divergence is not None:
+            assert a.divergence.first_diverging == b.divergence.first_diverging
+    good, nudged, bad = up_front.candidates
+    assert good.passed and nudged.outputs["output"].metrics.ref_noise is not None
+    assert not bad.passed and bad.divergence.first_diverging == "layer1.1"
+
+
+def test_a_reference_loaded_again_must_reproduce_its_outputs():
+    ref, gm, boundaries = tiny_pair()
+    batches = list(_batches(2))
+    changed = copy.deepcopy(ref)
+    with torch.no_grad():
+        changed.fc.weight.mul_(1.01)
+    reference = compute_reference(ref, batches, lambda: changed, name="ckpt.pth")
+    bad = make_candidate(_broken(gm), name="bad", record=Record(boundaries))
+    with pytest.raises(ReparamError, match="ckpt.pth loaded again does not reproduce its outputs"):
+        verify(reference, [bad], batches, quant=False)
