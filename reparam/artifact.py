@@ -29,7 +29,7 @@ from reparam.engine.record import RewriteRecord
 from reparam.errors import ReparamError
 from reparam.io import FileTransaction, atomic_files, check_input_file
 from reparam.tensors import as_args
-from reparam.torch_compat import export_graphs_unprinted
+from reparam.torch_compat import export_graphs_unprinted, program_serde_memoized
 
 METADATA_FILE = "reparam.json"
 
@@ -118,7 +118,10 @@ def serialize_artifact(
         "record": record.to_dict() if record is not None else None,
     }
     buf = io.BytesIO()
-    torch.export.save(exported.program, buf, extra_files={METADATA_FILE: json.dumps(embedded, default=str)})
+    with program_serde_memoized():
+        torch.export.save(
+            exported.program, buf, extra_files={METADATA_FILE: json.dumps(embedded, default=str)}
+        )
     return buf.getvalue(), report_dict
 
 
@@ -222,7 +225,8 @@ def read_artifact(path: str | os.PathLike) -> DeployArtifact:
     refuse_pickled_payloads(p)
     extra = {METADATA_FILE: ""}
     try:
-        with _quiet_logger("torch.export"):  # it logs a traceback before raising; ours is one line
+        # it logs a traceback before raising; ours is one line
+        with _quiet_logger("torch.export"), program_serde_memoized():
             program = torch.export.load(p, extra_files=extra)
     except Exception as exc:
         raise ReparamError(

@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import types
+import typing
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -218,3 +221,80 @@ def export_graphs_unprinted() -> Iterator[None]:
             shown = list(caught)
     for w in shown:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _serde_internals() -> Any | None:
+    """torch's ``.pt2`` (de)serializer module where it has the internals memoized below, else None."""
+    try:
+        from torch._export.serde import serialize
+    except ImportError:
+        return None
+    deserializer = getattr(serialize, "GraphModuleDeserializer", None)
+    if (
+        callable(getattr(serialize, "_print_sympy", None))
+        and callable(getattr(deserializer, "_parse_sym_expr", None))
+        and getattr(serialize, "typing", None) is typing
+    ):
+        return serialize
+    return None
+
+
+def _memoized_typing() -> types.SimpleNamespace:
+    """The ``typing`` module, except that ``get_type_hints`` of a class is computed once."""
+    hints: dict[tuple, dict[str, Any]] = {}
+
+    def get_type_hints(
+        obj: Any, globalns: Any = None, localns: Any = None, include_extras: bool = False
+    ) -> Any:
+        if localns is not None:
+            return typing.get_type_hints(obj, globalns, localns, include_extras)
+        key = (obj, id(globalns), include_extras)
+        if key not in hints:
+            hints[key] = typing.get_type_hints(obj, globalns, None, include_extras)
+        return dict(hints[key])
+
+    names = {name: getattr(typing, name) for name in dir(typing) if not name.startswith("__")}
+    return types.SimpleNamespace(**(names | {"get_type_hints": get_type_hints}))
+
+
+@contextlib.contextmanager
+def program_serde_memoized() -> Iterator[None]:
+    """``torch.export.save`` / ``load`` with their repeated work done once per distinct value.
+
+    The serializer prints every symbolic size with sympy, the deserializer parses each printed size
+    again and reads each dataclass's type hints anew for every object it builds: a deploy program
+    with free height and width repeats a few dozen size expressions in hundreds of places. Each
+    string, expression and class gives the same result every time, so each is computed once here
+    (the program written and loaded is the same; ``tests/test_torch_compat.py``). Where torch lacks
+    these internals, nothing is changed.
+    """
+    serialize = _serde_internals()
+    if serialize is None:
+        yield
+        return
+    deserializer = serialize.GraphModuleDeserializer
+    print_sympy, parse_sym_expr = serialize._print_sympy, deserializer._parse_sym_expr
+    printed: dict[Any, str] = {}
+    parsed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def print_once(s: Any) -> str:
+        expr = s.node.expr if isinstance(s, torch.SymInt | torch.SymBool | torch.SymFloat) else s
+        if expr not in printed:
+            printed[expr] = print_sympy(s)
+        return printed[expr]
+
+    def parse_once(self: Any, expr_str: Any, hint: Any = None) -> Any:
+        if not isinstance(expr_str, str):  # a sub-expression, already parsed
+            return parse_sym_expr(self, expr_str, hint)
+        mine = parsed.setdefault(self, {})
+        if (expr_str, hint) not in mine:
+            mine[expr_str, hint] = parse_sym_expr(self, expr_str, hint)
+        return mine[expr_str, hint]
+
+    serialize._print_sympy, deserializer._parse_sym_expr = print_once, parse_once
+    serialize.typing = _memoized_typing()
+    try:
+        yield
+    finally:
+        serialize._print_sympy, deserializer._parse_sym_expr = print_sympy, parse_sym_expr
+        serialize.typing = typing

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import typing
 import warnings
 from pathlib import Path
 
@@ -351,3 +352,49 @@ def test_a_failed_export_prints_no_partial_graph_and_warnings_still_show(capsys)
         warnings.warn("shown after", UserWarning, stacklevel=1)
         print("dropped", file=sys.stderr)
     assert capsys.readouterr().err == ""
+
+
+def _program_text(program: torch.export.ExportedProgram) -> list[str]:
+    nodes = [
+        f"{n.name} {n.op} {n.target} {getattr(n.meta.get('val'), 'shape', None)}" for n in program.graph.nodes
+    ]
+    return [program.graph_module.code, str(program.range_constraints), *nodes]
+
+
+def test_memoized_pt2_serde_writes_and_loads_the_same_program(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from torch._export.serde import serialize
+
+    from reparam.artifact import read_artifact, serialize_artifact
+
+    def stage(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, 2, 1), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+
+    # strided layers: every size past the first is an expression of the free height and width
+    model = nn.Sequential(
+        *stage(3, 4), *stage(4, 4), *stage(4, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    ).eval()
+    x = torch.randn(2, 3, 64, 64)
+    originals = (serialize._print_sympy, serialize.GraphModuleDeserializer._parse_sym_expr)
+    assert tc._serde_internals() is serialize  # the memoized path is the one the tested torch runs
+    memoized, _ = serialize_artifact(model, (x,))
+    (tmp_path / "memo.pt2").write_bytes(memoized)
+    fast = read_artifact(tmp_path / "memo.pt2")
+    monkeypatch.setattr(tc, "_serde_internals", lambda: None)  # as on a torch without these internals
+    plain, _ = serialize_artifact(model, (x,))
+    assert plain == memoized
+    slow = read_artifact(tmp_path / "memo.pt2")
+    exported = [torch.export.load(tmp_path / "memo.pt2")]
+    monkeypatch.undo()
+    with tc.program_serde_memoized():
+        exported.append(torch.export.load(tmp_path / "memo.pt2"))
+    assert _program_text(exported[0]) == _program_text(exported[1])
+    assert "s" in str(exported[1].range_constraints)  # free sizes: symbolic expressions were read
+    y = torch.randn(3, 3, 40, 56)
+    assert torch.equal(fast.module(y), slow.module(y))
+    # torch's own functions and typing are back, also after a failure inside
+    with pytest.raises(RuntimeError), tc.program_serde_memoized():
+        raise RuntimeError("inside")
+    assert (serialize._print_sympy, serialize.GraphModuleDeserializer._parse_sym_expr) == originals
+    assert serialize.typing is typing
