@@ -21,10 +21,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def release_freed_memory() -> None:
-    """Collect cycles, then hand the heap's free pages back: glibc keeps them after large frees,
-    so the next stage would otherwise start from the last one's peak."""
-    gc.collect()
+def release_freed_memory(collect: bool = True) -> None:
+    """Collect cycles (unless ``collect`` is False: nothing freed waits in one), then hand the
+    heap's free pages back: glibc keeps them after large frees, so the next stage would otherwise
+    start from the last one's peak."""
+    if collect:
+        gc.collect()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

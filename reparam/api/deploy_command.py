@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,8 +377,10 @@ def deploy(
         say("converting")
         build = _convert(tmp, loaded.model, batches)
         reference, risk = _reference(loaded.model, build.result, batches, source)
+        training = weakref.ref(loaded.model)
         del loaded  # the training model now lives in `reference` alone, or nowhere
-        release_freed_memory()
+        if not isinstance(reference, torch.nn.Module):
+            release_freed_memory(collect=training() is not None)  # a collection only for a model in cycles
         _save_pt2(build, facts, say)
         if "onnx" in targets:
             _export_onnx(build, facts, options, judge, say)

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,8 +245,9 @@ def _parts(checkpoint: str, arch: str, workdir: Path) -> dict[str, Any]:
     # as deploy does: the reference outputs and the int8 table first, then the training model goes
     risk = quantization_risk(model, result.model, result.record)
     reference = compute_reference(model, data, lambda: load_model(checkpoint, arch), checkpoint)
+    training = weakref.ref(model)
     del model
-    release_freed_memory()
+    release_freed_memory(collect=training() is not None)
     lap("convert")
     save_artifact(result.model, example, workdir / "model.pt2", report=result.report, record=result.record)
     lap("pt2")

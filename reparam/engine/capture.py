@@ -45,6 +45,9 @@ def symbolic_trace(module: nn.Module) -> fx.GraphModule:
     # the code is generated once the passes are done with the graph (run_passes)
     gm = graph_module(root, graph, type(module).__name__)
     gm.meta[MODULE_CALLS] = dict(tracer.num_calls)
+    # fx's trace leaves a closure that refers to itself and to the tracer: emptied, the tracer keeps
+    # nothing of the model alive, so the caller's model is freed when let go, without a collection
+    vars(tracer).clear()
     return gm
 
 

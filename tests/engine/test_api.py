@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -211,6 +213,20 @@ def test_deploy_model_shares_nothing_with_the_input_model():
         for p in model.parameters():
             p.add_(1.0)
     assert torch.equal(deploy(x), expected)
+
+
+def test_the_input_model_is_freed_once_let_go_without_a_collection():
+    """Conversion leaves no reference cycle that holds the caller's model (fx's trace makes one)."""
+    model = create_model("repvgg_a0", num_classes=3, width=0.25).eval()
+    gone = weakref.ref(model)
+    gc.disable()
+    try:
+        result = convert(model, torch.randn(1, 3, 32, 32))
+        del model
+        assert gone() is None
+    finally:
+        gc.enable()
+    assert result.report.check.passed
 
 
 def test_input_shape_given_or_inferred():
