@@ -115,9 +115,12 @@ def classify(after_ratio: float) -> str:
     return "low"
 
 
-def _square_source_weight(original: nn.Module, sources: list[str]) -> tuple[str | None, torch.Tensor | None]:
+Named = list[tuple[str, nn.Module]]  # a model's named_modules(), walked once per table
+
+
+def _square_source_weight(named: Named, sources: list[str]) -> tuple[str | None, torch.Tensor | None]:
     """The largest square conv kernel among the source modules (the d x d branch of ACB/RepVGG)."""
-    modules = dict(original.named_modules())
+    modules = dict(named)
     best: tuple[int, str, torch.Tensor] | None = None
     for src in sources:
         root = modules.get(src)
@@ -148,12 +151,12 @@ def _fused_weight(deploy: nn.Module, fused: str) -> torch.Tensor | None:
     return m.weight if m is not None else None
 
 
-def _leaf_sources(original: nn.Module, sources: list[str]) -> list[tuple[str, nn.Module]]:
+def _leaf_sources(named: Named, sources: list[str]) -> list[tuple[str, nn.Module]]:
     """Conv2d / BatchNorm2d modules at or under the source paths, in the model's definition order."""
     roots = tuple(sources)
     return [
         (name, m)
-        for name, m in original.named_modules()
+        for name, m in named
         if isinstance(m, nn.Conv2d | nn.BatchNorm2d)
         and any(name == r or name.startswith(r + ".") for r in roots)
     ]
@@ -236,14 +239,19 @@ def _describe_branch(name: str, parts: dict[str, nn.Module], channels: int) -> B
 
 
 def attribute(
-    original: nn.Module, fused: nn.Module, sources: list[str], *, decompose: bool = True
+    original: nn.Module,
+    fused: nn.Module,
+    sources: list[str],
+    *,
+    decompose: bool = True,
+    named: Named | None = None,
 ) -> list[BranchRange]:
     """Per-branch ranges of a fused conv; with ``decompose``, ``ratio_without`` is set when the
     branches sum to its kernel (a float64 rebuild of every branch: only worth it where a culprit
-    is to be named)."""
+    is to be named). ``named``: ``original.named_modules()`` when the caller has walked it."""
     if not isinstance(fused, nn.Conv2d):
         return []
-    groups = _branches(_leaf_sources(original, sources))
+    groups = _branches(_leaf_sources(named if named is not None else list(original.named_modules()), sources))
     described = {n: _describe_branch(n, p, fused.out_channels) for n, p in groups.items()}
     branches = {n: b for n, b in described.items() if b is not None}
     if not decompose:
@@ -314,6 +322,7 @@ def quantization_risk(original: nn.Module, deploy: nn.Module, record) -> list[La
     """One LayerRisk per fused layer of ``record`` (a RewriteRecord) whose weights can be found."""
     risks: list[LayerRisk] = []
     seen: set[str] = set()
+    named = list(original.named_modules())
     for entry in getattr(record, "entries", []):
         if entry.fused in seen:
             continue
@@ -322,7 +331,7 @@ def quantization_risk(original: nn.Module, deploy: nn.Module, record) -> list[La
             continue
         seen.add(entry.fused)
         after = channel_ranges(after_w)
-        src_name, before_w = _square_source_weight(original, list(entry.sources))
+        src_name, before_w = _square_source_weight(named, list(entry.sources))
         before = (
             channel_ranges(before_w) if before_w is not None and before_w.shape[0] == after.shape[0] else None
         )
@@ -331,7 +340,7 @@ def quantization_risk(original: nn.Module, deploy: nn.Module, record) -> list[La
         risk = classify(after_ratio)
         try:
             module = _fused_module(deploy, entry.fused)
-            branches = attribute(original, module, list(entry.sources), decompose=risk != "low")
+            branches = attribute(original, module, list(entry.sources), decompose=risk != "low", named=named)
         except Exception:  # attribution is a diagnostic: an unusual source layout must not hide the table
             branches = []
         culprit, reason, remedies = _blame(branches, after_ratio) if risk != "low" else (None, "", [])
