@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import threading
 import types
 import typing
 import warnings
@@ -223,6 +224,9 @@ def export_graphs_unprinted() -> Iterator[None]:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
+_SERDE_LOCK = threading.RLock()
+
+
 def _serde_internals() -> Any | None:
     """torch's ``.pt2`` (de)serializer module where it has the internals memoized below, else None."""
     try:
@@ -268,10 +272,19 @@ def program_serde_memoized() -> Iterator[None]:
     (the program written and loaded is the same; ``tests/test_torch_compat.py``). Where torch lacks
     these internals, nothing is changed.
     """
-    serialize = _serde_internals()
-    if serialize is None:
-        yield
-        return
+    # one thread at a time; a nested use finds the outer one's functions in place (None here) and
+    # leaves them: what is put back on exit is always torch's own
+    with _SERDE_LOCK:
+        serialize = _serde_internals()
+        if serialize is None:
+            yield
+            return
+        with _memoized_serde(serialize):
+            yield
+
+
+@contextlib.contextmanager
+def _memoized_serde(serialize: Any) -> Iterator[None]:
     deserializer = serialize.GraphModuleDeserializer
     print_sympy, parse_sym_expr = serialize._print_sympy, deserializer._parse_sym_expr
     printed: dict[Any, str] = {}

@@ -393,8 +393,11 @@ def test_memoized_pt2_serde_writes_and_loads_the_same_program(
     assert "s" in str(exported[1].range_constraints)  # free sizes: symbolic expressions were read
     y = torch.randn(3, 3, 40, 56)
     assert torch.equal(fast.module(y), slow.module(y))
-    # torch's own functions and typing are back, also after a failure inside
+    # torch's own functions and typing are back, also after a failure inside and a nested use
     with pytest.raises(RuntimeError), tc.program_serde_memoized():
+        with tc.program_serde_memoized():
+            assert serialize.typing is not typing
+        assert serialize.typing is not typing
         raise RuntimeError("inside")
     assert (serialize._print_sympy, serialize.GraphModuleDeserializer._parse_sym_expr) == originals
     assert serialize.typing is typing
