@@ -365,6 +365,10 @@ def render_markdown(results: BenchResults) -> str:
         if missed:
             out += [f"- MISSED {t.name}: {t.value:.3f}{t.unit} > {t.limit:g}{t.unit}" for t in missed]
             out.append("")
+        reached = [t for t in targets if t.met is True]
+        if reached:
+            out += [f"- met {t.name}: {t.value:.3f}{t.unit} <= {t.limit:g}{t.unit}" for t in reached]
+            out.append("")
         if busy:
             out += [
                 f"{busy} measurement(s) ran while other processes used more than {BUSY_LOAD:.0%} of the CPUs "

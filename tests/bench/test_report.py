@@ -134,6 +134,7 @@ def test_markdown_has_machine_command_tables_and_targets():
     # 2 latency + (3 + 2) conversion targets; one latency and one memory target missed.
     assert "5 of 7 targets met" in md
     assert "- MISSED deploy/plain acb_resnet18 ort-all b1: 1.050x > 1.02x" in md
+    assert "- met deploy/plain acb_resnet18 torch b1: 1.000x <= 1.02x" in md
     assert "- timm is not importable" in md
     # the same numbers from a --quick run: every target is labelled "not judged"
     results.judged = False
