@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from reparam.errors import ReparamError
 
@@ -61,10 +63,50 @@ def refuse_over_limit(what: str, needed: int, limit: int) -> None:
         )
 
 
+# weight initialization: torch.nn.init's in-place functions (they dispatch themselves to a mode
+# before the tensor methods they call) and the tensors' own random fills
+_RANDOM_FILLS = frozenset(
+    [
+        *(
+            getattr(torch.nn.init, name)
+            for name in dir(torch.nn.init)
+            if name.endswith("_") and not name.startswith("_")
+        ),
+        *(
+            getattr(torch.Tensor, name)
+            for name in (
+                "normal_",
+                "uniform_",
+                "log_normal_",
+                "exponential_",
+                "cauchy_",
+                "geometric_",
+                "random_",
+            )
+        ),
+    ]
+)
+
+
+class _NoRandomFillsOnMeta(TorchFunctionMode):
+    """Skips random fills of meta tensors: they hold no values to set, and torch computes ``normal_``
+    on meta through its Python reference decompositions (about a second on first use in a process)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _RANDOM_FILLS:
+            # torch.nn.init passes its tensor by keyword
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
 def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module | None:
-    """``factory()`` built on the ``meta`` device (nothing allocated); None where it cannot be."""
+    """``factory()`` built on the ``meta`` device (nothing allocated, weights not initialized);
+    None where it cannot be."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _NoRandomFillsOnMeta():
             model = factory()
     except ReparamError:
         raise

@@ -10,9 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from reparam.checkpoint import build_model, file_sha256, load_model, save_checkpoint
 from reparam.errors import ReparamError
+from reparam.limits import build_on_meta
 from reparam.zoo import create_model
 
 ARCH, KW = "acb_resnet18", {"num_classes": 5, "width": 0.25}
@@ -277,3 +279,47 @@ def test_models_the_checkpoint_cannot_simply_fill_are_built_and_copied_into(case
 
 def trained_half() -> nn.Module:
     return create_model(ARCH, **KW).half()
+
+
+class _DispatchedOps(TorchDispatchMode):
+    """The ATen operators that run beneath it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class _EveryInit(nn.Module):
+    """Parameters initialized by every kind of call a model's constructor makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)  # kaiming_uniform_ in reset_parameters
+        self.fc = nn.Linear(8, 4)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        self.fc.bias.data.normal_()
+        self.real = torch.empty(5, device="cpu").normal_()  # a tensor with values keeps them
+
+
+def test_a_model_measured_on_meta_is_built_without_filling_its_weights():
+    """Meta tensors hold no values: the weight initialization is skipped (torch computes normal_ on
+    meta through Python decompositions, seconds per process), anything else still runs."""
+    seen = _DispatchedOps()
+
+    def factory() -> nn.Module:
+        with seen:
+            return _EveryInit()
+
+    model = build_on_meta(factory)
+    assert model is not None and all(p.is_meta for p in model.parameters())
+    assert [p.shape for p in model.parameters()] == [p.shape for p in _EveryInit().parameters()]
+    fills = [n for n in seen.names if any(f in n for f in ("normal", "uniform", "erfinv"))]
+    assert fills == ["aten.normal_.default"]  # the cpu tensor's alone
+    assert not model.real.is_meta and torch.isfinite(model.real).all()
+    built = create_model("acb_resnet18", num_classes=3, width=0.25)  # off meta, initialized as always
+    assert built.fc.weight.std() > 0

@@ -20,6 +20,7 @@ from reparam.equivalence import MetricsAccumulator, block_noise, float64_copy, r
 from reparam.equivalence.capture import BlockValue, torch_args
 from reparam.equivalence.noise import as_float64
 from reparam.errors import ReparamError
+from reparam.numerics import scale_relative_error
 from reparam.tensors import output_names, tensor_leaves, to_numpy
 
 Batch = Mapping[str, np.ndarray]
@@ -176,18 +177,10 @@ class ComputedReference:
 
 
 def _reproduces(again: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray]) -> bool:
-    if again.keys() != before.keys():
-        return False
-    for name, old in before.items():
-        new = np.asarray(again[name], dtype=np.float64)
-        old = np.asarray(old, dtype=np.float64)
-        if new.shape != old.shape or not np.array_equal(np.isfinite(new), np.isfinite(old)):
-            return False
-        finite = np.isfinite(old)
-        scale = max(float(np.abs(old[finite]).max(initial=0.0)), 1e-30)
-        if float(np.abs(new[finite] - old[finite]).max(initial=0.0)) > RELOAD_TOLERANCE * scale:
-            return False
-    return True
+    return again.keys() == before.keys() and all(
+        np.shape(again[name]) == np.shape(old) and scale_relative_error(old, again[name]) <= RELOAD_TOLERANCE
+        for name, old in before.items()
+    )
 
 
 class SavedReference:

@@ -127,8 +127,6 @@ class StagedNet(nn.Module):
 
 def init_weights(model: nn.Module) -> None:
     """He initialisation for convs, unit BatchNorms, small-normal linear layers."""
-    if any(p.is_meta for p in model.parameters()):
-        return  # built on meta to be measured before its weights are loaded: no values to set
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
