@@ -23,7 +23,7 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int, statically_kn
 
 from reparam.numerics import scale_relative_error
 from reparam.tensors import batch_of_two, fresh, tensor_leaves
-from reparam.torch_compat import avg_pool2d_bindings, size_guards
+from reparam.torch_compat import avg_pool2d_bindings, fake_tensor_cache_off, size_guards
 
 _SPATIAL = {3: ("length",), 4: ("height", "width"), 5: ("depth", "height", "width")}
 
@@ -229,7 +229,7 @@ def export_with_free_axes(
     # asked to leave free, and a later capture of the same tensors would inherit them
     for example in tried:
         try:
-            with warnings.catch_warnings(), global_pools_stay_free():
+            with warnings.catch_warnings(), global_pools_stay_free(), fake_tensor_cache_off():
                 warnings.simplefilter("ignore")
                 program = export(fresh(example), auto_dynamic_shapes(example))
                 module = program.module()

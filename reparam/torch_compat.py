@@ -224,6 +224,28 @@ def export_graphs_unprinted() -> Iterator[None]:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
+@contextlib.contextmanager
+def fake_tensor_cache_off() -> Iterator[None]:
+    """Run a torch.export capture without dynamo's fake-tensor dispatch cache.
+
+    The cache memoizes each operator's result on fake tensors by its input metadata; with free
+    height and width almost every key is new (each symbolic size is another key) and building the
+    keys costs more than it saves: ACB-ResNet-50 captures with free batch, height and width in
+    0.7 s without it and 1.0 s with it. A capture with symbolic sizes is the same either way (the
+    cache only remembers results). Where torch lacks the setting, nothing is changed.
+    """
+    try:
+        from torch._dynamo import config
+    except ImportError:
+        yield
+        return
+    if not isinstance(getattr(config, "fake_tensor_cache_enabled", None), bool):
+        yield
+        return
+    with config.patch(fake_tensor_cache_enabled=False):
+        yield
+
+
 _SERDE_LOCK = threading.RLock()
 
 

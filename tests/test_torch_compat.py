@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -401,3 +402,23 @@ def test_memoized_pt2_serde_writes_and_loads_the_same_program(
         raise RuntimeError("inside")
     assert (serialize._print_sympy, serialize.GraphModuleDeserializer._parse_sym_expr) == originals
     assert serialize.typing is typing
+
+
+def test_a_capture_without_the_fake_tensor_cache_writes_the_same_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._dynamo import config
+
+    from reparam import dynamic_shapes
+    from reparam.artifact import serialize_artifact
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(4, 8, 3, 2, 1), nn.Flatten(2)
+    ).eval()
+    x = torch.randn(2, 3, 40, 48)
+    before = config.fake_tensor_cache_enabled
+    with tc.fake_tensor_cache_off():
+        assert config.fake_tensor_cache_enabled is False
+    assert config.fake_tensor_cache_enabled == before
+    uncached, _ = serialize_artifact(model, (x,))
+    monkeypatch.setattr(dynamic_shapes, "fake_tensor_cache_off", contextlib.nullcontext)
+    cached, _ = serialize_artifact(model, (x,))
+    assert uncached == cached

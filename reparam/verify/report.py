@@ -240,13 +240,12 @@ class VerifyReport:
     def write_plot(self, path: str | os.PathLike) -> str | None:
         """Plot per-block scale-relative error; returns a note instead when matplotlib is missing."""
         try:
-            import matplotlib
-
-            matplotlib.use("Agg", force=True)
-            import matplotlib.pyplot as plt
+            # a Figure of its own draws with Agg and leaves pyplot (0.4 s to import) and its backend alone
+            from matplotlib.figure import Figure
         except ImportError:
             return "matplotlib is not installed; no plot written (pip install 'reparam[plot]')"
-        fig, ax = plt.subplots(figsize=(10, 4.5))
+        fig = Figure(figsize=(10, 4.5))
+        ax = fig.subplots()
         plotted = False
         names = merged_order(
             [b.name for b in c.divergence.blocks]
@@ -286,7 +285,6 @@ class VerifyReport:
         fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
         return None
 
 
