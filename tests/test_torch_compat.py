@@ -404,7 +404,9 @@ def test_memoized_pt2_serde_writes_and_loads_the_same_program(
     assert serialize.typing is typing
 
 
-def test_a_capture_without_the_fake_tensor_cache_writes_the_same_program(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_capture_without_the_fake_tensor_cache_writes_the_same_program(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from torch._dynamo import config
 
     from reparam import dynamic_shapes
