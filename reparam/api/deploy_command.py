@@ -46,6 +46,7 @@ class DeployOptions:
     int8: bool = False
     calib: str | os.PathLike | None = None
     force: bool = False
+    dynamo: bool = True  # False: model.onnx from the TorchScript exporter (faster, more memory)
 
     def resolved_targets(self) -> list[str]:
         """Known targets in build order; ``trt`` implies ``onnx`` (the engine is built from it)."""
@@ -264,6 +265,7 @@ def _export_onnx(build: _Build, loaded: _Facts, options: DeployOptions, judge: J
         metadata=description,
         boundaries=build.result.record.boundaries,
         passes=build.result.record.pass_names(),
+        dynamo=options.dynamo,
     )
     source = build.add("model.onnx")
     if options.fp16:

@@ -118,3 +118,15 @@ def test_verification_failure_leaves_no_output_directory(ckpt, tmp_path, monkeyp
     out = capsys.readouterr().out
     assert "first diverging block" in out and "nothing was written" in out
     assert not list(tmp_path.iterdir())  # neither OUTDIR nor the temporary build directory
+
+
+def test_deploy_with_the_legacy_exporter_verifies_its_onnx_file(ckpt, tmp_path, capsys):
+    import onnx
+
+    out = tmp_path / "out"
+    argv = ["deploy", str(ckpt), "--input-shape", "1x3x32x32", "-o", str(out), "--legacy-exporter"]
+    assert main(argv) == 0, capsys.readouterr()
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert meta["reparam.exporter"] == "legacy"
+    report = json.loads((out / "report.json").read_text())
+    assert {c["name"]: c["passed"] for c in report["candidates"]}["model.onnx"] is True

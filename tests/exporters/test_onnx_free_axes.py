@@ -53,3 +53,41 @@ def test_a_file_whose_free_axes_compute_other_values_is_refused(tmp_path, monkey
         )
     assert "`dynamic_batch`" in caught.value.hint  # the parameter that exports the batch axis alone
     assert not path.exists()
+
+
+class _BatchReadAsNumber(torch.nn.Module):
+    """Reads the batch as a Python number: a TorchScript trace keeps the example's batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x).reshape(int(x.shape[0]), -1)
+
+
+def test_a_legacy_trace_that_keeps_the_batch_is_refused(tmp_path):
+    from reparam.exporters.onnx import export_onnx
+
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ReparamError, match=r"leaves input\[0\] dynamic but .* at 3x3x8x8") as caught:
+        export_onnx(_BatchReadAsNumber(), torch.randn(1, 3, 8, 8), path, dynamo=False)
+    assert "`dynamo=False`" in caught.value.hint
+    assert not path.exists()
+    with pytest.raises(ReparamError, match="static"):  # torch.export sees the batch held, and says so
+        export_onnx(_BatchReadAsNumber(), torch.randn(1, 3, 8, 8), path)
+    assert not path.exists()
+    export_onnx(_BatchReadAsNumber(), torch.randn(1, 3, 8, 8), path, dynamic_batch=False, dynamo=False)
+    assert _run(path, torch.randn(1, 3, 8, 8)).shape == (1, 192)  # at the size it was traced, it is taken
+
+
+def test_a_legacy_trace_is_run_at_another_batch(tmp_path, monkeypatch):
+    from reparam.exporters.onnx import export as onnx_export
+
+    probed = []
+    real = onnx_export._check_free_axes
+    monkeypatch.setattr(
+        onnx_export, "_check_free_axes", lambda *a, **k: probed.append(k) or real(*a, **k)
+    )
+    model = _prepared(lambda: Net(RepVGGAuthorsSE(8, 4)))
+    result = onnx_export.export_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "m.onnx", dynamo=False)
+    assert probed == [{"batch_too": True}] and result.exporter == "legacy"
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert scale_relative_error(model(x).numpy(), _run(tmp_path / "m.onnx", x)) <= 1e-5

@@ -61,3 +61,12 @@ def test_a_wrong_rewrite_writes_nothing_and_exits_1(tmp_path, monkeypatch, capsy
     assert main(["deploy", str(src), "-o", str(tmp_path / "out")]) == 1
     assert not (tmp_path / "deploy.onnx").exists() and not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["train.onnx"]
+
+
+def test_deploy_options_that_build_from_pytorch_are_refused_for_an_onnx_input(tmp_path, capsys):
+    src = export(ACB(4, 4, 3, padding=1), tmp_path / "train.onnx")
+    for extra, named in [(["--legacy-exporter"], "--legacy-exporter"), (["--to", "onnx,trt"], "--to trt")]:
+        assert main(["deploy", str(src), "-o", str(tmp_path / "out"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert named in err and "ONNX file" in err and "hint:" in err
+        assert not (tmp_path / "out").exists()

@@ -59,8 +59,16 @@ def register(subparsers) -> None:
     p.add_argument(
         "--calib", metavar="DATA.npz", help="calibration inputs for --int8 (not the --inputs data)"
     )
+    p.add_argument(
+        "--legacy-exporter",
+        action="store_true",
+        help="export model.onnx with the TorchScript exporter (dynamo=False): faster, with a higher "
+        "memory peak (docs/benchmarks.md); the file is also run at a batch of three, and verified as always",
+    )
     p.add_argument("--force", action="store_true", help="replace OUTDIR if it exists and is not empty")
-    p.set_defaults(field_flags={"targets": "--to"})
+    p.set_defaults(
+        field_flags={"targets": "--to", "dynamo": "--legacy-exporter", "dynamo=False": "--legacy-exporter"}
+    )
     add_input_arguments(p)
     add_tolerance_arguments(p)
     p.set_defaults(func=run)
@@ -70,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if (code := onnx_input.deploy(args)) is not None:  # a training-form .onnx input
         return code
 
-    options = DeployOptions(args.to.split(","), args.fp16, args.int8, args.calib, args.force)
+    options = DeployOptions(
+        args.to.split(","), args.fp16, args.int8, args.calib, args.force, dynamo=not args.legacy_exporter
+    )
     bar = Bar()
     try:
         result = deploy(

@@ -15,6 +15,7 @@ import numpy as np
 
 from reparam.cli.common import parse_shape
 from reparam.equivalence.tolerance import make_tolerance, parse_tolerance_overrides
+from reparam.errors import ReparamError
 from reparam.onnx_reparam import convert_onnx, deploy_onnx, verify_onnx
 from reparam.onnx_reparam.deploy import load_npz_inputs
 from reparam.runners.onnxruntime_runner import OnnxRuntimeRunner
@@ -99,11 +100,31 @@ def verify(args: argparse.Namespace) -> int | None:
     return 0 if passed else 1
 
 
+def _refuse_pytorch_only(args: argparse.Namespace) -> None:
+    """Deploy options that build from a PyTorch model: refused for an ONNX input, not ignored."""
+    given = [
+        flag
+        for flag, on in (
+            ("--int8", getattr(args, "int8", False)),
+            ("--calib", getattr(args, "calib", None)),
+            ("--legacy-exporter", getattr(args, "legacy_exporter", False)),
+            ("--to trt", "trt" in str(getattr(args, "to", "")).lower()),
+        )
+        if on
+    ]
+    if given:
+        raise ReparamError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a PyTorch checkpoint; "
+            f"{args.checkpoint} is an ONNX file (deployed as model.onnx, with --fp16 an fp16 copy)",
+            hint="drop them, or build the engine from the deployed file: reparam export trt OUT/model.onnx",
+        )
+
+
 def deploy(args: argparse.Namespace) -> int | None:
     """`reparam deploy model.onnx -o out/`: convert -> (fp16) -> verify -> manifest."""
     if not is_onnx(args.checkpoint):
         return None
-
+    _refuse_pytorch_only(args)
     result = deploy_onnx(
         args.checkpoint,
         args.output,
