@@ -82,9 +82,7 @@ def test_a_legacy_trace_is_run_at_another_batch(tmp_path, monkeypatch):
 
     probed = []
     real = onnx_export._check_free_axes
-    monkeypatch.setattr(
-        onnx_export, "_check_free_axes", lambda *a, **k: probed.append(k) or real(*a, **k)
-    )
+    monkeypatch.setattr(onnx_export, "_check_free_axes", lambda *a, **k: probed.append(k) or real(*a, **k))
     model = _prepared(lambda: Net(RepVGGAuthorsSE(8, 4)))
     result = onnx_export.export_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "m.onnx", dynamo=False)
     assert probed == [{"batch_too": True}] and result.exporter == "legacy"
