@@ -13,6 +13,9 @@ One round runs two fresh processes on the same checkpoint, one after the other:
   ``reparam.exporters.onnx.export_onnx`` and ``reparam.verify.verify`` of the three candidates on
   the same batches, with deploy's settings.
 
+A third process per round runs the deploy with ``--legacy-exporter`` (model.onnx from the
+TorchScript exporter): its wall time is paired with the default deploy's of the same round.
+
 The ratio deploy / parts is taken per round (both processes wall time, imports included), so a
 drift of a shared machine hits both alike. Peak memory is each process's own maximum resident set
 (``wait4``); the parts worker also reports its resident set after importing torch, onnx and ONNX
@@ -43,6 +46,7 @@ from reparam.errors import ReparamError
 DEFAULT_DEPLOY_MODEL = "acb_resnet50"
 TARGET_WALL_S = 8.0
 TARGET_PEAK_PARAMS = 3.0  # peak RSS <= import-and-build baseline + this many times the parameter bytes
+LEGACY_FLAG = "--legacy-exporter"
 _MARKER = "REPARAM-DEPLOY-PARTS "
 _PROGRESS = re.compile(r"^\[\s*([0-9.]+)s\] (.*)$")
 # the first words of deploy's progress lines, and the stage each one starts
@@ -80,6 +84,14 @@ class DeployCost:
     ratio: Stats  # deploy wall / parts wall, per round
     notes: list[str] = field(default_factory=list)
     other_load: float | None = None
+    legacy: list[ProcessRun] = field(default_factory=list)  # `deploy --legacy-exporter`, same rounds
+
+    @property
+    def legacy_ratio(self) -> Stats | None:
+        """``deploy --legacy-exporter`` wall / ``deploy`` wall, per round."""
+        if not self.legacy:
+            return None
+        return summarize([leg.wall_s / d.wall_s for leg, d in zip(self.legacy, self.deploy, strict=True)])
 
     def median_stages(self, runs: list[ProcessRun]) -> dict[str, float]:
         names = [n for r in runs for n in r.stages]
@@ -116,6 +128,8 @@ class DeployCost:
             "target_wall_s": TARGET_WALL_S,
             "notes": self.notes,
             "other_load": self.other_load,
+            "legacy": [r.to_dict() for r in self.legacy],
+            "legacy_ratio": self.legacy_ratio.to_dict() if self.legacy_ratio else None,
         }
 
 
@@ -177,11 +191,11 @@ def stages_from_progress(lines: list[tuple[float, str]], wall_s: float) -> dict[
     return stages
 
 
-def run_deploy(ckpt: Path, arch: str, out: Path) -> ProcessRun:
-    """`reparam deploy` as a user runs it, in its own process."""
+def run_deploy(ckpt: Path, arch: str, out: Path, extra: tuple[str, ...] = ()) -> ProcessRun:
+    """`reparam deploy` as a user runs it (with the flags ``extra``), in its own process."""
     lines: list[tuple[float, str]] = []
     cmd = [sys.executable, "-m", "reparam", "deploy", str(ckpt), "--arch", arch, "-o", str(out)]
-    wall, rss, _ = _run_process([*cmd, "--to", "onnx", "--force"], lambda t, s: lines.append((t, s)))
+    wall, rss, _ = _run_process([*cmd, "--to", "onnx", "--force", *extra], lambda t, s: lines.append((t, s)))
     stages = stages_from_progress(lines, wall)
     # the last stage runs to the process's end: reports, manifest, moving the directory into place, exit
     return ProcessRun(wall, rss, stages)
@@ -290,6 +304,7 @@ def bench_deploy(
 
     deploys: list[ProcessRun] = []
     parts: list[ProcessRun] = []
+    legacy: list[ProcessRun] = []
     with tempfile.TemporaryDirectory(prefix="reparam-bench-deploy-") as tmp, OtherLoad() as load:
         root = Path(tmp)
         ckpt = make_checkpoint(arch, root / f"{arch}.pth", seed)
@@ -300,12 +315,14 @@ def bench_deploy(
             work = root / f"parts{i}"
             work.mkdir()
             parts.append(run_parts(ckpt, arch, work))
+            legacy.append(run_deploy(ckpt, arch, root / "out", (LEGACY_FLAG,)))
     ratios = [d.wall_s / p.wall_s for d, p in zip(deploys, parts, strict=True)]
     notes = [
         f"{len(ratios)} paired rounds: `reparam deploy CKPT --arch {arch} -o OUT --to onnx --force`, then "
-        "the same work from the public pieces, each a fresh process (imports included)"
+        f"the same work from the public pieces, then the deploy with `{LEGACY_FLAG}`, each a fresh process "
+        "(imports included)"
     ]
-    return DeployCost(arch, [1, 3, 224, 224], deploys, parts, summarize(ratios), notes, load.fraction)
+    return DeployCost(arch, [1, 3, 224, 224], deploys, parts, summarize(ratios), notes, load.fraction, legacy)
 
 
 if __name__ == "__main__":

@@ -395,18 +395,23 @@ def _deploy_section(costs: list[DeployCost]) -> list[str]:
         "model, the `.pt2` and the ONNX file), each in a fresh process with its imports; deploy's stages "
         "are read from its progress lines (start = interpreter and imports; verify runs to the process's "
         "end). Ratio: deploy wall / parts wall per round. Peak: each process's maximum resident set; "
-        "limit: the parts process's RSS after importing and building the model plus 3x the parameter bytes.",
+        "limit: the parts process's RSS after importing and building the model plus 3x the parameter bytes. "
+        "`deploy --legacy-exporter` is the same command with model.onnx from the TorchScript exporter, run "
+        "in the same rounds; its ratio column is its wall / the default deploy's wall per round.",
         "",
     ]
     header = ["model", "form", *(f"{s} s" for s in DEPLOY_STAGES), "wall s", "peak MiB", "deploy/parts"]
     rows = []
     mib = 1024 * 1024
     for c in costs:
-        for form, runs in (("deploy", c.deploy), ("parts", c.parts)):
+        forms = [("deploy", c.deploy, c.ratio), ("parts", c.parts, None)]
+        if c.legacy:
+            forms.append(("deploy --legacy-exporter", c.legacy, c.legacy_ratio))
+        for form, runs, paired in forms:
             stages = c.median_stages(runs)
             wall = statistics.median(r.wall_s for r in runs)
             peak = max(r.peak_rss_bytes for r in runs) / mib
-            ratio = fmt_ratio(c.ratio) if form == "deploy" else ""
+            ratio = fmt_ratio(paired) if paired is not None else ""
             cells = [_fmt_s(stages.get(s)) if s in stages else "-" for s in DEPLOY_STAGES]
             rows.append([c.model, form, *cells, f"{wall:.2f}", f"{peak:.0f}", ratio])
     out += _md_table(header, rows)

@@ -57,3 +57,14 @@ def test_the_section_shows_both_forms_and_the_paired_ratio():
     rows = [line for line in text.splitlines() if line.startswith("| acb_resnet50 |")]
     assert len(rows) == 2 and "1.100" in rows[0] and rows[1].split("|")[2].strip() == "parts"
     assert results.to_dict()["deploy"][0]["deploy_wall_s"] == 7.5
+
+
+def test_the_legacy_exporter_row_pairs_its_wall_time_with_the_default_deploy():
+    cost = _cost(10.0, 600 << 20)
+    cost.legacy = [ProcessRun(8.0, 700 << 20, {"load": 1.0, "onnx": 1.5})]
+    assert cost.legacy_ratio is not None and cost.legacy_ratio.median == pytest.approx(0.8)
+    text = render_markdown(BenchResults("reparam bench --deploy", describe_machine(), {}, deploy=[cost]))
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| acb_resnet50 |")]
+    assert [r[2].strip() for r in rows] == ["deploy", "parts", "deploy --legacy-exporter"]
+    assert "0.800" in rows[2][-2] and rows[2][-3].strip() == "700"  # ratio to the deploy; its own peak
+    assert _cost(10.0, 600 << 20).legacy_ratio is None  # a run without the row: nothing to pair
