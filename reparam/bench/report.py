@@ -396,8 +396,8 @@ def _deploy_section(costs: list[DeployCost]) -> list[str]:
         "are read from its progress lines (start = interpreter and imports; verify runs to the process's "
         "end). Ratio: deploy wall / parts wall per round. Peak: each process's maximum resident set; "
         "limit: the parts process's RSS after importing and building the model plus 3x the parameter bytes. "
-        "`deploy --legacy-exporter` is the same command with model.onnx from the TorchScript exporter, run "
-        "in the same rounds; its ratio column is its wall / the default deploy's wall per round.",
+        "The legacy exporter row is the same command with `--legacy-exporter` (model.onnx from the "
+        "TorchScript exporter), run in the same rounds; its ratio is its wall / the default deploy's.",
         "",
     ]
     header = ["model", "form", *(f"{s} s" for s in DEPLOY_STAGES), "wall s", "peak MiB", "deploy/parts"]
@@ -406,7 +406,7 @@ def _deploy_section(costs: list[DeployCost]) -> list[str]:
     for c in costs:
         forms = [("deploy", c.deploy, c.ratio), ("parts", c.parts, None)]
         if c.legacy:
-            forms.append(("deploy --legacy-exporter", c.legacy, c.legacy_ratio))
+            forms.append(("deploy, legacy exporter", c.legacy, c.legacy_ratio))
         for form, runs, paired in forms:
             stages = c.median_stages(runs)
             wall = statistics.median(r.wall_s for r in runs)

@@ -65,6 +65,6 @@ def test_the_legacy_exporter_row_pairs_its_wall_time_with_the_default_deploy():
     assert cost.legacy_ratio is not None and cost.legacy_ratio.median == pytest.approx(0.8)
     text = render_markdown(BenchResults("reparam bench --deploy", describe_machine(), {}, deploy=[cost]))
     rows = [line.split("|") for line in text.splitlines() if line.startswith("| acb_resnet50 |")]
-    assert [r[2].strip() for r in rows] == ["deploy", "parts", "deploy --legacy-exporter"]
+    assert [r[2].strip() for r in rows] == ["deploy", "parts", "deploy, legacy exporter"]
     assert "0.800" in rows[2][-2] and rows[2][-3].strip() == "700"  # ratio to the deploy; its own peak
     assert _cost(10.0, 600 << 20).legacy_ratio is None  # a run without the row: nothing to pair
