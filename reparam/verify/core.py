@@ -10,6 +10,7 @@ there (when the fixed limit is exceeded) and to localize the first diverging blo
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import fx, nn
 
 from reparam import runners
@@ -91,10 +93,23 @@ class Candidate:
             self._runner, self._module, record = self._opener()
             self._record = self._record if self._record is not None else record
 
-    def release(self) -> None:
-        """Drop the runtime (a file can open it again) or the module handed over as disposable."""
-        if self._opener is not None or self.disposable:
-            self._runner = self._module = None
+    def release(self) -> Callable[[], bool]:
+        """Drop the runtime (a file can open it again) or the module handed over as disposable.
+
+        Returns whether anything let go still holds memory (then only a cyclic collection frees
+        it). A module the candidate owns has its tensors freed here: a ``GraphModule`` is in a
+        reference cycle with its graph, and would otherwise keep its weights until a collection.
+        """
+        if self._opener is None and not self.disposable:
+            return lambda: False
+        runner, module = self._runner, self._module
+        self._runner = self._module = None
+        tensors = [weakref.ref(t) for t in _owned_tensors(module)] if module is not None else []
+        if module is not None:
+            _free_tensors(module)
+        others = [weakref.ref(runner)] if runner is not None and _weakly(runner) else []
+        del runner, module
+        return lambda: any(ref() is not None for ref in tensors + others)
 
     @property
     def runner(self) -> Any:
@@ -119,6 +134,25 @@ class Candidate:
     @record.setter
     def record(self, value: Any) -> None:
         self._record = value
+
+
+def _owned_tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [*module.parameters(), *module.buffers()]
+
+
+def _free_tensors(module: nn.Module) -> None:
+    """Drop every parameter and buffer of a module no one else uses any more."""
+    for sub in module.modules():
+        sub._parameters.clear()
+        sub._buffers.clear()
+
+
+def _weakly(obj: Any) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
 
 
 def _record_of(module: nn.Module, record: Any = None) -> Any:
@@ -252,9 +286,9 @@ class _Lane:
         memory goes back to the system where another candidate is opened next."""
         self.result = _finish(reference, self, localize)
         if self.opened_here or self.cand.disposable:
-            self.cand.release()
+            still_held = self.cand.release()
             if others_follow:
-                release_freed_memory()
+                release_freed_memory(collect=still_held())
 
 
 _END = object()
