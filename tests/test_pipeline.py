@@ -92,3 +92,42 @@ def test_deploy_lets_the_training_model_go_before_exporting(tmp_path, ckpt, monk
     assert result.passed and alive == [chunk is not None]
     manifest = json.loads((result.output / "manifest.json").read_text())
     assert manifest["model_class"].endswith(".RepVGG") and result.report.quant_risk
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_verify_lets_a_checkpoint_reference_go_before_the_candidates_run(tmp_path, ckpt, monkeypatch, chunk):
+    """As deploy does: inputs that fit in one chunk are compared with outputs computed up front."""
+    from reparam import runners
+    from reparam.api import requests, verify, verify_command
+
+    deployed = reparam.deploy(
+        reparam.ModelSource(ckpt), tmp_path / "out", inputs=reparam.InputSpec(input_shape=(1, 3, 32, 32))
+    )
+    if chunk is not None:
+        monkeypatch.setattr(verify_command, "CHUNK_BATCHES", chunk)
+    trained, alive = [], []
+    load, runner_for = requests.ModelSource.load, runners.runner_for
+
+    def loading(self, *args, **kwargs):
+        loaded = load(self, *args, **kwargs)
+        trained.append(weakref.ref(loaded.model))
+        return loaded
+
+    def opening(*args, **kwargs):
+        alive.append(trained[0]() is not None)
+        return runner_for(*args, **kwargs)
+
+    monkeypatch.setattr(requests.ModelSource, "load", loading)
+    monkeypatch.setattr(runners, "runner_for", opening)
+    gc.disable()  # only verify's own release may free it
+    try:
+        outcome = verify(
+            reparam.ModelSource(ckpt),
+            [deployed.output / "model.pt2", deployed.output / "model.onnx"],
+            inputs=reparam.InputSpec(input_shape=(1, 3, 32, 32)),
+        )
+    finally:
+        gc.enable()
+    assert outcome.passed and len(outcome.report.candidates) == 2
+    assert alive == [chunk is not None] and len(trained) == 1  # loaded once: no candidate needed it again
+    assert outcome.report.quant_risk  # the int8 table, read from the weights before the model went

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,16 @@ from reparam.describe import Description, check_inputs_fit, describe
 from reparam.engine import convert
 from reparam.errors import ReparamError
 from reparam.io import check_input_file
+from reparam.memory import release_freed_memory
 from reparam.runners import SUFFIX_KINDS
-from reparam.verify.core import Candidate, Tick, make_candidate
+from reparam.verify.core import (
+    CHUNK_BATCHES,
+    Candidate,
+    Tick,
+    candidates_quant_risk,
+    compute_reference,
+    make_candidate,
+)
 from reparam.verify.core import verify as run_verification
 from reparam.verify.golden import save_golden as write_golden
 from reparam.verify.golden import verify_golden
@@ -73,6 +82,36 @@ class _Reference:
     @property
     def is_artifact(self) -> bool:
         return isinstance(self.model, str)
+
+
+def _computed_reference(
+    ref: _Reference,
+    source: ModelSource,
+    descriptions: list[Description],
+    cands: list[Candidate],
+    batches: Batches,
+) -> tuple[Any, list[Any] | None]:
+    """What the candidates are compared with, and the int8 risk table if it was computed here.
+
+    A checkpoint's model whose inputs fit in one chunk of the verifier: the risk table (read from
+    its weights) and its outputs on every batch are computed now and the model is let go before
+    any candidate runs; it is loaded again only if a candidate needs its noise floor or its blocks.
+    Otherwise the model itself, run batch by batch as the verifier streams.
+    """
+    if ref.is_artifact or len(batches.data) > CHUNK_BATCHES:
+        return ref.model, None
+    risk = candidates_quant_risk(ref.model, cands)
+    described = next((d.architecture() for d in descriptions if d.architecture()), None)
+    computed = compute_reference(
+        ref.model,
+        batches.data,
+        lambda: source.load(described_by=described).model,
+        str(source.checkpoint),
+    )
+    training = weakref.ref(ref.model)
+    ref.model = None
+    release_freed_memory(collect=training() is not None)  # a collection only for a model in cycles
+    return computed, risk
 
 
 def _resolve_reference(source: ModelSource, descriptions: list[Description], say: Progress) -> _Reference:
@@ -150,17 +189,21 @@ def verify(
         say("converting (no candidate given)")
         cands = [convert(ref.model, (torch.from_numpy(batches.data[0]["input"]),), check=False).model]
         batches.info["candidate"] = "converted on the fly (no candidate given)"
+        against, risk = ref.model, None
+    else:
+        against, risk = _computed_reference(ref, reference, descriptions, cands, batches)
     say(
         f"verifying {len(cands)} candidate(s) on {batches.info['batches']} batch(es) of {batches.info['shape']}"
     )
     report = run_verification(
-        ref.model,
+        against,
         cands,
         batches.data,
         tolerance=judge.tolerance(),
         reference_name=str(reference.checkpoint),
         inputs_info=batches.info,
         localize=judge.localize,
+        quant_risk=risk,
         tick=tick,
     )
     return VerifyOutcome(report, notes, written)

@@ -451,7 +451,7 @@ def verify(
     unopened = [not c.is_open for c in cands]
     if quant:  # from the weights alone: before any candidate is released
         report.quant_risk = (
-            quant_risk if quant_risk is not None else _quant_risk(ref.quantization_source(), cands)
+            quant_risk if quant_risk is not None else candidates_quant_risk(ref.quantization_source(), cands)
         )
     lanes = [
         _Lane(c, tol, f"candidate {k}/{len(cands)} {c.name}", fresh)
@@ -465,7 +465,7 @@ def verify(
     return report
 
 
-def _quant_risk(reference: nn.Module | None, cands: Sequence[Candidate]) -> Any:
+def candidates_quant_risk(reference: nn.Module | None, cands: Sequence[Candidate]) -> Any:
     """The int8 risk of the fused kernels, read from the in-memory deploy model when there is one
     (a ``.pt2`` candidate is opened for it otherwise)."""
     if reference is None:
