@@ -230,9 +230,9 @@ def fake_tensor_cache_off() -> Iterator[None]:
 
     The cache memoizes each operator's result on fake tensors by its input metadata; with free
     height and width almost every key is new (each symbolic size is another key) and building the
-    keys costs more than it saves: ACB-ResNet-50 captures with free batch, height and width in
-    0.7 s without it and 1.0 s with it. A capture with symbolic sizes is the same either way (the
-    cache only remembers results). Where torch lacks the setting, nothing is changed.
+    keys costs more than it saves (ACB-ResNet-50's deploy capture: 0.74× the time on torch 2.13,
+    ``benchmarks/free_axes_capture.py``). The program captured is the same either way (the cache
+    only remembers results). Where torch lacks the setting, nothing is changed.
     """
     try:
         from torch._dynamo import config

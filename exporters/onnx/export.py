@@ -384,11 +384,16 @@ def _probe(args: tuple, input_names: list[str], axes: dict[str, dict[int, str]])
     return probe
 
 
-def _file_errors(session: Any, model: nn.Module, inputs: Sequence[Any], input_names: list[str]) -> list[Any]:
-    """The file's outputs against the model's on ``inputs``: a scale-relative error per output, or
-    ``(file shape, model shape)`` where the shapes differ. Raises what ONNX Runtime raises."""
+def _outputs(model: nn.Module, inputs: Sequence[Any]) -> list[torch.Tensor]:
     with torch.no_grad():
-        want = tensor_leaves(model(*inputs))
+        return tensor_leaves(model(*inputs))
+
+
+def _file_errors(
+    session: Any, want: Sequence[torch.Tensor], inputs: Sequence[Any], input_names: list[str]
+) -> list[Any]:
+    """The file's outputs on ``inputs`` against the model's (``want``): a scale-relative error per
+    output, or ``(file shape, model shape)`` where the shapes differ. Raises what ONNX Runtime raises."""
     feed = {n: a.numpy() for n, a in zip(input_names, inputs) if isinstance(a, torch.Tensor)}
     got = session.run(None, feed)
     return [
@@ -420,8 +425,7 @@ def _check_free_axes(
     ort = require("onnxruntime", "onnx", "checking the ONNX file's free axes")
     probe = _probe(args, input_names, axes)
     try:
-        with torch.no_grad():
-            model(*probe)
+        want = _outputs(model, probe)
     except Exception:  # the model itself does not take these sizes: nothing to compare
         return
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -429,8 +433,8 @@ def _check_free_axes(
     free = ", ".join(f"{n}[{ax}]" for n in input_names for ax in axes.get(n, {}) if checked(ax))
     hint = _TRACED_AXIS_HINT if batch_too else _FREE_AXIS_HINT
     try:
-        errors = _file_errors(session, model, probe, input_names)
-        at_example = _file_errors(session, model, args, input_names)
+        errors = _file_errors(session, want, probe, input_names)
+        at_example = _file_errors(session, _outputs(model, args), args, input_names)
     except Exception as exc:  # ONNX Runtime refuses the sizes the model takes
         raise ReparamError(
             f"the exported file leaves {free} dynamic but fails at {shapes}, where the model runs "

@@ -198,7 +198,7 @@ def entry() -> None:
     ``hard_exit``, the process ends once the exit handlers have run and every stream is flushed.
     """
     # Everything alive now (torch, the exporters' modules) lives as long as the process: frozen,
-    # it is left out of every later collection (a capture triggers thousands; a deploy gains ~0.4 s).
+    # it is left out of every later collection (a capture triggers thousands; a deploy gains ~0.5 s).
     gc.freeze()
     code = main()
     atexit._run_exitfuncs()  # noqa: SLF001 -- what normal shutdown runs first (temp files, logging)

@@ -104,12 +104,16 @@ class Candidate:
             return lambda: False
         runner, module = self._runner, self._module
         self._runner = self._module = None
-        tensors = [weakref.ref(t) for t in _owned_tensors(module)] if module is not None else []
+        refs = [weakref.ref(t) for t in _owned_tensors(module)] if module is not None else []
         if module is not None:
             _free_tensors(module)
-        others = [weakref.ref(runner)] if runner is not None and _weakly(runner) else []
+        if runner is not None:
+            try:
+                refs.append(weakref.ref(runner))
+            except TypeError:  # a runtime that cannot be watched: assume it waits for a collection
+                return lambda: True
         del runner, module
-        return lambda: any(ref() is not None for ref in tensors + others)
+        return lambda: any(ref() is not None for ref in refs)
 
     @property
     def runner(self) -> Any:
@@ -145,14 +149,6 @@ def _free_tensors(module: nn.Module) -> None:
     for sub in module.modules():
         sub._parameters.clear()
         sub._buffers.clear()
-
-
-def _weakly(obj: Any) -> bool:
-    try:
-        weakref.ref(obj)
-    except TypeError:
-        return False
-    return True
 
 
 def _record_of(module: nn.Module, record: Any = None) -> Any:
