@@ -15,6 +15,7 @@ from reparam.checkpoint import save_checkpoint
 from reparam.describe import describe
 from reparam.errors import ReparamError
 from reparam.numerics import randomize_batchnorm
+from reparam.verify import core as verify_core
 from reparam.zoo import create_model
 
 
@@ -63,7 +64,7 @@ def test_deploy_lets_the_training_model_go_before_exporting(tmp_path, ckpt, monk
     """Inputs that fit in one chunk: its outputs are computed first and the model is freed (a model
     in a reference cycle too); more inputs: it is run batch by batch by the verifier, so it is held."""
     if chunk is not None:
-        monkeypatch.setattr(deploy_command, "CHUNK_BATCHES", chunk)
+        monkeypatch.setattr(verify_core, "CHUNK_BATCHES", chunk)
     trained, alive = [], []
     convert, save = deploy_command.convert, deploy_command.save_artifact
 
@@ -98,13 +99,13 @@ def test_deploy_lets_the_training_model_go_before_exporting(tmp_path, ckpt, monk
 def test_verify_lets_a_checkpoint_reference_go_before_the_candidates_run(tmp_path, ckpt, monkeypatch, chunk):
     """As deploy does: inputs that fit in one chunk are compared with outputs computed up front."""
     from reparam import runners
-    from reparam.api import requests, verify, verify_command
+    from reparam.api import requests, verify
 
     deployed = reparam.deploy(
         reparam.ModelSource(ckpt), tmp_path / "out", inputs=reparam.InputSpec(input_shape=(1, 3, 32, 32))
     )
     if chunk is not None:
-        monkeypatch.setattr(verify_command, "CHUNK_BATCHES", chunk)
+        monkeypatch.setattr(verify_core, "CHUNK_BATCHES", chunk)
     trained, alive = [], []
     load, runner_for = requests.ModelSource.load, runners.runner_for
 

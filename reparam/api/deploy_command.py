@@ -29,7 +29,7 @@ from reparam.exporters.tensorrt.capabilities import import_tensorrt
 from reparam.io import clean_stale_temps, file_sha256, temp_name, write_error
 from reparam.memory import release_freed_memory
 from reparam.quantize import quantize
-from reparam.verify.core import CHUNK_BATCHES, Candidate, Tick, compute_reference, make_candidate, verify
+from reparam.verify.core import Candidate, Tick, make_candidate, reference_up_front, verify
 from reparam.verify.quant import quantization_risk
 
 TARGETS = ("onnx", "trt")
@@ -219,23 +219,6 @@ def _convert(workdir: Path, model: torch.nn.Module, batches: Batches) -> _Build:
     return _Build(workdir, convert(model, (example[0][:1],), check=False), example)
 
 
-def _reference(
-    model: torch.nn.Module, result: Any, batches: Batches, source: ModelSource
-) -> tuple[Any, list[Any] | None]:
-    """What verification compares with, and the int8 risk table if it was computed here.
-
-    Inputs that fit in one chunk of the verifier: the training model's outputs are computed now
-    and the model is let go before anything is exported (it is loaded again only if a candidate
-    needs its noise floor or its blocks), so it is not held beside the exporters and the runtimes;
-    the risk table, read from its weights, is computed first. More inputs: the model itself,
-    run batch by batch as the verifier streams.
-    """
-    if len(batches.data) > CHUNK_BATCHES:
-        return model, None
-    risk = quantization_risk(model, result.model, result.record)
-    return compute_reference(model, batches.data, lambda: source.load().model, str(source.checkpoint)), risk
-
-
 def _save_pt2(build: _Build, loaded: _Facts, say: Progress) -> None:
     """Write model.pt2 with its report and its description."""
     result, example, workdir = build.result, build.example, build.workdir
@@ -378,7 +361,14 @@ def deploy(
     try:
         say("converting")
         build = _convert(tmp, loaded.model, batches)
-        reference, risk = _reference(loaded.model, build.result, batches, source)
+        result = build.result
+        reference, risk = reference_up_front(
+            loaded.model,
+            batches.data,
+            lambda model: quantization_risk(model, result.model, result.record),
+            lambda: source.load().model,
+            str(source.checkpoint),
+        )
         training = weakref.ref(loaded.model)
         del loaded  # the training model now lives in `reference` alone, or nowhere
         if not isinstance(reference, torch.nn.Module):

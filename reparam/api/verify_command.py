@@ -20,12 +20,11 @@ from reparam.io import check_input_file
 from reparam.memory import release_freed_memory
 from reparam.runners import SUFFIX_KINDS
 from reparam.verify.core import (
-    CHUNK_BATCHES,
     Candidate,
     Tick,
     candidates_quant_risk,
-    compute_reference,
     make_candidate,
+    reference_up_front,
 )
 from reparam.verify.core import verify as run_verification
 from reparam.verify.golden import save_golden as write_golden
@@ -98,16 +97,18 @@ def _computed_reference(
     any candidate runs; it is loaded again only if a candidate needs its noise floor or its blocks.
     Otherwise the model itself, run batch by batch as the verifier streams.
     """
-    if ref.is_artifact or len(batches.data) > CHUNK_BATCHES:
+    if ref.is_artifact:
         return ref.model, None
-    risk = candidates_quant_risk(ref.model, cands)
     described = next((d.architecture() for d in descriptions if d.architecture()), None)
-    computed = compute_reference(
+    computed, risk = reference_up_front(
         ref.model,
         batches.data,
+        lambda model: candidates_quant_risk(model, cands),
         lambda: source.load(described_by=described).model,
         str(source.checkpoint),
     )
+    if computed is ref.model:  # streamed: the verifier runs the model itself
+        return computed, risk
     training = weakref.ref(ref.model)
     ref.model = None
     release_freed_memory(collect=training() is not None)  # a collection only for a model in cycles

@@ -12,7 +12,6 @@ import argparse
 import atexit
 import contextlib
 import ctypes
-import gc
 import importlib
 import os
 import pkgutil
@@ -197,9 +196,6 @@ def entry() -> None:
     after a `deploy` on a 2-core machine, after the last output was written. Like mypy's
     ``hard_exit``, the process ends once the exit handlers have run and every stream is flushed.
     """
-    # Everything alive now (torch, the exporters' modules) lives as long as the process: frozen,
-    # it is left out of every later collection (a capture triggers thousands; a deploy gains ~0.5 s).
-    gc.freeze()
     code = main()
     atexit._run_exitfuncs()  # noqa: SLF001 -- what normal shutdown runs first (temp files, logging)
     for stream in (sys.stdout, sys.stderr):

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import fx, nn
 
 from reparam import runners
@@ -104,7 +103,9 @@ class Candidate:
             return lambda: False
         runner, module = self._runner, self._module
         self._runner = self._module = None
-        refs = [weakref.ref(t) for t in _owned_tensors(module)] if module is not None else []
+        refs = (
+            [weakref.ref(t) for t in (*module.parameters(), *module.buffers())] if module is not None else []
+        )
         if module is not None:
             _free_tensors(module)
         if runner is not None:
@@ -138,10 +139,6 @@ class Candidate:
     @record.setter
     def record(self, value: Any) -> None:
         self._record = value
-
-
-def _owned_tensors(module: nn.Module) -> list[torch.Tensor]:
-    return [*module.parameters(), *module.buffers()]
 
 
 def _free_tensors(module: nn.Module) -> None:
@@ -398,6 +395,27 @@ def compute_reference(
     return ComputedReference(
         _reference(module, name), batches, lambda: LiveReference(make_candidate(load(), name=name), name)
     )
+
+
+def reference_up_front(
+    module: nn.Module,
+    batches: Sequence[Batch],
+    risk_of: Callable[[nn.Module], list[Any]],
+    load: Callable[[], nn.Module],
+    name: str,
+) -> tuple[Any, list[Any] | None]:
+    """What `verify` compares with, and the int8 risk table if it was computed here.
+
+    Inputs that fit in one chunk of the verifier: the risk table (``risk_of(module)``, read from its
+    weights) and the module's outputs on every batch are computed now, so the caller can let the
+    module go before any exporter or runtime runs (``load`` builds it again only if a candidate
+    needs its noise floor or its blocks). More inputs: the module itself, run batch by batch as
+    the verifier streams.
+    """
+    if len(batches) > CHUNK_BATCHES:
+        return module, None
+    risk = risk_of(module)
+    return compute_reference(module, batches, load, name), risk
 
 
 def _check_arguments(batches: Iterable[Batch], candidates: Sequence[Any], localize: str) -> None:

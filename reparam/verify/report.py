@@ -240,7 +240,8 @@ class VerifyReport:
     def write_plot(self, path: str | os.PathLike) -> str | None:
         """Plot per-block scale-relative error; returns a note instead when matplotlib is missing."""
         try:
-            # a Figure of its own draws with Agg and leaves pyplot (0.4 s to import) and its backend alone
+            # a Figure of its own draws with Agg and leaves pyplot's backend alone (a caller's
+            # interactive backend is not switched, as `matplotlib.use(..., force=True)` did)
             from matplotlib.figure import Figure
         except ImportError:
             return "matplotlib is not installed; no plot written (pip install 'reparam[plot]')"
