@@ -16,6 +16,12 @@ from reparam.errors import ReparamError
 
 def tensor_leaves(value: Any) -> list[torch.Tensor]:
     """The tensors of a model output (tensor, tuple, list, dict), in pytree order."""
+    # torch's tree_flatten leaves a reference cycle (its recursive helper) per call: a verifier
+    # running it per batch would hold garbage until the collector runs
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if type(value) in (tuple, list) and all(isinstance(t, torch.Tensor) for t in value):
+        return list(value)
     return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
 
 

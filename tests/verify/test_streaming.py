@@ -88,7 +88,7 @@ def test_the_float64_reference_runs_only_when_a_candidate_exceeds_the_fixed_limi
 def test_memory_is_flat_in_the_number_of_batches():
     ref, gm, boundaries = tiny_pair()
     cands = [make_candidate(gm, record=Record(boundaries))]
-    verify(ref, cands, _batches(2))  # warm caches
+    verify(ref, cands, _batches(2, rows=8), quant=False)  # first-run costs would hide growth
     peaks = {}
     for n in (3 * verify_core.CHUNK_BATCHES, 24 * verify_core.CHUNK_BATCHES):
         tracemalloc.start()
@@ -96,7 +96,8 @@ def test_memory_is_flat_in_the_number_of_batches():
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     small, large = peaks.values()
-    assert large < 1.2 * small, peaks
+    # garbage left per batch (a reference cycle) grows with the batches until the collector runs
+    assert large < 1.1 * small, peaks
 
 
 def test_progress_counts_every_batch_run():
