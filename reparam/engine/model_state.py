@@ -127,3 +127,6 @@ def own_copy(deploy: nn.Module, original: nn.Module) -> None:
                     table[name] = copy_tensor(t)
 
     walk(deploy)
+    # walk is in a reference cycle with its own closure: the memo would keep the copies alive
+    # until a cyclic collection
+    memo.clear()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import operator
+import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from reparam.engine import convert
 from reparam.engine.base import PassContext
 from reparam.engine.capture import trace
 from reparam.engine.graph import ModuleNames, blank_conv, choose_name, install
@@ -21,6 +24,7 @@ from reparam.engine.shapes import TensorShape, cheap_shapes, real_shapes
 from reparam.engine.tracer import Tracer
 from reparam.errors import ReparamError
 from reparam.kernel_math import identity_kernel
+from reparam.zoo import create_model
 
 
 class Mixed(nn.Module):
@@ -294,3 +298,20 @@ def test_large_but_finite_half_precision_weights_are_not_refused():
         model[0].weight[0, 0, 0, 0] = float("inf")
     with pytest.raises(ReparamError, match=r"0\.weight \(1 of 1728\)"):
         refuse_nonfinite_weights(model)
+
+
+def test_nothing_but_the_deploy_model_holds_its_weights_after_conversion():
+    # An eval-mode model is converted sharing its layers, and own_copy copies what is still shared;
+    # a GraphModule is in a cycle with its graph, so the verifier empties its tables to free it.
+    model = create_model("acb_resnet18", num_classes=10, width=0.25).eval()
+    gc.collect()
+    gc.disable()
+    try:
+        deploy = convert(model, input_shape=(1, 3, 32, 32), check=False).model
+        weights = [weakref.ref(p) for p in deploy.parameters()]
+        for sub in deploy.modules():
+            sub._parameters.clear()
+            sub._buffers.clear()
+        assert not [w for w in weights if w() is not None]
+    finally:
+        gc.enable()
