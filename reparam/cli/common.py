@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 from reparam.api.requests import InputSpec, Judge, ModelSource
 from reparam.checkpoint import load_model
@@ -116,19 +114,6 @@ def add_state_dict_arguments(parser: argparse.ArgumentParser) -> None:
         help="remove PREFIX from every weight name, e.g. 'model.' for Lightning checkpoints "
         "('module.' and '_orig_mod.' are always removed)",
     )
-
-
-def allow_local_imports(args: argparse.Namespace) -> None:
-    """Let code the user chose be found in the current directory, as `python -m` would find it.
-
-    One rule for every command: a ``module:factory`` given to ``--arch`` or ``--as-arch``, and the
-    classes of a pickled module loaded with ``--trust-pickle``. A file never chooses code to import.
-    """
-
-    named = any(":" in (getattr(args, flag, None) or "") for flag in ("arch", "as_arch"))
-    trusted = bool(getattr(args, "trust_pickle", False))
-    if (named or trusted) and os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
 
 
 def model_source(args: argparse.Namespace, checkpoint: str | None = None) -> ModelSource:

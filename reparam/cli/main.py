@@ -23,24 +23,10 @@ from typing import Any
 import reparam.cli.commands as pkg
 from reparam import __version__
 from reparam.cli import console
-from reparam.cli.common import allow_local_imports
+from reparam.cli.commands import SUMMARIES
 from reparam.errors import user_error_from
 
 EXIT_BUG = 3
-
-# Order in `reparam --help`; modules not listed here are appended alphabetically.
-_COMMAND_ORDER = [
-    "zoo",
-    "expand",
-    "convert",
-    "export",
-    "inspect",
-    "verify",
-    "deploy",
-    "quantize",
-    "slim",
-    "bench",
-]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,12 +90,22 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _command_modules() -> list[str]:
-    found = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
-    return [n for n in _COMMAND_ORDER if n in found] + [n for n in found if n not in _COMMAND_ORDER]
+def command_modules() -> list[str]:
+    """The modules of ``reparam.cli.commands`` that are commands (``SUMMARIES`` names each), in
+    the order of ``reparam --help``; the others are helpers the commands share."""
+    found = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+    return [name for name in SUMMARIES if name in found]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _requested_command(argv: list[str]) -> str | None:
+    """The command named on the command line: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or, given the command line, of the command it names alone: the
+    others get a parser that only names them, so that `reparam --help` or a mistyped command
+    answers without importing torch."""
     parser = _Parser(
         prog="reparam",
         description="Fuse re-parameterized CNNs exactly, export them to ONNX / TensorRT, and verify "
@@ -117,10 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"reparam {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in _command_modules():
-        module = importlib.import_module(f"reparam.cli.commands.{name}")
-        if hasattr(module, "register"):  # helpers shared by commands register nothing
-            module.register(sub)
+    wanted = None if argv is None else _requested_command(argv)
+    for name in command_modules():
+        if argv is None or name == wanted:
+            importlib.import_module(f"reparam.cli.commands.{name}").register(sub)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name], add_help=False)
     _remember_command_parsers(sub)
     return parser
 
@@ -133,6 +131,19 @@ def _remember_command_parsers(sub: Any, parent: dict[str, str] | None = None) ->
         command.set_defaults(command_parser=command)
         for nested in getattr(command, "nested_commands", ()):
             _remember_command_parsers(nested, command.flag_names)
+
+
+def allow_local_imports(args: argparse.Namespace) -> None:
+    """Let code the user chose be found in the current directory, as `python -m` would find it.
+
+    One rule for every command: a ``module:factory`` given to ``--arch`` or ``--as-arch``, and the
+    classes of a pickled module loaded with ``--trust-pickle``. A file never chooses code to import.
+    """
+
+    named = any(":" in (getattr(args, flag, None) or "") for flag in ("arch", "as_arch"))
+    trusted = bool(getattr(args, "trust_pickle", False))
+    if (named or trusted) and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _one_line(text: str) -> str:
@@ -170,7 +181,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

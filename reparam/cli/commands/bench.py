@@ -15,6 +15,7 @@ from reparam.bench import (
     usable_cpus,
 )
 from reparam.bench.latency import parse_backends
+from reparam.cli.commands import SUMMARIES
 from reparam.cli.common import parse_shape
 from reparam.errors import ReparamError
 from reparam.io import atomic_write_text
@@ -48,7 +49,7 @@ FULL = {
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark training vs deploy vs plain latency and the cost of conversion",
+        help=SUMMARIES["bench"],
         description="Measure, for each multi-branch zoo model, the latency of its training form, its deploy "
         "form and its plain counterpart (BN folded by the same engine) in PyTorch eager and ONNX Runtime "
         "(optimizations ALL and DISABLE), interleaved, with paired ratios; and the cost of conversion "

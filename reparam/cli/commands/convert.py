@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from reparam.api import PlainTarget, convert
-from reparam.cli.commands import onnx_input
+from reparam.cli.commands import SUMMARIES, onnx_input
 from reparam.cli.common import (
     add_model_arguments,
     input_shape_help,
@@ -24,7 +24,7 @@ SUMMARY_ROWS = 20  # fusions listed one by one in the printed report
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="fuse a training checkpoint into its deploy form and save it as a .pt2 artifact",
+        help=SUMMARIES["convert"],
         description="Load a training checkpoint, fold BatchNorm and merge parallel branches exactly, "
         "check the result against the training model, print the report and write the deploy "
         "artifact (torch.export .pt2) plus <OUT>.report.json. On any error nothing is written.",

@@ -11,7 +11,7 @@ import shlex
 from pathlib import Path
 
 from reparam.api import DeployOptions, deploy
-from reparam.cli.commands import onnx_input
+from reparam.cli.commands import SUMMARIES, onnx_input
 from reparam.cli.common import add_model_arguments, input_spec, judge, model_source
 from reparam.cli.console import Bar, note, progress
 from reparam.cli.options import (
@@ -31,7 +31,7 @@ report.json, report.md, errors.png and manifest.json (names, sizes, sha256) into
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "deploy",
-        help="convert, export and verify in one step",
+        help=SUMMARIES["deploy"],
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

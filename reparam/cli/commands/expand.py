@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from reparam.api import expand_checkpoint
+from reparam.cli.commands import SUMMARIES
 from reparam.cli.common import add_model_arguments, input_shape_help, input_spec, model_source
 from reparam.cli.console import note, speak
 from reparam.expansion import INITS, SCHEMES
@@ -14,7 +15,7 @@ from reparam.expansion import INITS, SCHEMES
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "expand",
-        help="expand a plain CNN checkpoint into its re-parameterizable training form",
+        help=SUMMARIES["expand"],
         description="Find, by dataflow, every conv followed by BatchNorm (or with a bias) and replace it "
         "with the scheme's multi-branch block, whose fusion is exactly a conv of the same geometry. "
         "Checks that the expansion fuses back to the plain conv layout (and, with --init preserve, "

@@ -7,6 +7,7 @@ import json
 import sys
 
 from reparam.api import EngineOptions, OnnxOptions, build_engine_file, export_onnx_file
+from reparam.cli.commands import SUMMARIES
 from reparam.cli.common import add_arch_arguments, input_spec, model_source, parse_shape
 from reparam.cli.console import note, progress
 
@@ -14,7 +15,7 @@ from reparam.cli.console import note, progress
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export a deploy model to ONNX, or build a TensorRT engine from ONNX",
+        help=SUMMARIES["export"],
         description="`reparam export onnx MODEL -o model.onnx` exports a deploy artifact (.pt2) or a training "
         "checkpoint (converted on the way) to ONNX; `reparam export trt model.onnx -o model.engine` builds a "
         "TensorRT engine (needs an NVIDIA GPU and TensorRT). Outputs are written atomically.",

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from reparam.api import inspect
+from reparam.cli.commands import SUMMARIES
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "inspect",
-        help="show what an .onnx, engine, .pt2, checkpoint, deploy or golden directory holds",
+        help=SUMMARIES["inspect"],
         description="ONNX: inputs/outputs with shapes, op counts, opset and reparam metadata. TensorRT engine: "
         "what the header tells without a GPU, and the JSON sidecar written at build time. .pt2: inputs, "
         "outputs and the embedded reparam metadata. A checkpoint (any other file): its entries, recorded "

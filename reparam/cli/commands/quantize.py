@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from reparam.api import QuantizeOptions, quantize_onnx
+from reparam.cli.commands import SUMMARIES
 from reparam.cli.common import add_arch_arguments, model_source
 from reparam.quantize.qdq import DEFAULT_PERCENTILE, METHODS
 
@@ -26,7 +27,7 @@ agreement with the float model on the calibration data reaches the target.
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "quantize",
-        help="int8 Q/DQ ONNX for TensorRT from a float deploy ONNX, calibrated and verified",
+        help=SUMMARIES["quantize"],
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from reparam.api import slim
+from reparam.cli.commands import SUMMARIES
 from reparam.cli.common import add_model_arguments, input_spec, model_source
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "slim",
-        help="learn a ScaleNet allocation: keep the SA channels with the largest BN |γ| under a MAC budget",
+        help=SUMMARIES["slim"],
         description="Rank every per-scale SA conv channel of a trained seed network by |γ| of its "
         "BatchNorm, keep the top channels network-wide so the model meets the MAC budget, and write "
         "the slim model as a checkpoint (arch + kwargs + kept weights), its structure file (the "

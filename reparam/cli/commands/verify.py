@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from reparam.api import verify
-from reparam.cli.commands import onnx_input
+from reparam.cli.commands import SUMMARIES, onnx_input
 from reparam.cli.common import add_arch_arguments, add_state_dict_arguments, input_spec, judge, model_source
 from reparam.cli.console import Bar, note, progress
 from reparam.cli.options import (
@@ -34,7 +34,7 @@ candidate fails, the first block whose output diverges is named (through the rew
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "verify",
-        help="verify deploy artifacts against the training model",
+        help=SUMMARIES["verify"],
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

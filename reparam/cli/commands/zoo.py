@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from reparam.cli.commands import SUMMARIES
 from reparam.errors import ReparamError
 from reparam.profile import count_params
 from reparam.zoo import create_model, list_models, model_info
@@ -16,7 +17,7 @@ from reparam.zoo import create_model, list_models, model_info
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "zoo",
-        help="list the built-in models",
+        help=SUMMARIES["zoo"],
         description="List the model zoo: name, parameter count at the given width and a description. "
         "Parameter counts need each model to be built (a few seconds for the whole zoo).",
     )
