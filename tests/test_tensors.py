@@ -26,10 +26,13 @@ def test_a_tensor_or_a_tuple_of_tensors_leaves_no_reference_cycle():
     gc.collect()
     gc.disable()
     try:
-        for _ in range(50):
+        calls = 50
+        for _ in range(calls):
             tensor_leaves(a)
             tensor_leaves((a, b))
             tensor_leaves([a, b])
-        assert gc.collect() == 0
+        # a cycle per call would leave several objects per call; a stray object of another
+        # thread's does not fail the test
+        assert gc.collect() < calls
     finally:
         gc.enable()
